@@ -1,0 +1,1 @@
+"""The contract every SCNS-Conductor service shares: events, subjects, HTTP bodies, parsers."""

@@ -1,0 +1,181 @@
+"""The event catalogue: every fact SCNS-Conductor records, as frozen Pydantic models.
+
+The job state machine these events drive is in ``states.py``. Rules:
+- every event has ``type`` (the discriminator), ``version``, ``event_id`` and ``occurred_at``;
+- a job's id is the stream sequence of its JobSubmitted, so JobSubmitted itself carries no job id;
+- schemas evolve by adding optional fields; a breaking change gets a new ``version`` and an upcaster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class EventBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    version: int = 1
+    event_id: str = Field(default_factory=_new_id)
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class JobSubmitted(EventBase):
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    name: str
+    account: str
+    partition: str
+    ntasks_per_node: int
+    cpus_per_task: int
+    cpus: int
+    memory_mb: int
+    time_limit_s: int | None
+    working_directory: str
+    standard_output: str
+    standard_error: str | None
+    environment: dict[str, str] = Field(default_factory=dict)
+    script: str
+
+
+class JobCancelRequested(EventBase):
+    type: Literal["JobCancelRequested"] = "JobCancelRequested"
+    job_id: int
+
+
+class JobPlaced(EventBase):
+    type: Literal["JobPlaced"] = "JobPlaced"
+    job_id: int
+    node: str
+    cores: tuple[int, ...]
+    memory_mb: int
+
+
+class JobReasonChanged(EventBase):
+    """A pending job's reason for waiting changed (Slurm's REASON column); only emitted on change."""
+
+    type: Literal["JobReasonChanged"] = "JobReasonChanged"
+    job_id: int
+    reason: str
+    detail: str = ""
+
+
+class JobStarted(EventBase):
+    type: Literal["JobStarted"] = "JobStarted"
+    job_id: int
+    node: str
+    pid: int
+
+
+class JobCompleted(EventBase):
+    type: Literal["JobCompleted"] = "JobCompleted"
+    job_id: int
+    node: str
+    exit_code: int = 0
+
+
+class JobFailed(EventBase):
+    type: Literal["JobFailed"] = "JobFailed"
+    job_id: int
+    node: str
+    exit_code: int | None
+    message: str = ""
+    node_fail: bool = False
+
+
+class JobTimedOut(EventBase):
+    type: Literal["JobTimedOut"] = "JobTimedOut"
+    job_id: int
+    node: str
+    exit_code: int | None = None
+
+
+class JobOutOfMemory(EventBase):
+    type: Literal["JobOutOfMemory"] = "JobOutOfMemory"
+    job_id: int
+    node: str
+    exit_code: int | None = None
+
+
+class JobCancelled(EventBase):
+    """Terminal. ``node`` is None when the scheduler cancelled a job that never reached a node."""
+
+    type: Literal["JobCancelled"] = "JobCancelled"
+    job_id: int
+    node: str | None = None
+    exit_code: int | None = None
+
+
+class NodeRegistered(EventBase):
+    type: Literal["NodeRegistered"] = "NodeRegistered"
+    node: str
+    cpus: int
+    memory_mb: int
+    partitions: tuple[str, ...] = ("default",)
+
+
+class NodeLost(EventBase):
+    type: Literal["NodeLost"] = "NodeLost"
+    node: str
+
+
+class NodeDrained(EventBase):
+    type: Literal["NodeDrained"] = "NodeDrained"
+    node: str
+    reason: str = ""
+
+
+class WorkflowJob(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: int
+    parent_indices: tuple[int, ...] = ()
+    branch_id: str | None = None
+
+
+class WorkflowSubmitted(EventBase):
+    type: Literal["WorkflowSubmitted"] = "WorkflowSubmitted"
+    name: str
+    owner: str
+    jobs: tuple[WorkflowJob, ...]
+
+
+TerminalJobEvent = JobCompleted | JobFailed | JobTimedOut | JobOutOfMemory | JobCancelled
+
+Event = Annotated[
+    JobSubmitted
+    | JobCancelRequested
+    | JobPlaced
+    | JobReasonChanged
+    | JobStarted
+    | JobCompleted
+    | JobFailed
+    | JobTimedOut
+    | JobOutOfMemory
+    | JobCancelled
+    | NodeRegistered
+    | NodeLost
+    | NodeDrained
+    | WorkflowSubmitted,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode(data: bytes) -> Event:
+    return _ADAPTER.validate_json(data)

@@ -1,0 +1,96 @@
+"""Subjects and the stream: defined here once, derived from events, never typed at a call site.
+
+One stream holds the log of record. Subjects say who wrote an event, so a consumer or a fencing check
+can select by writer:
+
+    conductor.gw.submitted                  JobSubmitted (job id = its stream sequence)
+    conductor.gw.cancel.<job>               JobCancelRequested
+    conductor.gw.workflow                   WorkflowSubmitted
+    conductor.sched.placed.<node>           JobPlaced            } the scheduler's decisions: published
+    conductor.sched.job.<job>.<event>       JobCancelled, ...    } fenced on ``conductor.sched.>``
+    conductor.sched.node.<node>.<event>     NodeLost, NodeDrained}
+    conductor.exec.<node>.job.<event>       JobStarted and the outcomes an executor reports
+    conductor.exec.<node>.node.registered   NodeRegistered
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conductor_contracts import events as ev
+
+STREAM = "CONDUCTOR"
+ROOT = "conductor"
+ALL = f"{ROOT}.>"
+SCHEDULER_ALL = f"{ROOT}.sched.>"
+SUBMITTED = f"{ROOT}.gw.submitted"
+CANCEL_ALL = f"{ROOT}.gw.cancel.*"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str = STREAM
+    subjects: tuple[str, ...] = (ALL,)
+    # Idempotency-Key retries are answered from the stream's dedupe table within this window.
+    duplicate_window_s: float = 24 * 3600
+    max_msg_size: int = 1024 * 1024
+
+
+STREAM_SPEC = StreamSpec()
+
+LEASES_BUCKET = "conductor_leases"
+SCHEDULER_LEASE_KEY = "scheduler"
+
+
+def placements_for(node: str) -> str:
+    return f"{ROOT}.sched.placed.{node}"
+
+
+def cancel_of(job_id: int) -> str:
+    return f"{ROOT}.gw.cancel.{job_id}"
+
+
+def is_scheduler_subject(subject: str) -> bool:
+    return subject.startswith(f"{ROOT}.sched.")
+
+
+def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
+    """The subject of an event. JobCancelled is written by the scheduler (a pending job) or by an
+    executor (a running one); ``by_scheduler`` tells which."""
+    match event:
+        case ev.JobSubmitted():
+            return SUBMITTED
+        case ev.JobCancelRequested(job_id=job_id):
+            return cancel_of(job_id)
+        case ev.WorkflowSubmitted():
+            return f"{ROOT}.gw.workflow"
+        case ev.JobPlaced(node=node):
+            return placements_for(node)
+        case ev.JobReasonChanged(job_id=job_id):
+            return f"{ROOT}.sched.job.{job_id}.reason"
+        case ev.NodeLost(node=node) | ev.NodeDrained(node=node):
+            return f"{ROOT}.sched.node.{node}.{event.type.removeprefix('Node').lower()}"
+        case ev.NodeRegistered(node=node):
+            return f"{ROOT}.exec.{node}.node.registered"
+        case ev.JobCancelled(job_id=job_id) if by_scheduler or event.node is None:
+            return f"{ROOT}.sched.job.{job_id}.cancelled"
+        case (
+            ev.JobStarted(node=node)
+            | ev.JobCompleted(node=node)
+            | ev.JobFailed(node=node)
+            | ev.JobTimedOut(node=node)
+            | ev.JobOutOfMemory(node=node)
+            | ev.JobCancelled(node=node)
+        ):
+            return f"{ROOT}.exec.{node}.job.{event.type.removeprefix('Job').lower()}"
+    raise ValueError(f"no subject for {event!r}")
+
+
+def dedupe_id(event: ev.Event) -> str:
+    """``Nats-Msg-Id``: outcomes are keyed by job so a retried report is stored once."""
+    match event:
+        case ev.JobStarted() | ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory():
+            return f"{event.type}:{event.job_id}"
+        case ev.JobCancelled():
+            return f"JobCancelled:{event.job_id}"
+    return event.event_id

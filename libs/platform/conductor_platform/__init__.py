@@ -1,0 +1,1 @@
+"""Adapters every service shares: settings, the NATS connection and stream, logging, local servers."""

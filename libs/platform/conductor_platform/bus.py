@@ -1,0 +1,109 @@
+"""The JetStream side every service shares: connect, make sure the stream exists, publish events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import nats
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.errors import APIError, BadRequestError
+from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+
+
+class FencedOut(Exception):
+    """A fenced publish was rejected: someone else decided since the state we decided from."""
+
+
+@dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    stream: str = subjects.STREAM
+
+    async def publish(self, event: ev.Event, *, by_scheduler: bool = False, msg_id: str | None = None) -> int:
+        """Publish and wait for the stream's ack; returns the stream sequence."""
+        headers = {"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)}
+        ack = await self.js.publish(
+            subjects.subject_for(event, by_scheduler=by_scheduler),
+            ev.encode(event),
+            headers=headers,
+            stream=self.stream,
+        )
+        return int(ack.seq)
+
+    async def publish_fenced(self, event: ev.Event, expected_last_scheduler_seq: int) -> int:
+        """Publish a scheduler decision only if no other decision was stored since ``expected``."""
+        headers = {
+            "Nats-Msg-Id": subjects.dedupe_id(event),
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_scheduler_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.SCHEDULER_ALL,
+        }
+        try:
+            ack = await self.js.publish(
+                subjects.subject_for(event, by_scheduler=True), ev.encode(event), headers=headers, stream=self.stream
+            )
+        except APIError as err:
+            if err.err_code == WRONG_LAST_SEQUENCE:
+                raise FencedOut(str(err)) from err
+            raise
+        return int(ack.seq)
+
+    async def leases(self) -> KeyValue:
+        try:
+            return await self.js.key_value(subjects.LEASES_BUCKET)
+        except Exception:
+            return await self.js.create_key_value(
+                KeyValueConfig(bucket=subjects.LEASES_BUCKET, ttl=30, history=1, storage=StorageType.FILE)
+            )
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+async def ensure_stream(js: JetStreamContext, spec: subjects.StreamSpec = subjects.STREAM_SPEC) -> None:
+    config = StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        storage=StorageType.FILE,
+        duplicate_window=spec.duplicate_window_s,
+        max_msg_size=spec.max_msg_size,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+async def connect(url: str, *, name: str, attempts: int = 60) -> Bus:
+    """Connect (retrying while the server comes up), and make sure the stream exists."""
+    for attempt in range(1, attempts + 1):
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                drain_timeout=5,
+                allow_reconnect=True,
+            )
+            break
+        except Exception as err:
+            if attempt == attempts:
+                raise
+            log.info("waiting for NATS", extra={"url": url, "error": str(err)})
+            await asyncio.sleep(0.5)
+    js = nc.jetstream(timeout=10)
+    await ensure_stream(js)
+    return Bus(nc=nc, js=js)

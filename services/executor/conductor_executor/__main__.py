@@ -1,0 +1,40 @@
+"""``python -m conductor_executor [--node NAME] [--cpus N] [--memory 8G] [--partitions a,b]``"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from conductor_platform import logging as logs
+from conductor_platform.runner import run_until_signalled
+from pydantic import ValidationError
+
+from conductor_executor.service import run
+from conductor_executor.settings import ExecutorSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="conductor executor", description="Run the jobs placed on one node.")
+    parser.add_argument("--node", help="node name (default: the host name)")
+    parser.add_argument("--cpus", type=int, help="CPUs offered (default: this machine's)")
+    parser.add_argument("--memory", help="memory offered, like 8G (default: this machine's)")
+    parser.add_argument("--partitions", help="comma-separated partitions (default: default)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    if "partitions" in overrides:
+        overrides["partitions"] = [p.strip() for p in overrides["partitions"].split(",") if p.strip()]
+    try:
+        settings = ExecutorSettings(**overrides)
+    except ValidationError as err:
+        sys.exit(f"conductor executor: {err}")
+    logs.setup("executor", settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await run(settings, stop)
+
+    run_until_signalled(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""One job's process: spawn it in its own process group, wait with a time limit, kill it on demand.
+
+Every kill goes to the whole group (SIGTERM, a grace period, then SIGKILL), so children a script
+started do not outlive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conductor_executor.environment import exit_code_of
+
+
+@dataclass
+class Outcome:
+    exit_code: int
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+@dataclass
+class JobProcess:
+    job_id: int
+    process: asyncio.subprocess.Process
+    grace_s: float
+    cancelled: bool = False
+    timed_out: bool = False
+    _killer: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+
+    async def _terminate(self) -> None:
+        self._signal_group(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), self.grace_s)
+        except TimeoutError:
+            self._signal_group(signal.SIGKILL)
+
+    def kill(self, *, cancelled: bool = False, timed_out: bool = False) -> None:
+        self.cancelled = self.cancelled or cancelled
+        self.timed_out = self.timed_out or timed_out
+        if self._killer is None:
+            self._killer = asyncio.create_task(self._terminate())
+
+    async def wait(self, time_limit_s: int | None) -> Outcome:
+        try:
+            returncode = await asyncio.wait_for(asyncio.shield(self.process.wait()), time_limit_s)
+        except TimeoutError:
+            self.kill(timed_out=True)
+            returncode = await self.process.wait()
+        if self._killer is not None:
+            await self._killer
+        self._signal_group(signal.SIGKILL)  # leftovers the script put in the background
+        return Outcome(exit_code_of(returncode), timed_out=self.timed_out, cancelled=self.cancelled)
+
+
+async def spawn(
+    job_id: int,
+    script: Path,
+    cwd: str,
+    env: dict[str, str],
+    stdout: str,
+    stderr: str,
+    cpus: set[int],
+    grace_s: float,
+) -> JobProcess:
+    def in_child() -> None:
+        if cpus:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, cpus)
+
+    out = open(stdout, "wb")  # noqa: SIM115 - handed to the child, closed below
+    err = out if stderr == stdout else open(stderr, "wb")  # noqa: SIM115
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "/bin/bash",
+            str(script),
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=in_child,
+        )
+    finally:
+        out.close()
+        if err is not out:
+            err.close()
+    return JobProcess(job_id, process, grace_s)

@@ -1,0 +1,219 @@
+"""The executor: one per node. Registers the node, runs what the scheduler placed on it, reports.
+
+- Placements and cancel requests come through one durable consumer filtered on this node's placement
+  subject and on cancel requests, handled in stream order, one at a time, acked after handling.
+- Before a job starts, a marker folder ``jobs/<id>`` is written; a redelivered placement whose marker
+  exists is never started again (nothing runs twice).
+- A cancel request can be stored before the placement it concerns (the scheduler decided from a state
+  that did not have it yet): so before starting a job we look the request up in the stream.
+- Jobs left by an executor that died are reported NODE_FAIL at start (re-adopting them through a
+  per-job supervisor is the next step, see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, connect
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from conductor_executor import environment as envs
+from conductor_executor.process import JobProcess, spawn
+from conductor_executor.settings import ExecutorSettings
+
+log = logging.getLogger("conductor.executor")
+
+
+class Executor:
+    def __init__(self, bus: Bus, settings: ExecutorSettings) -> None:
+        self.bus, self.settings = bus, settings
+        self.node = settings.node
+        self.running: dict[int, JobProcess] = {}
+        self.monitors: set[asyncio.Task[None]] = set()
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- reporting -------------------------------------------------------------------------------
+    async def report(self, event: ev.Event) -> None:
+        for attempt in range(30):  # NATS may be restarting: the outcome must not be lost
+            try:
+                await self.bus.publish(event)
+                return
+            except Exception as err:
+                log.warning(
+                    "report failed; retrying", extra={"event": event.type, "error": str(err), "attempt": attempt}
+                )
+                await asyncio.sleep(1)
+        raise RuntimeError(f"could not report {event.type} for job {getattr(event, 'job_id', '?')}")
+
+    async def finish(self, job_id: int, event: ev.Event) -> None:
+        await self.report(event)
+        (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+
+    # -- startup ---------------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Jobs whose executor died with them still running: kill what is left, report NODE_FAIL."""
+        for folder in sorted(self.settings.jobs_dir.iterdir(), key=lambda p: p.name):
+            if not folder.name.isdigit() or (folder / "done").exists():
+                continue
+            job_id = int(folder.name)
+            with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+                pid = json.loads((folder / "process.json").read_text())["pid"]
+                os.killpg(pid, signal.SIGKILL)
+            message = "the executor stopped while the job ran; its outcome is unknown"
+            await self.finish(
+                job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
+            )
+            log.warning("job lost with a previous executor", extra={"job_id": job_id})
+
+    async def register(self) -> None:
+        await self.bus.publish(
+            ev.NodeRegistered(
+                node=self.node,
+                cpus=self.settings.cpus,
+                memory_mb=self.settings.memory_mb,
+                partitions=tuple(self.settings.partitions),
+            )
+        )
+        log.info(
+            "node registered",
+            extra={"node": self.node, "cpus": self.settings.cpus, "memory_mb": self.settings.memory_mb},
+        )
+
+    # -- handling ----------------------------------------------------------------------------------
+    async def handle(self, event: ev.Event) -> None:
+        match event:
+            case ev.JobPlaced(node=node) if node == self.node:
+                await self.start(event)
+            case ev.JobCancelRequested(job_id=job_id) if job_id in self.running:
+                log.info("cancelling", extra={"job_id": job_id})
+                self.running[job_id].kill(cancelled=True)
+
+    async def cancel_requested(self, job_id: int) -> bool:
+        try:
+            await self.bus.js.get_last_msg(self.bus.stream, subjects.cancel_of(job_id))
+        except NotFoundError:
+            return False
+        return True
+
+    async def submission(self, job_id: int) -> ev.JobSubmitted:
+        raw = await self.bus.js.get_msg(self.bus.stream, seq=job_id)
+        event = ev.decode(raw.data or b"")
+        if not isinstance(event, ev.JobSubmitted):
+            raise ValueError(f"stream sequence {job_id} is a {event.type}, not a JobSubmitted")
+        return event
+
+    async def start(self, placement: ev.JobPlaced) -> None:
+        job_id = placement.job_id
+        folder = self.settings.jobs_dir / str(job_id)
+        if folder.exists():
+            log.info("placement redelivered; not starting the job again", extra={"job_id": job_id})
+            return
+        folder.mkdir(parents=True)
+        if await self.cancel_requested(job_id):
+            await self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
+            return
+        job = await self.submission(job_id)
+        files = envs.job_files(job_id, job)
+        script = folder / "script.sh"
+        script.write_text(job.script)
+        try:
+            Path(job.working_directory).mkdir(parents=True, exist_ok=True)
+            process = await spawn(
+                job_id,
+                script,
+                job.working_directory,
+                envs.job_environment(os.environ, job_id, job, placement),
+                files.stdout,
+                files.stderr,
+                envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
+                self.settings.kill_grace_s,
+            )
+        except OSError as err:
+            message = f"could not start the job: {err}"
+            await self.finish(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+            log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
+            return
+        (folder / "process.json").write_text(json.dumps({"pid": process.pid}))
+        self.running[job_id] = process
+        await self.report(ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid))
+        log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
+        task = asyncio.create_task(self.monitor(process, job.time_limit_s))
+        self.monitors.add(task)
+        task.add_done_callback(self.monitors.discard)
+
+    async def monitor(self, process: JobProcess, time_limit_s: int | None) -> None:
+        job_id = process.job_id
+        outcome = await process.wait(time_limit_s)
+        self.running.pop(job_id, None)
+        code = outcome.exit_code
+        event: ev.Event
+        if outcome.cancelled:
+            event = ev.JobCancelled(job_id=job_id, node=self.node, exit_code=code)
+        elif outcome.timed_out:
+            event = ev.JobTimedOut(job_id=job_id, node=self.node, exit_code=code)
+        elif code == 0:
+            event = ev.JobCompleted(job_id=job_id, node=self.node, exit_code=0)
+        else:
+            event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
+        await self.finish(job_id, event)
+        log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
+
+    async def shutdown(self) -> None:
+        """Stopping the executor stops its jobs: none is left running unaccounted for."""
+        for process in list(self.running.values()):
+            process.kill()
+        for task in list(self.monitors):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
+
+
+async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
+    stop = stop or asyncio.Event()
+    bus = await connect(settings.nats_url, name=f"conductor-executor-{settings.node}")
+    executor = Executor(bus, settings)
+    # The consumer exists before the node is announced, so it cannot miss a placement; a new one
+    # starts at new messages, so placements for an earlier node of the same name are not replayed.
+    sub = await bus.js.pull_subscribe_bind(durable=await _ensure_consumer(bus, settings.node), stream=bus.stream)
+    await executor.recover()
+    await executor.register()
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(20, timeout=1)
+            except (NatsTimeout, TimeoutError):
+                continue
+            for msg in msgs:
+                await executor.handle(ev.decode(msg.data))
+                await msg.ack()
+    finally:
+        await executor.shutdown()
+        await bus.close()
+
+
+async def _ensure_consumer(bus: Bus, node: str) -> str:
+    durable = f"executor-{node}"
+    try:
+        await bus.js.consumer_info(bus.stream, durable)
+    except NotFoundError:
+        await bus.js.add_consumer(
+            bus.stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subjects=[subjects.placements_for(node), subjects.CANCEL_ALL],
+                deliver_policy=DeliverPolicy.NEW,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=120,
+                max_ack_pending=1000,
+            ),
+        )
+    return durable

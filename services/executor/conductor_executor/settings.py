@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+from conductor_contracts.parsing import parse_memory_mb
+from conductor_platform.settings import CommonSettings
+from pydantic import Field, field_validator
+
+
+def machine_memory_mb() -> int:
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024))
+
+
+def machine_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+class ExecutorSettings(CommonSettings):
+    node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "node1")
+    cpus: int = Field(default_factory=machine_cpus, ge=1)
+    memory: str = Field(default_factory=lambda: f"{machine_memory_mb()}M")
+    partitions: list[str] = Field(default_factory=lambda: ["default"])
+    state_dir: Path = Path("var/executor")
+    kill_grace_s: float = 10.0
+
+    @field_validator("node")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        # The name is a NATS subject token: no dots, spaces or wildcards.
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+            raise ValueError(f"invalid node name {value!r}: use letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        parse_memory_mb(value)
+        return value
+
+    @property
+    def memory_mb(self) -> int:
+        return parse_memory_mb(self.memory)
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.state_dir / self.node / "jobs"

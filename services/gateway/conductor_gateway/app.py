@@ -1,0 +1,180 @@
+"""The HTTP gateway: validates, publishes events, answers from the read models.
+
+It never writes Postgres and never calls another service: a submit is one awaited publish whose
+stream sequence is the job id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from conductor_contracts import api, subjects
+from conductor_contracts import events as ev
+from conductor_contracts.states import JobState
+from conductor_platform.bus import Bus, connect
+from conductor_platform.settings import async_database_url
+from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
+from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, make_asgi_app
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from conductor_gateway import queries, views
+from conductor_gateway.settings import GatewaySettings
+
+log = logging.getLogger("conductor.gateway")
+
+SUBMITS = Counter("conductor_gateway_submits_total", "Jobs accepted by the gateway")
+CANCELS = Counter("conductor_gateway_cancels_total", "Cancel requests accepted by the gateway")
+
+JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the job id returned by submit")]
+
+
+class State:
+    bus: Bus
+    engine: AsyncEngine
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    state = State()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.bus = await connect(settings.nats_url, name="conductor-gateway")
+        state.engine = create_async_engine(async_database_url(settings.database_url), pool_size=5, pool_pre_ping=True)
+        try:
+            yield
+        finally:
+            await state.bus.close()
+            await state.engine.dispose()
+
+    app = FastAPI(title="SCNS-Conductor", version="0.1.0", lifespan=lifespan)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.exception_handler(NatsError)
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(TimeoutError)
+    @app.exception_handler(OSError)
+    async def unavailable(_: Request, err: Exception) -> JSONResponse:
+        # The log or the read models are away (restarting): say so, let the client retry.
+        log.warning("backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
+        return JSONResponse(
+            {"detail": "the job log or the read models are unavailable; retry shortly"}, status_code=503
+        )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_script_bytes + 64 * 1024:
+            return JSONResponse({"detail": f"request body over {settings.max_script_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    async def submission(job_id: int) -> ev.JobSubmitted | None:
+        try:
+            raw = await state.bus.js.get_msg(state.bus.stream, seq=job_id)
+        except NotFoundError:
+            return None
+        if raw.subject != subjects.SUBMITTED:
+            return None
+        event = ev.decode(raw.data or b"")
+        return event if isinstance(event, ev.JobSubmitted) else None
+
+    async def find_job(job_id: int) -> api.JobView:
+        row = await queries.job(state.engine, job_id)
+        if row is not None:
+            return views.job_from_row(row)
+        submitted = await submission(job_id)
+        if submitted is None:
+            raise HTTPException(404, f"job {job_id} not found")
+        return views.job_from_submission(job_id, submitted)
+
+    @app.post("/jobs/submit", response_model=api.SubmitResponse)
+    async def submit(
+        body: api.SubmitRequest,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> api.SubmitResponse:
+        if len(body.script.encode()) > settings.max_script_bytes:
+            raise HTTPException(413, f"script over the limit of {settings.max_script_bytes} bytes")
+        spec = body.job
+        event = ev.JobSubmitted(
+            name=spec.name,
+            account=spec.account,
+            partition=spec.partition,
+            ntasks_per_node=spec.ntasks_per_node,
+            cpus_per_task=spec.cpus_per_task,
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+            time_limit_s=spec.time_limit_s,
+            working_directory=spec.current_working_directory,
+            standard_output=spec.standard_output or "",
+            standard_error=spec.standard_error,
+            environment=spec.environment,
+            script=body.script,
+        )
+        msg_id = f"submit:{idempotency_key}" if idempotency_key else None
+        job_id = await state.bus.publish(event, msg_id=msg_id)
+        SUBMITS.inc()
+        log.info("submitted", extra={"job_id": job_id, "account": spec.account})
+        return api.SubmitResponse(job_id=str(job_id))
+
+    @app.get("/jobs/query/{job_id}", response_model=api.JobView)
+    async def query(job_id: JobId) -> api.JobView:
+        return await find_job(job_id)
+
+    @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse)
+    async def cancel(job_id: JobId) -> api.CancelResponse:
+        job = await find_job(job_id)
+        if JobState(job.state).is_terminal:
+            raise HTTPException(409, f"job {job_id} already ended as {job.state}; nothing to cancel")
+        await state.bus.publish(ev.JobCancelRequested(job_id=job_id), msg_id=f"cancel:{job_id}")
+        CANCELS.inc()
+        return api.CancelResponse(job_id=str(job_id), state=job.state, detail="cancel requested")
+
+    @app.get("/jobs", response_model=api.JobList)
+    async def list_jobs(
+        state_: Annotated[JobState | None, Query(alias="state")] = None,
+        account: str | None = None,
+        name: str | None = None,
+        cursor: Annotated[str | None, Query(pattern=r"^\d+$", description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
+    ) -> api.JobList:
+        rows = await queries.jobs(
+            state.engine,
+            state=state_.value if state_ else None,
+            account=account,
+            name=name,
+            before=int(cursor) if cursor else None,
+            limit=limit,
+        )
+        page = [views.job_from_row(r) for r in rows]
+        next_cursor = page[-1].job_id if len(page) == limit else None
+        return api.JobList(jobs=page, next_cursor=next_cursor)
+
+    @app.get("/nodes", response_model=api.NodeList)
+    async def list_nodes() -> api.NodeList:
+        return api.NodeList(nodes=[views.node_from_row(r) for r in await queries.nodes(state.engine)])
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        problems = []
+        if not state.bus.nc.is_connected:
+            problems.append("nats: not connected")
+        try:
+            await queries.ping(state.engine)
+        except Exception as err:
+            problems.append(f"postgres: {type(err).__name__}")
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return app

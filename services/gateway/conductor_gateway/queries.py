@@ -1,0 +1,46 @@
+"""All SQL the gateway runs: reads of the read models, never writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from conductor_projector import tables as t
+from sqlalchemy import select, text
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+
+async def job(engine: AsyncEngine, job_id: int) -> RowMapping | None:
+    async with engine.connect() as conn:
+        result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id == job_id))
+        return result.mappings().first()
+
+
+async def jobs(
+    engine: AsyncEngine, *, state: str | None, account: str | None, name: str | None, before: int | None, limit: int
+) -> Sequence[RowMapping]:
+    query = select(t.jobs).order_by(t.jobs.c.job_id.desc()).limit(limit)
+    filters: list[Any] = []
+    if state:
+        filters.append(t.jobs.c.state == state)
+    if account:
+        filters.append(t.jobs.c.account == account)
+    if name:
+        filters.append(t.jobs.c.name == name)
+    if before is not None:
+        filters.append(t.jobs.c.job_id < before)
+    async with engine.connect() as conn:
+        result = await conn.execute(query.where(*filters))
+        return result.mappings().all()
+
+
+async def nodes(engine: AsyncEngine) -> Sequence[RowMapping]:
+    async with engine.connect() as conn:
+        result = await conn.execute(select(t.nodes).order_by(t.nodes.c.name))
+        return result.mappings().all()
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("select 1"))

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from conductor_platform.settings import CommonSettings
+from pydantic import Field
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Below NATS's 1 MiB message limit, with room for the job's other fields.
+    max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
+    page_size: int = 50

@@ -1,0 +1,23 @@
+"""Bring the read-model schema to Alembic's head; safe to run from several processes at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from conductor_platform.settings import async_database_url
+
+_HERE = Path(__file__).parent
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_HERE / "migrations"))
+    config.set_main_option("sqlalchemy.url", async_database_url(database_url).replace("%", "%%"))
+    return config
+
+
+def upgrade(database_url: str) -> None:
+    """Blocking (Alembic's env runs its own event loop): call it from a thread inside async code."""
+    command.upgrade(alembic_config(database_url), "head")

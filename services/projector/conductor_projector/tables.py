@@ -1,0 +1,75 @@
+"""The read models: plain tables the gateway queries with SQL. Dropped and rebuilt from the log at will.
+
+Schema changes go through Alembic migrations (``migrations/versions``); this module mirrors the head.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("account", Text, nullable=False),
+    Column("partition", Text, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("reason", Text),
+    Column("reason_detail", Text),
+    Column("exit_code", Integer),
+    Column("node", Text),
+    Column("cores", JSON),
+    Column("pid", Integer),
+    Column("cpus", Integer, nullable=False),
+    Column("ntasks_per_node", Integer, nullable=False),
+    Column("cpus_per_task", Integer, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("time_limit_s", Integer),
+    Column("working_directory", Text, nullable=False),
+    Column("standard_output", Text, nullable=False),
+    Column("standard_error", Text),
+    Column("environment", JSON, nullable=False),
+    Column("script", Text, nullable=False),
+    Column("submit_time", DateTime(timezone=True), nullable=False),
+    Column("start_time", DateTime(timezone=True)),
+    Column("end_time", DateTime(timezone=True)),
+    Column("cancel_requested", Boolean, nullable=False, server_default="false"),
+    Column("message", Text),
+    Index("ix_jobs_state", "state"),
+    Index("ix_jobs_account", "account"),
+    Index("ix_jobs_name", "name"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("cpus", Integer, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("partitions", JSON, nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+)
+
+# The projector's position in the stream, written in the same transaction as the rows it covers.
+positions = Table(
+    "projector_positions",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False),
+)

@@ -1,0 +1,25 @@
+"""``python -m conductor_scheduler``"""
+
+from __future__ import annotations
+
+import asyncio
+
+from conductor_platform import logging as logs
+from conductor_platform.runner import run_until_signalled
+
+from conductor_scheduler.service import run
+from conductor_scheduler.settings import SchedulerSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = SchedulerSettings()
+    logs.setup("scheduler", settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await run(settings, stop)
+
+    run_until_signalled(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The scheduling policy: FIFO + first fit, per partition. Pure: state in, decisions out.
+
+- Jobs are taken in submit order. A job goes to the first node (by name) of its partition with enough
+  free cores and memory, and gets the lowest-numbered free cores.
+- A job that does not fit now blocks the jobs behind it in its partition (strict FIFO: no backfill),
+  so a big job is not starved by a stream of small ones.
+- A job larger than every node of its partition could ever hold does not block anyone: it waits with
+  reason ResourcesNeverSatisfiable, and a bigger node registering later can still take it.
+- Reasons are evaluated for the first ``queue_depth`` pending jobs of each partition (Slurm's
+  default_queue_depth) and emitted only when they change, so a deep queue does not flood the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conductor_contracts import events as ev
+from conductor_contracts.states import PendingReason
+
+from conductor_scheduler.state import ClusterState, Node, PendingJob
+
+Decision = ev.JobPlaced | ev.JobCancelled | ev.JobReasonChanged
+
+
+@dataclass
+class _Room:
+    cores: list[int]
+    memory_mb: int
+
+
+def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
+    if any(job.cpus <= n.cpus and job.memory_mb <= n.memory_mb for n in nodes):
+        return None
+    biggest = max(nodes, key=lambda n: (n.cpus, n.memory_mb))
+    return (
+        f"asks {job.cpus} CPUs and {job.memory_mb}M of memory; the largest node of partition "
+        f"'{job.partition}' ({biggest.name}) has {biggest.cpus} CPUs and {biggest.memory_mb}M"
+    )
+
+
+def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
+    decisions: list[Decision] = []
+    for job_id in sorted(state.cancel_requested):
+        if job_id in state.pending:
+            decisions.append(ev.JobCancelled(job_id=job_id))
+
+    nodes = sorted(state.nodes.values(), key=lambda n: n.name)
+    room = {n.name: _Room(sorted(n.free_cores), n.free_memory_mb) for n in nodes}
+    blocked: set[str] = set()
+    evaluated: dict[str, int] = {}
+
+    def reason(job: PendingJob, code: PendingReason, detail: str = "") -> None:
+        if state.reasons.get(job.job_id) != code.value:
+            decisions.append(ev.JobReasonChanged(job_id=job.job_id, reason=code.value, detail=detail))
+
+    for job in state.pending.values():
+        if job.job_id in state.cancel_requested:
+            continue
+        depth = evaluated.get(job.partition, 0)
+        if depth >= queue_depth and job.partition in blocked:
+            continue
+        evaluated[job.partition] = depth + 1
+        members = [n for n in nodes if job.partition in n.partitions]
+        if not members:
+            reason(job, PendingReason.PARTITION_DOWN, f"no node serves partition '{job.partition}'")
+            continue
+        too_big = _never_fits(job, members)
+        if too_big is not None:
+            reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
+            continue
+        if job.partition in blocked:
+            reason(job, PendingReason.PRIORITY, "waiting behind an earlier job of its partition")
+            continue
+        target = next(
+            (n for n in members if len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb),
+            None,
+        )
+        if target is None:
+            blocked.add(job.partition)
+            reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
+            continue
+        free = room[target.name]
+        cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]
+        free.memory_mb -= job.memory_mb
+        decisions.append(ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb))
+    return decisions

@@ -1,0 +1,58 @@
+"""The ``conductor`` command: ``up`` runs everything; the others run one service each."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _up(argv: list[str]) -> None:
+    from conductor.supervisor import Supervisor, UpOptions
+
+    parser = argparse.ArgumentParser(prog="conductor up", description="Start the whole system on this machine.")
+    parser.add_argument(
+        "--var-dir", default=os.environ.get("CONDUCTOR_VAR_DIR", "var"), help="data folder (default ./var)"
+    )
+    parser.add_argument("--port", type=int, help="gateway port (default 8000, or CONDUCTOR_PORT)")
+    parser.add_argument("--node", help="the executor's node name (default: host name)")
+    parser.add_argument("--cpus", type=int, help="CPUs the executor offers (default: this machine's)")
+    parser.add_argument("--memory", help="memory the executor offers, like 8G (default: this machine's)")
+    args = parser.parse_args(argv)
+    executor_args: list[str] = []
+    for flag in ("node", "cpus", "memory"):
+        value = getattr(args, flag)
+        if value is not None:
+            executor_args += [f"--{flag}", str(value)]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s conductor up: %(message)s", stream=sys.stderr)
+    options = UpOptions(var_dir=Path(args.var_dir).resolve(), executor_args=executor_args, gateway_port=args.port)
+    sys.exit(Supervisor(options).run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("up", "gateway", "scheduler", "executor", "projector")
+    if not argv or argv[0] not in commands:
+        print(f"usage: conductor {{{','.join(commands)}}} [options]", file=sys.stderr)
+        sys.exit(2)
+    command, rest = argv[0], argv[1:]
+    if command == "up":
+        _up(rest)
+    elif command == "gateway":
+        from conductor_gateway.__main__ import main as run
+
+        run(rest)
+    elif command == "scheduler":
+        from conductor_scheduler.__main__ import main as run
+
+        run(rest)
+    elif command == "executor":
+        from conductor_executor.__main__ import main as run
+
+        run(rest)
+    else:
+        from conductor_projector.__main__ import main as run
+
+        run(rest)
