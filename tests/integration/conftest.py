@@ -1,0 +1,48 @@
+"""Fresh state per test on the session's real servers: an empty stream, an empty schema."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from nats.js.errors import NotFoundError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, connect
+from conductor_platform.settings import async_database_url
+from conductor_projector import migrate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    bus = await connect(nats_url, name="tests")
+    with contextlib.suppress(NotFoundError):
+        await bus.js.delete_stream(subjects.STREAM)
+    with contextlib.suppress(NotFoundError, Exception):
+        await bus.js.delete_key_value(subjects.LEASES_BUCKET)
+    await connect_stream(bus)
+    yield bus
+    await bus.close()
+
+
+async def connect_stream(bus: Bus) -> None:
+    from conductor_platform.bus import ensure_stream
+
+    await ensure_stream(bus.js)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(async_database_url(database_url))
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await asyncio.to_thread(migrate.upgrade, database_url)
+    yield engine
+    await engine.dispose()

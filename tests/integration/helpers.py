@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 20, what: str = "condition") -> T:
+    """Poll until ``probe`` returns something truthy (waiting on real servers, not asserting speed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def read_log(bus: Bus) -> list[tuple[int, str, ev.Event]]:
+    """The whole stream, in order."""
+    info = await bus.js.stream_info(subjects.STREAM)
+    out: list[tuple[int, str, ev.Event]] = []
+    if info.state.last_seq == 0:
+        return out
+    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+        msg = await bus.js.get_msg(subjects.STREAM, seq=seq)
+        out.append((seq, msg.subject, ev.decode(msg.data or b"")))
+    return out

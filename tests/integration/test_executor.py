@@ -1,0 +1,119 @@
+"""The executor on a real JetStream, running real bash: outcomes, limits, cancel, no double run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_executor.service import run
+from conductor_executor.settings import ExecutorSettings
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually, read_log
+from tests.unit.scheduling import submitted
+
+NODE = "testnode"
+
+
+@pytest.fixture
+async def executor(bus: Bus, nats_url: str, tmp_path: Path) -> AsyncIterator[ExecutorSettings]:
+    settings = ExecutorSettings(
+        nats_url=nats_url, node=NODE, cpus=2, memory="1G", state_dir=tmp_path / "state", kill_grace_s=1
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+    yield settings
+    stop.set()
+    await task
+
+
+async def _has(bus: Bus, kind: type, job_id: int | None = None) -> list[ev.Event]:
+    return [
+        e for _, _, e in await read_log(bus) if isinstance(e, kind) and getattr(e, "job_id", None) in (job_id, None)
+    ]
+
+
+async def _submit_and_place(bus: Bus, workdir: Path, script: str, time_limit_s: int | None = 60) -> int:
+    job = submitted().model_copy(
+        update={"working_directory": str(workdir), "script": script, "time_limit_s": time_limit_s, "name": "tj"}
+    )
+    job_id = await bus.publish(job)
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(1,), memory_mb=100), by_scheduler=True)
+    return job_id
+
+
+async def _outcome(bus: Bus, job_id: int) -> ev.Event:
+    kinds = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
+
+    async def probe() -> list[ev.Event]:
+        return [e for _, _, e in await read_log(bus) if isinstance(e, kinds) and e.job_id == job_id]
+
+    [outcome] = await eventually(probe, what=f"outcome of job {job_id}")
+    return outcome
+
+
+async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    script = (
+        '#!/bin/bash\necho "id=$SLURM_JOB_ID name=$SLURM_JOB_NAME cid=$CONDUCTOR_JOB_ID pwd=$(pwd)"\necho oops >&2\n'
+    )
+    job_id = await _submit_and_place(bus, tmp_path / "work", script)
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobCompleted) and outcome.exit_code == 0
+    text = (tmp_path / "work" / f"slurm-{job_id}.out").read_text()
+    assert f"id={job_id} name=tj cid={job_id} pwd={tmp_path / 'work'}" in text
+    assert "oops" in text  # no standard_error given: stderr joins stdout, as in Slurm
+    [started] = await _has(bus, ev.JobStarted, job_id)
+    assert started.pid > 0  # type: ignore[union-attr]
+
+
+async def test_nonzero_exit_is_failed_with_its_code(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, "exit 3"))
+    assert isinstance(outcome, ev.JobFailed) and outcome.exit_code == 3
+
+
+async def test_time_limit_kills_the_whole_group(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    script = f"sleep 300 & echo $! > {tmp_path}/child.pid\nsleep 300\n"
+    outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, script, time_limit_s=1))
+    assert isinstance(outcome, ev.JobTimedOut)
+    child = int((tmp_path / "child.pid").read_text())
+    await eventually(lambda: _gone(child), what="background child killed")
+
+
+async def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return True
+    return status == "Z"
+
+
+async def test_cancel_of_a_running_job(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    job_id = await _submit_and_place(bus, tmp_path, "sleep 300")
+    await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="started")
+    await bus.publish(ev.JobCancelRequested(job_id=job_id))
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobCancelled) and outcome.node == NODE
+
+
+async def test_a_cancel_stored_before_the_placement_wins(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
+    job_id = await bus.publish(job)
+    await bus.publish(ev.JobCancelRequested(job_id=job_id))
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=1), by_scheduler=True)
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobCancelled)
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_a_redelivered_placement_does_not_run_twice(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    job_id = await _submit_and_place(bus, tmp_path, "echo run >> runs.txt")
+    await _outcome(bus, job_id)
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=1), by_scheduler=True)
+    marker = await _submit_and_place(bus, tmp_path, "true")  # handled after the duplicate, in order
+    await _outcome(bus, marker)
+    assert (tmp_path / "runs.txt").read_text() == "run\n"
+    assert len(await _has(bus, ev.JobStarted, job_id)) == 1

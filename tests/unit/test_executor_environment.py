@@ -1,0 +1,34 @@
+from conductor_contracts import events as ev
+from conductor_executor.environment import exit_code_of, host_cpus, job_environment, job_files
+from tests.unit.scheduling import submitted
+
+
+def test_slurm_variables_and_conductor_twins() -> None:
+    job = submitted(cpus=2).model_copy(update={"name": "train", "environment": {"MY_VAR": "1"}})
+    placement = ev.JobPlaced(job_id=42, node="n1", cores=(2, 3), memory_mb=100)
+    env = job_environment({"PATH": "/bin", "CONDUCTOR_NATS_URL": "secret", "NATS_URL": "x"}, 42, job, placement)
+    assert env["SLURM_JOB_ID"] == env["CONDUCTOR_JOB_ID"] == "42"
+    assert env["SLURM_JOB_NAME"] == "train"
+    assert env["SLURM_CPUS_PER_TASK"] == "2"
+    assert env["SLURM_SUBMIT_DIR"] == "/tmp"
+    assert env["SLURM_JOB_NODELIST"] == "n1"
+    assert env["MY_VAR"] == "1" and env["PATH"] == "/bin"
+    assert "CONDUCTOR_NATS_URL" not in env and "NATS_URL" not in env
+
+
+def test_files_default_to_slurm_pattern_and_stderr_joins_stdout() -> None:
+    files = job_files(7, submitted())
+    assert files.stdout == files.stderr == "/tmp/slurm-7.out"
+    job = submitted().model_copy(update={"standard_output": "o-%j.txt", "standard_error": "/logs/%x.err"})
+    assert job_files(7, job) == type(files)("/tmp/o-7.txt", "/logs/j.err")
+
+
+def test_cores_map_onto_the_machine_and_wrap() -> None:
+    assert host_cpus([0, 1], [4, 5, 6]) == {4, 5}
+    assert host_cpus([2, 3], [0, 1]) == {0, 1}
+    assert host_cpus([0], []) == set()
+
+
+def test_signal_exit_codes_follow_the_shell() -> None:
+    assert exit_code_of(3) == 3
+    assert exit_code_of(-15) == 143

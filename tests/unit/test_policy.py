@@ -1,0 +1,126 @@
+from conductor_contracts import events as ev
+from conductor_contracts.states import PendingReason
+from conductor_scheduler.policy import decide
+from conductor_scheduler.state import ClusterState, evolve
+from tests.unit.scheduling import Log, node, submitted
+
+
+def test_first_fit_in_submit_order_with_concrete_cores() -> None:
+    log = Log()
+    log.append(node("a", 2))
+    log.append(node("b", 4))
+    j1, j2, j3 = (log.append(submitted(cpus=c)) for c in (2, 3, 1))
+    log.schedule()
+    assert log.placements() == [(j1, "a", (0, 1)), (j2, "b", (0, 1, 2)), (j3, "b", (3,))]
+
+
+def test_a_job_that_does_not_fit_blocks_those_behind_it() -> None:
+    log = Log()
+    log.append(node("a", 2))
+    first = log.append(submitted(cpus=2))
+    big = log.append(submitted(cpus=2))
+    small = log.append(submitted(cpus=1))
+    log.schedule()
+    assert [p[0] for p in log.placements()] == [first]
+    assert log.state.reasons == {big: PendingReason.RESOURCES.value, small: PendingReason.PRIORITY.value}
+    log.append(ev.JobCompleted(job_id=first, node="a"))
+    log.schedule()
+    assert [p[0] for p in log.placements()] == [first, big]
+
+
+def test_memory_counts_as_much_as_cores() -> None:
+    log = Log()
+    log.append(node("a", 8, memory_mb=1000))
+    log.append(submitted(memory_mb=800))
+    second = log.append(submitted(memory_mb=800))
+    log.schedule()
+    assert len(log.placements()) == 1
+    assert log.state.reasons[second] == PendingReason.RESOURCES.value
+
+
+def test_a_job_bigger_than_every_node_waits_with_a_reason_and_blocks_no_one() -> None:
+    log = Log()
+    log.append(node("a", 2, memory_mb=4096))
+    huge = log.append(submitted(cpus=4, memory_mb=8192))
+    small = log.append(submitted(cpus=1))
+    decisions = log.schedule()
+    assert [p[0] for p in log.placements()] == [small]
+    reason = next(d for d in decisions if isinstance(d, ev.JobReasonChanged))
+    assert reason.job_id == huge and reason.reason == PendingReason.RESOURCES_NEVER_SATISFIABLE.value
+    assert "asks 4 CPUs" in reason.detail and "2 CPUs" in reason.detail
+    log.append(node("big", 8, memory_mb=16384))
+    log.schedule()
+    assert (huge, "big", (0, 1, 2, 3)) in log.placements()
+
+
+def test_partitions_are_separate_queues() -> None:
+    log = Log()
+    log.append(node("cpu1", 1, partitions=("cpu",)))
+    log.append(node("gpu1", 1, partitions=("gpu",)))
+    c = log.append(submitted(partition="cpu"))
+    log.append(submitted(partition="cpu"))
+    g = log.append(submitted(partition="gpu"))
+    lonely = log.append(submitted(partition="nowhere"))
+    log.schedule()
+    assert {(p[0], p[1]) for p in log.placements()} == {(c, "cpu1"), (g, "gpu1")}
+    assert log.state.reasons[lonely] == PendingReason.PARTITION_DOWN.value
+
+
+def test_reasons_are_emitted_only_when_they_change() -> None:
+    log = Log()
+    log.append(node("a", 1))
+    log.append(submitted())
+    log.append(submitted())
+    assert any(isinstance(d, ev.JobReasonChanged) for d in log.schedule())
+    assert log.schedule() == []
+
+
+def test_cancel_of_a_pending_job_is_decided_by_the_scheduler() -> None:
+    log = Log()
+    job = log.append(submitted())
+    log.append(ev.JobCancelRequested(job_id=job))
+    decisions = log.schedule()
+    assert decisions == [
+        ev.JobCancelled(job_id=job, event_id=decisions[0].event_id, occurred_at=decisions[0].occurred_at)
+    ]
+    assert job not in log.state.pending
+    log.append(node("a", 1))
+    assert log.schedule() == []
+
+
+def test_completion_frees_exactly_what_was_given() -> None:
+    log = Log()
+    log.append(node("a", 4, memory_mb=1000))
+    j = log.append(submitted(cpus=3, memory_mb=600))
+    log.schedule()
+    assert log.state.nodes["a"].free_cores == {3}
+    log.append(ev.JobFailed(job_id=j, node="a", exit_code=1))
+    log.append(ev.JobFailed(job_id=j, node="a", exit_code=1))  # a redelivered outcome frees nothing twice
+    assert log.state.nodes["a"].free_cores == {0, 1, 2, 3}
+    assert log.state.nodes["a"].free_memory_mb == 1000
+
+
+def test_reregistration_keeps_running_allocations() -> None:
+    log = Log()
+    log.append(node("a", 2))
+    log.append(submitted(cpus=1))
+    log.schedule()
+    log.append(node("a", 2))  # the executor restarted
+    assert log.state.nodes["a"].free_cores == {1}
+
+
+def test_fold_ignores_an_event_seen_before() -> None:
+    state = ClusterState()
+    evolve(state, 1, submitted())
+    evolve(state, 1, submitted())
+    assert list(state.pending) == [1]
+
+
+def test_a_second_placement_of_a_job_allocates_nothing() -> None:
+    log = Log()
+    log.append(node("a", 2))
+    j = log.append(submitted())
+    log.schedule()
+    log.append(ev.JobPlaced(job_id=j, node="a", cores=(1,), memory_mb=100), by_scheduler=True)
+    assert log.state.nodes["a"].free_cores == {1}
+    assert decide(log.state) == []

@@ -1,0 +1,76 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_projector.operations import ACTIVE, InsertJob, UpdateJob, UpdateNode, UpsertNode, to_operations
+from tests.unit.scheduling import node, submitted
+
+T = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
+    [op] = to_operations(9, submitted(cpus=2).model_copy(update={"standard_output": "out-%j"}))
+    assert isinstance(op, InsertJob)
+    assert op.values["job_id"] == 9 and op.values["state"] == "PENDING" and op.values["cpus"] == 2
+    assert op.values["standard_output"] == "/tmp/out-9"
+
+
+@pytest.mark.parametrize(
+    ("event", "values", "only_in"),
+    [
+        (ev.JobCancelRequested(job_id=1), {"cancel_requested": True}, ACTIVE),
+        (
+            ev.JobPlaced(job_id=1, node="n", cores=(0, 1), memory_mb=5),
+            {"state": "RUNNING", "node": "n", "cores": [0, 1], "reason": None, "reason_detail": None},
+            ("PENDING",),
+        ),
+        (
+            ev.JobReasonChanged(job_id=1, reason="Resources", detail="d"),
+            {"reason": "Resources", "reason_detail": "d"},
+            ("PENDING",),
+        ),
+        (ev.JobStarted(job_id=1, node="n", pid=5, occurred_at=T), {"start_time": T, "pid": 5}, ACTIVE),
+        (
+            ev.JobCompleted(job_id=1, node="n", occurred_at=T),
+            {"state": "COMPLETED", "end_time": T, "exit_code": 0, "reason": None},
+            ACTIVE,
+        ),
+        (
+            ev.JobFailed(job_id=1, node="n", exit_code=3, occurred_at=T),
+            {"state": "FAILED", "end_time": T, "exit_code": 3, "reason": None, "message": None},
+            ACTIVE,
+        ),
+        (
+            ev.JobFailed(job_id=1, node="n", exit_code=None, message="lost", node_fail=True, occurred_at=T),
+            {"state": "NODE_FAIL", "end_time": T, "exit_code": None, "reason": None, "message": "lost"},
+            ACTIVE,
+        ),
+        (
+            ev.JobTimedOut(job_id=1, node="n", exit_code=143, occurred_at=T),
+            {"state": "TIMEOUT", "end_time": T, "exit_code": 143, "reason": None},
+            ACTIVE,
+        ),
+        (
+            ev.JobOutOfMemory(job_id=1, node="n", occurred_at=T),
+            {"state": "OUT_OF_MEMORY", "end_time": T, "exit_code": None, "reason": None},
+            ACTIVE,
+        ),
+        (
+            ev.JobCancelled(job_id=1, occurred_at=T),
+            {"state": "CANCELLED", "end_time": T, "exit_code": None, "reason": None},
+            ACTIVE,
+        ),
+    ],
+    ids=lambda v: getattr(v, "type", None) or "",
+)
+def test_job_events_update_only_jobs_still_in_the_right_state(
+    event: ev.Event, values: dict[str, object], only_in: tuple[str, ...]
+) -> None:
+    assert to_operations(5, event) == [UpdateJob(1, values, only_in)]
+
+
+def test_node_events() -> None:
+    [up] = to_operations(1, node("n1", 4))
+    assert isinstance(up, UpsertNode) and up.values["state"] == "UP" and up.values["cpus"] == 4
+    assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN"})]

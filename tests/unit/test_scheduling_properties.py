@@ -1,0 +1,84 @@
+"""Invariants of fold + policy over arbitrary logs: never over-allocate, never place twice, replay."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conductor_contracts import events as ev
+from tests.unit.scheduling import Log, node, replay, submitted
+
+nodes = st.lists(
+    st.tuples(st.integers(1, 8), st.integers(100, 4000), st.sampled_from([("default",), ("gpu",), ("default", "gpu")])),
+    min_size=0,
+    max_size=4,
+)
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("submit"), st.integers(1, 10), st.integers(1, 5000), st.sampled_from(["default", "gpu"])),
+        st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from(["completed", "failed", "cancelled"])),
+        st.tuples(st.just("cancel"), st.integers(0, 50)),
+        st.tuples(st.just("schedule")),
+    ),
+    max_size=60,
+)
+
+
+def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[object, ...]]) -> Log:
+    log = Log()
+    for i, (cpus, mem, parts) in enumerate(node_specs):
+        log.append(node(f"n{i}", cpus, mem, parts))
+    submitted_ids: list[int] = []
+    for step in steps:
+        match step:
+            case ("submit", cpus, mem, partition):
+                submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition))))  # type: ignore[call-overload]
+            case ("finish", index, how) if log.state.running:
+                job_id = sorted(log.state.running)[int(index) % len(log.state.running)]  # type: ignore[call-overload]
+                where = log.state.running[job_id].node
+                outcome = {
+                    "completed": ev.JobCompleted(job_id=job_id, node=where),
+                    "failed": ev.JobFailed(job_id=job_id, node=where, exit_code=1),
+                    "cancelled": ev.JobCancelled(job_id=job_id, node=where),
+                }[str(how)]
+                log.append(outcome)
+            case ("cancel", index) if submitted_ids:
+                log.append(ev.JobCancelRequested(job_id=submitted_ids[int(index) % len(submitted_ids)]))  # type: ignore[call-overload]
+            case ("schedule",):
+                log.schedule()
+        _check_no_overallocation(log)
+    log.schedule()
+    _check_no_overallocation(log)
+    return log
+
+
+def _check_no_overallocation(log: Log) -> None:
+    for name, n in log.state.nodes.items():
+        given_out = [a for a in log.state.running.values() if a.node == name]
+        cores = [c for a in given_out for c in a.cores]
+        assert len(cores) == len(set(cores)), "a core given to two jobs"
+        assert all(0 <= c < n.cpus for c in cores)
+        assert set(cores).isdisjoint(n.free_cores)
+        assert len(cores) + len(n.free_cores) == n.cpus
+        assert sum(a.memory_mb for a in given_out) + n.free_memory_mb == n.memory_mb
+        assert n.free_memory_mb >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes, actions)
+def test_never_overallocates_and_never_places_twice(node_specs, steps) -> None:  # type: ignore[no-untyped-def]
+    log = _run(node_specs, steps)
+    placed = [job for job, _, _ in log.placements()]
+    assert len(placed) == len(set(placed))
+    cancelled_pending = {e.job_id for _, e, _ in log.events if isinstance(e, ev.JobCancelled) and e.node is None}
+    assert cancelled_pending.isdisjoint(placed)
+
+
+@settings(max_examples=200, deadline=None)
+@given(nodes, actions)
+def test_replaying_the_log_gives_the_same_state_and_no_new_decision(node_specs, steps) -> None:  # type: ignore[no-untyped-def]
+    log = _run(node_specs, steps)
+    again = replay(log.events)
+    assert again == log.state
+    first = _run(node_specs, steps)
+    assert first.placements() == log.placements()
