@@ -7,13 +7,14 @@ import logging
 from dataclasses import dataclass
 
 import nats
-from conductor_contracts import events as ev
-from conductor_contracts import subjects
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError
 from nats.js.kv import KeyValue
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
 
 log = logging.getLogger(__name__)
 

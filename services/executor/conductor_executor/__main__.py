@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import sys
 
-from conductor_platform import logging as logs
-from conductor_platform.runner import run_until_signalled
 from pydantic import ValidationError
 
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
+from conductor_platform import logging as logs
+from conductor_platform.runner import run_until_signalled
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,16 +20,16 @@ import os
 import signal
 from pathlib import Path
 
-from conductor_contracts import events as ev
-from conductor_contracts import subjects
-from conductor_platform.bus import Bus, connect
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_executor import environment as envs
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
+from conductor_platform.bus import Bus, connect
 
 log = logging.getLogger("conductor.executor")
 

@@ -5,9 +5,10 @@ import re
 import socket
 from pathlib import Path
 
+from pydantic import Field, field_validator
+
 from conductor_contracts.parsing import parse_memory_mb
 from conductor_platform.settings import CommonSettings
-from pydantic import Field, field_validator
 
 
 def machine_memory_mb() -> int:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uvicorn
-from conductor_platform import logging as logs
 
 from conductor_gateway.app import create_app
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform import logging as logs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,11 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from conductor_contracts import api, subjects
-from conductor_contracts import events as ev
-from conductor_contracts.states import JobState
-from conductor_platform.bus import Bus, connect
-from conductor_platform.settings import async_database_url
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from nats.errors import Error as NatsError
@@ -24,8 +19,13 @@ from prometheus_client import Counter, make_asgi_app
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from conductor_contracts import api, subjects
+from conductor_contracts import events as ev
+from conductor_contracts.states import JobState
 from conductor_gateway import queries, views
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform.bus import Bus, connect
+from conductor_platform.settings import async_database_url
 
 log = logging.getLogger("conductor.gateway")
 

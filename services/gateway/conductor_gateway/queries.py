@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conductor_projector import tables as t
 from sqlalchemy import select, text
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_projector import tables as t
 
 
 async def job(engine: AsyncEngine, job_id: int) -> RowMapping | None:

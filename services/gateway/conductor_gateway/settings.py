@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from conductor_platform.settings import CommonSettings
 from pydantic import Field
+
+from conductor_platform.settings import CommonSettings
 
 
 class GatewaySettings(CommonSettings):

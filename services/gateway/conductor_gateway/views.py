@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy.engine import RowMapping
+
 from conductor_contracts import api
 from conductor_contracts import events as ev
 from conductor_contracts.paths import output_files
 from conductor_contracts.states import JobState
-from sqlalchemy.engine import RowMapping
 
 
 def job_from_row(row: RowMapping) -> api.JobView:

@@ -6,7 +6,6 @@ import argparse
 
 from conductor_platform import logging as logs
 from conductor_platform.runner import run_until_signalled
-
 from conductor_projector.service import run
 from conductor_projector.settings import ProjectorSettings
 

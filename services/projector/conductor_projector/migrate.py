@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+
 from conductor_platform.settings import async_database_url
 
 _HERE = Path(__file__).parent

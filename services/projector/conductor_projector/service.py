@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import logging
 
-from conductor_contracts import events as ev
-from conductor_contracts import subjects
-from conductor_platform.bus import Bus, connect
-from conductor_platform.settings import async_database_url
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, connect
+from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
 from conductor_projector.settings import ProjectorSettings
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from conductor_contracts import events as ev
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from conductor_contracts import events as ev
 from conductor_projector import tables as t
 from conductor_projector.operations import (
     InsertJob,

@@ -6,7 +6,6 @@ import asyncio
 
 from conductor_platform import logging as logs
 from conductor_platform.runner import run_until_signalled
-
 from conductor_scheduler.service import run
 from conductor_scheduler.settings import SchedulerSettings
 

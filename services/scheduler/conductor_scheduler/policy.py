@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
-
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobReasonChanged

@@ -16,12 +16,12 @@ import asyncio
 import logging
 import uuid
 
-from conductor_contracts import events as ev
-from conductor_contracts import subjects
-from conductor_platform.bus import Bus, FencedOut, connect
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, FencedOut, connect
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.policy import decide
 from conductor_scheduler.settings import SchedulerSettings
