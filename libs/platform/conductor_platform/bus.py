@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError
 from nats.js.kv import KeyValue
 
@@ -68,8 +70,27 @@ class Bus:
             )
 
     async def close(self) -> None:
+        # Every publish here is awaited to its ack, so there is nothing in flight to drain.
         if not self.nc.is_closed:
-            await self.nc.drain()
+            await self.nc.close()
+
+
+async def read_from(bus: Bus, start_seq: int) -> JetStreamContext.PushSubscription:
+    """Follow the whole stream in order from ``start_seq``: an ordered consumer (no acks, no gaps)."""
+    policy = DeliverPolicy.ALL if start_seq <= 1 else DeliverPolicy.BY_START_SEQUENCE
+    config = ConsumerConfig(deliver_policy=policy, opt_start_seq=None if start_seq <= 1 else start_seq)
+    return await bus.js.subscribe(subjects.ALL, stream=bus.stream, ordered_consumer=True, config=config)
+
+
+async def next_batch(sub: JetStreamContext.PushSubscription, limit: int, wait_s: float) -> list[Msg]:
+    """Up to ``limit`` messages: waits ``wait_s`` for the first, then takes only what has arrived."""
+    try:
+        batch = [await sub.next_msg(timeout=wait_s)]
+    except (NatsTimeoutError, TimeoutError):
+        return []
+    while len(batch) < limit and sub.pending_msgs > 0:
+        batch.append(await sub.next_msg(timeout=wait_s))
+    return batch
 
 
 async def ensure_stream(js: JetStreamContext, spec: subjects.StreamSpec = subjects.STREAM_SPEC) -> None:

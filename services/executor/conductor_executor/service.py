@@ -212,7 +212,7 @@ async def _ensure_consumer(bus: Bus, node: str) -> str:
                 filter_subjects=[subjects.placements_for(node), subjects.CANCEL_ALL],
                 deliver_policy=DeliverPolicy.NEW,
                 ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=120,
+                ack_wait=30,
                 max_ack_pending=1000,
             ),
         )

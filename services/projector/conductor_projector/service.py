@@ -1,24 +1,22 @@
-"""The projector: a durable consumer over the whole stream, folding events into the read models.
+"""The projector: folds the whole stream, in order, into the read models.
 
-Cycle: fetch a batch, apply it in one transaction with the position it reaches, commit, then ack
-(AckAll: one ack covers the batch). A crash before the ack redelivers the batch; the stored position
-makes the replay a no-op.
+Cycle: read a batch, apply it in one transaction together with the stream position it reaches,
+commit. The position in Postgres is the projector's only cursor: on start it reads it and follows
+the stream from the next sequence with an ordered consumer. A crash loses at most an uncommitted
+batch, which is read again; nothing is applied twice and nothing is skipped. (A durable consumer with
+acks would redeliver a crashed batch *after* newer messages, and an ack of those would cover the gap:
+see docs/decisions.md.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
-from conductor_platform.bus import Bus, connect
+from conductor_platform.bus import connect, next_batch, read_from
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
 from conductor_projector.settings import ProjectorSettings
@@ -33,32 +31,24 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
     bus = await connect(settings.nats_url, name="conductor-projector")
     try:
         if rebuild:
-            await _rebuild(bus, settings.consumer)
             await sink.reset(engine)
             log.info("read models dropped; replaying the log")
-        sub = await bus.js.pull_subscribe(
-            subjects.ALL,
-            durable=settings.consumer,
-            stream=bus.stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, max_ack_pending=-1, ack_wait=60
-            ),
-        )
-        log.info("projecting", extra={"consumer": settings.consumer})
+        position = await _position(engine, settings.consumer)
+        sub = await read_from(bus, position + 1)
+        log.info("projecting", extra={"from_seq": position + 1})
         while not stop.is_set():
-            try:
-                msgs = await sub.fetch(settings.batch_size, timeout=1)
-            except (NatsTimeout, TimeoutError):
+            msgs = await next_batch(sub, settings.batch_size, wait_s=1.0)
+            if not msgs:
                 continue
             batch = [(m.metadata.sequence.stream, ev.decode(m.data)) for m in msgs]
             reached = await sink.apply_batch(engine, settings.consumer, batch)
-            await msgs[-1].ack()
             log.debug("applied", extra={"events": len(batch), "position": reached})
+        await sub.unsubscribe()
     finally:
         await bus.close()
         await engine.dispose()
 
 
-async def _rebuild(bus: Bus, consumer: str) -> None:
-    with contextlib.suppress(NotFoundError):
-        await bus.js.delete_consumer(bus.stream, consumer)
+async def _position(engine: AsyncEngine, name: str) -> int:
+    async with engine.connect() as conn:
+        return await sink.position(conn, name)

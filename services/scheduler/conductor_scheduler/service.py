@@ -16,12 +16,9 @@ import asyncio
 import logging
 import uuid
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import ConsumerConfig, DeliverPolicy
-
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
-from conductor_platform.bus import Bus, FencedOut, connect
+from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.policy import decide
 from conductor_scheduler.settings import SchedulerSettings
@@ -68,27 +65,21 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         kv = await bus.leases()
         lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, f"scheduler-{uuid.uuid4().hex[:8]}", settings.lease_ttl_s)
     scheduler = Scheduler(bus, settings, lease)
-    sub = await bus.js.subscribe(
-        subjects.ALL, stream=bus.stream, ordered_consumer=True, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-    )
+    sub = await read_from(bus, 1)
     log.info("scheduler started; replaying the log")
     try:
         while not stop.is_set():
-            caught_up = True
-            try:
-                msg = await sub.next_msg(timeout=0.5)
-            except (NatsTimeout, TimeoutError):
-                msg = None
-            if msg is not None:
+            msgs = await next_batch(sub, 1000, wait_s=0.5)
+            for msg in msgs:
                 scheduler.fold(msg.metadata.sequence.stream, msg.subject, ev.decode(msg.data))
-                caught_up = msg.metadata.num_pending == 0
-            if caught_up:
-                try:
-                    if await scheduler.leads():
-                        await scheduler.decide_and_publish()
-                except Exception:  # NATS away or slow: keep the state, try again shortly
-                    log.exception("deciding failed; retrying")
-                    await asyncio.sleep(1)
+            if msgs and msgs[-1].metadata.num_pending > 0:
+                continue  # not caught up: decide only from the whole log
+            try:
+                if await scheduler.leads():
+                    await scheduler.decide_and_publish()
+            except Exception:  # NATS away or slow: keep the state, try again shortly
+                log.exception("deciding failed; retrying")
+                await asyncio.sleep(1)
     finally:
         if lease is not None:
             await lease.release()

@@ -1,0 +1,174 @@
+"""The whole system as a user runs it: ``conductor up`` (what ``make up`` runs) on its embedded
+default, driven over HTTP, then stopped with Ctrl-C (SIGINT) leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psutil
+import pytest
+
+from conductor_platform.localservers import free_port
+
+pytestmark = pytest.mark.e2e
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.1)
+
+
+class System:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, var: Path, work: Path) -> None:
+        self.process, self.url, self.var, self.work = process, url, var, work
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def submit(self, script: str, **job: Any) -> str:
+        spec = {
+            "name": "e2e",
+            "account": "tester",
+            "partition": "default",
+            "ntasks_per_node": 1,
+            "cpus_per_task": 1,
+            "memory_per_node": "100M",
+            "time_limit": "5",
+            "current_working_directory": str(self.work),
+            "standard_output": "out-%j.txt",
+            "standard_error": "err-%j.txt",
+        } | job
+        answer = self.http.post("/jobs/submit", json={"job": spec, "script": script})
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["job_id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.http.get(f"/jobs/query/{job_id}").json())
+
+    def wait_state(self, job_id: str, *states: str, timeout: float = 60) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["state"] in states else None
+
+        return wait_for(probe, timeout, f"job {job_id} in {states}")
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    var, work = tmp_path_factory.mktemp("var"), tmp_path_factory.mktemp("work")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    env["CONDUCTOR_KILL_GRACE_S"] = "2"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conductor",
+            "up",
+            "--var-dir",
+            str(var),
+            "--port",
+            str(port),
+            "--node",
+            "e2e",
+            "--cpus",
+            "2",
+            "--memory",
+            "2G",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    system = System(process, url, var, work)
+
+    def ready() -> bool:
+        try:
+            nodes = system.http.get("/nodes").json()["nodes"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return process.poll() is not None  # stop waiting if it died
+        return bool(nodes)
+
+    wait_for(ready, 120, "the system up with its node registered")
+    assert process.poll() is None, "conductor up exited"
+    yield system
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+
+
+def test_submit_runs_to_completed_with_output_in_the_file(system: System) -> None:
+    job_id = system.submit('#!/bin/bash\necho "hello from $SLURM_JOB_ID"\necho warn >&2\n')
+    job = system.wait_state(job_id, "COMPLETED", "FAILED")
+    assert job["state"] == "COMPLETED" and job["exit_code"] == 0 and job["node"] == "e2e"
+    assert job["start_time"] and job["end_time"]
+    assert (system.work / f"out-{job_id}.txt").read_text() == f"hello from {job_id}\n"
+    assert (system.work / f"err-{job_id}.txt").read_text() == "warn\n"
+
+
+def test_nonzero_exit_is_failed_with_its_code(system: System) -> None:
+    job = system.wait_state(system.submit("exit 7"), "COMPLETED", "FAILED")
+    assert (job["state"], job["exit_code"]) == ("FAILED", 7)
+
+
+def test_time_limit_ends_in_timeout(system: System) -> None:
+    job = system.wait_state(system.submit("sleep 120", time_limit="0:02"), "TIMEOUT", "COMPLETED", "FAILED")
+    assert job["state"] == "TIMEOUT"
+
+
+def test_cancel_of_a_running_job(system: System) -> None:
+    job_id = system.submit("sleep 120")
+    system.wait_state(job_id, "RUNNING")
+    wait_for(lambda: system.job(job_id)["start_time"], what="job started")
+    answer = system.http.post(f"/jobs/cancel/{job_id}")
+    assert answer.status_code == 200
+    assert system.wait_state(job_id, "CANCELLED", "COMPLETED")["state"] == "CANCELLED"
+    assert system.http.post(f"/jobs/cancel/{job_id}").status_code == 409
+
+
+def test_the_seed_example_waits_with_a_reason_on_a_small_node(system: System) -> None:
+    job_id = system.submit("echo too big", cpus_per_task=4, memory_per_node="8G", time_limit="60")
+    job = wait_for(lambda: system.job(job_id) if system.job(job_id)["reason"] != "None" else None, what="a reason")
+    assert job["state"] == "PENDING" and job["reason"] == "ResourcesNeverSatisfiable"
+    assert "asks 4 CPUs" in job["reason_detail"]
+    assert system.http.post(f"/jobs/cancel/{job_id}").status_code == 200
+    assert system.wait_state(job_id, "CANCELLED")["state"] == "CANCELLED"
+
+
+def test_unknown_job_and_bad_payloads(system: System) -> None:
+    assert system.http.get("/jobs/query/987654").status_code == 404
+    bad = system.http.post("/jobs/submit", json={"job": {"name": "x"}, "script": ""})
+    assert bad.status_code == 422 and "detail" in bad.json()
+
+
+def test_a_killed_service_is_restarted_and_nothing_is_lost(system: System) -> None:
+    supervisor = psutil.Process(system.process.pid)
+    [projector] = [p for p in supervisor.children() if "conductor_projector" in " ".join(p.cmdline())]
+    projector.kill()
+    job_id = system.submit("echo after-kill")
+    assert system.wait_state(job_id, "COMPLETED")["state"] == "COMPLETED"
+
+
+def test_ctrl_c_stops_everything(system: System) -> None:
+    running = system.submit("sleep 300")
+    wait_for(lambda: system.job(running)["start_time"], what="job started")
+    family = [system.process.pid] + [p.pid for p in psutil.Process(system.process.pid).children(recursive=True)]
+    servers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(system.var) in " ".join(p.info["cmdline"] or [])]
+    job_pid = system.job(running).get("pid")
+    system.process.send_signal(signal.SIGINT)
+    assert system.process.wait(90) == 0
+    leftovers = [pid for pid in family + servers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert leftovers == []
+    assert job_pid is None or not psutil.pid_exists(job_pid)

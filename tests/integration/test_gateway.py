@@ -1,0 +1,144 @@
+"""The HTTP contract, on real NATS and PostgreSQL (the gateway in-process, the projector beside it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_contracts import events as ev
+from conductor_gateway.app import create_app
+from conductor_gateway.settings import GatewaySettings
+from conductor_platform.bus import Bus
+from conductor_projector.service import run as run_projector
+from conductor_projector.settings import ProjectorSettings
+from tests.integration.helpers import eventually
+from tests.unit.scheduling import node
+
+JOB = {
+    "name": "test-job",
+    "account": "user1",
+    "partition": "default",
+    "ntasks_per_node": 1,
+    "cpus_per_task": 1,
+    "memory_per_node": "100M",
+    "time_limit": "60",
+    "current_working_directory": "/tmp/jobs",
+    "standard_output": "stdout-%j.txt",
+}
+
+
+def body(**job: Any) -> dict[str, Any]:
+    return {"job": JOB | job, "script": "#!/bin/bash\necho hi\n"}
+
+
+@pytest.fixture
+async def client(bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=1000))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            yield client
+
+
+@pytest.fixture
+async def projector(bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        run_projector(ProjectorSettings(nats_url=nats_url, database_url=database_url), stop=stop)
+    )
+    yield
+    stop.set()
+    await task
+
+
+async def test_submit_then_query_reads_its_own_write(client: httpx.AsyncClient) -> None:
+    answer = await client.post("/jobs/submit", json=body())
+    assert answer.status_code == 200
+    job_id = answer.json()["job_id"]
+    assert job_id.isdigit()
+    # No projector runs here: the job is still found, read from the log.
+    job = (await client.get(f"/jobs/query/{job_id}")).json()
+    assert job["state"] == "PENDING" and job["name"] == "test-job"
+    assert job["standard_output"] == f"/tmp/jobs/stdout-{job_id}.txt"
+
+
+async def test_idempotency_key_returns_the_same_job(client: httpx.AsyncClient) -> None:
+    first = await client.post("/jobs/submit", json=body(), headers={"Idempotency-Key": "abc"})
+    again = await client.post("/jobs/submit", json=body(), headers={"Idempotency-Key": "abc"})
+    other = await client.post("/jobs/submit", json=body(), headers={"Idempotency-Key": "xyz"})
+    assert first.json() == again.json() != other.json()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "says"),
+    [
+        (body(memory_per_node="8X"), 422, "invalid memory"),
+        (body(time_limit="abc"), 422, "invalid time limit"),
+        (body(cpus_per_task=0), 422, "greater than or equal to 1"),
+        (body(ntasks_per_node=-2), 422, "greater than or equal to 1"),
+        ({"job": JOB, "script": ""}, 422, "script is empty"),
+        ({"job": {"name": "x"}, "script": "true"}, 422, "Field required"),
+        ({"script": "true"}, 422, "Field required"),
+        ({"job": JOB, "script": "x" * 1001}, 413, "over the limit"),
+        ({"job": JOB, "script": "x" * 200_000}, 413, "over"),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx(
+    client: httpx.AsyncClient, payload: dict[str, Any], status: int, says: str
+) -> None:
+    answer = await client.post("/jobs/submit", json=payload)
+    assert answer.status_code == status
+    assert says in answer.text
+
+
+async def test_unknown_jobs_are_404(client: httpx.AsyncClient, bus: Bus) -> None:
+    assert (await client.get("/jobs/query/999999")).status_code == 404
+    assert (await client.post("/jobs/cancel/999999")).status_code == 404
+    registered = await bus.publish(node("n1", 1))  # a sequence that is not a submission is not a job
+    assert (await client.get(f"/jobs/query/{registered}")).status_code == 404
+    assert (await client.get("/jobs/query/0")).status_code == 422
+    assert (await client.get("/jobs/query/abc")).status_code == 422
+
+
+async def test_list_filters_pages_and_cancel_rules(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    ids = [
+        (await client.post("/jobs/submit", json=body(account=a))).json()["job_id"] for a in ("ann", "bob", "ann", "ann")
+    ]
+    await bus.publish(ev.JobCompleted(job_id=int(ids[0]), node="n1"))
+
+    async def listed() -> dict[str, Any] | None:
+        page = (await client.get("/jobs", params={"account": "ann"})).json()
+        return page if len(page["jobs"]) == 3 and page["jobs"][-1]["state"] == "COMPLETED" else None
+
+    page = await eventually(listed, what="jobs projected")
+    assert [j["job_id"] for j in page["jobs"]] == [ids[3], ids[2], ids[0]]
+    first = (await client.get("/jobs", params={"account": "ann", "limit": 2})).json()
+    second = (await client.get("/jobs", params={"account": "ann", "limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [j["job_id"] for j in first["jobs"] + second["jobs"]] == [ids[3], ids[2], ids[0]]
+    assert second["next_cursor"] is None
+    assert [j["job_id"] for j in (await client.get("/jobs", params={"state": "COMPLETED"})).json()["jobs"]] == [ids[0]]
+    assert (await client.get("/jobs", params={"state": "BOGUS"})).status_code == 422
+
+    finished = await client.post(f"/jobs/cancel/{ids[0]}")
+    assert finished.status_code == 409 and "COMPLETED" in finished.json()["detail"]
+    pending = await client.post(f"/jobs/cancel/{ids[1]}")
+    assert pending.status_code == 200 and pending.json()["detail"] == "cancel requested"
+
+
+async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    await bus.publish(node("n1", 4, 2048))
+
+    async def nodes() -> list[dict[str, Any]]:
+        return list((await client.get("/nodes")).json()["nodes"])
+
+    [n1] = await eventually(nodes, what="node projected")
+    assert (n1["name"], n1["cpus"], n1["memory_mb"], n1["state"]) == ("n1", 4, 2048, "UP")
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await client.get("/docs")).status_code == 200
+    assert "conductor_gateway_submits_total" in (await client.get("/metrics/")).text
