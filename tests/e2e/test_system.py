@@ -3,6 +3,7 @@ default, driven over HTTP, then stopped with Ctrl-C (SIGINT) leaving nothing beh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -154,11 +155,46 @@ def test_unknown_job_and_bad_payloads(system: System) -> None:
 
 
 def test_a_killed_service_is_restarted_and_nothing_is_lost(system: System) -> None:
-    supervisor = psutil.Process(system.process.pid)
-    [projector] = [p for p in supervisor.children() if "conductor_projector" in " ".join(p.cmdline())]
-    projector.kill()
+    _child(system, "conductor_projector").kill()
     job_id = system.submit("echo after-kill")
     assert system.wait_state(job_id, "COMPLETED")["state"] == "COMPLETED"
+
+
+def _job_pid(system: System, job_id: str) -> int:
+    return int(json.loads((system.var / "executor" / "e2e" / "jobs" / job_id / "process.json").read_text())["pid"])
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _child(system: System, module: str) -> psutil.Process:
+    [child] = [p for p in psutil.Process(system.process.pid).children() if module in " ".join(p.cmdline())]
+    return child
+
+
+def test_a_killed_scheduler_is_replaced_and_placing_resumes(system: System) -> None:
+    _child(system, "conductor_scheduler").kill()
+    job_id = system.submit("echo placed-after-restart")
+    # The new scheduler takes over once the dead one's lease expires (10 s by default).
+    assert system.wait_state(job_id, "COMPLETED", timeout=90)["state"] == "COMPLETED"
+
+
+def test_an_executor_killed_under_a_running_job_accounts_for_it(system: System) -> None:
+    job_id = system.submit("sleep 300")
+    wait_for(lambda: system.job(job_id)["start_time"], what="job started")
+    job_pid = _job_pid(system, job_id)
+    _child(system, "conductor_executor").kill()
+    job = system.wait_state(job_id, "NODE_FAIL", "COMPLETED", "FAILED", "CANCELLED")
+    assert job["state"] == "NODE_FAIL" and "executor stopped" in job["message"]
+    wait_for(
+        lambda: not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie", what="orphan killed"
+    )
+    after = system.submit("echo node-back")
+    assert system.wait_state(after, "COMPLETED")["state"] == "COMPLETED"
 
 
 def test_ctrl_c_stops_everything(system: System) -> None:
@@ -166,9 +202,9 @@ def test_ctrl_c_stops_everything(system: System) -> None:
     wait_for(lambda: system.job(running)["start_time"], what="job started")
     family = [system.process.pid] + [p.pid for p in psutil.Process(system.process.pid).children(recursive=True)]
     servers = [p.pid for p in psutil.process_iter(["cmdline"]) if str(system.var) in " ".join(p.info["cmdline"] or [])]
-    job_pid = system.job(running).get("pid")
+    job_pid = _job_pid(system, running)
     system.process.send_signal(signal.SIGINT)
     assert system.process.wait(90) == 0
-    leftovers = [pid for pid in family + servers if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    leftovers = [pid for pid in family + servers if not _gone(pid)]
     assert leftovers == []
-    assert job_pid is None or not psutil.pid_exists(job_pid)
+    assert _gone(job_pid), "a job outlived conductor up"

@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
 from conductor_contracts import events as ev
@@ -61,12 +61,13 @@ class Bus:
             raise
         return int(ack.seq)
 
-    async def leases(self) -> KeyValue:
+    async def leases(self, ttl_s: float = 10.0) -> KeyValue:
+        """The leases bucket; a lease not renewed within ``ttl_s`` expires (the bucket's max age)."""
         try:
             return await self.js.key_value(subjects.LEASES_BUCKET)
-        except Exception:
+        except NotFoundError:
             return await self.js.create_key_value(
-                KeyValueConfig(bucket=subjects.LEASES_BUCKET, ttl=30, history=1, storage=StorageType.FILE)
+                KeyValueConfig(bucket=subjects.LEASES_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE)
             )
 
     async def close(self) -> None:

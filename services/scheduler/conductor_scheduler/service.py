@@ -62,7 +62,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     bus = await connect(settings.nats_url, name="conductor-scheduler")
     lease = None
     if settings.use_lease:
-        kv = await bus.leases()
+        kv = await bus.leases(settings.lease_ttl_s)
         lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, f"scheduler-{uuid.uuid4().hex[:8]}", settings.lease_ttl_s)
     scheduler = Scheduler(bus, settings, lease)
     sub = await read_from(bus, 1)
