@@ -1,0 +1,197 @@
+"""Throughput benchmark (not a test): submits N trivial jobs over HTTP and prints what it measured.
+
+    python bench/throughput.py [--jobs 2000] [--concurrency 64] [--node-cpus 32]
+
+It starts its own nats-server and PostgreSQL (the embedded default) and ``conductor up`` on them,
+submits ``true`` jobs with concurrency, follows the stream to time every JobStarted / outcome, and
+measures, in the same run, the raw ceilings of this machine: JetStream publish-with-ack one at a time
+and ``bash -c true`` spawns. The node offers ``--node-cpus`` cores (more than the machine has) so
+the pipeline, not the core count, is what gets measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import nats
+
+from conductor_contracts import events as ev
+from conductor_platform.bus import connect, next_batch, read_from
+from conductor_platform.localservers import free_port, start_nats, start_postgres
+
+OUTCOMES = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
+
+
+async def raw_publish_rate(url: str, seconds: float = 2.0) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(name="BENCHRAW", subjects=["benchraw.>"])
+    payload = b"x" * 200
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        await js.publish("benchraw.x", payload)
+        count += 1
+    rate = count / (time.perf_counter() - start)
+    await js.delete_stream("BENCHRAW")
+    await nc.close()
+    return rate
+
+
+async def raw_spawn_rate(seconds: float = 2.0) -> float:
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        proc = await asyncio.create_subprocess_exec("/bin/bash", "-c", "true")
+        await proc.wait()
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tuple[float, list[int]]:
+    body = {
+        "job": {
+            "name": "bench",
+            "account": "bench",
+            "memory_per_node": "10M",
+            "time_limit": "5",
+            "current_working_directory": workdir,
+            "standard_output": "/dev/null",
+        },
+        "script": "true",
+    }
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(jobs):
+        queue.put_nowait(i)
+    ids: list[int] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                answer = await client.post("/jobs/submit", json=body)
+                answer.raise_for_status()
+                ids.append(int(answer.json()["job_id"]))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return jobs / elapsed, ids
+
+
+async def follow(
+    nats_url: str, ids: set[int], deadline_s: float
+) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+    """Timestamps (event time, seconds) of submit, start and end of each job, from the log itself."""
+    bus = await connect(nats_url, name="bench")
+    sub = await read_from(bus, 1)
+    submitted: dict[int, float] = {}
+    started: dict[int, float] = {}
+    ended: dict[int, float] = {}
+    stop_at = time.monotonic() + deadline_s
+    while len(ended) < len(ids) and time.monotonic() < stop_at:
+        for msg in await next_batch(sub, 1000, wait_s=1.0):
+            event = ev.decode(msg.data)
+            seq = msg.metadata.sequence.stream
+            if isinstance(event, ev.JobSubmitted) and seq in ids:
+                submitted[seq] = event.occurred_at.timestamp()
+            elif isinstance(event, ev.JobStarted) and event.job_id in ids:
+                started[event.job_id] = event.occurred_at.timestamp()
+            elif isinstance(event, OUTCOMES) and event.job_id in ids:
+                ended[event.job_id] = event.occurred_at.timestamp()
+    await bus.close()
+    return submitted, started, ended
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--node-cpus", type=int, default=32)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp:
+        var = Path(tmp)
+        nats_server = start_nats(var / "nats")
+        postgres = start_postgres(var / "postgres")
+        port = free_port()
+        env = os.environ | {"NATS_URL": nats_server.url, "DATABASE_URL": postgres.url, "CONDUCTOR_LOG_LEVEL": "WARNING"}
+        up = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conductor",
+                "up",
+                "--var-dir",
+                str(var),
+                "--port",
+                str(port),
+                "--node",
+                "bench",
+                "--cpus",
+                str(args.node_cpus),
+                "--memory",
+                "64G",
+            ],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(300):
+                    try:
+                        if (await client.get("/nodes")).json()["nodes"]:
+                            break
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        pass
+                    await asyncio.sleep(0.2)
+            print(
+                f"SCNS-Conductor benchmark: {args.jobs} jobs 'true', concurrency {args.concurrency}, "
+                f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine"
+            )
+            publish_ceiling = await raw_publish_rate(nats_server.url)
+            spawn_ceiling = await raw_spawn_rate()
+            t0 = time.perf_counter()
+            submit_rate, ids = await submit_all(url, args.jobs, args.concurrency, tmp)
+            submitted, started, ended = await follow(nats_server.url, set(ids), deadline_s=600)
+            wall = time.perf_counter() - t0
+            first_submit = min(submitted.values())
+            completed_rate = len(ended) / (max(ended.values()) - first_submit) if ended else 0.0
+            latency = [started[j] - submitted[j] for j in started if j in submitted]
+            print(
+                f"submits accepted:        {submit_rate:8.0f} /s   ({submit_rate / publish_ceiling:.0%} of raw publish)"
+            )
+            print(
+                f"jobs completed:          {completed_rate:8.0f} /s   ({completed_rate / spawn_ceiling:.0%} of raw spawn)"
+                f"   {len(ended)}/{len(ids)} ended in {wall:.1f}s"
+            )
+            print(
+                f"submit->start latency:   p50 {percentile(latency, 0.5) * 1000:7.1f} ms   "
+                f"p99 {percentile(latency, 0.99) * 1000:7.1f} ms"
+            )
+            print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
+            print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+            postgres.stop()
+            nats_server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
