@@ -32,3 +32,16 @@ def test_cores_map_onto_the_machine_and_wrap() -> None:
 def test_signal_exit_codes_follow_the_shell() -> None:
     assert exit_code_of(3) == 3
     assert exit_code_of(-15) == 143
+
+
+def test_node_names_become_subject_tokens() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from conductor_executor.settings import ExecutorSettings
+
+    assert ExecutorSettings(node="ip-10-0-0-1.ec2.internal").node == "ip-10-0-0-1-ec2-internal"
+    with pytest.raises(ValidationError, match="invalid node name"):
+        ExecutorSettings(node="bad name*")
+    with pytest.raises(ValidationError, match="invalid memory"):
+        ExecutorSettings(memory="lots")

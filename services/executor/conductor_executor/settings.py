@@ -27,10 +27,12 @@ class ExecutorSettings(CommonSettings):
     state_dir: Path = Path("var/executor")
     kill_grace_s: float = 10.0
 
-    @field_validator("node")
+    @field_validator("node", mode="before")
     @classmethod
     def _node_name(cls, value: str) -> str:
-        # The name is a NATS subject token: no dots, spaces or wildcards.
+        # The name is a NATS subject token: no dots, spaces or wildcards. Host and Kubernetes node
+        # names often have dots; they become dashes.
+        value = str(value).replace(".", "-")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
             raise ValueError(f"invalid node name {value!r}: use letters, digits, '-' and '_'")
         return value
