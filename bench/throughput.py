@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import nats
 
@@ -67,20 +68,16 @@ async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tup
         },
         "script": "true",
     }
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(jobs):
-        queue.put_nowait(i)
+    remaining = iter(range(jobs))
     ids: list[int] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector) as session:
 
         async def worker() -> None:
-            while not queue.empty():
-                queue.get_nowait()
-                answer = await client.post("/jobs/submit", json=body)
-                answer.raise_for_status()
-                ids.append(int(answer.json()["job_id"]))
+            for _ in remaining:
+                async with session.post("/jobs/submit", json=body) as answer:
+                    answer.raise_for_status()
+                    ids.append(int((await answer.json())["job_id"]))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -90,11 +87,12 @@ async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tup
 
 async def follow(
     nats_url: str, ids: set[int], deadline_s: float
-) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
+) -> tuple[dict[int, float], dict[int, float], dict[int, float], dict[int, float]]:
     """Timestamps (event time, seconds) of submit, start and end of each job, from the log itself."""
     bus = await connect(nats_url, name="bench")
     sub = await read_from(bus, 1)
     submitted: dict[int, float] = {}
+    placed: dict[int, float] = {}
     started: dict[int, float] = {}
     ended: dict[int, float] = {}
     stop_at = time.monotonic() + deadline_s
@@ -104,12 +102,14 @@ async def follow(
             seq = msg.metadata.sequence.stream
             if isinstance(event, ev.JobSubmitted) and seq in ids:
                 submitted[seq] = event.occurred_at.timestamp()
+            elif isinstance(event, ev.JobPlaced) and event.job_id in ids:
+                placed[event.job_id] = event.occurred_at.timestamp()
             elif isinstance(event, ev.JobStarted) and event.job_id in ids:
                 started[event.job_id] = event.occurred_at.timestamp()
             elif isinstance(event, OUTCOMES) and event.job_id in ids:
                 ended[event.job_id] = event.occurred_at.timestamp()
     await bus.close()
-    return submitted, started, ended
+    return submitted, placed, started, ended
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -168,11 +168,12 @@ async def main() -> None:
             spawn_ceiling = await raw_spawn_rate()
             t0 = time.perf_counter()
             submit_rate, ids = await submit_all(url, args.jobs, args.concurrency, tmp)
-            submitted, started, ended = await follow(nats_server.url, set(ids), deadline_s=600)
+            submitted, placed, started, ended = await follow(nats_server.url, set(ids), deadline_s=600)
             wall = time.perf_counter() - t0
             first_submit = min(submitted.values())
             completed_rate = len(ended) / (max(ended.values()) - first_submit) if ended else 0.0
             latency = [started[j] - submitted[j] for j in started if j in submitted]
+            to_start = [started[j] - placed[j] for j in started if j in placed]
             print(
                 f"submits accepted:        {submit_rate:8.0f} /s   ({submit_rate / publish_ceiling:.0%} of raw publish)"
             )
@@ -183,6 +184,9 @@ async def main() -> None:
             print(
                 f"submit->start latency:   p50 {percentile(latency, 0.5) * 1000:7.1f} ms   "
                 f"p99 {percentile(latency, 0.99) * 1000:7.1f} ms"
+            )
+            print(
+                f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
             )
             print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
             print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")

@@ -119,10 +119,10 @@ class Executor:
             log.info("placement redelivered; not starting the job again", extra={"job_id": job_id})
             return
         folder.mkdir(parents=True)
-        if await self.cancel_requested(job_id):
+        cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
+        if cancelled:
             await self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
             return
-        job = await self.submission(job_id)
         files = envs.job_files(job_id, job)
         script = folder / "script.sh"
         script.write_text(job.script)
@@ -145,14 +145,16 @@ class Executor:
             return
         (folder / "process.json").write_text(json.dumps({"pid": process.pid}))
         self.running[job_id] = process
-        await self.report(ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid))
+        started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
-        task = asyncio.create_task(self.monitor(process, job.time_limit_s))
+        # Reported from the job's own task, so the next placement does not wait for this publish.
+        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s))
         self.monitors.add(task)
         task.add_done_callback(self.monitors.discard)
 
-    async def monitor(self, process: JobProcess, time_limit_s: int | None) -> None:
+    async def monitor(self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None) -> None:
         job_id = process.job_id
+        await self.report(started)
         outcome = await process.wait(time_limit_s)
         self.running.pop(job_id, None)
         code = outcome.exit_code
@@ -189,7 +191,8 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     try:
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(20, timeout=1)
+                # One at a time: a batch fetch waits out its whole timeout for the rest of the batch.
+                msgs = await sub.fetch(1, timeout=1)
             except (NatsTimeout, TimeoutError):
                 continue
             for msg in msgs:

@@ -45,6 +45,10 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
 
     nodes = sorted(state.nodes.values(), key=lambda n: n.name)
     room = {n.name: _Room(sorted(n.free_cores), n.free_memory_mb) for n in nodes}
+    partitions: dict[str, list[Node]] = {}
+    for n in nodes:
+        for partition in n.partitions:
+            partitions.setdefault(partition, []).append(n)
     blocked: set[str] = set()
     evaluated: dict[str, int] = {}
 
@@ -59,7 +63,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         if depth >= queue_depth and job.partition in blocked:
             continue
         evaluated[job.partition] = depth + 1
-        members = [n for n in nodes if job.partition in n.partitions]
+        members = partitions.get(job.partition, [])
         if not members:
             reason(job, PendingReason.PARTITION_DOWN, f"no node serves partition '{job.partition}'")
             continue
@@ -82,4 +86,5 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]
         free.memory_mb -= job.memory_mb
         decisions.append(ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb))
-    return decisions
+    # Placements first: they start work; reasons only inform.
+    return sorted(decisions, key=lambda d: isinstance(d, ev.JobReasonChanged))
