@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e bench clean
+.PHONY: up test lint typecheck unit integration e2e chaos bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ e2e: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
+
+chaos: $(STAMP)
+	$(BIN)/pytest tests/chaos -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
