@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,13 @@ NODE = "testnode"
 @pytest.fixture
 async def executor(bus: Bus, nats_url: str, tmp_path: Path) -> AsyncIterator[ExecutorSettings]:
     settings = ExecutorSettings(
-        nats_url=nats_url, node=NODE, cpus=2, memory="1G", state_dir=tmp_path / "state", kill_grace_s=1
+        nats_url=nats_url,
+        node=NODE,
+        cpus=2,
+        memory="1G",
+        state_dir=tmp_path / "state",
+        kill_grace_s=1,
+        memory_poll_s=0.2,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
@@ -117,3 +124,18 @@ async def test_a_redelivered_placement_does_not_run_twice(bus: Bus, executor: Ex
     await _outcome(bus, marker)
     assert (tmp_path / "runs.txt").read_text() == "run\n"
     assert len(await _has(bus, ev.JobStarted, job_id)) == 1
+
+
+async def test_a_job_over_its_memory_is_killed_out_of_memory(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    # The allocation happens in a child of the script: the whole tree counts.
+    script = f'{sys.executable} -c "b = bytearray(400 * 1024 * 1024); import time; time.sleep(60)"\n'
+    outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, script))  # placed with 100M
+    assert isinstance(outcome, ev.JobOutOfMemory)
+
+
+async def test_a_job_within_its_memory_completes(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    script = f'{sys.executable} -c "b = bytearray(20 * 1024 * 1024); import time; time.sleep(1.5)"\n'
+    outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, script))
+    assert isinstance(outcome, ev.JobCompleted)

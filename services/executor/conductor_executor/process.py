@@ -13,6 +13,8 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from conductor_executor.environment import exit_code_of
 
 
@@ -21,6 +23,7 @@ class Outcome:
     exit_code: int
     timed_out: bool = False
     cancelled: bool = False
+    out_of_memory: bool = False
 
 
 @dataclass
@@ -28,8 +31,10 @@ class JobProcess:
     job_id: int
     process: asyncio.subprocess.Process
     grace_s: float
+    memory_limit_mb: int
     cancelled: bool = False
     timed_out: bool = False
+    out_of_memory: bool = False
     _killer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -47,9 +52,10 @@ class JobProcess:
         except TimeoutError:
             self._signal_group(signal.SIGKILL)
 
-    def kill(self, *, cancelled: bool = False, timed_out: bool = False) -> None:
+    def kill(self, *, cancelled: bool = False, timed_out: bool = False, out_of_memory: bool = False) -> None:
         self.cancelled = self.cancelled or cancelled
         self.timed_out = self.timed_out or timed_out
+        self.out_of_memory = self.out_of_memory or out_of_memory
         if self._killer is None:
             self._killer = asyncio.create_task(self._terminate())
 
@@ -62,7 +68,25 @@ class JobProcess:
         if self._killer is not None:
             await self._killer
         self._signal_group(signal.SIGKILL)  # leftovers the script put in the background
-        return Outcome(exit_code_of(returncode), timed_out=self.timed_out, cancelled=self.cancelled)
+        return Outcome(
+            exit_code_of(returncode),
+            timed_out=self.timed_out,
+            cancelled=self.cancelled,
+            out_of_memory=self.out_of_memory,
+        )
+
+    def memory_mb(self) -> float:
+        """Resident memory of the job's whole process tree (what Slurm's jobacct_gather samples)."""
+        try:
+            root = psutil.Process(self.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        total = 0
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total / (1024 * 1024)
 
 
 async def spawn(
@@ -74,6 +98,7 @@ async def spawn(
     stderr: str,
     cpus: set[int],
     grace_s: float,
+    memory_limit_mb: int,
 ) -> JobProcess:
     def in_child() -> None:
         if cpus:
@@ -98,4 +123,4 @@ async def spawn(
         out.close()
         if err is not out:
             err.close()
-    return JobProcess(job_id, process, grace_s)
+    return JobProcess(job_id, process, grace_s, memory_limit_mb)

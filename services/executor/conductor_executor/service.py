@@ -137,6 +137,7 @@ class Executor:
                 files.stderr,
                 envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
                 self.settings.kill_grace_s,
+                placement.memory_mb,
             )
         except OSError as err:
             message = f"could not start the job: {err}"
@@ -161,6 +162,8 @@ class Executor:
         event: ev.Event
         if outcome.cancelled:
             event = ev.JobCancelled(job_id=job_id, node=self.node, exit_code=code)
+        elif outcome.out_of_memory:
+            event = ev.JobOutOfMemory(job_id=job_id, node=self.node, exit_code=code)
         elif outcome.timed_out:
             event = ev.JobTimedOut(job_id=job_id, node=self.node, exit_code=code)
         elif code == 0:
@@ -169,6 +172,20 @@ class Executor:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
         await self.finish(job_id, event)
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
+
+    async def police_memory(self, stop: asyncio.Event) -> None:
+        """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
+        while not stop.is_set():
+            for process in list(self.running.values()):
+                used = await asyncio.to_thread(process.memory_mb)
+                if used > process.memory_limit_mb and not process.out_of_memory:
+                    log.warning(
+                        "over its memory limit; killing",
+                        extra={"job_id": process.job_id, "memory_mb": round(used), "limit_mb": process.memory_limit_mb},
+                    )
+                    process.kill(out_of_memory=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.memory_poll_s)
 
     async def shutdown(self) -> None:
         """Stopping the executor stops its jobs: none is left running unaccounted for."""
@@ -188,6 +205,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     sub = await bus.js.pull_subscribe_bind(durable=await _ensure_consumer(bus, settings.node), stream=bus.stream)
     await executor.recover()
     await executor.register()
+    police = asyncio.create_task(executor.police_memory(stop))
     try:
         while not stop.is_set():
             try:
@@ -199,6 +217,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
                 await executor.handle(ev.decode(msg.data))
                 await msg.ack()
     finally:
+        police.cancel()
         await executor.shutdown()
         await bus.close()
 

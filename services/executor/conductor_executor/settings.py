@@ -26,6 +26,8 @@ class ExecutorSettings(CommonSettings):
     partitions: list[str] = Field(default_factory=lambda: ["default"])
     state_dir: Path = Path("var/executor")
     kill_grace_s: float = 10.0
+    # How often a running job's memory is sampled against its memory_per_node.
+    memory_poll_s: float = Field(default=1.0, gt=0)
 
     @field_validator("node", mode="before")
     @classmethod
