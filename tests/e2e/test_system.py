@@ -197,6 +197,15 @@ def test_an_executor_killed_under_a_running_job_accounts_for_it(system: System) 
     assert system.wait_state(after, "COMPLETED")["state"] == "COMPLETED"
 
 
+def test_output_is_served_over_http(system: System) -> None:
+    job_id = system.submit('echo "out line"\necho "err line" >&2\n')
+    system.wait_state(job_id, "COMPLETED")
+    assert system.http.get(f"/jobs/{job_id}/output").text == "out line\n"
+    assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "stderr"}).text == "err line\n"
+    assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "both"}).status_code == 422
+    assert system.http.get("/jobs/987654/output").status_code == 404
+
+
 def test_ctrl_c_stops_everything(system: System) -> None:
     running = system.submit("sleep 300")
     wait_for(lambda: system.job(running)["start_time"], what="job started")

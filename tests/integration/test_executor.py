@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
@@ -139,3 +140,15 @@ async def test_a_job_within_its_memory_completes(bus: Bus, executor: ExecutorSet
     script = f'{sys.executable} -c "b = bytearray(20 * 1024 * 1024); import time; time.sleep(1.5)"\n'
     outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, script))
     assert isinstance(outcome, ev.JobCompleted)
+
+
+async def test_output_is_kept_in_the_object_store(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
+    job = submitted().model_copy(
+        update={"working_directory": str(tmp_path), "script": "echo out; echo err >&2", "standard_error": "e.txt"}
+    )
+    job_id = await bus.publish(job)
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+    await _outcome(bus, job_id)
+    store = await bus.outputs()
+    assert (await store.get(subjects.output_object(job_id, "stdout"))).data == b"out\n"
+    assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"

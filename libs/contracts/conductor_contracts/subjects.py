@@ -40,6 +40,12 @@ STREAM_SPEC = StreamSpec()
 
 LEASES_BUCKET = "conductor_leases"
 SCHEDULER_LEASE_KEY = "scheduler"
+# Job output, uploaded by the executor when a job ends, so any gateway can serve it.
+OUTPUT_BUCKET = "conductor_output"
+
+
+def output_object(job_id: int, stream: str) -> str:
+    return f"job-{job_id}-{stream}"
 
 
 def placements_for(node: str) -> str:

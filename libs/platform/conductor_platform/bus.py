@@ -11,9 +11,10 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
@@ -68,6 +69,14 @@ class Bus:
         except NotFoundError:
             return await self.js.create_key_value(
                 KeyValueConfig(bucket=subjects.LEASES_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE)
+            )
+
+    async def outputs(self) -> ObjectStore:
+        try:
+            return await self.js.object_store(subjects.OUTPUT_BUCKET)
+        except NotFoundError:
+            return await self.js.create_object_store(
+                subjects.OUTPUT_BUCKET, config=ObjectStoreConfig(storage=StorageType.FILE)
             )
 
     async def close(self) -> None:

@@ -23,10 +23,12 @@ from pathlib import Path
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import environment as envs
+from conductor_executor.output import upload
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
@@ -40,7 +42,13 @@ class Executor:
         self.node = settings.node
         self.running: dict[int, JobProcess] = {}
         self.monitors: set[asyncio.Task[None]] = set()
+        self._outputs: ObjectStore | None = None
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    async def outputs(self) -> ObjectStore:
+        if self._outputs is None:
+            self._outputs = await self.bus.outputs()
+        return self._outputs
 
     # -- reporting -------------------------------------------------------------------------------
     async def report(self, event: ev.Event) -> None:
@@ -149,11 +157,13 @@ class Executor:
         started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
         # Reported from the job's own task, so the next placement does not wait for this publish.
-        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s))
+        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s, files))
         self.monitors.add(task)
         task.add_done_callback(self.monitors.discard)
 
-    async def monitor(self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None) -> None:
+    async def monitor(
+        self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None, files: envs.JobFiles
+    ) -> None:
         job_id = process.job_id
         await self.report(started)
         outcome = await process.wait(time_limit_s)
@@ -170,6 +180,11 @@ class Executor:
             event = ev.JobCompleted(job_id=job_id, node=self.node, exit_code=0)
         else:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
+        # Output first, so a job seen as finished has its output available; but the outcome, always.
+        try:
+            await upload(await self.outputs(), job_id, files, self.settings.output_max_bytes)
+        except Exception:
+            log.exception("output not kept", extra={"job_id": job_id})
         await self.finish(job_id, event)
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 

@@ -28,6 +28,8 @@ class ExecutorSettings(CommonSettings):
     kill_grace_s: float = 10.0
     # How often a running job's memory is sampled against its memory_per_node.
     memory_poll_s: float = Field(default=1.0, gt=0)
+    # The end of each output file kept in the object store when a job ends.
+    output_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
 
     @field_validator("node", mode="before")
     @classmethod

@@ -6,13 +6,15 @@ stream sequence is the job id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, make_asgi_app
@@ -38,6 +40,16 @@ JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the job id returned
 class State:
     bus: Bus
     engine: AsyncEngine
+
+
+def _read_local(path: str, max_bytes: int) -> str | None:
+    """A job's output file when this gateway can see it (same machine or a shared file system)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+            return f.read(max_bytes).decode(errors="replace")
+    except OSError:
+        return None
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -155,6 +167,29 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         page = [views.job_from_row(r) for r in rows]
         next_cursor = page[-1].job_id if len(page) == limit else None
         return api.JobList(jobs=page, next_cursor=next_cursor)
+
+    @app.get("/jobs/{job_id}/output", response_class=PlainTextResponse)
+    async def output(
+        job_id: JobId, stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout"
+    ) -> PlainTextResponse:
+        job = await find_job(job_id)
+        path = job.standard_output if stream == "stdout" else job.standard_error
+        if path is None:
+            raise HTTPException(404, f"job {job_id} has no separate stderr: it is joined to stdout")
+        if job.state == JobState.PENDING:  # nothing of the job's yet: never read a path it merely names
+            raise HTTPException(409, f"job {job_id} is PENDING: it has no output yet")
+        if JobState(job.state).is_terminal:
+            try:
+                stored = await (await state.bus.outputs()).get(subjects.output_object(job_id, stream))
+                return PlainTextResponse((stored.data or b"").decode(errors="replace"))
+            except NotFoundError:
+                pass
+        text = await asyncio.to_thread(_read_local, path, settings.max_output_bytes)
+        if text is not None:
+            return PlainTextResponse(text)
+        if job.state == JobState.RUNNING:
+            raise HTTPException(409, f"job {job_id} runs on node {job.node}; its output is here when it ends")
+        raise HTTPException(404, f"no {stream} was recorded for job {job_id}")
 
     @app.get("/nodes", response_model=api.NodeList)
     async def list_nodes() -> api.NodeList:

@@ -11,3 +11,4 @@ class GatewaySettings(CommonSettings):
     # Below NATS's 1 MiB message limit, with room for the job's other fields.
     max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
     page_size: int = 50
+    max_output_bytes: int = 16 * 1024 * 1024
