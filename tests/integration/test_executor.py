@@ -66,13 +66,15 @@ async def _outcome(bus: Bus, job_id: int) -> ev.Event:
 
 async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
     script = (
-        '#!/bin/bash\necho "id=$SLURM_JOB_ID name=$SLURM_JOB_NAME cid=$CONDUCTOR_JOB_ID pwd=$(pwd)"\necho oops >&2\n'
+        '#!/bin/bash\necho "id=$SLURM_JOB_ID name=$SLURM_JOB_NAME cid=$CONDUCTOR_JOB_ID pwd=$(pwd)"\n'
+        'echo oops >&2\necho "cpus=$(nproc)"\n'
     )
     job_id = await _submit_and_place(bus, tmp_path / "work", script)
     outcome = await _outcome(bus, job_id)
     assert isinstance(outcome, ev.JobCompleted) and outcome.exit_code == 0
     text = (tmp_path / "work" / f"slurm-{job_id}.out").read_text()
     assert f"id={job_id} name=tj cid={job_id} pwd={tmp_path / 'work'}" in text
+    assert "cpus=1\n" in text  # pinned to the one core it was given, children included
     assert "oops" in text  # no standard_error given: stderr joins stdout, as in Slurm
     [started] = await _has(bus, ev.JobStarted, job_id)
     assert started.pid > 0  # type: ignore[union-attr]

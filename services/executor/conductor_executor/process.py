@@ -100,11 +100,6 @@ async def spawn(
     grace_s: float,
     memory_limit_mb: int,
 ) -> JobProcess:
-    def in_child() -> None:
-        if cpus:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, cpus)
-
     out = open(stdout, "wb")  # noqa: SIM115 - handed to the child, closed below
     err = out if stderr == stdout else open(stderr, "wb")  # noqa: SIM115
     try:
@@ -117,10 +112,15 @@ async def spawn(
             stdout=out,
             stderr=err,
             start_new_session=True,
-            preexec_fn=in_child,
         )
     finally:
         out.close()
         if err is not out:
             err.close()
+    if cpus:
+        # Pinned from here rather than in the child: a preexec function forces a full fork() of this
+        # process, while without one CPython starts the job with vfork(). bash takes longer to start
+        # than this call, so the script and what it starts run on the given cores.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(process.pid, cpus)
     return JobProcess(job_id, process, grace_s, memory_limit_mb)
