@@ -7,19 +7,14 @@ silently), and the system works again afterwards.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conductor_platform.localservers import LocalServer, free_port, start_nats
-from tests.e2e.test_system import System, wait_for
+from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
+from tests.system import System, conductor_up, wait_for
 
 pytestmark = pytest.mark.chaos
 
@@ -30,49 +25,17 @@ def nats_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def system_on_own_nats(
-    tmp_path: Path, database_url: str, nats_folder: Path
-) -> Iterator[tuple[System, LocalServer, int]]:
+def system_on_own_nats(tmp_path: Path, nats_folder: Path) -> Iterator[tuple[System, LocalServer, int]]:
+    # Servers of its own: a log or a projector position left by other tests would not match.
     nats_port = free_port()
     nats = start_nats(nats_folder, nats_port)
-    port = free_port()
-    work = tmp_path / "work"
-    work.mkdir()
-    env = dict(os.environ, NATS_URL=nats.url, DATABASE_URL=database_url, CONDUCTOR_KILL_GRACE_S="2")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conductor",
-            "up",
-            "--var-dir",
-            str(tmp_path / "var"),
-            "--port",
-            str(port),
-            "--node",
-            "chaos",
-            "--cpus",
-            "2",
-            "--memory",
-            "1G",
-        ],
-        env=env,
-    )
-    system = System(process, f"http://127.0.0.1:{port}", tmp_path / "var", work)
+    postgres = start_postgres(tmp_path / "pg")
     try:
-        wait_for(lambda: _nodes(system), 120, "system up")
-        yield system, nats, nats_port
+        with conductor_up(tmp_path, "chaos", memory="1G", NATS_URL=nats.url, DATABASE_URL=postgres.url) as system:
+            yield system, nats, nats_port
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(90)
         nats.stop()
-
-
-def _nodes(system: System) -> bool:
-    try:
-        return bool(system.http.get("/nodes").json()["nodes"])
-    except (httpx.HTTPError, ValueError, KeyError):
-        return False
+        postgres.stop()
 
 
 def test_a_nats_restart_loses_nothing(system_on_own_nats: tuple[System, LocalServer, int], nats_folder: Path) -> None:

@@ -3,58 +3,27 @@ accepted and jobs run; reads answer 503 meanwhile; the read models catch up afte
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
-from tests.chaos.test_nats_restart import _nodes
-from tests.e2e.test_system import System, wait_for
+from tests.system import System, conductor_up, wait_for
 
 pytestmark = pytest.mark.chaos
 
 
 @pytest.fixture
 def system_on_own_postgres(tmp_path: Path) -> Iterator[tuple[System, LocalServer, int]]:
-    # Servers of its own: a stream left by other tests would bring nodes that have no executor here.
+    # Servers of its own: a log or a projector position left by other tests would not match.
     nats = start_nats(tmp_path / "nats")
     pg_port = free_port()
     postgres = start_postgres(tmp_path / "pg", pg_port)
-    port = free_port()
-    work = tmp_path / "work"
-    work.mkdir()
-    env = dict(os.environ, NATS_URL=nats.url, DATABASE_URL=postgres.url)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conductor",
-            "up",
-            "--var-dir",
-            str(tmp_path / "var"),
-            "--port",
-            str(port),
-            "--node",
-            "pgchaos",
-            "--cpus",
-            "2",
-            "--memory",
-            "1G",
-        ],
-        env=env,
-    )
-    system = System(process, f"http://127.0.0.1:{port}", tmp_path / "var", work)
     try:
-        wait_for(lambda: _nodes(system), 120, "system up")
-        yield system, postgres, pg_port
+        with conductor_up(tmp_path, "chaos", memory="1G", NATS_URL=nats.url, DATABASE_URL=postgres.url) as system:
+            yield system, postgres, pg_port
     finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(90)
         postgres.stop()
         nats.stop()
 

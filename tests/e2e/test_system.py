@@ -4,110 +4,21 @@ default, driven over HTTP, then stopped with Ctrl-C (SIGINT) leaving nothing beh
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
-import httpx
 import psutil
 import pytest
 
-from conductor_platform.localservers import free_port
+from tests.system import System, conductor_up, wait_for
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.1)
-
-
-class System:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, var: Path, work: Path) -> None:
-        self.process, self.url, self.var, self.work = process, url, var, work
-        self.http = httpx.Client(base_url=url, timeout=10)
-
-    def submit(self, script: str, **job: Any) -> str:
-        spec = {
-            "name": "e2e",
-            "account": "tester",
-            "partition": "default",
-            "ntasks_per_node": 1,
-            "cpus_per_task": 1,
-            "memory_per_node": "100M",
-            "time_limit": "5",
-            "current_working_directory": str(self.work),
-            "standard_output": "out-%j.txt",
-            "standard_error": "err-%j.txt",
-        } | job
-        answer = self.http.post("/jobs/submit", json={"job": spec, "script": script})
-        assert answer.status_code == 200, answer.text
-        return str(answer.json()["job_id"])
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        return dict(self.http.get(f"/jobs/query/{job_id}").json())
-
-    def wait_state(self, job_id: str, *states: str, timeout: float = 60) -> dict[str, Any]:
-        def probe() -> dict[str, Any] | None:
-            job = self.job(job_id)
-            return job if job["state"] in states else None
-
-        return wait_for(probe, timeout, f"job {job_id} in {states}")
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    var, work = tmp_path_factory.mktemp("var"), tmp_path_factory.mktemp("work")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
-    env["CONDUCTOR_KILL_GRACE_S"] = "2"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "conductor",
-            "up",
-            "--var-dir",
-            str(var),
-            "--port",
-            str(port),
-            "--node",
-            "e2e",
-            "--cpus",
-            "2",
-            "--memory",
-            "2G",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    system = System(process, url, var, work)
-
-    def ready() -> bool:
-        try:
-            nodes = system.http.get("/nodes").json()["nodes"]
-        except (httpx.HTTPError, ValueError, KeyError):
-            return process.poll() is not None  # stop waiting if it died
-        return bool(nodes)
-
-    wait_for(ready, 120, "the system up with its node registered")
-    assert process.poll() is None, "conductor up exited"
-    yield system
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        process.wait(60)
+    with conductor_up(tmp_path_factory.mktemp("system"), node="e2e") as system:
+        yield system
 
 
 def test_submit_runs_to_completed_with_output_in_the_file(system: System) -> None:

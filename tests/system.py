@@ -1,0 +1,91 @@
+"""``conductor up`` as a user starts it, in a subprocess, and a small HTTP client for it (e2e, chaos)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from conductor_platform.localservers import free_port
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 60, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.1)
+
+
+class System:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, var: Path, work: Path) -> None:
+        self.process, self.url, self.var, self.work = process, url, var, work
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def submit(self, script: str, **job: Any) -> str:
+        spec = {
+            "name": "e2e",
+            "account": "tester",
+            "partition": "default",
+            "ntasks_per_node": 1,
+            "cpus_per_task": 1,
+            "memory_per_node": "100M",
+            "time_limit": "5",
+            "current_working_directory": str(self.work),
+            "standard_output": "out-%j.txt",
+            "standard_error": "err-%j.txt",
+        } | job
+        answer = self.http.post("/jobs/submit", json={"job": spec, "script": script})
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["job_id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.http.get(f"/jobs/query/{job_id}").json())
+
+    def wait_state(self, job_id: str, *states: str, timeout: float = 60) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            return job if job["state"] in states else None
+
+        return wait_for(probe, timeout, f"job {job_id} in {states}")
+
+    def has_node(self) -> bool:
+        try:
+            return bool(self.http.get("/nodes").json()["nodes"])
+        except (httpx.HTTPError, ValueError, KeyError):
+            return self.process.poll() is not None  # stop waiting if it died
+
+
+@contextmanager
+def conductor_up(root: Path, node: str, memory: str = "2G", **env: str) -> Iterator[System]:
+    """Runs ``conductor up`` on two CPUs under ``root``; ``env`` adds variables (``NATS_URL`` and
+    ``DATABASE_URL`` select servers; without them it starts its own, as ``make up`` does)."""
+    var, work = root / "var", root / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(var), "--port", str(port)]
+    argv += ["--node", node, "--cpus", "2", "--memory", memory]
+    process = subprocess.Popen(argv, env=base | {"CONDUCTOR_KILL_GRACE_S": "2"} | env)
+    system = System(process, f"http://127.0.0.1:{port}", var, work)
+    try:
+        wait_for(system.has_node, 120, "the system up with its node registered")
+        assert process.poll() is None, "conductor up exited"
+        yield system
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(90)
