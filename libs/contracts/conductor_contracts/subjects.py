@@ -31,8 +31,9 @@ CANCEL_ALL = f"{ROOT}.gw.cancel.*"
 class StreamSpec:
     name: str = STREAM
     subjects: tuple[str, ...] = (ALL,)
-    # Idempotency-Key retries are answered from the stream's dedupe table within this window.
-    duplicate_window_s: float = 24 * 3600
+    # Idempotency-Key retries are answered from the stream's dedupe table within this window. The
+    # server keeps every message id of the window in memory, so hours, not days.
+    duplicate_window_s: float = 2 * 3600
     max_msg_size: int = 1024 * 1024
 
 
