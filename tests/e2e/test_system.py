@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -115,6 +118,19 @@ def test_output_is_served_over_http(system: System) -> None:
     assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "stderr"}).text == "err line\n"
     assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "both"}).status_code == 422
     assert system.http.get("/jobs/987654/output").status_code == 404
+
+
+def test_a_second_conductor_up_on_the_same_port_says_so(system: System, tmp_path: Path) -> None:
+    port = system.url.rsplit(":", 1)[1]
+    second = subprocess.run(
+        [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert f"port {port} is in use" in second.stderr
+    assert not (tmp_path / "nats").exists()  # refused before starting anything
 
 
 def test_ctrl_c_stops_everything(system: System) -> None:

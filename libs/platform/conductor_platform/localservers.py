@@ -128,8 +128,7 @@ def start_postgres(folder: Path, port: int | None = None, database: str = "condu
             capture_output=True,
             user=user,
         )
-    with contextlib.suppress(FileNotFoundError):
-        (data / "postmaster.pid").unlink()  # left by a killed run; we own this folder
+    _remove_stale_pid_file(data)
     port = port or free_port()
     out = open(folder / "postgres.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
@@ -142,6 +141,23 @@ def start_postgres(folder: Path, port: int | None = None, database: str = "condu
     wait_for_port(port, proc, "postgres")
     _create_database(bindir, port, database, proc)
     return LocalServer("postgres", f"postgresql://postgres@127.0.0.1:{port}/{database}", proc)
+
+
+def _remove_stale_pid_file(data: Path) -> None:
+    """A postmaster.pid left by a killed run blocks the start; one of a live server must stay."""
+    pid_file = data / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return
+    except PermissionError:
+        pass
+    raise RuntimeError(f"a PostgreSQL (pid {pid}) already runs on {data}: is another `conductor up` using this folder?")
 
 
 def _create_database(bindir: Path, port: int, database: str, proc: subprocess.Popen[bytes]) -> None:

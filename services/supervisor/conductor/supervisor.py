@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,16 @@ from conductor_platform import localservers
 from conductor_projector import migrate
 
 log = logging.getLogger("conductor.supervisor")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -76,6 +87,10 @@ class Supervisor:
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
         if self.options.gateway_port:
             env["CONDUCTOR_PORT"] = str(self.options.gateway_port)
+        port = int(env.get("CONDUCTOR_PORT", "8000"))
+        if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
+            log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
+            return 1
         try:
             self.options.var_dir.mkdir(parents=True, exist_ok=True)
             self._servers(env)
@@ -89,7 +104,6 @@ class Supervisor:
             ]
             for child in self.children:
                 child.start()
-            port = env.get("CONDUCTOR_PORT", "8000")
             log.info("SCNS-Conductor is up: http://127.0.0.1:%s (Ctrl-C stops everything)", port)
             self._watch()
         finally:

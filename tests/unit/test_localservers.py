@@ -1,0 +1,22 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conductor_platform.localservers import _remove_stale_pid_file
+
+
+def test_a_stale_postmaster_pid_file_is_removed(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "postmaster.pid").write_text(f"{dead.stdout.strip()}\n/data\n")
+    _remove_stale_pid_file(tmp_path)
+    assert not (tmp_path / "postmaster.pid").exists()
+
+
+def test_the_pid_file_of_a_live_server_is_kept(tmp_path: Path) -> None:
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n/data\n")
+    with pytest.raises(RuntimeError, match="already runs"):
+        _remove_stale_pid_file(tmp_path)
+    assert (tmp_path / "postmaster.pid").exists()
