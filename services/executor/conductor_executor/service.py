@@ -126,8 +126,9 @@ class Executor:
         if folder.exists():
             log.info("placement redelivered; not starting the job again", extra={"job_id": job_id})
             return
-        folder.mkdir(parents=True)
+        # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
+        folder.mkdir(parents=True)
         if cancelled:
             await self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
             return
@@ -229,7 +230,14 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
             except (NatsTimeout, TimeoutError):
                 continue
             for msg in msgs:
-                await executor.handle(ev.decode(msg.data))
+                try:
+                    await executor.handle(ev.decode(msg.data))
+                except Exception:
+                    # A passing fault (NATS restarting): retry this message later rather than
+                    # exiting, which would leave the running jobs to a restarted executor's recovery.
+                    log.exception("handling failed; will retry", extra={"subject": msg.subject})
+                    await msg.nak(delay=1)
+                    continue
                 await msg.ack()
     finally:
         police.cancel()
