@@ -24,10 +24,11 @@ from pathlib import Path
 import aiohttp
 import httpx
 import nats
+import psutil
 
 from conductor_contracts import events as ev
 from conductor_platform.bus import connect, next_batch, read_from
-from conductor_platform.localservers import free_port, start_nats, start_postgres
+from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
 
 OUTCOMES = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
 
@@ -112,6 +113,26 @@ async def follow(
     return submitted, placed, started, ended
 
 
+def cpu_by_process(up_pid: int, *servers: LocalServer) -> str:
+    """Where the machine's CPU went during the run: the figure to look at before optimising."""
+    names = {
+        "conductor_gateway": "gateway",
+        "conductor_scheduler": "scheduler",
+        "conductor_executor": "executor",
+        "conductor_projector": "projector",
+    }
+    spent: dict[str, float] = {}
+    for proc in psutil.Process(up_pid).children():
+        name = next((v for k, v in names.items() if k in " ".join(proc.cmdline())), proc.name())
+        times = proc.cpu_times()
+        spent[name] = times.user + times.system
+    for server in servers:
+        procs = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+        spent[server.name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    spent["bench client"] = sum(psutil.Process().cpu_times()[:2])
+    return ", ".join(f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -188,6 +209,7 @@ async def main() -> None:
             print(
                 f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
             )
+            print("CPU seconds spent, by process: " + cpu_by_process(up.pid, nats_server, postgres))
             print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
             print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
         finally:

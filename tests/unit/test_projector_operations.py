@@ -3,7 +3,15 @@ from datetime import UTC, datetime
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_projector.operations import ACTIVE, InsertJob, UpdateJob, UpdateNode, UpsertNode, to_operations
+from conductor_projector.operations import (
+    ACTIVE,
+    InsertJob,
+    UpdateJob,
+    UpdateNode,
+    UpsertNode,
+    fold_jobs,
+    to_operations,
+)
 from tests.unit.scheduling import node, submitted
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
@@ -74,3 +82,35 @@ def test_node_events() -> None:
     [up] = to_operations(1, node("n1", 4))
     assert isinstance(up, UpsertNode) and up.values["state"] == "UP" and up.values["cpus"] == 4
     assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN"})]
+
+
+COLUMNS = ("job_id", "state", "reason", "exit_code", "node", "name")
+
+
+def _fold(rows: dict[int, dict[str, object]], events: list[tuple[int, ev.Event]]) -> set[int]:
+    return fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], COLUMNS)
+
+
+def test_fold_follows_the_state_machine() -> None:
+    rows: dict[int, dict[str, object]] = {}
+    changed = _fold(
+        rows,
+        [
+            (1, submitted()),
+            (2, ev.JobReasonChanged(job_id=1, reason="Resources")),
+            (3, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1)),
+            (4, ev.JobReasonChanged(job_id=1, reason="Priority")),  # a running job has no reason
+            (5, ev.JobFailed(job_id=1, node="n", exit_code=2)),
+            (6, ev.JobCancelled(job_id=1, node="n")),  # too late: terminal states never change
+        ],
+    )
+    assert changed == {1}
+    assert (rows[1]["state"], rows[1]["exit_code"], rows[1]["reason"], rows[1]["node"]) == ("FAILED", 2, None, "n")
+
+
+def test_fold_leaves_stored_rows_alone_unless_an_update_applies() -> None:
+    stored = {"job_id": 7, "state": "COMPLETED", "reason": None, "exit_code": 0, "node": "n", "name": "kept"}
+    rows = {7: dict(stored)}
+    assert _fold(rows, [(7, submitted()), (9, ev.JobCancelled(job_id=7))]) == set()
+    assert rows[7] == stored
+    assert _fold(rows, [(10, ev.JobCompleted(job_id=99, node="n"))]) == set()  # unknown job: nothing

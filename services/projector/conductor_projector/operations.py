@@ -6,6 +6,7 @@ being PENDING or RUNNING: an event that arrives for a finished job changes nothi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,28 @@ class UpdateNode:
 
 
 Operation = InsertJob | UpdateJob | UpsertNode | UpdateNode
+
+
+Row = dict[str, Any]
+
+
+def fold_jobs(rows: dict[int, Row], ops: Sequence[Operation], columns: tuple[str, ...]) -> set[int]:
+    """Apply a batch's job operations to the rows they touch, in memory and in order; ``rows`` holds
+    the stored rows of those jobs. Returns the ids of the rows that changed. An insert of a job that
+    exists changes nothing; an update applies only while the job is in one of its ``only_in`` states."""
+    changed: set[int] = set()
+    for op in ops:
+        if isinstance(op, InsertJob):
+            job_id = int(op.values["job_id"])
+            if job_id not in rows:
+                rows[job_id] = dict.fromkeys(columns) | op.values
+                changed.add(job_id)
+        elif isinstance(op, UpdateJob):
+            row = rows.get(op.job_id)
+            if row is not None and row["state"] in op.only_in:
+                row.update(op.values)
+                changed.add(op.job_id)
+    return changed
 
 
 def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:

@@ -37,7 +37,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         sub = await read_from(bus, position + 1)
         log.info("projecting", extra={"from_seq": position + 1})
         while not stop.is_set():
-            msgs = await next_batch(sub, settings.batch_size, wait_s=1.0)
+            msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
             if not msgs:
                 continue
             batch = [(m.metadata.sequence.stream, ev.decode(m.data)) for m in msgs]

@@ -7,3 +7,5 @@ class ProjectorSettings(CommonSettings):
     # The name its position is stored under: two projectors with different names keep separate tables' cursors.
     consumer: str = "projector"
     batch_size: int = 500
+    # Under load, wait this long for more events before applying a batch: far fewer transactions.
+    linger_s: float = 0.05

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -17,6 +16,7 @@ from conductor_projector.operations import (
     UpdateJob,
     UpdateNode,
     UpsertNode,
+    fold_jobs,
     to_operations,
 )
 
@@ -27,23 +27,22 @@ async def position(conn: AsyncConnection, name: str) -> int:
 
 
 async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
-    inserts: list[dict[str, Any]] = []
-
-    async def flush() -> None:
-        if inserts:
-            await conn.execute(insert(t.jobs).on_conflict_do_nothing(index_elements=["job_id"]), inserts)
-            inserts.clear()
-
+    """Job operations become one read of the rows they touch and one upsert of those that changed
+    (a few statements a batch instead of one per event); node operations are rare and run as they come."""
+    job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
+    touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
+    if touched:
+        result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(touched)))
+        rows = {int(r["job_id"]): dict(r) for r in result.mappings()}
+        changed = fold_jobs(rows, job_ops, _JOB_COLUMNS)
+        if changed:
+            stmt = insert(t.jobs)
+            upsert = stmt.on_conflict_do_update(
+                index_elements=["job_id"], set_={c: stmt.excluded[c] for c in _JOB_COLUMNS if c != "job_id"}
+            )
+            await conn.execute(upsert, [rows[job_id] for job_id in sorted(changed)])
     for op in ops:
-        if isinstance(op, InsertJob):
-            inserts.append(op.values)
-            continue
-        await flush()
         match op:
-            case UpdateJob():
-                await conn.execute(
-                    update(t.jobs).where(t.jobs.c.job_id == op.job_id, t.jobs.c.state.in_(op.only_in)).values(op.values)
-                )
             case UpsertNode():
                 stmt = insert(t.nodes).values(op.values)
                 await conn.execute(
@@ -53,7 +52,9 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
                 )
             case UpdateNode():
                 await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(op.values))
-    await flush()
+
+
+_JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
 
 
 async def apply_batch(engine: AsyncEngine, name: str, batch: Sequence[tuple[int, ev.Event]]) -> int:
