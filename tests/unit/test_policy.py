@@ -124,3 +124,21 @@ def test_a_second_placement_of_a_job_allocates_nothing() -> None:
     log.append(ev.JobPlaced(job_id=j, node="a", cores=(1,), memory_mb=100), by_scheduler=True)
     assert log.state.nodes["a"].free_cores == {1}
     assert decide(log.state) == []
+
+
+def test_reasons_stop_at_the_queue_depth() -> None:
+    log = Log()
+    log.append(node("a", 1))
+    jobs = [log.append(submitted()) for _ in range(30)]
+    lonely = [log.append(submitted(partition="down")) for _ in range(30)]
+    reasons = [d for d in decide(log.state, queue_depth=5) if isinstance(d, ev.JobReasonChanged)]
+    # default: one placed, then 4 more explained; down: the first 5 explained; the rest stay quiet
+    assert [r.job_id for r in reasons] == jobs[1:5] + lonely[:5]
+
+
+def test_a_deep_queue_still_places_whatever_fits() -> None:
+    log = Log()
+    log.append(node("a", 64, memory_mb=64_000))
+    jobs = [log.append(submitted()) for _ in range(40)]
+    placed = [d.job_id for d in decide(log.state, queue_depth=5) if isinstance(d, ev.JobPlaced)]
+    assert placed == jobs

@@ -53,6 +53,10 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[o
 
 
 def _check_no_overallocation(log: Log) -> None:
+    queued: dict[str, int] = {}
+    for job in log.state.pending.values():
+        queued[job.partition] = queued.get(job.partition, 0) + 1
+    assert queued == log.state.queued
     for name, n in log.state.nodes.items():
         given_out = [a for a in log.state.running.values() if a.node == name]
         cores = [c for a in given_out for c in a.cores]

@@ -49,7 +49,8 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
     for n in nodes:
         for partition in n.partitions:
             partitions.setdefault(partition, []).append(n)
-    blocked: set[str] = set()
+    blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
+    done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
     evaluated: dict[str, int] = {}
 
     def reason(job: PendingJob, code: PendingReason, detail: str = "") -> None:
@@ -57,30 +58,35 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             decisions.append(ev.JobReasonChanged(job_id=job.job_id, reason=code.value, detail=detail))
 
     for job in state.pending.values():
-        if job.job_id in state.cancel_requested:
+        partition = job.partition
+        if partition in done or job.job_id in state.cancel_requested:
             continue
-        depth = evaluated.get(job.partition, 0)
-        if depth >= queue_depth and job.partition in blocked:
-            continue
-        evaluated[job.partition] = depth + 1
-        members = partitions.get(job.partition, [])
-        if not members:
-            reason(job, PendingReason.PARTITION_DOWN, f"no node serves partition '{job.partition}'")
+        evaluated[partition] = depth = evaluated.get(partition, 0) + 1
+        explain = depth <= queue_depth
+        members = partitions.get(partition)
+        if not members or partition in blocked:
+            if not explain:
+                done.add(partition)
+                if len(done) == len(state.queued):
+                    break  # a deep queue costs nothing more once every partition is settled
+            elif not members:
+                reason(job, PendingReason.PARTITION_DOWN, f"no node serves partition '{partition}'")
+            else:
+                reason(job, PendingReason.PRIORITY, "waiting behind an earlier job of its partition")
             continue
         too_big = _never_fits(job, members)
         if too_big is not None:
-            reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
-            continue
-        if job.partition in blocked:
-            reason(job, PendingReason.PRIORITY, "waiting behind an earlier job of its partition")
+            if explain:
+                reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
             continue
         target = next(
             (n for n in members if len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb),
             None,
         )
         if target is None:
-            blocked.add(job.partition)
-            reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
+            blocked.add(partition)
+            if explain:
+                reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
             continue
         free = room[target.name]
         cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]

@@ -42,6 +42,7 @@ class Allocation:
 class ClusterState:
     nodes: dict[str, Node] = field(default_factory=dict)
     pending: dict[int, PendingJob] = field(default_factory=dict)  # insertion order = submit order
+    queued: dict[str, int] = field(default_factory=dict)  # pending jobs per partition
     running: dict[int, Allocation] = field(default_factory=dict)
     cancel_requested: set[int] = field(default_factory=set)
     reasons: dict[int, str] = field(default_factory=dict)
@@ -63,8 +64,24 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
     )
 
 
+def _enqueue(state: ClusterState, job: PendingJob) -> None:
+    state.pending[job.job_id] = job
+    state.queued[job.partition] = state.queued.get(job.partition, 0) + 1
+
+
+def _dequeue(state: ClusterState, job_id: int) -> None:
+    job = state.pending.pop(job_id, None)
+    if job is None:
+        return
+    left = state.queued[job.partition] - 1
+    if left:
+        state.queued[job.partition] = left
+    else:
+        del state.queued[job.partition]
+
+
 def _release(state: ClusterState, job_id: int) -> None:
-    state.pending.pop(job_id, None)
+    _dequeue(state, job_id)
     state.cancel_requested.discard(job_id)
     state.reasons.pop(job_id, None)
     allocation = state.running.pop(job_id, None)
@@ -85,14 +102,14 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
         state.last_scheduler_seq = seq
     match event:
         case ev.JobSubmitted():
-            state.pending[seq] = PendingJob(seq, event.partition, event.cpus, event.memory_mb)
+            _enqueue(state, PendingJob(seq, event.partition, event.cpus, event.memory_mb))
         case ev.JobCancelRequested(job_id=job_id):
             if job_id in state.pending:
                 state.cancel_requested.add(job_id)
         case ev.JobPlaced(job_id=job_id):
             if job_id not in state.pending:
                 return state
-            del state.pending[job_id]
+            _dequeue(state, job_id)
             state.cancel_requested.discard(job_id)
             state.reasons.pop(job_id, None)
             state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb)
