@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -88,6 +89,20 @@ def _gone(pid: int) -> bool:
 def _child(system: System, module: str) -> psutil.Process:
     [child] = [p for p in psutil.Process(system.process.pid).children() if module in " ".join(p.cmdline())]
     return child
+
+
+def test_a_killed_gateway_comes_back(system: System) -> None:
+    _child(system, "conductor_gateway").kill()
+
+    def healthy() -> bool:
+        try:
+            return system.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(healthy, what="gateway restarted")
+    job_id = system.submit("echo via-new-gateway")
+    assert system.wait_state(job_id, "COMPLETED")["state"] == "COMPLETED"
 
 
 def test_a_killed_scheduler_is_replaced_and_placing_resumes(system: System) -> None:
