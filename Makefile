@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make up UP_ARGS='--cpus 4 --memory 8G --port 8080'
 up: $(STAMP)
-	$(BIN)/conductor up
+	$(BIN)/conductor up $(UP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

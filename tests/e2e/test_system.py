@@ -108,7 +108,7 @@ def test_a_killed_gateway_comes_back(system: System) -> None:
 def test_a_killed_scheduler_is_replaced_and_placing_resumes(system: System) -> None:
     _child(system, "conductor_scheduler").kill()
     job_id = system.submit("echo placed-after-restart")
-    # The new scheduler takes over once the dead one's lease expires (10 s by default).
+    # conductor up gives its scheduler a stable id: the restarted one takes its lease back at once.
     assert system.wait_state(job_id, "COMPLETED", timeout=90)["state"] == "COMPLETED"
 
 

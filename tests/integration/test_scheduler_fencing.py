@@ -89,3 +89,14 @@ async def test_lease_is_exclusive_and_passes_on_release(bus: Bus) -> None:
     await a.release()
     assert await b.tick()
     assert not await a.tick()
+
+
+async def test_a_restarted_scheduler_takes_its_own_lease_back_at_once(bus: Bus) -> None:
+    kv = await bus.leases()
+    first = Lease(kv, "scheduler", "host-1", 10)
+    assert await first.tick()
+    restarted = Lease(kv, "scheduler", "host-1", 10)  # the same id, after a crash: no release happened
+    assert await restarted.tick()
+    assert not await Lease(kv, "scheduler", "host-2", 10).tick()
+    first.renewed_at -= 5  # its renewal falls due: its revision is stale, so it learns it no longer leads
+    assert not await first.tick()

@@ -31,7 +31,7 @@ class Lease:
             return True
         try:
             if self.revision is None:
-                self.revision = await self.kv.create(self.key, self.holder.encode())
+                self.revision = await self._acquire()
                 log.info("became leader", extra={"holder": self.holder})
             else:
                 self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
@@ -45,6 +45,17 @@ class Lease:
             if not self.held:
                 self.revision = None
         return self.held
+
+    async def _acquire(self) -> int:
+        try:
+            return int(await self.kv.create(self.key, self.holder.encode()))
+        except KeyWrongLastSequenceError:
+            # Held. By an earlier run of ours (same holder id, restarted after a crash)? Then take it
+            # over now rather than wait for it to expire.
+            entry = await self.kv.get(self.key)
+            if entry.value != self.holder.encode() or entry.revision is None:
+                raise
+            return int(await self.kv.update(self.key, self.holder.encode(), last=entry.revision))
 
     async def release(self) -> None:
         if self.revision is not None:

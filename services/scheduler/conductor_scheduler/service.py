@@ -63,7 +63,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     lease = None
     if settings.use_lease:
         kv = await bus.leases(settings.lease_ttl_s)
-        lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, f"scheduler-{uuid.uuid4().hex[:8]}", settings.lease_ttl_s)
+        holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
+        lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
     scheduler = Scheduler(bus, settings, lease)
     sub = await read_from(bus, 1)
     log.info("scheduler started; replaying the log")

@@ -85,6 +85,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         env = dict(os.environ)
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
+        # One scheduler here: a stable id lets the restarted one take its lease back at once.
+        env.setdefault("CONDUCTOR_SCHEDULER_ID", f"{socket.gethostname()}-{self.options.var_dir}")
         if self.options.gateway_port:
             env["CONDUCTOR_PORT"] = str(self.options.gateway_port)
         port = int(env.get("CONDUCTOR_PORT", "8000"))
