@@ -107,3 +107,15 @@ def test_slurm_filename_patterns() -> None:
     assert expand_pattern("out-%j-%x-%u.%%", job_id=5, name="n", account="a") == "out-5-n-a.%"
     assert output_path(None, job_id=5, name="n", account="a", cwd="/w") == "/w/slurm-5.out"
     assert output_path("/abs/%j.log", job_id=5, name="n", account="a", cwd="/w") == "/abs/5.log"
+
+
+def test_json_logs_carry_extras_but_not_colour_codes() -> None:
+    import json
+    import logging
+
+    from conductor_platform.logging import JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "placed", "job_id": 7, "color_message": "\x1b[1mplaced\x1b[0m"})
+    line = json.loads(JsonFormatter("scheduler").format(record))
+    assert line["msg"] == "placed" and line["job_id"] == 7 and line["service"] == "scheduler"
+    assert "color_message" not in line

@@ -8,7 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_STANDARD = set(vars(logging.makeLogRecord({})))
+# Record attributes that are not the caller's extras (uvicorn adds an ANSI-coloured copy of each message).
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,3 +38,4 @@ def setup(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("nats").setLevel("WARNING")
+    logging.getLogger("alembic").setLevel("WARNING")

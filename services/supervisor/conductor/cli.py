@@ -27,6 +27,7 @@ def _up(argv: list[str]) -> None:
         if value is not None:
             executor_args += [f"--{flag}", str(value)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s conductor up: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     options = UpOptions(var_dir=Path(args.var_dir).resolve(), executor_args=executor_args, gateway_port=args.port)
     sys.exit(Supervisor(options).run())
 
