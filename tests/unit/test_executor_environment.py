@@ -45,3 +45,24 @@ def test_node_names_become_subject_tokens() -> None:
         ExecutorSettings(node="bad name*")
     with pytest.raises(ValidationError, match="invalid memory"):
         ExecutorSettings(memory="lots")
+
+
+def test_leftovers_are_killed_only_if_still_the_same_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    import subprocess
+    import time
+
+    from conductor_executor.service import _kill_leftovers, _start_time
+
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        record = tmp_path / "process.json"
+        record.write_text(json.dumps({"pid": victim.pid, "started": (_start_time(victim.pid) or 0) + 1000}))
+        _kill_leftovers(record)  # recorded start time differs: a different process now, left alone
+        time.sleep(0.1)
+        assert victim.poll() is None
+        record.write_text(json.dumps({"pid": victim.pid, "started": _start_time(victim.pid)}))
+        _kill_leftovers(record)
+        assert victim.wait(5) == -9
+    finally:
+        victim.kill()

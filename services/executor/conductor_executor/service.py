@@ -20,6 +20,7 @@ import os
 import signal
 from pathlib import Path
 
+import psutil
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -34,6 +35,27 @@ from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 
 log = logging.getLogger("conductor.executor")
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _kill_leftovers(record: Path) -> None:
+    """Kill what is left of a job an earlier executor ran, if it is still that job: a pid recorded
+    before a reboot may belong to something else now, so its start time must match too."""
+    try:
+        info = json.loads(record.read_text())
+        pid, started = int(info["pid"]), info.get("started")
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return
+    if started is None or _start_time(pid) != started:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 class Executor:
@@ -74,9 +96,7 @@ class Executor:
             if not folder.name.isdigit() or (folder / "done").exists():
                 continue
             job_id = int(folder.name)
-            with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-                pid = json.loads((folder / "process.json").read_text())["pid"]
-                os.killpg(pid, signal.SIGKILL)
+            _kill_leftovers(folder / "process.json")
             message = "the executor stopped while the job ran; its outcome is unknown"
             await self.finish(
                 job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
@@ -153,7 +173,7 @@ class Executor:
             await self.finish(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
             log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
             return
-        (folder / "process.json").write_text(json.dumps({"pid": process.pid}))
+        (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid)}))
         self.running[job_id] = process
         started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
