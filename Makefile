@@ -22,6 +22,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy libs services
+	$(BIN)/mypy tests bench
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q

@@ -32,5 +32,5 @@ async def read_log(bus: Bus) -> list[tuple[int, str, ev.Event]]:
         return out
     for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
         msg = await bus.js.get_msg(subjects.STREAM, seq=seq)
-        out.append((seq, msg.subject, ev.decode(msg.data or b"")))
+        out.append((seq, msg.subject or "", ev.decode(msg.data or b"")))
     return out

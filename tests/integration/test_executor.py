@@ -77,7 +77,7 @@ async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: Execut
     assert "cpus=1\n" in text  # pinned to the one core it was given, children included
     assert "oops" in text  # no standard_error given: stderr joins stdout, as in Slurm
     [started] = await _has(bus, ev.JobStarted, job_id)
-    assert started.pid > 0  # type: ignore[union-attr]
+    assert isinstance(started, ev.JobStarted) and started.pid > 0
 
 
 async def test_nonzero_exit_is_failed_with_its_code(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:

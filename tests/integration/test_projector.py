@@ -41,8 +41,10 @@ async def test_a_batch_applied_twice_is_applied_once(engine: AsyncEngine) -> Non
         assert await conn.scalar(select(func.count()).select_from(t.jobs)) == 1
 
 
-async def test_service_projects_the_stream_and_rebuilds(bus: Bus, engine: AsyncEngine, database_url: str) -> None:
-    settings = ProjectorSettings(nats_url=bus.nc.connected_url.geturl(), database_url=database_url, batch_size=3)  # type: ignore[union-attr]
+async def test_service_projects_the_stream_and_rebuilds(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, batch_size=3)
     await bus.publish(node("n1", 2))
     ids = [await bus.publish(submitted()) for _ in range(7)]
     await bus.publish(ev.JobPlaced(job_id=ids[0], node="n1", cores=(0,), memory_mb=100), by_scheduler=True)

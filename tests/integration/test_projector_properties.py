@@ -35,11 +35,12 @@ def _log(steps: list[tuple[str, int]]) -> list[tuple[int, ev.Event]]:
         elif kind == "reason":
             event = ev.JobReasonChanged(job_id=target, reason="Resources")
         else:
-            event = {
+            outcomes: dict[str, ev.Event] = {
                 "complete": ev.JobCompleted(job_id=target, node="n1"),
                 "fail": ev.JobFailed(job_id=target, node="n1", exit_code=pick % 5 + 1),
                 "cancelled": ev.JobCancelled(job_id=target),
-            }[kind]
+            }
+            event = outcomes[kind]
         log.append((seq, event))
     return log
 

@@ -88,7 +88,7 @@ def test_every_event_round_trips_and_has_a_subject(event: ev.Event) -> None:
 
 
 def test_scheduler_decisions_live_under_the_fenced_subject() -> None:
-    decisions = [
+    decisions: list[ev.Event] = [
         ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1),
         ev.JobCancelled(job_id=1),
         ev.JobReasonChanged(job_id=1, reason="x"),

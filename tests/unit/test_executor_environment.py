@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from conductor_contracts import events as ev
 from conductor_executor.environment import exit_code_of, host_cpus, job_environment, job_files
 from tests.unit.scheduling import submitted
@@ -47,7 +49,7 @@ def test_node_names_become_subject_tokens() -> None:
         ExecutorSettings(memory="lots")
 
 
-def test_leftovers_are_killed_only_if_still_the_same_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_leftovers_are_killed_only_if_still_the_same_process(tmp_path: Path) -> None:
     import json
     import subprocess
     import time

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,7 @@ actions = st.lists(
 )
 
 
-def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[object, ...]]) -> Log:
+def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[Any, ...]]) -> Log:
     log = Log()
     for i, (cpus, mem, parts) in enumerate(node_specs):
         log.append(node(f"n{i}", cpus, mem, parts))
@@ -32,18 +34,19 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[o
     for step in steps:
         match step:
             case ("submit", cpus, mem, partition):
-                submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition))))  # type: ignore[call-overload]
+                submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition))))
             case ("finish", index, how) if log.state.running:
-                job_id = sorted(log.state.running)[int(index) % len(log.state.running)]  # type: ignore[call-overload]
+                job_id = sorted(log.state.running)[int(index) % len(log.state.running)]
                 where = log.state.running[job_id].node
-                outcome = {
+                outcomes: dict[str, ev.Event] = {
                     "completed": ev.JobCompleted(job_id=job_id, node=where),
                     "failed": ev.JobFailed(job_id=job_id, node=where, exit_code=1),
                     "cancelled": ev.JobCancelled(job_id=job_id, node=where),
-                }[str(how)]
+                }
+                outcome = outcomes[str(how)]
                 log.append(outcome)
             case ("cancel", index) if submitted_ids:
-                log.append(ev.JobCancelRequested(job_id=submitted_ids[int(index) % len(submitted_ids)]))  # type: ignore[call-overload]
+                log.append(ev.JobCancelRequested(job_id=submitted_ids[int(index) % len(submitted_ids)]))
             case ("schedule",):
                 log.schedule()
         _check_no_overallocation(log)
@@ -70,7 +73,7 @@ def _check_no_overallocation(log: Log) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(nodes, actions)
-def test_never_overallocates_and_never_places_twice(node_specs, steps) -> None:  # type: ignore[no-untyped-def]
+def test_never_overallocates_and_never_places_twice(node_specs: list[Any], steps: list[tuple[Any, ...]]) -> None:
     log = _run(node_specs, steps)
     placed = [job for job, _, _ in log.placements()]
     assert len(placed) == len(set(placed))
@@ -80,7 +83,9 @@ def test_never_overallocates_and_never_places_twice(node_specs, steps) -> None: 
 
 @settings(max_examples=200, deadline=None)
 @given(nodes, actions)
-def test_replaying_the_log_gives_the_same_state_and_no_new_decision(node_specs, steps) -> None:  # type: ignore[no-untyped-def]
+def test_replaying_the_log_gives_the_same_state_and_no_new_decision(
+    node_specs: list[Any], steps: list[tuple[Any, ...]]
+) -> None:
     log = _run(node_specs, steps)
     again = replay(log.events)
     assert again == log.state
