@@ -142,3 +142,9 @@ async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, p
     assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/docs")).status_code == 200
     assert "conductor_gateway_submits_total" in (await client.get("/metrics/")).text
+
+
+async def test_openapi_documents_the_errors(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert {"413", "422", "503"} <= set(paths["/jobs/submit"]["post"]["responses"])
+    assert {"404", "409"} <= set(paths["/jobs/cancel/{job_id}"]["post"]["responses"])

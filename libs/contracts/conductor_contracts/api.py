@@ -96,6 +96,12 @@ class SubmitRequest(BaseModel):
         return value
 
 
+class ErrorBody(BaseModel):
+    """Every error: ``{"detail": "..."}`` (422 gives FastAPI's list of field errors)."""
+
+    detail: str
+
+
 class SubmitResponse(BaseModel):
     job_id: str
 

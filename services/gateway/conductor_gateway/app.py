@@ -34,6 +34,17 @@ log = logging.getLogger("conductor.gateway")
 SUBMITS = Counter("conductor_gateway_submits_total", "Jobs accepted by the gateway")
 CANCELS = Counter("conductor_gateway_cancels_total", "Cancel requests accepted by the gateway")
 
+
+def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
+    meaning = {
+        404: "no such job",
+        409: "the job is in a state that does not allow this",
+        413: "the script or the request is over the size limit",
+        503: "NATS or PostgreSQL is unavailable; retry",
+    }
+    return {code: {"model": api.ErrorBody, "description": meaning[code]} for code in codes}
+
+
 JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the job id returned by submit")]
 
 
@@ -106,7 +117,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise HTTPException(404, f"job {job_id} not found")
         return views.job_from_submission(job_id, submitted)
 
-    @app.post("/jobs/submit", response_model=api.SubmitResponse)
+    @app.post("/jobs/submit", response_model=api.SubmitResponse, responses=_errors(413, 503))
     async def submit(
         body: api.SubmitRequest,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -135,11 +146,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         log.info("submitted", extra={"job_id": job_id, "account": spec.account})
         return api.SubmitResponse(job_id=str(job_id))
 
-    @app.get("/jobs/query/{job_id}", response_model=api.JobView)
+    @app.get("/jobs/query/{job_id}", response_model=api.JobView, responses=_errors(404, 503))
     async def query(job_id: JobId) -> api.JobView:
         return await find_job(job_id)
 
-    @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse)
+    @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse, responses=_errors(404, 409, 503))
     async def cancel(job_id: JobId) -> api.CancelResponse:
         job = await find_job(job_id)
         if JobState(job.state).is_terminal:
@@ -168,7 +179,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         next_cursor = page[-1].job_id if len(page) == limit else None
         return api.JobList(jobs=page, next_cursor=next_cursor)
 
-    @app.get("/jobs/{job_id}/output", response_class=PlainTextResponse)
+    @app.get("/jobs/{job_id}/output", response_class=PlainTextResponse, responses=_errors(404, 409, 503))
     async def output(
         job_id: JobId, stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout"
     ) -> PlainTextResponse:
