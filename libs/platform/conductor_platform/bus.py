@@ -131,6 +131,20 @@ async def ensure_stream(js: JetStreamContext, spec: subjects.StreamSpec = subjec
         await js.update_stream(config)
 
 
+# nats-py logs a full traceback for every failed reconnect attempt (twice a second while the server
+# is away); one line each says the same.
+async def _on_error(err: Exception) -> None:
+    log.warning("NATS: %s", err or type(err).__name__)
+
+
+async def _on_disconnected() -> None:
+    log.warning("disconnected from NATS; reconnecting")
+
+
+async def _on_reconnected() -> None:
+    log.info("reconnected to NATS")
+
+
 async def connect(url: str, *, name: str, attempts: int = 60) -> Bus:
     """Connect (retrying while the server comes up), and make sure the stream exists."""
     for attempt in range(1, attempts + 1):
@@ -143,6 +157,9 @@ async def connect(url: str, *, name: str, attempts: int = 60) -> Bus:
                 connect_timeout=2,
                 drain_timeout=5,
                 allow_reconnect=True,
+                error_cb=_on_error,
+                disconnected_cb=_on_disconnected,
+                reconnected_cb=_on_reconnected,
             )
             break
         except Exception as err:
