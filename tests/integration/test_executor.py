@@ -154,3 +154,27 @@ async def test_output_is_kept_in_the_object_store(bus: Bus, executor: ExecutorSe
     store = await bus.outputs()
     assert (await store.get(subjects.output_object(job_id, "stdout"))).data == b"out\n"
     assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"
+
+
+async def test_duplicated_placements_and_cancels_never_run_a_job_twice(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    ids = []
+    for i in range(15):
+        job = submitted().model_copy(
+            update={"working_directory": str(tmp_path), "script": "echo $SLURM_JOB_ID >> runs.txt; sleep 0.2"}
+        )
+        job_id = await bus.publish(job)
+        ids.append(job_id)
+        if i % 3 == 0:
+            await bus.publish(ev.JobCancelRequested(job_id=job_id))  # before its placement: never runs
+        for _ in range(3):  # a scheduler retry, a redelivery...: the same placement again
+            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+        if i % 3 == 1:
+            await bus.publish(ev.JobCancelRequested(job_id=job_id))  # while it may be running
+    outcomes = {job_id: await _outcome(bus, job_id) for job_id in ids}
+    runs = (tmp_path / "runs.txt").read_text().split()
+    assert len(runs) == len(set(runs)), "a job ran twice"
+    assert not {str(j) for j in ids[::3]} & set(runs), "a job cancelled before its placement ran"
+    assert all(isinstance(outcomes[j], ev.JobCancelled) for j in ids[::3])
+    assert all(isinstance(outcomes[j], ev.JobCompleted) for j in ids[2::3])
