@@ -148,3 +148,20 @@ async def test_openapi_documents_the_errors(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"413", "422", "503"} <= set(paths["/jobs/submit"]["post"]["responses"])
     assert {"404", "409"} <= set(paths["/jobs/cancel/{job_id}"]["post"]["responses"])
+
+
+async def test_nodes_show_what_is_allocated(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    await bus.publish(node("n1", 4, 2048))
+    job_id = int((await client.post("/jobs/submit", json=body(cpus_per_task=3, memory_per_node="1G"))).json()["job_id"])
+    await bus.publish(ev.JobPlaced(job_id=job_id, node="n1", cores=(0, 1, 2), memory_mb=1024), by_scheduler=True)
+
+    async def n1(allocation: str) -> dict[str, Any] | None:
+        rows = (await client.get("/nodes")).json()["nodes"]
+        return rows[0] if rows and rows[0]["allocation"] == allocation else None
+
+    mixed = await eventually(lambda: n1("mixed"), what="allocation projected")
+    assert (mixed["cpus_alloc"], mixed["memory_alloc_mb"]) == (3, 1024)
+    await bus.publish(node("n1", 4, 2048))  # the executor restarted: what runs there still counts
+    await bus.publish(ev.JobCompleted(job_id=job_id, node="n1"))
+    idle = await eventually(lambda: n1("idle"), what="allocation released")
+    assert (idle["cpus_alloc"], idle["memory_alloc_mb"]) == (0, 0)

@@ -84,11 +84,27 @@ def test_node_events() -> None:
     assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN"})]
 
 
-COLUMNS = ("job_id", "state", "reason", "exit_code", "node", "name")
+COLUMNS: tuple[str, ...] = ("job_id", "state", "reason", "exit_code", "node", "name")
 
 
 def _fold(rows: dict[int, dict[str, object]], events: list[tuple[int, ev.Event]]) -> set[int]:
-    return fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], COLUMNS)
+    changed, _ = fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], COLUMNS)
+    return changed
+
+
+def test_a_running_job_holds_its_node_s_cpus_and_memory() -> None:
+    rows: dict[int, dict[str, object]] = {}
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted(cpus=2, memory_mb=300)),
+        (2, submitted(cpus=1, memory_mb=100)),
+        (3, ev.JobPlaced(job_id=1, node="n", cores=(0, 1), memory_mb=300)),
+        (4, ev.JobPlaced(job_id=2, node="m", cores=(0,), memory_mb=100)),
+        (5, ev.JobCompleted(job_id=2, node="m")),
+        (6, ev.JobCompleted(job_id=2, node="m")),  # a repeated outcome frees nothing twice
+    ]
+    ops = [op for seq, e in events for op in to_operations(seq, e)]
+    _, nodes = fold_jobs(rows, ops, (*COLUMNS, "cpus", "memory_mb"))
+    assert {k: (v.cpus, v.memory_mb) for k, v in nodes.items()} == {"n": (2, 300), "m": (0, 0)}
 
 
 def test_fold_follows_the_state_machine() -> None:

@@ -150,6 +150,10 @@ class NodeView(BaseModel):
     partitions: list[str]
     state: str
     registered_at: datetime
+    cpus_alloc: int = 0
+    memory_alloc_mb: int = 0
+    # sinfo's view: idle (nothing running), mixed, allocated (no CPU left)
+    allocation: str = "idle"
 
 
 class NodeList(BaseModel):

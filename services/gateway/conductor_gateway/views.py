@@ -38,4 +38,7 @@ def job_from_submission(job_id: int, event: ev.JobSubmitted) -> api.JobView:
 
 
 def node_from_row(row: RowMapping) -> api.NodeView:
-    return api.NodeView.model_validate(dict(row))
+    values = dict(row)
+    used = values.get("cpus_alloc") or 0
+    values["allocation"] = "idle" if used <= 0 else "allocated" if used >= values["cpus"] else "mixed"
+    return api.NodeView.model_validate(values)

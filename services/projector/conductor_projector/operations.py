@@ -46,11 +46,24 @@ Operation = InsertJob | UpdateJob | UpsertNode | UpdateNode
 Row = dict[str, Any]
 
 
-def fold_jobs(rows: dict[int, Row], ops: Sequence[Operation], columns: tuple[str, ...]) -> set[int]:
+@dataclass
+class Allocation:
+    """What a batch changes in a node's allocated CPUs and memory."""
+
+    cpus: int = 0
+    memory_mb: int = 0
+
+
+def fold_jobs(
+    rows: dict[int, Row], ops: Sequence[Operation], columns: tuple[str, ...]
+) -> tuple[set[int], dict[str, Allocation]]:
     """Apply a batch's job operations to the rows they touch, in memory and in order; ``rows`` holds
-    the stored rows of those jobs. Returns the ids of the rows that changed. An insert of a job that
-    exists changes nothing; an update applies only while the job is in one of its ``only_in`` states."""
+    the stored rows of those jobs. Returns the ids of the rows that changed and, per node, how its
+    allocation moved (a job holds its CPUs and memory while RUNNING). An insert of a job that exists
+    changes nothing; an update applies only while the job is in one of its ``only_in`` states."""
     changed: set[int] = set()
+    nodes: dict[str, Allocation] = {}
+    running = JobState.RUNNING.value
     for op in ops:
         if isinstance(op, InsertJob):
             job_id = int(op.values["job_id"])
@@ -59,10 +72,17 @@ def fold_jobs(rows: dict[int, Row], ops: Sequence[Operation], columns: tuple[str
                 changed.add(job_id)
         elif isinstance(op, UpdateJob):
             row = rows.get(op.job_id)
-            if row is not None and row["state"] in op.only_in:
-                row.update(op.values)
-                changed.add(op.job_id)
-    return changed
+            if row is None or row["state"] not in op.only_in:
+                continue
+            before = row["state"]
+            row.update(op.values)
+            changed.add(op.job_id)
+            sign = (row["state"] == running) - (before == running)
+            if sign and row["node"] is not None:
+                moved = nodes.setdefault(row["node"], Allocation())
+                moved.cpus += sign * row["cpus"]
+                moved.memory_mb += sign * row["memory_mb"]
+    return changed, nodes
 
 
 def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:

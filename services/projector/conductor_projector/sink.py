@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,31 +27,46 @@ async def position(conn: AsyncConnection, name: str) -> int:
 
 
 async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
-    """Job operations become one read of the rows they touch and one upsert of those that changed
-    (a few statements a batch instead of one per event); node operations are rare and run as they come."""
-    job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
-    touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
-    if touched:
-        result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(touched)))
-        rows = {int(r["job_id"]): dict(r) for r in result.mappings()}
-        changed = fold_jobs(rows, job_ops, _JOB_COLUMNS)
-        if changed:
-            stmt = insert(t.jobs)
-            upsert = stmt.on_conflict_do_update(
-                index_elements=["job_id"], set_={c: stmt.excluded[c] for c in _JOB_COLUMNS if c != "job_id"}
-            )
-            await conn.execute(upsert, [rows[job_id] for job_id in sorted(changed)])
+    """Node registrations first (in the log they precede any placement on the node), then the job
+    operations as one read of the rows they touch, one upsert of those that changed and one update
+    of the nodes' allocations: a few statements a batch instead of one per event."""
     for op in ops:
         match op:
             case UpsertNode():
                 stmt = insert(t.nodes).values(op.values)
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["name"], set_={c.name: c for c in stmt.excluded if c.name != "name"}
-                    )
-                )
+                # Only the registered fields: a re-registering node keeps its allocation.
+                fresh = {key: stmt.excluded[key] for key in op.values if key != "name"}
+                await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=fresh))
             case UpdateNode():
                 await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(op.values))
+    job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
+    touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
+    if not touched:
+        return
+    result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(touched)))
+    rows = {int(r["job_id"]): dict(r) for r in result.mappings()}
+    changed, allocations = fold_jobs(rows, job_ops, _JOB_COLUMNS)
+    if changed:
+        stmt = insert(t.jobs)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=["job_id"], set_={c: stmt.excluded[c] for c in _JOB_COLUMNS if c != "job_id"}
+        )
+        await conn.execute(upsert, [rows[job_id] for job_id in sorted(changed)])
+    moves = [
+        {"b_node": node, "b_cpus": a.cpus, "b_memory": a.memory_mb}
+        for node, a in sorted(allocations.items())
+        if a.cpus or a.memory_mb
+    ]
+    if moves:
+        n = t.nodes.c
+        await conn.execute(
+            update(t.nodes)
+            .where(n.name == bindparam("b_node"))
+            .values(
+                cpus_alloc=n.cpus_alloc + bindparam("b_cpus"), memory_alloc_mb=n.memory_alloc_mb + bindparam("b_memory")
+            ),
+            moves,
+        )
 
 
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)

@@ -64,6 +64,8 @@ nodes = Table(
     Column("partitions", JSON, nullable=False),
     Column("state", String(32), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
+    Column("cpus_alloc", Integer, nullable=False, server_default="0"),
+    Column("memory_alloc_mb", Integer, nullable=False, server_default="0"),
 )
 
 # The projector's position in the stream, written in the same transaction as the rows it covers.
