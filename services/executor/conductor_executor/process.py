@@ -102,6 +102,13 @@ async def spawn(
 ) -> JobProcess:
     out = open(stdout, "wb")  # noqa: SIM115 - handed to the child, closed below
     err = out if stderr == stdout else open(stderr, "wb")  # noqa: SIM115
+    # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
+    # pins the job from its first instruction; a preexec function would do the same but forces a full
+    # fork() of this process, where without one CPython starts the job with the cheaper vfork().
+    previous = os.sched_getaffinity(0)
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
     try:
         process = await asyncio.create_subprocess_exec(
             "/bin/bash",
@@ -114,13 +121,9 @@ async def spawn(
             start_new_session=True,
         )
     finally:
+        if cpus:
+            os.sched_setaffinity(0, previous)
         out.close()
         if err is not out:
             err.close()
-    if cpus:
-        # Pinned from here rather than in the child: a preexec function forces a full fork() of this
-        # process, while without one CPython starts the job with vfork(). bash takes longer to start
-        # than this call, so the script and what it starts run on the given cores.
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(process.pid, cpus)
     return JobProcess(job_id, process, grace_s, memory_limit_mb)
