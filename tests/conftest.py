@@ -7,6 +7,7 @@ in folders of their own. Started only when a test asks for them, so unit tests s
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from conductor_platform import localservers
 
 
+@functools.cache
 def _docker_available() -> bool:
     if os.environ.get("CONDUCTOR_TEST_DOCKER", "1") == "0" or not shutil.which("docker"):
         return False
