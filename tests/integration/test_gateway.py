@@ -139,7 +139,13 @@ async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, p
     [n1] = await eventually(nodes, what="node projected")
     assert (n1["name"], n1["cpus"], n1["memory_mb"], n1["state"]) == ("n1", 4, 2048, "UP")
     assert (await client.get("/healthz")).json() == {"status": "ok"}
-    assert (await client.get("/readyz")).status_code == 200
+
+    async def caught_up() -> dict[str, Any] | None:
+        ready = (await client.get("/readyz")).json()
+        return ready if ready.get("projector_lag") == 0 else None
+
+    ready = await eventually(caught_up, what="read models caught up")
+    assert ready["status"] == "ready" and ready["log_position"] >= 1
     assert (await client.get("/docs")).status_code == 200
     assert "conductor_gateway_submits_total" in (await client.get("/metrics/")).text
 

@@ -212,15 +212,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        """Ready when both backends answer; says how many events the read models are behind the log."""
         problems = []
-        if not state.bus.nc.is_connected:
+        last = projected = 0
+        if not state.bus.nc.is_connected:  # answer at once rather than wait out a request timeout
             problems.append("nats: not connected")
+        else:
+            try:
+                last = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
+            except Exception as err:
+                problems.append(f"nats: {type(err).__name__}")
         try:
-            await queries.ping(state.engine)
+            projected = await queries.projected_position(state.engine)
         except Exception as err:
             problems.append(f"postgres: {type(err).__name__}")
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "ready", "log_position": last, "projector_lag": max(0, last - projected)})
 
     return app

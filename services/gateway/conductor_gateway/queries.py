@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -42,6 +42,7 @@ async def nodes(engine: AsyncEngine) -> Sequence[RowMapping]:
         return result.mappings().all()
 
 
-async def ping(engine: AsyncEngine) -> None:
+async def projected_position(engine: AsyncEngine) -> int:
+    """How far into the log the read models are (the newest projector's position); also a ping."""
     async with engine.connect() as conn:
-        await conn.execute(text("select 1"))
+        return int(await conn.scalar(select(func.coalesce(func.max(t.positions.c.position), 0))) or 0)
