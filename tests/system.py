@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from conductor_platform.localservers import free_port
+from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
 
 T = TypeVar("T")
 
@@ -89,3 +89,43 @@ def conductor_up(root: Path, node: str, memory: str = "2G", **env: str) -> Itera
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.wait(90)
+
+
+class OwnServers:
+    """A nats-server and a PostgreSQL for one test, on fixed ports and folders so either can be
+    killed and started again where it was (a log or a projector position left by other tests would
+    not match a fresh system)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats_port, self.pg_port = free_port(), free_port()
+        self.nats = start_nats(root / "nats", self.nats_port)
+        self.postgres = start_postgres(root / "pg", self.pg_port)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"NATS_URL": self.nats.url, "DATABASE_URL": self.postgres.url}
+
+    def kill(self, server: LocalServer) -> None:
+        server.process.kill()
+        server.process.wait()
+
+    def restart_nats(self) -> None:
+        self.nats = start_nats(self.root / "nats", self.nats_port)
+
+    def restart_postgres(self) -> None:
+        self.postgres = start_postgres(self.root / "pg", self.pg_port)
+
+    def stop(self) -> None:
+        self.postgres.stop()
+        self.nats.stop()
+
+
+@contextmanager
+def system_on_own_servers(root: Path, node: str) -> Iterator[tuple[System, OwnServers]]:
+    servers = OwnServers(root)
+    try:
+        with conductor_up(root, node, memory="1G", **servers.env) as system:
+            yield system, servers
+    finally:
+        servers.stop()

@@ -14,9 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from conductor_platform.localservers import start_nats, start_postgres
 from conductor_platform.settings import async_database_url
-from tests.system import conductor_up, wait_for
+from tests.system import system_on_own_servers, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -29,30 +28,24 @@ async def _tamper(url: str) -> None:
 
 
 def test_rebuild_replays_the_log_into_the_same_read_models(tmp_path: Path) -> None:
-    nats, postgres = start_nats(tmp_path / "nats"), start_postgres(tmp_path / "pg")
-    try:
-        with conductor_up(tmp_path, "rebuild", NATS_URL=nats.url, DATABASE_URL=postgres.url) as system:
-            done = system.submit("echo one")
-            failed = system.submit("exit 3")
-            system.wait_state(done, "COMPLETED")
-            system.wait_state(failed, "FAILED")
-            before = system.http.get("/jobs").json()["jobs"]
-            asyncio.run(_tamper(postgres.url))  # read models gone wrong: only the log can say what is right
-            assert {j["name"] for j in system.http.get("/jobs").json()["jobs"]} == {"tampered"}
+    with system_on_own_servers(tmp_path, "rebuild") as (system, servers):
+        done = system.submit("echo one")
+        failed = system.submit("exit 3")
+        system.wait_state(done, "COMPLETED")
+        system.wait_state(failed, "FAILED")
+        before = system.http.get("/jobs").json()["jobs"]
+        asyncio.run(_tamper(servers.postgres.url))  # read models gone wrong: only the log can say what is right
+        assert {j["name"] for j in system.http.get("/jobs").json()["jobs"]} == {"tampered"}
 
-            rebuild = subprocess.Popen(
-                [sys.executable, "-m", "conductor", "projector", "--rebuild"],
-                env=dict(os.environ, NATS_URL=nats.url, DATABASE_URL=postgres.url),
-            )
-            try:
-                wait_for(lambda: system.http.get("/jobs").json()["jobs"] == before, what="rebuilt read models")
-            finally:
-                rebuild.send_signal(signal.SIGINT)
-                assert rebuild.wait(30) == 0
-            assert [(j["job_id"], j["state"], j["exit_code"]) for j in before] == [
-                (failed, "FAILED", 3),
-                (done, "COMPLETED", 0),
-            ]
-    finally:
-        postgres.stop()
-        nats.stop()
+        rebuild = subprocess.Popen(
+            [sys.executable, "-m", "conductor", "projector", "--rebuild"], env=dict(os.environ, **servers.env)
+        )
+        try:
+            wait_for(lambda: system.http.get("/jobs").json()["jobs"] == before, what="rebuilt read models")
+        finally:
+            rebuild.send_signal(signal.SIGINT)
+            assert rebuild.wait(30) == 0
+        assert [(j["job_id"], j["state"], j["exit_code"]) for j in before] == [
+            (failed, "FAILED", 3),
+            (done, "COMPLETED", 0),
+        ]

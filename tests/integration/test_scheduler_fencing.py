@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_platform.bus import Bus, FencedOut
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.service import run
@@ -64,7 +65,7 @@ async def _two_schedulers(bus: Bus, nats_url: str, use_lease: bool, jobs: int) -
 def _assert_never_overallocated(log: list[tuple[int, str, ev.Event]]) -> None:
     state = ClusterState()
     for seq, subject, event in log:
-        evolve(state, seq, event, by_scheduler=subject.startswith("conductor.sched."))
+        evolve(state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject))
         for n in state.nodes.values():
             assert n.free_memory_mb >= 0
             used = [c for a in state.running.values() if a.node == n.name for c in a.cores]
