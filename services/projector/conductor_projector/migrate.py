@@ -1,4 +1,5 @@
-"""Bring the read-model schema to Alembic's head; safe to run from several processes at once."""
+"""Bring the read-model schema to Alembic's head; safe to run from several processes at once (they
+take turns on an advisory lock, see migrations/env.py)."""
 
 from __future__ import annotations
 

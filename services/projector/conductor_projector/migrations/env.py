@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -13,9 +14,15 @@ from conductor_projector.tables import metadata
 config = context.config
 
 
+# Any fixed number: processes that migrate the same database take turns on this lock.
+_MIGRATION_LOCK = 0x5C45_C0DE
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata)
     with context.begin_transaction():
+        # Held to the end of the transaction: the next process waits, then finds the schema at head.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         context.run_migrations()
 
 

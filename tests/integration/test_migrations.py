@@ -1,0 +1,28 @@
+"""Migrations on the real PostgreSQL: several processes may start at once (projector replicas,
+`conductor up` and its projector), so upgrading must be safe when they run concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from asyncio.subprocess import PIPE
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+UPGRADE = "import sys; from conductor_projector import migrate; migrate.upgrade(sys.argv[1])"
+
+
+async def test_concurrent_upgrades_from_an_empty_database(engine: AsyncEngine, database_url: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    # Separate processes, as in production (Alembic's context is global to a process).
+    upgrades = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", UPGRADE, database_url, stderr=PIPE) for _ in range(6)
+    ]
+    results = [await p.communicate() for p in upgrades]
+    assert [err.decode() for p, (_, err) in zip(upgrades, results, strict=True) if p.returncode != 0] == []
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert await conn.scalar(text("SELECT count(*) FROM nodes")) == 0
