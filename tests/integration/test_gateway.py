@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_gateway.app import create_app
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
@@ -171,3 +172,30 @@ async def test_nodes_show_what_is_allocated(client: httpx.AsyncClient, bus: Bus,
     await bus.publish(ev.JobCompleted(job_id=job_id, node="n1"))
     idle = await eventually(lambda: n1("idle"), what="allocation released")
     assert (idle["cpus_alloc"], idle["memory_alloc_mb"]) == (0, 0)
+
+
+async def test_output_comes_from_the_object_store_whichever_node_ran_the_job(
+    client: httpx.AsyncClient, bus: Bus, projector: None
+) -> None:
+    # The output file lives on another node: this gateway cannot see its path, only the object store.
+    job_id = (await client.post("/jobs/submit", json=body(current_working_directory="/nonexistent/node7"))).json()[
+        "job_id"
+    ]
+    assert (await client.get(f"/jobs/{job_id}/output")).status_code == 409  # PENDING: nothing yet
+    await bus.publish(ev.JobPlaced(job_id=int(job_id), node="n7", cores=(0,), memory_mb=100), by_scheduler=True)
+    await eventually(lambda: _output_status(client, job_id, 409, "runs on node n7"), what="running job answered")
+    await (await bus.outputs()).put(subjects.output_object(int(job_id), "stdout"), b"made on n7\n")
+    await bus.publish(ev.JobCompleted(job_id=int(job_id), node="n7"))
+
+    async def served() -> str | None:
+        answer = await client.get(f"/jobs/{job_id}/output")
+        return answer.text if answer.status_code == 200 else None
+
+    assert await eventually(served, what="output served") == "made on n7\n"
+    stderr = await client.get(f"/jobs/{job_id}/output", params={"stream": "stderr"})
+    assert stderr.status_code == 404 and "joined to stdout" in stderr.json()["detail"]
+
+
+async def _output_status(client: httpx.AsyncClient, job_id: str, status: int, says: str) -> bool:
+    answer = await client.get(f"/jobs/{job_id}/output")
+    return answer.status_code == status and says in answer.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client
@@ -33,6 +33,7 @@ class Bus:
     nc: Client
     js: JetStreamContext
     stream: str = subjects.STREAM
+    _outputs: ObjectStore | None = field(default=None, repr=False)
 
     async def publish(self, event: ev.Event, *, by_scheduler: bool = False, msg_id: str | None = None) -> int:
         """Publish and wait for the stream's ack; returns the stream sequence."""
@@ -72,12 +73,15 @@ class Bus:
             )
 
     async def outputs(self) -> ObjectStore:
-        try:
-            return await self.js.object_store(subjects.OUTPUT_BUCKET)
-        except NotFoundError:
-            return await self.js.create_object_store(
-                subjects.OUTPUT_BUCKET, config=ObjectStoreConfig(storage=StorageType.FILE)
-            )
+        """The job-output bucket, looked up (or created) once per connection."""
+        if self._outputs is None:
+            try:
+                self._outputs = await self.js.object_store(subjects.OUTPUT_BUCKET)
+            except NotFoundError:
+                self._outputs = await self.js.create_object_store(
+                    subjects.OUTPUT_BUCKET, config=ObjectStoreConfig(storage=StorageType.FILE)
+                )
+        return self._outputs
 
     async def close(self) -> None:
         # Every publish here is awaited to its ack, so there is nothing in flight to drain.

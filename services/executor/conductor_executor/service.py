@@ -24,7 +24,6 @@ import psutil
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
@@ -64,13 +63,7 @@ class Executor:
         self.node = settings.node
         self.running: dict[int, JobProcess] = {}
         self.monitors: set[asyncio.Task[None]] = set()
-        self._outputs: ObjectStore | None = None
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-
-    async def outputs(self) -> ObjectStore:
-        if self._outputs is None:
-            self._outputs = await self.bus.outputs()
-        return self._outputs
 
     # -- reporting -------------------------------------------------------------------------------
     async def report(self, event: ev.Event) -> None:
@@ -203,7 +196,7 @@ class Executor:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
         # Output first, so a job seen as finished has its output available; but the outcome, always.
         try:
-            await upload(await self.outputs(), job_id, files, self.settings.output_max_bytes)
+            await upload(await self.bus.outputs(), job_id, files, self.settings.output_max_bytes)
         except Exception:
             log.exception("output not kept", extra={"job_id": job_id})
         await self.finish(job_id, event)
