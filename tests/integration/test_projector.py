@@ -84,3 +84,31 @@ async def test_service_projects_the_stream_and_rebuilds(
 async def _state_is(engine: AsyncEngine, job_id: int, state: str) -> bool:
     job = await _job(engine, job_id)
     return bool(job and job["state"] == state)
+
+
+async def test_a_rebuild_beside_a_running_projector_loses_nothing(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, batch_size=5, linger_s=0)
+    await bus.publish(node("n1", 2))
+    ids = [await bus.publish(submitted()) for _ in range(30)]
+    stop = asyncio.Event()
+    running = asyncio.create_task(run(settings, stop=stop))
+    await eventually(lambda: _count_is(engine, 30), what="first jobs projected")
+
+    rebuild = asyncio.create_task(run(settings, rebuild=True, stop=stop))
+    for _ in range(30):  # the running projector keeps applying new events while the rebuild replays
+        ids.append(await bus.publish(submitted()))
+        await asyncio.sleep(0.01)
+    await eventually(lambda: _count_is(engine, 60), what="every job projected")
+    last = ids[-1]
+    async with engine.connect() as conn:
+        assert await sink.position(conn, settings.consumer) == last
+        assert set((await conn.execute(select(t.jobs.c.job_id))).scalars()) == set(ids)
+    stop.set()
+    await asyncio.gather(running, rebuild)
+
+
+async def _count_is(engine: AsyncEngine, n: int) -> bool:
+    async with engine.connect() as conn:
+        return await conn.scalar(select(func.count()).select_from(t.jobs)) == n

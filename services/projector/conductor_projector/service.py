@@ -35,13 +35,22 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             log.info("read models dropped; replaying the log")
         position = await _position(engine, settings.consumer)
         sub = await read_from(bus, position + 1)
+        fresh_read: int | None = position + 1  # where the current read began, until its first batch
         log.info("projecting", extra={"from_seq": position + 1})
         while not stop.is_set():
             msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
             if not msgs:
                 continue
             batch = [(m.metadata.sequence.stream, ev.decode(m.data)) for m in msgs]
-            reached = await sink.apply_batch(engine, settings.consumer, batch)
+            try:
+                reached = await sink.apply_batch(engine, settings.consumer, batch, read_from=fresh_read)
+            except sink.PositionMovedBack as moved:
+                # Someone rebuilds the read models: join in, from where they are.
+                log.info("position moved back; reading again", extra={"from_seq": moved.position + 1})
+                await sub.unsubscribe()
+                sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
+                continue
+            fresh_read = None
             log.debug("applied", extra={"events": len(batch), "position": reached})
         await sub.unsubscribe()
     finally:

@@ -72,13 +72,29 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
 
 
-async def apply_batch(engine: AsyncEngine, name: str, batch: Sequence[tuple[int, ev.Event]]) -> int:
-    """Apply the events past the stored position; returns the new position. Redelivered events below
-    the position are skipped, so a crash between commit and ack applies nothing twice."""
+class PositionMovedBack(Exception):
+    """The stored position is behind this batch (the read models were reset for a rebuild): the
+    events in between must be read again first."""
+
+    def __init__(self, position: int) -> None:
+        super().__init__(f"the stored position went back to {position}")
+        self.position = position
+
+
+async def apply_batch(
+    engine: AsyncEngine, name: str, batch: Sequence[tuple[int, ev.Event]], *, read_from: int | None = None
+) -> int:
+    """Apply the events past the stored position, which only ever covers a gap-free prefix of the log;
+    returns the new position. Events at or below it are skipped, so a batch read again (after a crash,
+    or by a second projector) applies nothing twice. A batch that starts past position + 1 raises
+    PositionMovedBack, unless it is the first of a read that began at position + 1 (``read_from``):
+    then the log itself has nothing in between."""
     async with engine.begin() as conn:
         await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
         current = await conn.scalar(select(t.positions.c.position).where(t.positions.c.name == name).with_for_update())
         current = int(current or 0)
+        if batch and batch[0][0] > current + 1 and read_from != current + 1:
+            raise PositionMovedBack(current)
         fresh = [(seq, event) for seq, event in batch if seq > current]
         if not fresh:
             return current
