@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -199,3 +200,14 @@ async def test_output_comes_from_the_object_store_whichever_node_ran_the_job(
 async def _output_status(client: httpx.AsyncClient, job_id: str, status: int, says: str) -> bool:
     answer = await client.get(f"/jobs/{job_id}/output")
     return answer.status_code == status and says in answer.text
+
+
+async def test_a_chunked_body_too_big_for_one_message_is_413(client: httpx.AsyncClient) -> None:
+    payload = json.dumps(body(environment={"BIG": "x" * 1_100_000})).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the size is known only once read
+        for i in range(0, len(payload), 65536):
+            yield payload[i : i + 65536]
+
+    answer = await client.post("/jobs/submit", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "size limit" in answer.json()["detail"]

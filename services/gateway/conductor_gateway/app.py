@@ -140,6 +140,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             environment=spec.environment,
             script=body.script,
         )
+        if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
+            # Reachable with a chunked body, which the Content-Length check above cannot see.
+            raise HTTPException(413, "the job (script and environment) is over the size limit of one message")
         msg_id = f"submit:{idempotency_key}" if idempotency_key else None
         job_id = await state.bus.publish(event, msg_id=msg_id)
         SUBMITS.inc()
