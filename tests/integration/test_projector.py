@@ -97,16 +97,17 @@ async def test_a_rebuild_beside_a_running_projector_loses_nothing(
     await eventually(lambda: _count_is(engine, 30), what="first jobs projected")
 
     rebuild = asyncio.create_task(run(settings, rebuild=True, stop=stop))
-    for _ in range(30):  # the running projector keeps applying new events while the rebuild replays
-        ids.append(await bus.publish(submitted()))
-        await asyncio.sleep(0.01)
-    await eventually(lambda: _count_is(engine, 60), what="every job projected")
-    last = ids[-1]
-    async with engine.connect() as conn:
-        assert await sink.position(conn, settings.consumer) == last
-        assert set((await conn.execute(select(t.jobs.c.job_id))).scalars()) == set(ids)
-    stop.set()
-    await asyncio.gather(running, rebuild)
+    try:
+        for _ in range(30):  # the running projector keeps applying new events while the rebuild replays
+            ids.append(await bus.publish(submitted()))
+            await asyncio.sleep(0.01)
+        await eventually(lambda: _count_is(engine, 60), what="every job projected")
+        async with engine.connect() as conn:
+            assert await sink.position(conn, settings.consumer) == ids[-1]
+            assert set((await conn.execute(select(t.jobs.c.job_id))).scalars()) == set(ids)
+    finally:  # a failure must not leave projectors running into the next test
+        stop.set()
+        await asyncio.gather(running, rebuild)
 
 
 async def _count_is(engine: AsyncEngine, n: int) -> bool:
