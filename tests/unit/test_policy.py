@@ -142,3 +142,32 @@ def test_a_deep_queue_still_places_whatever_fits() -> None:
     jobs = [log.append(submitted()) for _ in range(40)]
     placed = [d.job_id for d in decide(log.state, queue_depth=5) if isinstance(d, ev.JobPlaced)]
     assert placed == jobs
+
+
+def test_a_node_that_re_registers_smaller_takes_nothing_new_until_its_jobs_fit() -> None:
+    log = Log()
+    log.append(node("n1", 4))
+    jobs = [log.append(submitted(1)) for _ in range(4)]
+    log.schedule()
+    assert sorted(log.state.running) == jobs
+    log.append(node("n1", 1))  # the executor came back with one CPU; its four jobs still run
+    log.append(ev.JobCompleted(job_id=jobs[0], node="n1"))  # frees core 0, but three jobs still hold CPUs
+    waiting = log.append(submitted(1))
+    assert not [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
+    assert log.state.reasons[waiting] == "Resources"
+    for job_id in jobs[1:]:
+        log.append(ev.JobCompleted(job_id=job_id, node="n1"))
+    [placed] = [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
+    assert (placed.job_id, placed.cores) == (waiting, (0,))
+
+
+def test_a_node_that_re_registers_with_less_memory_is_not_over_committed() -> None:
+    log = Log()
+    log.append(node("n1", 4, memory_mb=1000))
+    first = log.append(submitted(1, memory_mb=600))
+    log.schedule()
+    log.append(node("n1", 4, memory_mb=500))
+    log.append(submitted(1, memory_mb=100))
+    assert not [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
+    log.append(ev.JobCompleted(job_id=first, node="n1"))
+    assert [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]

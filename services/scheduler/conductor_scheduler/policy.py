@@ -44,7 +44,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             decisions.append(ev.JobCancelled(job_id=job_id))
 
     nodes = sorted(state.nodes.values(), key=lambda n: n.name)
-    room = {n.name: _Room(sorted(n.free_cores), n.free_memory_mb) for n in nodes}
+    room = {n.name: _Room(n.usable_cores(), n.free_memory_mb) for n in nodes}
     partitions: dict[str, list[Node]] = {}
     for n in nodes:
         for partition in n.partitions:

@@ -19,8 +19,16 @@ class Node:
     cpus: int
     memory_mb: int
     partitions: tuple[str, ...]
-    free_cores: set[int] = field(default_factory=set)
+    free_cores: set[int] = field(default_factory=set)  # unused cores among 0..cpus-1
+    # May go negative: a node can re-register smaller while its jobs run.
     free_memory_mb: int = 0
+    # Cores held by running jobs, counted even when they are past a shrunken ``cpus``: capacity is a
+    # count, so a freed low core is not free while the jobs on the lost high cores still run.
+    alloc_cpus: int = 0
+
+    def usable_cores(self) -> list[int]:
+        """The cores a new placement may take: free ones, as many as the capacity still allows."""
+        return sorted(self.free_cores)[: max(0, self.cpus - self.alloc_cpus)]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
         partitions=tuple(event.partitions),
         free_cores=set(range(event.cpus)) - busy,
         free_memory_mb=event.memory_mb - sum(a.memory_mb for a in used),
+        alloc_cpus=sum(len(a.cores) for a in used),
     )
 
 
@@ -91,6 +100,7 @@ def _release(state: ClusterState, job_id: int) -> None:
     if node is not None:
         node.free_cores.update(c for c in allocation.cores if c < node.cpus)
         node.free_memory_mb += allocation.memory_mb
+        node.alloc_cpus -= len(allocation.cores)
 
 
 def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False) -> ClusterState:
@@ -117,6 +127,7 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
             if node is not None:
                 node.free_cores.difference_update(event.cores)
                 node.free_memory_mb -= event.memory_mb
+                node.alloc_cpus += len(event.cores)
         case ev.JobReasonChanged(job_id=job_id, reason=reason):
             if job_id in state.pending:
                 state.reasons[job_id] = reason
