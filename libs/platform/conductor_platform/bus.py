@@ -33,6 +33,8 @@ class Bus:
     nc: Client
     js: JetStreamContext
     stream: str = subjects.STREAM
+    # Copies of the stream and of the KV / object store buckets this bus creates (JetStream R1/R3/R5).
+    replicas: int = 1
     _outputs: ObjectStore | None = field(default=None, repr=False)
 
     async def publish(self, event: ev.Event, *, by_scheduler: bool = False, msg_id: str | None = None) -> int:
@@ -69,7 +71,9 @@ class Bus:
             return await self.js.key_value(subjects.LEASES_BUCKET)
         except NotFoundError:
             return await self.js.create_key_value(
-                KeyValueConfig(bucket=subjects.LEASES_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE)
+                KeyValueConfig(
+                    bucket=subjects.LEASES_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=self.replicas
+                )
             )
 
     async def outputs(self) -> ObjectStore:
@@ -79,7 +83,7 @@ class Bus:
                 self._outputs = await self.js.object_store(subjects.OUTPUT_BUCKET)
             except NotFoundError:
                 self._outputs = await self.js.create_object_store(
-                    subjects.OUTPUT_BUCKET, config=ObjectStoreConfig(storage=StorageType.FILE)
+                    subjects.OUTPUT_BUCKET, config=ObjectStoreConfig(storage=StorageType.FILE, replicas=self.replicas)
                 )
         return self._outputs
 
@@ -121,13 +125,18 @@ async def next_batch(
     return batch
 
 
-async def ensure_stream(js: JetStreamContext, spec: subjects.StreamSpec = subjects.STREAM_SPEC) -> None:
+async def ensure_stream(
+    js: JetStreamContext, spec: subjects.StreamSpec = subjects.STREAM_SPEC, replicas: int = 1
+) -> None:
+    """Create the stream, or bring an existing one to this configuration (replicas included: a
+    clustered server moves an R1 stream to R3 in place)."""
     config = StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
         storage=StorageType.FILE,
         duplicate_window=spec.duplicate_window_s,
         max_msg_size=spec.max_msg_size,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
@@ -149,12 +158,14 @@ async def _on_reconnected() -> None:
     log.info("reconnected to NATS")
 
 
-async def connect(url: str, *, name: str, attempts: int = 60) -> Bus:
-    """Connect (retrying while the server comes up), and make sure the stream exists."""
+async def connect(url: str, *, name: str, attempts: int = 60, replicas: int = 1) -> Bus:
+    """Connect (retrying while the server comes up), and make sure the stream exists with ``replicas``
+    copies (a single nats-server holds one; a cluster of three, three)."""
     for attempt in range(1, attempts + 1):
         try:
             nc = await nats.connect(
-                url,
+                # NATS_URL may list a cluster's servers, comma-separated, as the nats CLI takes them.
+                [u.strip() for u in url.split(",") if u.strip()],
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -172,5 +183,5 @@ async def connect(url: str, *, name: str, attempts: int = 60) -> Bus:
             log.info("waiting for NATS", extra={"url": url, "error": str(err)})
             await asyncio.sleep(0.5)
     js = nc.jetstream(timeout=10)
-    await ensure_stream(js)
-    return Bus(nc=nc, js=js)
+    await ensure_stream(js, replicas=replicas)
+    return Bus(nc=nc, js=js, replicas=replicas)

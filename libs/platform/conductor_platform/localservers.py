@@ -68,12 +68,15 @@ def _nats_binary() -> str:
     return found
 
 
-def start_nats(folder: Path, port: int | None = None, log: Path | None = None) -> LocalServer:
+def start_nats(
+    folder: Path, port: int | None = None, log: Path | None = None, extra_args: tuple[str, ...] = ()
+) -> LocalServer:
+    """``extra_args`` go to nats-server as they are (a server name, cluster routes)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     out = open(log or folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(
-        [_nats_binary(), "-js", "-sd", str(folder / "jetstream"), "-a", "127.0.0.1", "-p", str(port)],
+        [_nats_binary(), "-js", "-sd", str(folder / "jetstream"), "-a", "127.0.0.1", "-p", str(port), *extra_args],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -17,6 +17,9 @@ class CommonSettings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "CONDUCTOR_DATABASE_URL"),
     )
     log_level: str = "INFO"
+    # Copies JetStream keeps of the log, the lease and the outputs: 1 on one nats-server (conductor up),
+    # 3 on a three-node cluster (the Helm chart), so losing one NATS pod loses nothing.
+    stream_replicas: int = Field(default=1, ge=1, le=5)
 
 
 def async_database_url(url: str) -> str:

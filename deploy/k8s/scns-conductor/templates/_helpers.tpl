@@ -39,6 +39,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 - name: CONDUCTOR_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
+- name: CONDUCTOR_STREAM_REPLICAS
+  value: {{ .Values.streamReplicas | quote }}
 {{- end -}}
 
 {{- define "conductor.image" -}}
