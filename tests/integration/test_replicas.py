@@ -76,5 +76,5 @@ async def test_three_replicas_keep_the_log_when_a_server_dies(cluster: list[Loca
 
 
 async def test_a_single_server_refuses_three_replicas_clearly(nats_url: str) -> None:
-    with pytest.raises(APIError, match="(?i)replicas"):
+    with pytest.raises(APIError, match=r"(?i)replicas"):
         await connect(nats_url, name="replicas-test", replicas=3, attempts=1)

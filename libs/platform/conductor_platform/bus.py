@@ -72,7 +72,11 @@ class Bus:
         except NotFoundError:
             return await self.js.create_key_value(
                 KeyValueConfig(
-                    bucket=subjects.LEASES_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=self.replicas
+                    bucket=subjects.LEASES_BUCKET,
+                    ttl=ttl_s,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=self.replicas,
                 )
             )
 
