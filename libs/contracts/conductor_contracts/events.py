@@ -14,6 +14,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+# Lower bounds the scheduler's fold relies on: a job or node of zero or negative size would give
+# room instead of taking it. An event outside them does not decode, so every consumer skips it as
+# one it cannot apply (upper bounds are the gateway's: the fold holds any int).
+Positive = Annotated[int, Field(ge=1)]
+Core = Annotated[int, Field(ge=0)]
+
 
 def _new_id() -> str:
     return uuid.uuid4().hex
@@ -36,11 +42,11 @@ class JobSubmitted(EventBase):
     name: str
     account: str
     partition: str
-    ntasks_per_node: int
-    cpus_per_task: int
-    cpus: int
-    memory_mb: int
-    time_limit_s: int | None
+    ntasks_per_node: Positive
+    cpus_per_task: Positive
+    cpus: Positive
+    memory_mb: Positive
+    time_limit_s: Positive | None
     working_directory: str
     standard_output: str
     standard_error: str | None
@@ -57,8 +63,8 @@ class JobPlaced(EventBase):
     type: Literal["JobPlaced"] = "JobPlaced"
     job_id: int
     node: str
-    cores: tuple[int, ...]
-    memory_mb: int
+    cores: tuple[Core, ...]
+    memory_mb: Annotated[int, Field(ge=0)]
 
 
 class JobReasonChanged(EventBase):
@@ -119,8 +125,8 @@ class JobCancelled(EventBase):
 class NodeRegistered(EventBase):
     type: Literal["NodeRegistered"] = "NodeRegistered"
     node: str
-    cpus: int
-    memory_mb: int
+    cpus: Positive
+    memory_mb: Positive
     partitions: tuple[str, ...] = ("default",)
 
 

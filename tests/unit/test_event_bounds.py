@@ -1,0 +1,39 @@
+"""Events that would corrupt the scheduler's fold do not decode: every consumer skips them as
+events it cannot apply, instead of giving a node room it does not have."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from conductor_contracts import events as ev
+from tests.unit.scheduling import node, submitted
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{"cpus": 0}, {"cpus": -4}, {"memory_mb": -1000}, {"memory_mb": 0}, {"time_limit_s": 0}, {"cpus_per_task": 0}],
+)
+def test_a_job_of_no_or_negative_size_does_not_decode(update: dict[str, int]) -> None:
+    raw = submitted().model_copy(update=update).model_dump_json().encode()
+    with pytest.raises(ValidationError):
+        ev.decode(raw)
+
+
+@pytest.mark.parametrize("update", [{"cpus": 0}, {"memory_mb": -1}])
+def test_a_node_of_no_or_negative_size_does_not_decode(update: dict[str, int]) -> None:
+    raw = node("n1", 4).model_copy(update=update).model_dump_json().encode()
+    with pytest.raises(ValidationError):
+        ev.decode(raw)
+
+
+def test_a_placement_on_a_negative_core_or_memory_does_not_decode() -> None:
+    for bad in ({"cores": (-1,)}, {"memory_mb": -5}):
+        raw = ev.JobPlaced(job_id=2, node="n1", cores=(0,), memory_mb=1).model_copy(update=bad).model_dump_json()
+        with pytest.raises(ValidationError):
+            ev.decode(raw.encode())
+
+
+def test_huge_sizes_still_decode_the_fold_holds_them() -> None:
+    job = submitted().model_copy(update={"memory_mb": 2**40, "time_limit_s": 99999999})
+    assert ev.decode(job.model_dump_json().encode()) == job
