@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,23 +22,37 @@ from tests.unit.scheduling import submitted
 NODE = "testnode"
 
 
-@pytest.fixture
-async def executor(bus: Bus, nats_url: str, tmp_path: Path) -> AsyncIterator[ExecutorSettings]:
-    settings = ExecutorSettings(
-        nats_url=nats_url,
-        node=NODE,
-        cpus=2,
-        memory="1G",
-        state_dir=tmp_path / "state",
-        kill_grace_s=1,
-        memory_poll_s=0.2,
-    )
+def executor_settings(nats_url: str, tmp_path: Path, **overrides: Any) -> ExecutorSettings:
+    defaults: dict[str, Any] = {
+        "nats_url": nats_url,
+        "node": NODE,
+        "cpus": 2,
+        "memory": "1G",
+        "state_dir": tmp_path / "state",
+        "kill_grace_s": 1,
+        "memory_poll_s": 0.2,
+        "retry_min_s": 0.05,
+        "retry_max_s": 0.2,
+    }
+    return ExecutorSettings(**(defaults | overrides))
+
+
+@asynccontextmanager
+async def running(bus: Bus, settings: ExecutorSettings) -> AsyncIterator[ExecutorSettings]:
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
-    await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-    yield settings
-    stop.set()
-    await task
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        yield settings
+    finally:
+        stop.set()
+        await task
+
+
+@pytest.fixture
+async def executor(bus: Bus, nats_url: str, tmp_path: Path) -> AsyncIterator[ExecutorSettings]:
+    async with running(bus, executor_settings(nats_url, tmp_path)) as settings:
+        yield settings
 
 
 async def _has(bus: Bus, kind: type, job_id: int | None = None) -> list[ev.Event]:
@@ -156,9 +172,12 @@ async def test_output_is_kept_in_the_object_store(bus: Bus, executor: ExecutorSe
     assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"
 
 
-async def test_duplicated_placements_and_cancels_never_run_a_job_twice(
-    bus: Bus, executor: ExecutorSettings, tmp_path: Path
-) -> None:
+async def test_duplicated_placements_and_cancels_never_run_a_job_twice(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    async with running(bus, executor_settings(nats_url, tmp_path, cpus=16)):
+        await _place_duplicates_and_cancels(bus, tmp_path)
+
+
+async def _place_duplicates_and_cancels(bus: Bus, tmp_path: Path) -> None:
     ids = []
     for i in range(15):
         job = submitted().model_copy(
@@ -169,7 +188,8 @@ async def test_duplicated_placements_and_cancels_never_run_a_job_twice(
         if i % 3 == 0:
             await bus.publish(ev.JobCancelRequested(job_id=job_id))  # before its placement: never runs
         for _ in range(3):  # a scheduler retry, a redelivery...: the same placement again
-            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+            # A core of its own: the executor refuses a placement on a core a running job holds.
+            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(i,), memory_mb=50), by_scheduler=True)
         if i % 3 == 1:
             await bus.publish(ev.JobCancelRequested(job_id=job_id))  # while it may be running
     outcomes = {job_id: await _outcome(bus, job_id) for job_id in ids}

@@ -3,9 +3,13 @@
 - Placements and cancel requests come through one durable consumer filtered on this node's placement
   subject and on cancel requests, handled in stream order, one at a time, acked after handling.
 - Before a job starts, a marker folder ``jobs/<id>`` is written; a redelivered placement whose marker
-  exists is never started again (nothing runs twice).
+  exists is never started again (nothing runs twice). Every job with a marker ends with an outcome.
 - A cancel request can be stored before the placement it concerns (the scheduler decided from a state
   that did not have it yet): so before starting a job we look the request up in the stream.
+- Whatever the executor reports goes through an outbox on disk (``outbox.py``) before its ``done``
+  marker: NATS being away for any time delays outcomes, never loses them, and never stops a job.
+- NATS trouble never ends the executor: every NATS call is retried with backoff. Only a message that
+  fails for another reason ``max_deliveries`` times is given up (logged, its job reported FAILED).
 - Jobs left by an executor that died are reported NODE_FAIL at start (re-adopting them through a
   per-job supervisor is the next step, see docs/decisions.md).
 """
@@ -18,22 +22,35 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import environment as envs
+from conductor_executor.fit import misfit
+from conductor_executor.outbox import Outbox
 from conductor_executor.output import upload
 from conductor_executor.process import JobProcess, spawn
+from conductor_executor.retry import Backoff, pause, transient
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 
 log = logging.getLogger("conductor.executor")
+
+T = TypeVar("T")
+
+# A clean stop waits this long for the outbox to reach the stream; what is left goes out next start.
+_DRAIN_ON_STOP_S = 5.0
+_MAX_MESSAGE = 1000
 
 
 def _start_time(pid: int) -> float | None:
@@ -57,47 +74,66 @@ def _kill_leftovers(record: Path) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _short(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+
 class Executor:
-    def __init__(self, bus: Bus, settings: ExecutorSettings) -> None:
-        self.bus, self.settings = bus, settings
+    def __init__(self, settings: ExecutorSettings) -> None:
+        self.settings = settings
         self.node = settings.node
+        self._bus: Bus | None = None
         self.running: dict[int, JobProcess] = {}
+        self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
         self.monitors: set[asyncio.Task[None]] = set()
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(settings.outbox_dir, self._publish, self.backoff())
+
+    @property
+    def bus(self) -> Bus:
+        assert self._bus is not None, "not connected yet"
+        return self._bus
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.settings.retry_min_s, self.settings.retry_max_s)
 
     # -- reporting -------------------------------------------------------------------------------
-    async def report(self, event: ev.Event) -> None:
-        for attempt in range(30):  # NATS may be restarting: the outcome must not be lost
-            try:
-                await self.bus.publish(event)
-                return
-            except Exception as err:
-                log.warning(
-                    "report failed; retrying", extra={"event": event.type, "error": str(err), "attempt": attempt}
-                )
-                await asyncio.sleep(1)
-        raise RuntimeError(f"could not report {event.type} for job {getattr(event, 'job_id', '?')}")
+    async def _publish(self, event: ev.Event) -> None:
+        # While disconnected nats-py would buffer the request and wait out the JetStream timeout;
+        # failing at once keeps the outbox's pacing its own.
+        if self._bus is None or not self._bus.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await self._bus.publish(event)
 
-    async def finish(self, job_id: int, event: ev.Event) -> None:
-        await self.report(event)
+    def finish(self, job_id: int, event: ev.Event) -> None:
+        """The outcome is durable in the outbox before the marker says the job is done."""
+        self.outbox.put(event)
         (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
 
+    def fail(self, job_id: int, message: str) -> None:
+        self.finish(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+
     # -- startup ---------------------------------------------------------------------------------
-    async def recover(self) -> None:
+    def recover(self) -> None:
         """Jobs whose executor died with them still running: kill what is left, report NODE_FAIL."""
-        for folder in sorted(self.settings.jobs_dir.iterdir(), key=lambda p: p.name):
+        for folder in sorted(self.settings.jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
             if not folder.name.isdigit() or (folder / "done").exists():
                 continue
             job_id = int(folder.name)
+            if self.outbox.holds_outcome(job_id):  # it stopped between the outcome and the marker
+                (folder / "done").write_text("outbox")
+                continue
             _kill_leftovers(folder / "process.json")
             message = "the executor stopped while the job ran; its outcome is unknown"
-            await self.finish(
+            self.finish(
                 job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
             )
             log.warning("job lost with a previous executor", extra={"job_id": job_id})
 
-    async def register(self) -> None:
-        await self.bus.publish(
+    def register(self) -> None:
+        # Through the outbox too: it reaches the log after the outcomes a previous run still owed.
+        self.outbox.put(
             ev.NodeRegistered(
                 node=self.node,
                 cpus=self.settings.cpus,
@@ -118,6 +154,16 @@ class Executor:
             case ev.JobCancelRequested(job_id=job_id) if job_id in self.running:
                 log.info("cancelling", extra={"job_id": job_id})
                 self.running[job_id].kill(cancelled=True)
+
+    def give_up(self, event: ev.Event, err: BaseException, deliveries: int) -> None:
+        """A placement that failed every delivery: its job must still end, visibly."""
+        if not (isinstance(event, ev.JobPlaced) and event.node == self.node):
+            return
+        folder = self.settings.jobs_dir / str(event.job_id)
+        if folder.exists():  # started or finished already: it has or will have its outcome
+            return
+        folder.mkdir(parents=True)
+        self.fail(event.job_id, f"the executor could not handle the placement ({deliveries} tries): {_short(err)}")
 
     async def cancel_requested(self, job_id: int) -> bool:
         try:
@@ -142,46 +188,69 @@ class Executor:
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
         folder.mkdir(parents=True)
+        # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         if cancelled:
-            await self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
+            self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
+            return
+        why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
+        if why is not None:
+            self.fail(job_id, f"placement does not fit this node: {why}")
+            log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
         files = envs.job_files(job_id, job)
-        script = folder / "script.sh"
-        script.write_text(job.script)
         try:
-            Path(job.working_directory).mkdir(parents=True, exist_ok=True)
-            process = await spawn(
-                job_id,
-                script,
-                job.working_directory,
-                envs.job_environment(os.environ, job_id, job, placement),
-                files.stdout,
-                files.stderr,
-                envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
-                self.settings.kill_grace_s,
-                placement.memory_mb,
-            )
-        except OSError as err:
-            message = f"could not start the job: {err}"
-            await self.finish(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+            process = await self._spawn(folder, job_id, job, placement, files)
+        except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
+            self.fail(job_id, f"could not start the job: {_short(err)}")
             log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
             return
-        (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid)}))
         self.running[job_id] = process
+        self.placements[job_id] = placement
+        try:
+            (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid)}))
+        except OSError as err:  # only a restarted executor's clean-up needs it; the job runs on
+            log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
         started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
-        # Reported from the job's own task, so the next placement does not wait for this publish.
         task = asyncio.create_task(self.monitor(process, started, job.time_limit_s, files))
         self.monitors.add(task)
-        task.add_done_callback(self.monitors.discard)
+        task.add_done_callback(self._monitor_done)
+
+    async def _spawn(
+        self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
+    ) -> JobProcess:
+        script = folder / "script.sh"
+        script.write_text(job.script)
+        Path(job.working_directory).mkdir(parents=True, exist_ok=True)
+        return await spawn(
+            job_id,
+            script,
+            job.working_directory,
+            envs.job_environment(os.environ, job_id, job, placement),
+            files.stdout,
+            files.stderr,
+            envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
+            self.settings.kill_grace_s,
+            placement.memory_mb,
+        )
+
+    def _monitor_done(self, task: asyncio.Task[None]) -> None:
+        self.monitors.discard(task)
+        if not task.cancelled() and (err := task.exception()) is not None:
+            log.error("job monitor failed", exc_info=err)
 
     async def monitor(
         self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None, files: envs.JobFiles
     ) -> None:
         job_id = process.job_id
-        await self.report(started)
+        # Queued from the job's own task, in the outbox before its outcome can be.
+        try:
+            self.outbox.put(started)
+        except OSError:
+            log.exception("JobStarted not queued", extra={"job_id": job_id})
         outcome = await process.wait(time_limit_s)
         self.running.pop(job_id, None)
+        self.placements.pop(job_id, None)
         code = outcome.exit_code
         event: ev.Event
         if outcome.cancelled:
@@ -195,26 +264,87 @@ class Executor:
         else:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
         # Output first, so a job seen as finished has its output available; but the outcome, always.
-        try:
-            await upload(await self.bus.outputs(), job_id, files, self.settings.output_max_bytes)
-        except Exception:
-            log.exception("output not kept", extra={"job_id": job_id})
-        await self.finish(job_id, event)
+        if self._bus is not None and self._bus.nc.is_connected:
+            try:
+                await upload(await self.bus.outputs(), job_id, files, self.settings.output_max_bytes)
+            except Exception as err:
+                log.warning("output not kept", extra={"job_id": job_id, "error": str(err)})
+        else:
+            log.warning("output not kept: NATS is away", extra={"job_id": job_id})
+        self.finish(job_id, event)
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
         while not stop.is_set():
-            for process in list(self.running.values()):
-                used = await asyncio.to_thread(process.memory_mb)
-                if used > process.memory_limit_mb and not process.out_of_memory:
-                    log.warning(
-                        "over its memory limit; killing",
-                        extra={"job_id": process.job_id, "memory_mb": round(used), "limit_mb": process.memory_limit_mb},
-                    )
-                    process.kill(out_of_memory=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.memory_poll_s)
+            try:
+                await self._police_once()
+            except Exception:  # one bad sample must not end the policing of every job
+                log.exception("memory sampling failed")
+            await pause(stop, self.settings.memory_poll_s)
+
+    async def _police_once(self) -> None:
+        for process in list(self.running.values()):
+            used = await asyncio.to_thread(process.memory_mb)
+            if used > process.memory_limit_mb and not process.out_of_memory:
+                log.warning(
+                    "over its memory limit; killing",
+                    extra={"job_id": process.job_id, "memory_mb": round(used), "limit_mb": process.memory_limit_mb},
+                )
+                process.kill(out_of_memory=True)
+
+    # -- the consumer ------------------------------------------------------------------------------
+    async def consume(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        """Until ``stop``: no NATS error ends this loop; it logs a line, backs off and goes on."""
+        backoff = self.backoff()
+        while not stop.is_set():
+            try:
+                # One at a time: a batch fetch waits out its whole timeout for the rest of the batch.
+                msgs = await sub.fetch(1, timeout=1)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except Exception as err:
+                delay = backoff.next()
+                log.warning("fetching placements failed; retrying", extra={"error": _short(err), "retry_in_s": delay})
+                await pause(stop, delay)
+                continue
+            backoff.reset()
+            for msg in msgs:
+                await self.take(msg)
+
+    async def take(self, msg: Msg) -> None:
+        try:
+            seq, deliveries = msg.metadata.sequence.stream, msg.metadata.num_delivered
+        except Exception:
+            seq, deliveries = 0, 1
+        try:
+            event = ev.decode(msg.data)
+        except Exception as err:  # it will never decode: one delivery is enough to know
+            log.error("undecodable message dropped", extra={"seq": seq, "subject": msg.subject, "error": _short(err)})
+            await _settle(msg.term())
+            return
+        try:
+            await self.handle(event)
+        except Exception as err:
+            if transient(err) or deliveries < self.settings.max_deliveries:
+                log.warning(
+                    "handling failed; will retry",
+                    extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+                )
+                delay = min(self.settings.retry_max_s, self.settings.retry_min_s * 2 ** min(deliveries - 1, 30))
+                await _settle(msg.nak(delay=delay))
+                return
+            log.error(
+                "message failed every delivery; giving up",
+                extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+            )
+            try:
+                self.give_up(event, err, deliveries)
+            except Exception:
+                log.exception("could not report the job of a message given up", extra={"seq": seq})
+            await _settle(msg.term())
+            return
+        await _settle(msg.ack())
 
     async def shutdown(self) -> None:
         """Stopping the executor stops its jobs: none is left running unaccounted for."""
@@ -225,37 +355,76 @@ class Executor:
                 await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
 
 
+async def _settle(reply: Awaitable[None]) -> None:
+    """Ack, nak or term; if NATS is away the message is simply delivered again later."""
+    try:
+        await reply
+    except Exception as err:
+        log.warning("could not acknowledge a message", extra={"error": _short(err)})
+
+
+async def _retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff) -> T | None:
+    """``attempt()`` until it succeeds (its result) or ``stop`` is set (None)."""
+    while not stop.is_set():
+        trying = asyncio.ensure_future(attempt())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not trying.done():
+            trying.cancel()
+            with contextlib.suppress(BaseException):
+                await trying
+            return None
+        try:
+            return trying.result()
+        except Exception as err:
+            delay = backoff.next()
+            log.warning(f"{what} failed; retrying", extra={"error": _short(err), "retry_in_s": delay})
+            await pause(stop, delay)
+    return None
+
+
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    bus = await connect(settings.nats_url, name=f"conductor-executor-{settings.node}")
-    executor = Executor(bus, settings)
-    # The consumer exists before the node is announced, so it cannot miss a placement; a new one
-    # starts at new messages, so placements for an earlier node of the same name are not replayed.
-    sub = await bus.js.pull_subscribe_bind(durable=await _ensure_consumer(bus, settings.node), stream=bus.stream)
-    await executor.recover()
-    await executor.register()
-    police = asyncio.create_task(executor.police_memory(stop))
+    executor = Executor(settings)
+    # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
+    executor.recover()
+    executor.register()
+    bus = await _retrying(
+        "connecting to NATS",
+        lambda: connect(settings.nats_url, name=f"conductor-executor-{settings.node}"),
+        stop,
+        executor.backoff(),
+    )
+    if bus is None:
+        return
+    executor._bus = bus
     try:
-        while not stop.is_set():
-            try:
-                # One at a time: a batch fetch waits out its whole timeout for the rest of the batch.
-                msgs = await sub.fetch(1, timeout=1)
-            except (NatsTimeout, TimeoutError):
-                continue
-            for msg in msgs:
-                try:
-                    await executor.handle(ev.decode(msg.data))
-                except Exception:
-                    # A passing fault (NATS restarting): retry this message later rather than
-                    # exiting, which would leave the running jobs to a restarted executor's recovery.
-                    log.exception("handling failed; will retry", extra={"subject": msg.subject})
-                    await msg.nak(delay=1)
-                    continue
-                await msg.ack()
+        # The consumer exists before the outbox may announce the node, so it cannot miss a placement;
+        # a new one starts at new messages, so placements for an earlier node of the same name are
+        # not replayed.
+        sub = await _retrying(
+            "subscribing to placements", lambda: _subscribe(bus, settings.node), stop, executor.backoff()
+        )
+        if sub is None:
+            return
+        publisher = asyncio.create_task(executor.outbox.run())
+        police = asyncio.create_task(executor.police_memory(stop))
+        try:
+            await executor.consume(sub, stop)
+        finally:
+            police.cancel()
+            await executor.shutdown()
+            if not await executor.outbox.drained(_DRAIN_ON_STOP_S):
+                log.warning("stopping with events still in the outbox; they go out at the next start")
+            publisher.cancel()
     finally:
-        police.cancel()
-        await executor.shutdown()
         await bus.close()
+
+
+async def _subscribe(bus: Bus, node: str) -> JetStreamContext.PullSubscription:
+    durable = await _ensure_consumer(bus, node)
+    return await bus.js.pull_subscribe_bind(durable=durable, stream=bus.stream)
 
 
 async def _ensure_consumer(bus: Bus, node: str) -> str:
