@@ -6,6 +6,7 @@ being PENDING or RUNNING: an event that arrives for a finished job changes nothi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,3 +166,85 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
         case ev.NodeDrained(node=node):
             return [UpdateNode(node, {"state": "DRAINED"})]
     return []
+
+
+# Events that cannot be stored as they are. The gateway bounds what it accepts, but the log may hold
+# older or hand-made events, and one of them must never stop the read models.
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A message in the stream that is no event this version can read (garbage, a foreign schema)."""
+
+    subject: str
+    data: bytes
+    error: str
+
+
+def decode(subject: str, data: bytes) -> ev.Event | Undecodable:
+    try:
+        return ev.decode(data)
+    except Exception as err:  # whatever the bytes are, it is their fault, not the projector's
+        return Undecodable(subject, data, str(err))
+
+
+INT32 = (-(2**31), 2**31 - 1)
+# A btree index entry holds at most 2704 bytes: indexed text is cut well below it.
+INDEXED_TEXT_BYTES = 1024
+_INDEXED_TEXT = ("name", "account")
+_TEXT = ("name", "account", "partition", "working_directory", "standard_output", "standard_error", "script")
+_INT32 = ("ntasks_per_node", "cpus_per_task", "cpus", "memory_mb", "time_limit_s")
+# PostgreSQL's text holds no NUL, and UTF-8 cannot encode a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str, max_bytes: int | None = None) -> str:
+    clean = _UNSTORABLE.sub("\ufffd", text)
+    if max_bytes is not None and len(clean.encode()) > max_bytes:
+        clean = clean.encode()[:max_bytes].decode(errors="ignore")
+    return clean
+
+
+def sanitize(event: ev.JobSubmitted) -> tuple[ev.JobSubmitted, list[str]]:
+    """A copy of a submission that the read model can store, and a note for each field it changed."""
+    changes: dict[str, Any] = {}
+    notes: list[str] = []
+    for name in _TEXT:
+        value = getattr(event, name)
+        if value is None:
+            continue
+        limit = INDEXED_TEXT_BYTES if name in _INDEXED_TEXT else None
+        clean = storable(value, limit)
+        if clean != value:
+            changes[name] = clean
+            cut = limit is not None and len(storable(value).encode()) > limit
+            notes.append(f"{name} {'cut to ' + str(limit) + ' bytes' if cut else 'had NUL or invalid characters'}")
+    environment = {storable(k): storable(v) for k, v in event.environment.items()}
+    if environment != event.environment:
+        changes["environment"] = environment
+        notes.append("environment had NUL or invalid characters")
+    low, high = INT32
+    for name in _INT32:
+        value = getattr(event, name)
+        if value is not None and not low <= value <= high:
+            changes[name] = min(max(value, low), high)
+            notes.append(f"{name} {value} out of range, stored as {changes[name]}")
+    return event.model_copy(update=changes), notes
+
+
+def escaped(data: bytes | str, limit: int) -> str:
+    """Text that can always be stored and printed: invalid UTF-8, surrogates and NUL as escapes, cut
+    to ``limit`` characters."""
+    text = data.decode(errors="backslashreplace") if isinstance(data, bytes) else data
+    text = text.encode(errors="backslashreplace").decode().replace("\x00", "\\x00")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def sanitized_submission(seq: int, event: ev.JobSubmitted) -> InsertJob | None:
+    """The row of a submission PostgreSQL refused as it was, with a message saying what was changed;
+    None when there is nothing to change (the fault is elsewhere)."""
+    clean, notes = sanitize(event)
+    if not notes:
+        return None
+    row = _submitted(seq, clean).values
+    return InsertJob(row | {"message": "not stored as submitted (the read model cannot hold it): " + "; ".join(notes)})

@@ -6,44 +6,104 @@ the stream from the next sequence with an ordered consumer. A crash loses at mos
 batch, which is read again; nothing is applied twice and nothing is skipped. (A durable consumer with
 acks would redeliver a crashed batch *after* newer messages, and an ack of those would cover the gap:
 see docs/decisions.md.)
+
+Nothing but a stop ends the loop. An event that cannot be applied is recorded as a dead letter and
+skipped (see sink.apply_batch). Any other failure (PostgreSQL or NATS away, or a bug) skips nothing:
+the projector logs one line, waits, and follows the stream again from its stored position.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from conductor_contracts import events as ev
-from conductor_platform.bus import connect, next_batch, read_from
+from conductor_platform.bus import Bus, connect, next_batch, read_from
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
+from conductor_projector.faults import Fault, classify
+from conductor_projector.metrics import RETRIES
+from conductor_projector.operations import decode, escaped
 from conductor_projector.settings import ProjectorSettings
 
 log = logging.getLogger("conductor.projector")
 
+T = TypeVar("T")
+_NAME = "conductor-projector"
+
+
+class Backoff:
+    """Waits that double from ``first_s`` up to ``max_s``; back to the start after a success."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self.next_s = first_s
+
+    def reset(self) -> None:
+        self.next_s = self.first_s
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Sleeps, unless stopped meanwhile."""
+        delay, self.next_s = self.next_s, min(self.next_s * 2, self.max_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
 
 async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
+    await _retrying(stop, backoff, "migrating", lambda: asyncio.to_thread(migrate.upgrade, settings.database_url))
+    if stop.is_set():
+        return
     engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)
-    bus = await connect(settings.nats_url, name="conductor-projector")
+    bus: Bus | None = None
     try:
+        bus = await _retrying(stop, backoff, "connecting to NATS", lambda: connect(settings.nats_url, name=_NAME))
+        if bus is None:
+            return
         if rebuild:
-            await sink.reset(engine)
+            await _retrying(stop, backoff, "dropping the read models", lambda: sink.reset(engine))
+            if stop.is_set():
+                return
             log.info("read models dropped; replaying the log")
-        position = await _position(engine, settings.consumer)
-        sub = await read_from(bus, position + 1)
-        fresh_read: int | None = position + 1  # where the current read began, until its first batch
-        log.info("projecting", extra={"from_seq": position + 1})
+        while not stop.is_set():
+            try:
+                await _follow(engine, bus, settings, stop, backoff)
+            except Exception as err:
+                if stop.is_set():
+                    break
+                _failed("projecting", err, backoff)
+                await backoff.wait(stop)
+    finally:
+        if bus is not None:
+            await bus.close()
+        await engine.dispose()
+
+
+async def _follow(
+    engine: AsyncEngine, bus: Bus, settings: ProjectorSettings, stop: asyncio.Event, backoff: Backoff
+) -> None:
+    """Follow the stream from the stored position until stopped; raises on any failure, after which
+    the caller starts again from the position, which is where the last committed batch left it."""
+    position = await _position(engine, settings.consumer)
+    sub = await read_from(bus, position + 1)
+    fresh_read: int | None = position + 1  # where the current read began, until its first batch
+    log.info("projecting", extra={"from_seq": position + 1})
+    try:
         while not stop.is_set():
             msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
             if not msgs:
                 continue
-            batch = [(m.metadata.sequence.stream, ev.decode(m.data)) for m in msgs]
+            batch = [(m.metadata.sequence.stream, decode(m.subject, m.data)) for m in msgs]
+            subjects = {m.metadata.sequence.stream: m.subject for m in msgs}
             try:
-                reached = await sink.apply_batch(engine, settings.consumer, batch, read_from=fresh_read)
+                reached = await sink.apply_batch(
+                    engine, settings.consumer, batch, read_from=fresh_read, subjects=subjects
+                )
             except sink.PositionMovedBack as moved:
                 # Someone rebuilds the read models: join in, from where they are.
                 log.info("position moved back; reading again", extra={"from_seq": moved.position + 1})
@@ -51,11 +111,35 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
                 sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
                 continue
             fresh_read = None
+            backoff.reset()
             log.debug("applied", extra={"events": len(batch), "position": reached})
-        await sub.unsubscribe()
     finally:
-        await bus.close()
-        await engine.dispose()
+        # The connection may be the thing that failed; the subscription goes with it either way.
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Callable[[], Awaitable[T]]) -> T | None:
+    """Runs ``step`` until it succeeds (its result) or the projector is stopped (None)."""
+    while not stop.is_set():
+        try:
+            result = await step()
+        except Exception as err:
+            _failed(what, err, backoff)
+            await backoff.wait(stop)
+            continue
+        backoff.reset()
+        return result
+    return None
+
+
+def _failed(what: str, err: Exception, backoff: Backoff) -> None:
+    RETRIES.inc()
+    extra = {"error": escaped(f"{type(err).__name__}: {err}", 500), "retry_in_s": backoff.next_s}
+    if classify(err) is Fault.TRANSIENT:
+        log.warning("%s failed: PostgreSQL or NATS unavailable; retrying", what, extra=extra)
+    else:  # not the servers: a bug or a schema out of step, worth its traceback
+        log.exception("%s failed; retrying", what, extra=extra)
 
 
 async def _position(engine: AsyncEngine, name: str) -> int:

@@ -1,24 +1,35 @@
-"""All SQL the projector writes: one transaction per batch, together with the position it reaches."""
+"""All SQL the projector writes: one transaction per batch, together with the position it reaches
+(and the dead letters of the events it could not apply)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conductor_contracts import events as ev
+from conductor_contracts.subjects import SUBMITTED, subject_for
 from conductor_projector import tables as t
+from conductor_projector.faults import EventError, Fault, classify
+from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS
 from conductor_projector.operations import (
     InsertJob,
     Operation,
+    Undecodable,
     UpdateJob,
     UpdateNode,
     UpsertNode,
+    escaped,
     fold_jobs,
+    sanitized_submission,
     to_operations,
 )
+
+log = logging.getLogger("conductor.projector")
 
 
 async def position(conn: AsyncConnection, name: str) -> int:
@@ -81,27 +92,210 @@ class PositionMovedBack(Exception):
         self.position = position
 
 
+Item = ev.Event | Undecodable
+
+# Bounds of what a dead letter keeps: enough to see what went wrong, never a row too big to write.
+DATA_CHARS = 8192
+ERROR_CHARS = 2000
+NOTE_CHARS = 300
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    seq: int
+    subject: str
+    event_type: str | None
+    job_id: int | None
+    error: str
+    data: str
+
+
+@dataclass
+class _Recorded:
+    """What a batch set aside; reported (log, counters) only once its transaction has committed."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    altered: list[tuple[int, str]] = field(default_factory=list)
+
+
 async def apply_batch(
-    engine: AsyncEngine, name: str, batch: Sequence[tuple[int, ev.Event]], *, read_from: int | None = None
+    engine: AsyncEngine,
+    name: str,
+    batch: Sequence[tuple[int, Item]],
+    *,
+    read_from: int | None = None,
+    subjects: Mapping[int, str] | None = None,
 ) -> int:
     """Apply the events past the stored position, which only ever covers a gap-free prefix of the log;
     returns the new position. Events at or below it are skipped, so a batch read again (after a crash,
     or by a second projector) applies nothing twice. A batch that starts past position + 1 raises
     PositionMovedBack, unless it is the first of a read that began at position + 1 (``read_from``):
-    then the log itself has nothing in between."""
+    then the log itself has nothing in between.
+
+    An event that cannot be applied does not stop the batch: when the batch fails on its content, it
+    is applied again event by event, each in a savepoint; a submission that fails is stored with its
+    unstorable fields changed (and a message saying so), and any event that still fails is recorded
+    in ``dead_letters`` and skipped, in the transaction that moves the position past it. Errors that
+    are not an event's fault (PostgreSQL away, a bug) are raised: nothing is skipped for them.
+    ``subjects`` gives the subject of each sequence, for the dead letters."""
+    recorded = _Recorded()
+    try:
+        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, one_by_one=False)
+    except Exception as err:
+        if classify(err) is not Fault.DATA:
+            raise
+        log.warning(
+            "a batch failed on an event's content; applying it event by event",
+            extra={"first_seq": batch[0][0], "last_seq": batch[-1][0], "error": escaped(str(err), NOTE_CHARS)},
+        )
+        recorded = _Recorded()
+        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, one_by_one=True)
+    _report(name, recorded)
+    return reached
+
+
+async def _apply(
+    engine: AsyncEngine,
+    name: str,
+    batch: Sequence[tuple[int, Item]],
+    read_from: int | None,
+    subjects: Mapping[int, str],
+    recorded: _Recorded,
+    *,
+    one_by_one: bool,
+) -> int:
     async with engine.begin() as conn:
         await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
         current = await conn.scalar(select(t.positions.c.position).where(t.positions.c.name == name).with_for_update())
         current = int(current or 0)
         if batch and batch[0][0] > current + 1 and read_from != current + 1:
             raise PositionMovedBack(current)
-        fresh = [(seq, event) for seq, event in batch if seq > current]
+        fresh = [(seq, item) for seq, item in batch if seq > current]
         if not fresh:
             return current
-        await _execute(conn, [op for seq, event in fresh for op in to_operations(seq, event)])
+        if one_by_one:
+            for seq, item in fresh:
+                await _apply_one(conn, name, seq, item, subjects.get(seq), recorded)
+        else:
+            events = [(seq, item) for seq, item in fresh if not isinstance(item, Undecodable)]
+            await _execute(conn, [op for seq, event in events for op in _operations(seq, event)])
+            for seq, item in fresh:
+                if isinstance(item, Undecodable):  # no need to try what could not even be read
+                    await _dead_letter(conn, name, _letter(seq, item, subjects.get(seq), item.error), recorded)
         reached = max(seq for seq, _ in fresh)
         await conn.execute(update(t.positions).where(t.positions.c.name == name).values(position=reached))
         return reached
+
+
+def _operations(seq: int, event: ev.Event) -> list[Operation]:
+    try:
+        return to_operations(seq, event)
+    except Exception as err:
+        raise EventError(f"event at stream seq {seq}: {err}") from err
+
+
+async def _apply_one(
+    conn: AsyncConnection, name: str, seq: int, item: Item, subject: str | None, recorded: _Recorded
+) -> None:
+    if isinstance(item, Undecodable):
+        await _dead_letter(conn, name, _letter(seq, item, subject, item.error), recorded)
+        return
+    try:
+        async with conn.begin_nested():
+            await _execute(conn, _operations(seq, item))
+        return
+    except Exception as err:
+        if classify(err) is not Fault.DATA:
+            raise
+        error = str(err)
+    if isinstance(item, ev.JobSubmitted) and (row := sanitized_submission(seq, item)) is not None:
+        try:
+            async with conn.begin_nested():
+                await _execute(conn, [row])
+            recorded.altered.append((seq, str(row.values["message"])))
+            return
+        except Exception as err:
+            if classify(err) is not Fault.DATA:
+                raise
+            error = f"{error}; and with its fields made storable: {err}"
+    await _dead_letter(conn, name, _letter(seq, item, subject, error), recorded)
+
+
+def _letter(seq: int, item: Item, subject: str | None, error: str) -> DeadLetter:
+    if isinstance(item, Undecodable):
+        job_id = seq if item.subject == SUBMITTED else None  # a submission's job id is its sequence
+        return DeadLetter(seq, item.subject, None, job_id, escaped(error, ERROR_CHARS), escaped(item.data, DATA_CHARS))
+    concerns = seq if isinstance(item, ev.JobSubmitted) else getattr(item, "job_id", None)
+    if not (isinstance(concerns, int) and _INT64[0] <= concerns <= _INT64[1]):
+        concerns = None
+    try:
+        data = ev.encode(item)
+    except Exception:  # a lone surrogate does not even serialize
+        data = repr(item).encode(errors="backslashreplace")
+    return DeadLetter(
+        seq, subject or _subject(item), item.type, concerns, escaped(error, ERROR_CHARS), escaped(data, DATA_CHARS)
+    )
+
+
+def _subject(event: ev.Event) -> str:
+    try:
+        return subject_for(event)
+    except Exception:
+        return ""
+
+
+async def _dead_letter(conn: AsyncConnection, name: str, letter: DeadLetter, recorded: _Recorded) -> None:
+    """Every field is escaped and bounded, so this insert cannot fail on the event's content."""
+    values = {
+        "consumer": name,
+        "stream_seq": letter.seq,
+        "subject": escaped(letter.subject, NOTE_CHARS),
+        "event_type": letter.event_type,
+        "job_id": letter.job_id,
+        "error": letter.error,
+        "data": letter.data,
+    }
+    await conn.execute(insert(t.dead_letters).values(values).on_conflict_do_nothing())
+    recorded.dead.append(letter)
+    if letter.job_id is None or letter.event_type in (None, "JobSubmitted"):
+        return
+    # The job this event concerns says so, instead of silently staying as it was.
+    note = escaped(f"{letter.event_type} at stream seq {letter.seq} could not be applied: {letter.error}", NOTE_CHARS)
+    try:
+        async with conn.begin_nested():
+            await conn.execute(
+                update(t.jobs)
+                .where(t.jobs.c.job_id == letter.job_id)
+                .values(message=func.concat_ws("; ", t.jobs.c.message, note))
+            )
+    except Exception as err:
+        if classify(err) is not Fault.DATA:
+            raise
+
+
+def _report(name: str, recorded: _Recorded) -> None:
+    for letter in recorded.dead:
+        DEAD_LETTERS.inc()
+        log.error(
+            "event at stream seq %d could not be applied: recorded as a dead letter and skipped",
+            letter.seq,
+            extra={
+                "consumer": name,
+                "seq": letter.seq,
+                "subject": letter.subject,
+                "event_type": letter.event_type,
+                "job_id": letter.job_id,
+                "error": escaped(letter.error, NOTE_CHARS),
+            },
+        )
+    for seq, message in recorded.altered:
+        ALTERED_SUBMISSIONS.inc()
+        log.warning(
+            "submission at stream seq %d stored with fields changed",
+            seq,
+            extra={"consumer": name, "job_id": seq, "detail": message},
+        )
 
 
 async def reset(engine: AsyncEngine) -> None:
@@ -109,3 +303,4 @@ async def reset(engine: AsyncEngine) -> None:
         await conn.execute(t.jobs.delete())
         await conn.execute(t.nodes.delete())
         await conn.execute(t.positions.delete())
+        await conn.execute(t.dead_letters.delete())

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 
 metadata = MetaData()
@@ -74,4 +75,21 @@ positions = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("position", BigInteger, nullable=False),
+)
+
+# Events a consumer could not apply (content PostgreSQL rejects, or bytes that are no event): recorded
+# here, in the transaction that moves the position past them, so each is recorded once and skipped.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("stream_seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("subject", Text, nullable=False),
+    Column("event_type", Text),
+    Column("job_id", BigInteger),
+    Column("error", Text, nullable=False),
+    # A bounded copy of the message, escaped so that it can always be stored.
+    Column("data", Text, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_dead_letters_job_id", "job_id"),
 )
