@@ -59,7 +59,9 @@ def test_memory_digits_are_ascii(text: str) -> None:
         parse_memory_mb(text)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("525600", 365 * 86400), ("365-0", 365 * 86400), ("0:31536000", 31536000)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("525600", 365 * 86400), ("365-0", 365 * 86400), ("0:31536000", 31536000)]
+)
 def test_time_limit_up_to_a_year(text: str, seconds: int) -> None:
     assert parse_time_limit_seconds(text) == seconds
 
