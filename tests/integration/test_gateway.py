@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,13 +39,19 @@ def body(**job: Any) -> dict[str, Any]:
     return {"job": JOB | job, "script": "#!/bin/bash\necho hi\n"}
 
 
+@contextlib.asynccontextmanager
+async def gateway(settings: GatewaySettings, *, raise_app_exceptions: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway in-process; ``raise_app_exceptions=False`` answers a crash as the 500 a client sees."""
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+        yield c
+
+
 @pytest.fixture
 async def client(bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=1000))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-            yield client
+    async with gateway(GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=1000)) as client:
+        yield client
 
 
 @pytest.fixture
@@ -202,12 +209,18 @@ async def _output_status(client: httpx.AsyncClient, job_id: str, status: int, sa
     return answer.status_code == status and says in answer.text
 
 
-async def test_a_chunked_body_too_big_for_one_message_is_413(client: httpx.AsyncClient) -> None:
-    payload = json.dumps(body(environment={"BIG": "x" * 1_100_000})).encode()
+async def test_a_chunked_body_too_big_for_one_message_is_413(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    # The largest script and environment each allowed, together over one message.
+    settings = GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=900 * 1024)
+    job = JOB | {"environment": {"BIG": "x" * 120 * 1024}}
+    payload = json.dumps({"job": job, "script": "y" * 900 * 1024}).encode()
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the size is known only once read
         for i in range(0, len(payload), 65536):
             yield payload[i : i + 65536]
 
-    answer = await client.post("/jobs/submit", content=chunks(), headers={"Content-Type": "application/json"})
+    async with gateway(settings) as client:
+        answer = await client.post("/jobs/submit", content=chunks(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "size limit" in answer.json()["detail"]

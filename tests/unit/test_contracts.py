@@ -3,7 +3,7 @@ from pydantic import ValidationError
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
-from conductor_contracts.paths import expand_pattern, output_path
+from conductor_contracts.paths import expand_pattern, output_path, output_pattern_problem, path_problem
 
 SEED_JOB = {
     "name": "test-job",
@@ -41,6 +41,97 @@ def test_bad_job_fields_name_the_field(change: dict[str, object], field: str) ->
     with pytest.raises(ValidationError) as err:
         api.SubmitRequest.model_validate({"job": SEED_JOB | change, "script": "true"})
     assert field in str(err.value)
+
+
+LONG = "d" * 255
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "says"),
+    [
+        ({"time_limit": "99999999"}, "time_limit", "at most 365 days"),
+        ({"memory_per_node": "2048T"}, "memory_per_node", "at most 2147483647M"),
+        ({"memory_per_node": "1" + "0" * 400 + "K"}, "memory_per_node", "at most 2147483647M"),
+        ({"ntasks_per_node": 64, "cpus_per_task": 65}, "cpus_per_task", "4160 CPUs"),
+        ({"standard_output": "out\x00.txt"}, "standard_output", "NUL"),
+        ({"standard_error": "err\x00"}, "standard_error", "NUL"),
+        ({"current_working_directory": "/tmp/\x00"}, "current_working_directory", "NUL"),
+        ({"name": "a\x00b"}, "name", "NUL"),
+        ({"account": "a\x00b"}, "account", "NUL"),
+        ({"partition": "a\x00b"}, "partition", "NUL"),
+        ({"name": "a\ud800"}, "name", "lone surrogate"),
+        ({"account": "\udfff"}, "account", "lone surrogate"),
+        ({"standard_output": "\ud800.txt"}, "standard_output", "lone surrogate"),
+        ({"current_working_directory": "/\ud800"}, "current_working_directory", "lone surrogate"),
+        ({"name": "a\tb"}, "name", "printable"),
+        ({"name": "a\u200bb"}, "name", "printable"),
+        ({"account": "a/b"}, "account", "no '/'"),
+        ({"name": "x" * 201}, "name", "at most 200"),
+        ({"current_working_directory": "/tmp/a\nb"}, "current_working_directory", "control character"),
+        ({"current_working_directory": "/" + "d" * 256}, "current_working_directory", "at most 255"),
+        ({"current_working_directory": ("/" + LONG) * 16}, "current_working_directory", "at most 4095"),
+        ({"standard_output": "x" * 256}, "standard_output", "at most 255"),
+        ({"standard_output": "%x-%x.out", "name": "n" * 200}, "standard_output", "once expanded"),
+        ({"standard_error": "%u/" * 21 + "e", "account": "a" * 200}, "standard_error", "once expanded"),
+        ({"standard_output": "o" * 240 + "%j"}, "standard_output", "19-digit job id"),
+        ({"standard_output": "logs/"}, "standard_output", "must name a file"),
+        ({"standard_output": "%x", "name": ".."}, "standard_output", "must name a file"),
+        ({"environment": {"A": "x\x00"}}, "environment", "NUL"),
+        ({"environment": {"A": "\ud800"}}, "environment", "lone surrogate"),
+        ({"environment": {"A-B": "x"}}, "environment", "pattern"),
+        ({"environment": {"1A": "x"}}, "environment", "pattern"),
+        ({"environment": {"": "x"}}, "environment", "pattern"),
+        ({"environment": {f"V{i}": "" for i in range(1025)}}, "environment", "at most 1024"),
+        ({"environment": {"A": "x" * 200_000}}, "environment", "at most 131072"),
+    ],
+)
+def test_values_no_downstream_part_can_hold_are_refused(change: dict[str, object], field: str, says: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        api.SubmitRequest.model_validate({"job": SEED_JOB | change, "script": "true"})
+    [error] = err.value.errors()
+    assert error["loc"][:2] == ("job", field)
+    assert says in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"time_limit": "365-0", "memory_per_node": "2047T", "ntasks_per_node": 64, "cpus_per_task": 64},
+        {"name": "n" * 200, "account": "é" * 127, "standard_output": "%x.out", "standard_error": "/var/log/%u"},
+        {"current_working_directory": ("/" + LONG) * 15 + "/" + "d" * 200, "standard_output": "/o"},
+        {"environment": {"_A1": "line one\nline two", "PATH": "/bin"}, "name": "Zürich job 1"},
+    ],
+)
+def test_values_at_the_bounds_are_accepted(change: dict[str, object]) -> None:
+    api.SubmitRequest.model_validate({"job": SEED_JOB | change, "script": "true"})
+
+
+@pytest.mark.parametrize(("script", "says"), [("echo \x00", "NUL"), ("echo \ud800", "lone surrogate")])
+def test_scripts_bash_cannot_read_are_refused(script: str, says: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        api.SubmitRequest.model_validate({"job": SEED_JOB, "script": script})
+    [error] = err.value.errors()
+    assert error["loc"] == ("script",) and says in error["msg"]
+
+
+def test_the_fingerprint_is_of_the_request_not_of_how_it_was_written() -> None:
+    def fingerprint(job: dict[str, object], script: str = "true") -> str:
+        return api.SubmitRequest.model_validate({"job": job, "script": script}).fingerprint()
+
+    same = fingerprint(SEED_JOB | {"environment": {"A": "1", "B": "2"}})
+    assert same == fingerprint(dict(reversed((SEED_JOB | {"environment": {"B": "2", "A": "1"}}).items())))
+    assert fingerprint(SEED_JOB) == fingerprint(SEED_JOB | {"partition": "default", "name": " test-job "})
+    assert fingerprint(SEED_JOB) != fingerprint(SEED_JOB, "false")
+    assert fingerprint(SEED_JOB) != fingerprint(SEED_JOB | {"account": "user2"})
+
+
+def test_the_bounds_are_documented_in_the_openapi_schema() -> None:
+    fields = api.JobSpec.model_json_schema()["properties"]
+    assert "365 days" in fields["time_limit"]["description"]
+    assert "2147483647M" in fields["memory_per_node"]["description"]
+    assert "4096" in fields["cpus_per_task"]["description"]
+    assert "4095 bytes" in fields["standard_output"]["description"]
+    assert "shell names" in fields["environment"]["description"]
 
 
 def test_empty_script_is_rejected() -> None:
@@ -101,6 +192,15 @@ def test_outcomes_dedupe_per_job() -> None:
     first, again = ev.JobCompleted(job_id=7, node="n"), ev.JobCompleted(job_id=7, node="n")
     assert first.event_id != again.event_id
     assert subjects.dedupe_id(first) == subjects.dedupe_id(again)
+
+
+def test_output_paths_are_checked_after_expansion() -> None:
+    assert output_pattern_problem("out-%j.txt", name="n", account="a", cwd="/w") is None
+    # %x adds up to 200 characters of a name to a component that looks short.
+    problem = output_pattern_problem("%x%x.txt", name="n" * 200, account="a", cwd="/w")
+    assert problem is not None and "once expanded" in problem
+    assert path_problem("/" + "é" * 128) is not None  # 256 bytes, 128 characters
+    assert path_problem("/" + "é" * 127) is None
 
 
 def test_slurm_filename_patterns() -> None:

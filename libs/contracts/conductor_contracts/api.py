@@ -1,18 +1,81 @@
-"""HTTP bodies of the gateway: the seed's payloads, kept field for field."""
+"""HTTP bodies of the gateway: the seed's payloads, kept field for field.
+
+Every value accepted here must fit everything downstream of the gateway: the read models in
+PostgreSQL (int32 columns; no NUL in text or JSON), the OS (paths, environment) and bash. A value
+that one of them refuses would be in the log for good, and stop every projector that reaches it.
+So each field is bounded here, and the bounds are in its description (the OpenAPI document).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
-from conductor_contracts.parsing import parse_memory_mb, parse_time_limit_seconds
+from conductor_contracts.parsing import MAX_MEMORY_MB, parse_memory_mb, parse_time_limit_seconds, shown
+from conductor_contracts.paths import PATH_MAX_BYTES, output_pattern_problem, path_problem
 
-# A name becomes part of file names (%x) and a NATS-safe label: keep it printable and short.
-Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/]+$")
+MAX_CPUS = 4096
+MAX_LABEL_CHARS = 200
+# Linux refuses one environment string over MAX_ARG_STRLEN (128 KiB) and all of argv + envp over
+# ARG_MAX (2 MiB by default); the executor adds its own and the Slurm variables to what a job sends.
+MAX_ENV_VARS = 1024
+MAX_ENV_BYTES = 128 * 1024
+MAX_ENV_NAME_CHARS = 255
+
+
+def _text(value: object) -> object:
+    """First check of every string: no NUL (PostgreSQL text and JSON, and C strings, cannot hold it)
+    and nothing that cannot be written as UTF-8 (a lone surrogate, which JSON's \\ud800 can carry)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text: it holds a lone surrogate") from None
+    return value
+
+
+Text = BeforeValidator(_text)
+
+
+def _label(value: str) -> str:
+    if not value.isprintable() or "/" in value:
+        raise ValueError(f"{shown(value)} may hold printable characters only, and no '/'")
+    return value
+
+
+# A name becomes part of file names (%x, %u): printable, no '/', short.
+Label = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL_CHARS),
+    AfterValidator(_label),
+    Text,
 ]
+LABEL_RULE = f"1 to {MAX_LABEL_CHARS} printable characters, no '/'"
+
+PathText = Annotated[str | None, Field(max_length=PATH_MAX_BYTES), Text]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=MAX_ENV_NAME_CHARS), Text]
+EnvValue = Annotated[str, Text]
+
+OUTPUT_RULE = (
+    "Relative to current_working_directory; %j, %x, %u and %% are expanded. Once expanded (with any "
+    f"job id), the path must fit Linux: at most {PATH_MAX_BYTES} bytes, each component at most 255, "
+    "no control characters, and it must name a file."
+)
 
 
 class JobSpec(BaseModel):
@@ -20,18 +83,39 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Name
-    account: Name
-    partition: Name = "default"
-    ntasks_per_node: int = Field(default=1, ge=1, le=4096)
-    cpus_per_task: int = Field(default=1, ge=1, le=4096)
-    memory_per_node: str = "1G"
-    time_limit: str = "60"
-    current_working_directory: str = Field(min_length=1)
-    standard_output: str | None = None
-    standard_error: str | None = None
-    environment: dict[str, str] = Field(default_factory=dict)
-    dependency: str | None = None
+    name: Label = Field(description=f"The job's name: {LABEL_RULE}.")
+    account: Label = Field(description=f"Who submits: {LABEL_RULE}.")
+    partition: Label = Field(default="default", description=f"Where to run: {LABEL_RULE}.")
+    ntasks_per_node: int = Field(default=1, ge=1, le=MAX_CPUS, description=f"1 to {MAX_CPUS}.")
+    cpus_per_task: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CPUS,
+        description=f"1 to {MAX_CPUS}; ntasks_per_node x cpus_per_task (the CPUs on the node) at most {MAX_CPUS}.",
+    )
+    memory_per_node: Annotated[str, Text] = Field(
+        default="1G",
+        description=f"'512M', '8G', '1T', 2048K or a number of megabytes; 1M to {MAX_MEMORY_MB}M (just under 2048T).",
+    )
+    time_limit: Annotated[str, Text] = Field(
+        default="60",
+        description="Minutes ('60'), 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM', 'D-HH:MM:SS' or 'UNLIMITED'; "
+        "at most 365 days.",
+    )
+    current_working_directory: Annotated[str, Text] = Field(
+        min_length=1,
+        max_length=PATH_MAX_BYTES,
+        description=f"An absolute path: at most {PATH_MAX_BYTES} bytes, each component at most 255, "
+        "no control characters.",
+    )
+    standard_output: PathText = Field(default=None, description=f"Default 'slurm-%j.out'. {OUTPUT_RULE}")
+    standard_error: PathText = Field(default=None, description=f"Default: joined to stdout. {OUTPUT_RULE}")
+    environment: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        description=f"Variables for the job: names are shell names ([A-Za-z_][A-Za-z0-9_]*), values any text "
+        f"without NUL; at most {MAX_ENV_VARS} of them and {MAX_ENV_BYTES // 1024} KiB in all.",
+    )
+    dependency: Annotated[str | None, Text] = Field(default=None, description="Not supported yet: leave it out.")
 
     @field_validator("memory_per_node")
     @classmethod
@@ -45,19 +129,48 @@ class JobSpec(BaseModel):
         parse_time_limit_seconds(value)
         return value
 
+    @field_validator("cpus_per_task")
+    @classmethod
+    def _cpus(cls, value: int, info: ValidationInfo) -> int:
+        tasks = info.data.get("ntasks_per_node")
+        if isinstance(tasks, int) and tasks * value > MAX_CPUS:
+            raise ValueError(
+                f"ntasks_per_node x cpus_per_task is {tasks * value} CPUs; one node gives a job at most {MAX_CPUS}"
+            )
+        return value
+
     @field_validator("current_working_directory")
     @classmethod
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must be an absolute path")
+        if problem := path_problem(value):
+            raise ValueError(f"the path {problem}")
+        return value
+
+    @field_validator("standard_output", "standard_error")
+    @classmethod
+    def _output(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if not value:
+            return value
+        if problem := path_problem(value):
+            raise ValueError(f"the path {problem}")
+        name, account, cwd = (info.data.get(key) for key in ("name", "account", "current_working_directory"))
+        # Only when the fields it expands are valid themselves; otherwise those are the errors.
+        if not (isinstance(name, str) and isinstance(account, str) and isinstance(cwd, str)):
+            return value
+        if problem := output_pattern_problem(value, name=name, account=account, cwd=cwd):
+            raise ValueError(problem)
         return value
 
     @field_validator("environment")
     @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not key or "=" in key or "\x00" in key:
-                raise ValueError(f"invalid environment variable name {key!r}")
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_ENV_VARS:
+            raise ValueError(f"{len(value)} variables; at most {MAX_ENV_VARS}")
+        size = sum(len(k.encode()) + len(v.encode()) + 2 for k, v in value.items())  # NAME=value\0
+        if size > MAX_ENV_BYTES:
+            raise ValueError(f"{size} bytes in all; at most {MAX_ENV_BYTES}")
         return value
 
     @field_validator("dependency")
@@ -84,16 +197,22 @@ class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job: JobSpec
-    script: str
+    script: Annotated[str, Text] = Field(
+        description="The bash script: not empty, no NUL; its size limit is the gateway's CONDUCTOR_MAX_SCRIPT_BYTES."
+    )
 
     @field_validator("script")
     @classmethod
     def _script(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("script is empty")
-        if "\x00" in value:
-            raise ValueError("script contains a NUL byte")
         return value
+
+    def fingerprint(self) -> str:
+        """A hash of what was asked, the same for the same request however its JSON was written (key
+        order, defaults left out): an Idempotency-Key reused for another request is told from a retry."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ErrorBody(BaseModel):

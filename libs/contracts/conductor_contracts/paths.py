@@ -1,4 +1,5 @@
-"""Where a job's output goes: Slurm's filename patterns, expanded the same way by every service."""
+"""Where a job's output goes: Slurm's filename patterns, expanded the same way by every service,
+and the limits a path must keep so that the OS can open it wherever it is expanded."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import posixpath
 from conductor_contracts.events import JobSubmitted
 
 DEFAULT_OUTPUT = "slurm-%j.out"
+
+# Linux: PATH_MAX (4096) counts the terminating NUL; NAME_MAX is per component. Both in bytes.
+PATH_MAX_BYTES = 4095
+NAME_MAX_BYTES = 255
+# Job ids are stream sequences (uint64 in NATS, BIGINT in the read models); the longest ``%j``.
+LARGEST_JOB_ID = 2**63 - 1
 
 
 def expand_pattern(pattern: str, *, job_id: int, name: str, account: str) -> str:
@@ -44,3 +51,42 @@ def output_files(job_id: int, job: JobSubmitted) -> tuple[str, str | None]:
         job.standard_error, job_id=job_id, name=job.name, account=job.account, cwd=job.working_directory
     )
     return stdout, stderr
+
+
+def path_problem(path: str) -> str | None:
+    """Why the OS could not open ``path`` (or why we refuse it), in words for a user; None if it can.
+
+    Control characters are legal in Linux file names but no one needs them in a job's paths, and a
+    newline in a path breaks every log line and terminal that shows it.
+    """
+    if "\x00" in path:
+        return "contains a NUL character"
+    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+        return "contains a control character"
+    try:
+        data = path.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode (it holds a lone surrogate)"
+    if len(data) > PATH_MAX_BYTES:
+        return f"is {len(data)} bytes long; a path may have at most {PATH_MAX_BYTES}"
+    longest = max(len(part) for part in data.split(b"/"))
+    if longest > NAME_MAX_BYTES:
+        return f"has a component of {longest} bytes; each may have at most {NAME_MAX_BYTES}"
+    return None
+
+
+def output_pattern_problem(pattern: str, *, name: str, account: str, cwd: str) -> str | None:
+    """Why an output pattern cannot be opened as a file once expanded, for any job id; None if it can.
+
+    Checked on the expansion (``%x`` may add 200 characters, ``%j`` 19 digits), as the executor
+    will open it: a pattern that fits may not once it is expanded.
+    """
+    if problem := path_problem(pattern):
+        return problem
+    expanded = expand_pattern(pattern, job_id=LARGEST_JOB_ID, name=name, account=account)
+    if posixpath.basename(expanded) in ("", ".", ".."):
+        return "must name a file, not a directory"
+    path = output_path(pattern, job_id=LARGEST_JOB_ID, name=name, account=account, cwd=cwd)
+    if problem := path_problem(path):
+        return f"once expanded (%x, %u, and %j as a 19-digit job id) the path {problem}"
+    return None
