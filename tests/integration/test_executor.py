@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from conductor_contracts import subjects
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
+from tests.integration.helpers import eventually
 from tests.unit.scheduling import submitted
 
 NODE = "testnode"
@@ -55,10 +56,18 @@ async def executor(bus: Bus, nats_url: str, tmp_path: Path) -> AsyncIterator[Exe
         yield settings
 
 
+async def _events(bus: Bus) -> list[ev.Event]:
+    """The log's events, past the garbage some tests put in it."""
+    info = await bus.js.stream_info(subjects.STREAM)
+    out = []
+    for seq in range(max(1, info.state.first_seq), info.state.last_seq + 1):
+        with contextlib.suppress(ValueError):
+            out.append(ev.decode((await bus.js.get_msg(subjects.STREAM, seq=seq)).data or b""))
+    return out
+
+
 async def _has(bus: Bus, kind: type, job_id: int | None = None) -> list[ev.Event]:
-    return [
-        e for _, _, e in await read_log(bus) if isinstance(e, kind) and getattr(e, "job_id", None) in (job_id, None)
-    ]
+    return [e for e in await _events(bus) if isinstance(e, kind) and getattr(e, "job_id", None) in (job_id, None)]
 
 
 async def _submit_and_place(bus: Bus, workdir: Path, script: str, time_limit_s: int | None = 60) -> int:
@@ -74,7 +83,7 @@ async def _outcome(bus: Bus, job_id: int) -> ev.Event:
     kinds = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
 
     async def probe() -> list[ev.Event]:
-        return [e for _, _, e in await read_log(bus) if isinstance(e, kinds) and e.job_id == job_id]
+        return [e for e in await _events(bus) if isinstance(e, kinds) and e.job_id == job_id]
 
     [outcome] = await eventually(probe, what=f"outcome of job {job_id}")
     return outcome
@@ -198,3 +207,90 @@ async def _place_duplicates_and_cancels(bus: Bus, tmp_path: Path) -> None:
     assert not {str(j) for j in ids[::3]} & set(runs), "a job cancelled before its placement ran"
     assert all(isinstance(outcomes[j], ev.JobCancelled) for j in ids[::3])
     assert all(isinstance(outcomes[j], ev.JobCompleted) for j in ids[2::3])
+
+
+async def _failed(bus: Bus, job_id: int) -> ev.JobFailed:
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobFailed), outcome
+    assert not await _has(bus, ev.JobStarted, job_id)
+    return outcome
+
+
+@pytest.mark.parametrize(
+    ("update", "error"),
+    [
+        ({"environment": {"GOOD": "1", "BAD": "a\x00b"}}, "null byte"),
+        ({"working_directory": "/tmp/a\x00b"}, "null byte"),
+        ({"working_directory": "/dev/null/work"}, "Not a directory"),
+    ],
+    ids=["nul-in-environment", "nul-in-working-directory", "working-directory-under-a-file"],
+)
+async def test_a_job_that_cannot_start_ends_failed_with_why(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, update: dict[str, Any], error: str
+) -> None:
+    # Crafted past the gateway, which would refuse some of these: the executor must not trust it.
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"} | update)
+    job_id = await bus.publish(job)
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+    outcome = await _failed(bus, job_id)
+    assert outcome.message.startswith("could not start the job") and error in outcome.message, outcome.message
+    assert outcome.exit_code is None and not outcome.node_fail
+    # The executor goes on: the next job runs.
+    assert isinstance(await _outcome(bus, await _submit_and_place(bus, tmp_path, "true")), ev.JobCompleted)
+
+
+async def test_a_placement_that_does_not_fit_the_node_is_refused(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    holder = await _submit_and_place(bus, tmp_path, "sleep 300")  # core 1, 100M
+    await eventually(lambda: _has(bus, ev.JobStarted, holder), what="started")
+    misfits = {
+        "cores [2] are outside this node's 0..1": ((0, 2), 10),
+        f"cores [1] are in use by job(s) {holder}": ((1,), 10),
+        "2000M of memory asked, 924M of 1024M left": ((0,), 2000),
+    }
+    placed = {}
+    for why, (cores, memory_mb) in misfits.items():
+        job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "echo ran >> ran.txt"})
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=cores, memory_mb=memory_mb), by_scheduler=True)
+        placed[job_id] = why
+    for job_id, why in placed.items():
+        outcome = await _failed(bus, job_id)
+        assert outcome.message == f"placement does not fit this node: {why}"
+    assert not (tmp_path / "ran.txt").exists()
+    # What does fit still runs beside the holder.
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "echo ran >> ran.txt"})
+    fits = await bus.publish(job)
+    await bus.publish(ev.JobPlaced(job_id=fits, node=NODE, cores=(0,), memory_mb=900), by_scheduler=True)
+    assert isinstance(await _outcome(bus, fits), ev.JobCompleted)
+    await bus.publish(ev.JobCancelRequested(job_id=holder))
+    assert isinstance(await _outcome(bus, holder), ev.JobCancelled)
+
+
+async def _consumer_settled(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(subjects.STREAM, f"executor-{NODE}")
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_a_poison_message_is_dropped_and_the_executor_goes_on(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    await bus.js.publish(subjects.placements_for(NODE), b"\x00 not an event", stream=subjects.STREAM)
+    job_id = await _submit_and_place(bus, tmp_path, "true")
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    # Not redelivered forever: terminated, nothing left pending on the executor's consumer.
+    await eventually(lambda: _consumer_settled(bus), what="poison message terminated")
+
+
+async def test_a_placement_failing_every_delivery_is_given_up_and_its_job_reported(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    # Its job id is no JobSubmitted: looking the job up fails on every delivery.
+    not_a_job = await bus.publish(ev.NodeRegistered(node="elsewhere", cpus=1, memory_mb=100))
+    await bus.publish(ev.JobPlaced(job_id=not_a_job, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
+    outcome = await _failed(bus, not_a_job)
+    assert f"({executor.max_deliveries} tries)" in outcome.message and "not a JobSubmitted" in outcome.message
+    await eventually(lambda: _consumer_settled(bus), what="placement terminated")
+    job_id = await _submit_and_place(bus, tmp_path, "true")
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
