@@ -1,0 +1,105 @@
+"""The projector's loop rides out its servers going away, in process (the chaos tests show the same
+for the whole system under its supervisor, which would restart a projector that exited)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError
+from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from conductor_platform.bus import Bus, connect, next_batch
+from conductor_platform.settings import async_database_url
+from conductor_projector import service
+from conductor_projector import tables as t
+from conductor_projector.settings import ProjectorSettings
+from tests.integration.helpers import eventually
+from tests.system import OwnServers
+from tests.unit.scheduling import submitted
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[OwnServers]:
+    servers = await asyncio.to_thread(OwnServers, tmp_path)
+    try:
+        yield servers
+    finally:
+        await asyncio.to_thread(servers.stop)
+
+
+def _retries() -> float:
+    return REGISTRY.get_sample_value("conductor_projector_retries_total") or 0.0
+
+
+async def _projected(engine: AsyncEngine, job_id: int) -> bool:
+    try:
+        async with engine.connect() as conn:
+            return bool(await conn.scalar(select(func.count()).where(t.jobs.c.job_id == job_id)))
+    except Exception:  # the test's own connections die with the server too
+        return False
+
+
+async def test_the_projector_waits_for_postgres_to_come_back_without_exiting(servers: OwnServers) -> None:
+    settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, retry_max_s=0.5)
+    bus: Bus = await connect(servers.nats.url, name="tests")
+    engine = create_async_engine(async_database_url(servers.postgres.url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(settings, stop=stop))
+    try:
+        first = await bus.publish(submitted())
+        await eventually(lambda: _projected(engine, first), what="first job projected")
+        retries = _retries()
+        await asyncio.to_thread(servers.kill, servers.postgres)
+        second = await bus.publish(submitted())
+
+        async def tried_twice() -> bool:
+            return _retries() >= retries + 2
+
+        await eventually(tried_twice, what="the projector failing on the missing PostgreSQL, twice")
+        assert not task.done(), "the projector exited while PostgreSQL was away"
+        await asyncio.to_thread(servers.restart_postgres)
+        await eventually(lambda: _projected(engine, second), timeout=60, what="second job projected")
+        assert not task.done()
+        async with engine.connect() as conn:  # an outage is no event's fault
+            assert await conn.scalar(select(func.count()).select_from(t.dead_letters)) == 0
+    finally:
+        stop.set()
+        try:
+            await task
+        finally:
+            await bus.close()
+            await engine.dispose()
+
+
+async def test_a_failure_to_read_the_stream_is_retried_from_the_position(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NATS error out of the subscription (its connection closed under it) ends the read, not the
+    projector: it reads again from its stored position."""
+    calls = 0
+
+    async def failing_once(sub: JetStreamContext.PushSubscription, limit: int, **kwargs: float) -> list[Msg]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionClosedError
+        return await next_batch(sub, limit, **kwargs)
+
+    monkeypatch.setattr(service, "next_batch", failing_once)
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, retry_max_s=0.5)
+    job = await bus.publish(submitted())
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(settings, stop=stop))
+    try:
+        await eventually(lambda: _projected(engine, job), what="the job projected after the failed read")
+        assert calls > 1 and not task.done()
+    finally:
+        stop.set()
+        await task
