@@ -8,13 +8,21 @@
 
 It does not decide again until its own decisions have come back through the fold, so the state it
 decides from always includes everything it has already published.
+
+Nothing but a stop ends the loop: an event it cannot decode or fold is logged, counted and skipped
+(the fold goes on), and a failure to read the stream (NATS away, the consumer gone) is logged and
+followed by reading again from the sequence after the last one folded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+
+from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
@@ -26,6 +34,11 @@ from conductor_scheduler.state import ClusterState, evolve
 
 log = logging.getLogger("conductor.scheduler")
 
+SKIPPED_EVENTS = Counter(
+    "conductor_scheduler_skipped_events", "Events in the log the scheduler could not decode or fold, and skipped"
+)
+_NAME = "conductor-scheduler"
+
 
 class Scheduler:
     def __init__(self, bus: Bus, settings: SchedulerSettings, lease: Lease | None) -> None:
@@ -33,9 +46,40 @@ class Scheduler:
         self.state = ClusterState()
         self.awaiting_seq = 0  # our newest published decision, not yet folded back
         self.placed = 0
+        self.skipped = 0
 
     def fold(self, seq: int, subject: str, event: ev.Event) -> None:
         evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject))
+
+    def fold_message(self, seq: int, subject: str, data: bytes) -> None:
+        """Fold one message of the stream; one that cannot be decoded or folded is skipped."""
+        try:
+            event = ev.decode(data)
+        except Exception as err:
+            self._skip(seq, subject, "decoded", err)
+            return
+        try:
+            self.fold(seq, subject, event)
+        except Exception as err:
+            # ``evolve`` changes the state in place, so this event may be half applied: we do not
+            # try to undo it (the fold keeps its own invariants), we say so.
+            self._skip(seq, subject, "folded", err)
+
+    def _skip(self, seq: int, subject: str, failed: str, err: Exception) -> None:
+        self.skipped += 1
+        SKIPPED_EVENTS.inc()
+        log.error(
+            "event at stream seq %d could not be %s; skipped",
+            seq,
+            failed,
+            extra={"seq": seq, "subject": subject, "error": f"{type(err).__name__}: {err}"[:500]},
+        )
+        # The message is in the log whether we can read it or not. Counting it as folded keeps the
+        # fencing token equal to the server's last scheduler-subject sequence (else every decision is
+        # rejected from now on) and lets a decision we await past it be seen as folded.
+        self.state.last_seq = max(self.state.last_seq, seq)
+        if subjects.is_scheduler_subject(subject):
+            self.state.last_scheduler_seq = max(self.state.last_scheduler_seq, seq)
 
     async def leads(self) -> bool:
         return True if self.lease is None else await self.lease.tick()
@@ -56,23 +100,50 @@ class Scheduler:
                 self.placed += 1
                 log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
 
+    async def follow(self) -> JetStreamContext.PushSubscription:
+        """A subscription from the sequence after the last one folded; a new connection first if the
+        old one is closed for good (nats-py otherwise reconnects by itself)."""
+        if self.bus.nc.is_closed:
+            self.bus = await connect(self.settings.nats_url, name=_NAME)
+            if self.lease is not None:
+                self.lease.kv = await self.bus.leases(self.settings.lease_ttl_s)
+        return await read_from(self.bus, self.state.last_seq + 1)
+
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> Scheduler:
     stop = stop or asyncio.Event()
-    bus = await connect(settings.nats_url, name="conductor-scheduler")
+    bus = await connect(settings.nats_url, name=_NAME)
     lease = None
     if settings.use_lease:
         kv = await bus.leases(settings.lease_ttl_s)
         holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
         lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
     scheduler = Scheduler(bus, settings, lease)
-    sub = await read_from(bus, 1)
+    sub: JetStreamContext.PushSubscription | None = await read_from(bus, 1)
     log.info("scheduler started; replaying the log")
+    retry_s = settings.retry_first_s
     try:
         while not stop.is_set():
-            msgs = await next_batch(sub, 1000, wait_s=0.5)
+            try:
+                if sub is None:
+                    sub = await scheduler.follow()
+                    log.info("following the log again", extra={"from_seq": scheduler.state.last_seq + 1})
+                msgs = await next_batch(sub, 1000, wait_s=0.5)
+            except Exception as err:  # NATS away or the consumer gone: read again from what we folded
+                if stop.is_set():
+                    break
+                log.warning("reading the log failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                    sub = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), retry_s)
+                retry_s = min(retry_s * 2, settings.retry_max_s)
+                continue
+            retry_s = settings.retry_first_s
             for msg in msgs:
-                scheduler.fold(msg.metadata.sequence.stream, msg.subject, ev.decode(msg.data))
+                scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data)
             if msgs and msgs[-1].metadata.num_pending > 0:
                 continue  # not caught up: decide only from the whole log
             try:
@@ -82,8 +153,11 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 log.exception("deciding failed; retrying")
                 await asyncio.sleep(1)
     finally:
+        # Each step on its own: NATS may be the reason we stop, and the rest must still be let go.
         if lease is not None:
-            await lease.release()
-        await sub.unsubscribe()
-        await bus.close()
+            await lease.release()  # logs its own failure
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await scheduler.bus.close()
     return scheduler
