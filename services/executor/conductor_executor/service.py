@@ -419,7 +419,10 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
                 log.warning("stopping with events still in the outbox; they go out at the next start")
             publisher.cancel()
     finally:
-        await bus.close()
+        try:
+            await bus.close()
+        except Exception as err:  # closing a connection to a server that is gone can fail; nothing is lost
+            log.warning("closing the NATS connection failed", extra={"error": _short(err)})
 
 
 async def _subscribe(bus: Bus, node: str) -> JetStreamContext.PullSubscription:
