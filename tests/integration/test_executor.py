@@ -270,7 +270,7 @@ async def test_a_placement_that_does_not_fit_the_node_is_refused(
 
 async def _consumer_settled(bus: Bus) -> bool:
     info = await bus.js.consumer_info(subjects.STREAM, f"executor-{NODE}")
-    return info.num_ack_pending == 0 and info.num_pending == 0
+    return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
 
 async def test_a_poison_message_is_dropped_and_the_executor_goes_on(

@@ -43,7 +43,7 @@ async def _drain(outbox: Outbox) -> None:
 async def test_events_are_published_in_order_after_any_number_of_failures(tmp_path: Path) -> None:
     stream = Stream(failures=100)  # far beyond the 30 tries the executor once gave an outcome
     outbox = _outbox(tmp_path, stream)
-    sent = [
+    sent: list[ev.Event] = [
         ev.JobStarted(job_id=3, node="n", pid=10),
         ev.JobStarted(job_id=4, node="n", pid=11),
         ev.JobCompleted(job_id=3, node="n"),
