@@ -69,14 +69,21 @@ class Outbox:
     async def run(self) -> None:
         """Publish pending events in order, forever: a failure waits (backing off) and tries again."""
         while True:
-            self._wake.clear()
-            files = self.pending()
-            if not files:
-                await self._wake.wait()
-                continue
-            for path in files:
-                if not await self._send(path):
-                    break
+            try:
+                await self._drain_once()
+            except Exception:  # the folder itself in trouble (full disk, permissions): keep trying
+                log.exception("outbox publisher failed; retrying")
+                await asyncio.sleep(self._backoff.next())
+
+    async def _drain_once(self) -> None:
+        self._wake.clear()
+        files = self.pending()
+        if not files:
+            await self._wake.wait()
+            return
+        for path in files:
+            if not await self._send(path):
+                return
 
     async def _send(self, path: Path) -> bool:
         try:

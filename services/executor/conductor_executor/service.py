@@ -197,8 +197,8 @@ class Executor:
             self.fail(job_id, f"placement does not fit this node: {why}")
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
-        files = envs.job_files(job_id, job)
         try:
+            files = envs.job_files(job_id, job)
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
             self.fail(job_id, f"could not start the job: {_short(err)}")
