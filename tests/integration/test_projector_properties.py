@@ -1,5 +1,6 @@
 """The read models do not depend on how the log was cut into batches, nor on batches replayed after
-a crash: a property test against the real PostgreSQL."""
+a crash, also when the log holds events PostgreSQL cannot store as they are (stored altered or
+dead-lettered, once): a property test against the real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -11,21 +12,30 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_projector import sink
 from conductor_projector import tables as t
+from conductor_projector.operations import Undecodable
 from tests.unit.scheduling import node, submitted
 
 
-def _log(steps: list[tuple[str, int]]) -> list[tuple[int, ev.Event]]:
-    log: list[tuple[int, ev.Event]] = [(1, node("n1", 4))]
+def _log(steps: list[tuple[str, int]]) -> list[tuple[int, sink.Item]]:
+    log: list[tuple[int, sink.Item]] = [(1, node("n1", 4))]
     jobs: list[int] = []
     for kind, pick in steps:
         seq = len(log) + 1
         target = jobs[pick % len(jobs)] if jobs else None
-        event: ev.Event | None = None
+        event: sink.Item | None = None
         if kind == "submit" or target is None:
             event = submitted()
             jobs.append(seq)
+        elif kind == "unstorable submit":  # stored with its fields changed
+            event = submitted().model_copy(update={"name": "a\x00b", "memory_mb": 2**40})
+            jobs.append(seq)
+        elif kind == "garbage":
+            event = Undecodable(subjects.SUBMITTED, b"\x00garbage", "not an event")
+        elif kind == "unstorable start":  # a dead letter when its job is still active
+            event = ev.JobStarted(job_id=target, node="n1", pid=2**40)
         elif kind == "place":
             event = ev.JobPlaced(job_id=target, node="n1", cores=(0,), memory_mb=100)
         elif kind == "start":
@@ -48,12 +58,19 @@ def _log(steps: list[tuple[str, int]]) -> list[tuple[int, ev.Event]]:
 async def _rows(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
         result = await conn.execute(select(t.jobs).order_by(t.jobs.c.job_id))
-        return [dict(r) for r in result.mappings()]
+        letters = await conn.execute(select(t.dead_letters).order_by(t.dead_letters.c.stream_seq))
+        dead = [{k: v for k, v in r.items() if k not in ("consumer", "recorded_at")} for r in letters.mappings()]
+        return [dict(r) for r in result.mappings()] + dead
 
 
 steps = st.lists(
     st.tuples(
-        st.sampled_from(["submit", "place", "start", "cancel", "reason", "complete", "fail", "cancelled"]),
+        st.sampled_from(
+            [
+                *("submit", "place", "start", "cancel", "reason", "complete", "fail", "cancelled"),
+                *("unstorable submit", "garbage", "unstorable start"),
+            ]
+        ),
         st.integers(0, 20),
     ),
     max_size=25,

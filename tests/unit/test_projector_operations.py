@@ -5,12 +5,20 @@ import pytest
 from conductor_contracts import events as ev
 from conductor_projector.operations import (
     ACTIVE,
+    INDEXED_TEXT_BYTES,
     InsertJob,
+    Operation,
+    Undecodable,
     UpdateJob,
     UpdateNode,
     UpsertNode,
+    decode,
+    escaped,
     fold_jobs,
+    sanitize,
+    sanitized_submission,
     to_operations,
+    unstorable,
 )
 from tests.unit.scheduling import node, submitted
 
@@ -130,3 +138,55 @@ def test_fold_leaves_stored_rows_alone_unless_an_update_applies() -> None:
     assert _fold(rows, [(7, submitted()), (9, ev.JobCancelled(job_id=7))]) == set()
     assert rows[7] == stored
     assert _fold(rows, [(10, ev.JobCompleted(job_id=99, node="n"))]) == set()  # unknown job: nothing
+
+
+def test_a_submission_postgres_cannot_hold_is_made_storable_and_says_what_changed() -> None:
+    bad = submitted().model_copy(
+        update={
+            "name": "x" * 5000,
+            "working_directory": "/tmp/a\x00b",
+            "environment": {"K\x00": "v\ud800"},
+            "time_limit_s": 99999999 * 60,
+            "memory_mb": -(2**40),
+        }
+    )
+    clean, notes = sanitize(bad)
+    assert len(clean.name.encode()) == INDEXED_TEXT_BYTES and clean.working_directory == "/tmp/a\ufffdb"
+    assert clean.environment == {"K\ufffd": "v\ufffd"}
+    assert (clean.time_limit_s, clean.memory_mb) == (2**31 - 1, -(2**31))
+    assert [n.split()[0] for n in notes] == ["name", "working_directory", "environment", "memory_mb", "time_limit_s"]
+    row = sanitized_submission(7, bad)
+    assert row is not None and all(unstorable(op) is None for op in [row])
+    assert "working_directory" in row.values["message"] and row.values["standard_output"] == "/tmp/a\ufffdb/slurm-7.out"
+    assert sanitize(submitted())[1] == []
+    assert sanitized_submission(7, submitted()) is None  # nothing to change: the fault is elsewhere
+
+
+@pytest.mark.parametrize(
+    ("op", "problem"),
+    [
+        (to_operations(3, submitted())[0], None),
+        (UpdateJob(3, {"pid": 2**31}), "pid 2147483648 is out of range for jobs.pid (int32)"),
+        (UpdateJob(2**63, {"pid": 1}), "job_id 9223372036854775808 is out of range for jobs.job_id (int64)"),
+        (UpdateJob(3, {"message": "a\x00"}), "message holds NUL or a lone surrogate, which jobs.message cannot"),
+        (UpdateJob(3, {"state": "X" * 33}), "state is longer than the 32 characters of jobs.state"),
+        (UpdateNode("n\x00"), "name holds NUL or a lone surrogate, which nodes.name cannot"),
+        (UpdateJob(3, {"environment": {"a": "\x00"}}), None),  # JSON holds it escaped
+        (
+            UpsertNode({"name": "n" * 2000, "cpus": 1}),
+            "name is over the 1024 bytes an indexed column such as nodes.name is given",
+        ),
+    ],
+)
+def test_unstorable_values_are_found_before_anything_is_written(op: Operation, problem: str | None) -> None:
+    assert unstorable(op) == problem
+
+
+def test_bytes_that_are_no_event_decode_to_undecodable_and_print_escaped() -> None:
+    registered = node("n1", 2)
+    assert decode("s", ev.encode(registered)) == registered
+    garbage = decode("s", b"\x00\xff{")
+    assert isinstance(garbage, Undecodable) and garbage.subject == "s" and "JSON" in garbage.error
+    assert escaped(b"\x00\xffok", 100) == "\\x00\\xffok"
+    assert escaped("a\ud800", 100) == "a\\ud800"
+    assert escaped("x" * 20, 5) == "xxxxx... (20 characters)"

@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import BigInteger, Integer, String, Table
+
 from conductor_contracts import events as ev
 from conductor_contracts.paths import output_files
 from conductor_contracts.states import JobState
+from conductor_projector import tables as t
 
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
 
@@ -248,3 +251,52 @@ def sanitized_submission(seq: int, event: ev.JobSubmitted) -> InsertJob | None:
         return None
     row = _submitted(seq, clean).values
     return InsertJob(row | {"message": "not stored as submitted (the read model cannot hold it): " + "; ".join(notes)})
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _target(op: Operation) -> Table:
+    return t.jobs if isinstance(op, InsertJob | UpdateJob) else t.nodes
+
+
+def _keyed(op: Operation) -> dict[str, Any]:
+    """The values an operation sends, its key included."""
+    match op:
+        case UpdateJob():
+            return {"job_id": op.job_id, **op.values}
+        case UpdateNode():
+            return {"name": op.name, **op.values}
+    return op.values
+
+
+def _problem(table: Table, name: str, value: Any) -> str | None:
+    column = table.columns.get(name)
+    if column is None or value is None:
+        return None
+    kind = column.type
+    where = f"{table.name}.{name}"
+    if isinstance(kind, Integer) and isinstance(value, int) and not isinstance(value, bool):
+        low, high = _INT64 if isinstance(kind, BigInteger) else INT32
+        if not low <= value <= high:
+            return f"{name} {value} is out of range for {where} ({'int64' if high > INT32[1] else 'int32'})"
+    elif isinstance(kind, String) and isinstance(value, str):
+        if _UNSTORABLE.search(value):
+            return f"{name} holds NUL or a lone surrogate, which {where} cannot"
+        if kind.length is not None and len(value) > kind.length:
+            return f"{name} is longer than the {kind.length} characters of {where}"
+        indexed = {c.name for c in table.primary_key.columns} | {c.name for i in table.indexes for c in i.columns}
+        if name in indexed and len(value.encode()) > INDEXED_TEXT_BYTES:
+            return f"{name} is over the {INDEXED_TEXT_BYTES} bytes an indexed column such as {where} is given"
+    return None
+
+
+def unstorable(op: Operation) -> str | None:
+    """Why PostgreSQL would refuse a value of this operation, or None. Checked on each event before
+    any is written, so whether an event is stored does not depend on the batch it came in (a batch
+    folds a job's events in memory, where a later event could hide an earlier unstorable value)."""
+    table = _target(op)
+    for name, value in _keyed(op).items():
+        if (problem := _problem(table, name, value)) is not None:
+            return problem
+    return None

@@ -27,6 +27,7 @@ from conductor_projector.operations import (
     fold_jobs,
     sanitized_submission,
     to_operations,
+    unstorable,
 )
 
 log = logging.getLogger("conductor.projector")
@@ -189,10 +190,15 @@ async def _apply(
 
 
 def _operations(seq: int, event: ev.Event) -> list[Operation]:
+    """The event's operations, refused (EventError) when PostgreSQL could not store one of them."""
     try:
-        return to_operations(seq, event)
+        ops = to_operations(seq, event)
     except Exception as err:
-        raise EventError(f"event at stream seq {seq}: {err}") from err
+        raise EventError(f"{event.type} at stream seq {seq}: {err}") from err
+    for op in ops:
+        if (problem := unstorable(op)) is not None:
+            raise EventError(f"{event.type} at stream seq {seq}: {problem}")
+    return ops
 
 
 async def _apply_one(
@@ -211,6 +217,8 @@ async def _apply_one(
         error = str(err)
     if isinstance(item, ev.JobSubmitted) and (row := sanitized_submission(seq, item)) is not None:
         try:
+            if (problem := unstorable(row)) is not None:
+                raise EventError(problem)
             async with conn.begin_nested():
                 await _execute(conn, [row])
             recorded.altered.append((seq, str(row.values["message"])))
