@@ -270,24 +270,47 @@ def _keyed(op: Operation) -> dict[str, Any]:
     return op.values
 
 
-def _problem(table: Table, name: str, value: Any) -> str | None:
-    column = table.columns.get(name)
-    if column is None or value is None:
-        return None
-    kind = column.type
-    where = f"{table.name}.{name}"
-    if isinstance(kind, Integer) and isinstance(value, int) and not isinstance(value, bool):
-        low, high = _INT64 if isinstance(kind, BigInteger) else INT32
+@dataclass(frozen=True)
+class _Bounds:
+    """What a column holds: an integer range, or text of a maximum length (characters, and bytes
+    when it is indexed)."""
+
+    where: str
+    ints: tuple[int, int] | None = None
+    chars: int | None = None
+    text_bytes: int | None = None
+    text: bool = False
+
+
+def _bounds(table: Table) -> dict[str, _Bounds]:
+    indexed = {c.name for c in table.primary_key.columns} | {c.name for i in table.indexes for c in i.columns}
+    out: dict[str, _Bounds] = {}
+    for column in table.columns:
+        where = f"{table.name}.{column.name}"
+        if isinstance(column.type, Integer):
+            out[column.name] = _Bounds(where, ints=_INT64 if isinstance(column.type, BigInteger) else INT32)
+        elif isinstance(column.type, String):
+            limit = INDEXED_TEXT_BYTES if column.name in indexed else None
+            out[column.name] = _Bounds(where, chars=column.type.length, text_bytes=limit, text=True)
+    return out
+
+
+_BOUNDS = {table.name: _bounds(table) for table in (t.jobs, t.nodes)}
+
+
+def _problem(bounds: _Bounds, name: str, value: Any) -> str | None:
+    if bounds.ints is not None and isinstance(value, int) and not isinstance(value, bool):
+        low, high = bounds.ints
         if not low <= value <= high:
-            return f"{name} {value} is out of range for {where} ({'int64' if high > INT32[1] else 'int32'})"
-    elif isinstance(kind, String) and isinstance(value, str):
+            return f"{name} {value} is out of range for {bounds.where} ({'int64' if high > INT32[1] else 'int32'})"
+    elif bounds.text and isinstance(value, str):
         if _UNSTORABLE.search(value):
-            return f"{name} holds NUL or a lone surrogate, which {where} cannot"
-        if kind.length is not None and len(value) > kind.length:
-            return f"{name} is longer than the {kind.length} characters of {where}"
-        indexed = {c.name for c in table.primary_key.columns} | {c.name for i in table.indexes for c in i.columns}
-        if name in indexed and len(value.encode()) > INDEXED_TEXT_BYTES:
-            return f"{name} is over the {INDEXED_TEXT_BYTES} bytes an indexed column such as {where} is given"
+            return f"{name} holds NUL or a lone surrogate, which {bounds.where} cannot"
+        if bounds.chars is not None and len(value) > bounds.chars:
+            return f"{name} is longer than the {bounds.chars} characters of {bounds.where}"
+        limit = bounds.text_bytes
+        if limit is not None and len(value) * 4 > limit and len(value.encode()) > limit:  # 4: UTF-8's widest
+            return f"{name} is over the {limit} bytes an indexed column such as {bounds.where} is given"
     return None
 
 
@@ -295,8 +318,9 @@ def unstorable(op: Operation) -> str | None:
     """Why PostgreSQL would refuse a value of this operation, or None. Checked on each event before
     any is written, so whether an event is stored does not depend on the batch it came in (a batch
     folds a job's events in memory, where a later event could hide an earlier unstorable value)."""
-    table = _target(op)
+    columns = _BOUNDS[_target(op).name]
     for name, value in _keyed(op).items():
-        if (problem := _problem(table, name, value)) is not None:
+        bounds = columns.get(name)
+        if bounds is not None and value is not None and (problem := _problem(bounds, name, value)) is not None:
             return problem
     return None
