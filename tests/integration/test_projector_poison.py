@@ -94,3 +94,22 @@ async def test_a_dead_letter_is_recorded_once_however_often_its_batch_is_read(en
     assert await sink.apply_batch(engine, "p", batch) == 3  # read again after a crash: nothing twice
     assert set(await _dead_letters(engine)) == {2} and _dead_letter_count() == counted + 1
     assert await _job(engine, 3) is not None
+
+
+async def test_what_only_postgres_finds_unstorable_is_dead_lettered_too(engine: AsyncEngine) -> None:
+    """No value is out of range, but the node's allocation would be: PostgreSQL refuses the batch,
+    which is then applied event by event."""
+    batch: list[tuple[int, sink.Item]] = [
+        (1, node("n1", 4)),
+        (2, submitted(cpus=1)),
+        (3, submitted(cpus=2**31 - 1)),
+        (4, ev.JobPlaced(job_id=2, node="n1", cores=(0,), memory_mb=100)),
+        (5, ev.JobPlaced(job_id=3, node="n1", cores=(1,), memory_mb=100)),
+        (6, ev.JobStarted(job_id=2, node="n1", pid=42)),
+    ]
+    assert await sink.apply_batch(engine, "p", batch) == 6
+    letters = await _dead_letters(engine)
+    assert set(letters) == {5} and "out of range" in str(letters[5]["error"])
+    refused, running = await _job(engine, 3), await _job(engine, 2)
+    assert refused is not None and refused["state"] == "PENDING" and "JobPlaced" in str(refused["message"])
+    assert running is not None and running["state"] == "RUNNING" and running["pid"] == 42

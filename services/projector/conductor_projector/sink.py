@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conductor_contracts import events as ev
@@ -194,10 +195,10 @@ def _operations(seq: int, event: ev.Event) -> list[Operation]:
     try:
         ops = to_operations(seq, event)
     except Exception as err:
-        raise EventError(f"{event.type} at stream seq {seq}: {err}") from err
+        raise EventError(f"{type(err).__name__}: {err}") from err
     for op in ops:
         if (problem := unstorable(op)) is not None:
-            raise EventError(f"{event.type} at stream seq {seq}: {problem}")
+            raise EventError(problem)
     return ops
 
 
@@ -214,7 +215,7 @@ async def _apply_one(
     except Exception as err:
         if classify(err) is not Fault.DATA:
             raise
-        error = str(err)
+        error = _reason(err)
     if isinstance(item, ev.JobSubmitted) and (row := sanitized_submission(seq, item)) is not None:
         try:
             if (problem := unstorable(row)) is not None:
@@ -226,8 +227,15 @@ async def _apply_one(
         except Exception as err:
             if classify(err) is not Fault.DATA:
                 raise
-            error = f"{error}; and with its fields made storable: {err}"
+            error = f"{error}; and with its fields made storable: {_reason(err)}"
     await _dead_letter(conn, name, _letter(seq, item, subject, error), recorded)
+
+
+def _reason(err: Exception) -> str:
+    """The driver's own words, without SQLAlchemy's copy of the statement and all its parameters."""
+    if isinstance(err, StatementError) and err.orig is not None:
+        return str(err.orig)
+    return str(err)
 
 
 def _letter(seq: int, item: Item, subject: str | None, error: str) -> DeadLetter:
