@@ -79,8 +79,12 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
                 _failed("projecting", err, backoff)
                 await backoff.wait(stop)
     finally:
+        # Each on its own: the server that is gone may be why we stop, and the other must still go.
         if bus is not None:
-            await bus.close()
+            try:
+                await bus.close()
+            except Exception as err:
+                log.warning("closing the NATS connection failed", extra={"error": f"{type(err).__name__}: {err}"})
         await engine.dispose()
 
 

@@ -119,7 +119,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
         lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
     scheduler = Scheduler(bus, settings, lease)
-    sub: JetStreamContext.PushSubscription | None = await read_from(bus, 1)
+    sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
     log.info("scheduler started; replaying the log")
     retry_s = settings.retry_first_s
     try:
@@ -127,7 +127,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             try:
                 if sub is None:
                     sub = await scheduler.follow()
-                    log.info("following the log again", extra={"from_seq": scheduler.state.last_seq + 1})
+                    log.info("following the log", extra={"from_seq": scheduler.state.last_seq + 1})
                 msgs = await next_batch(sub, 1000, wait_s=0.5)
             except Exception as err:  # NATS away or the consumer gone: read again from what we folded
                 if stop.is_set():
@@ -159,5 +159,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await scheduler.bus.close()
+        try:
+            await scheduler.bus.close()
+        except Exception as err:  # closing a connection to a server that is gone can fail; nothing is lost
+            log.warning("closing the NATS connection failed", extra={"error": f"{type(err).__name__}: {err}"})
     return scheduler
