@@ -78,3 +78,13 @@ async def test_three_replicas_keep_the_log_when_a_server_dies(cluster: list[Loca
 async def test_a_single_server_refuses_three_replicas_clearly(nats_url: str) -> None:
     with pytest.raises(APIError, match=r"(?i)replicas"):
         await connect(nats_url, name="replicas-test", replicas=3, attempts=1)
+
+
+async def test_a_failed_connect_leaves_no_client_behind(nats_url: str) -> None:
+    before = {id(t) for t in asyncio.all_tasks()}
+    with pytest.raises(APIError):
+        await connect(nats_url, name="replicas-test", replicas=3, attempts=1)
+    await asyncio.sleep(0.1)
+    # nats-py runs reader, flusher and ping tasks per client; a closed client has none left.
+    left = [t for t in asyncio.all_tasks() if id(t) not in before and not t.done()]
+    assert not left, left

@@ -92,9 +92,13 @@ class Bus:
         return self._outputs
 
     async def close(self) -> None:
-        # Every publish here is awaited to its ack, so there is nothing in flight to drain.
+        # Every publish here is awaited to its ack, so there is nothing in flight to drain. With the
+        # server gone, closing can fail on the dead socket: the connection is over either way.
         if not self.nc.is_closed:
-            await self.nc.close()
+            try:
+                await self.nc.close()
+            except Exception as err:
+                log.info("NATS connection closed uncleanly: %s", err or type(err).__name__)
 
 
 async def read_from(bus: Bus, start_seq: int) -> JetStreamContext.PushSubscription:
@@ -187,5 +191,11 @@ async def connect(url: str, *, name: str, attempts: int = 60, replicas: int = 1)
             log.info("waiting for NATS", extra={"url": url, "error": str(err)})
             await asyncio.sleep(0.5)
     js = nc.jetstream(timeout=10)
-    await ensure_stream(js, replicas=replicas)
+    try:
+        await ensure_stream(js, replicas=replicas)
+    except BaseException:
+        # A caller that retries connect() (JetStream still starting) must not leak a client that
+        # keeps reconnecting in the background.
+        await Bus(nc=nc, js=js).close()
+        raise
     return Bus(nc=nc, js=js, replicas=replicas)
