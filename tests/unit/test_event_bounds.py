@@ -20,7 +20,7 @@ def test_a_job_of_no_or_negative_size_does_not_decode(update: dict[str, int]) ->
         ev.decode(raw)
 
 
-@pytest.mark.parametrize("update", [{"cpus": 0}, {"memory_mb": -1}])
+@pytest.mark.parametrize("update", [{"cpus": 0}, {"memory_mb": -1}, {"cpus": 10**9}])
 def test_a_node_of_no_or_negative_size_does_not_decode(update: dict[str, int]) -> None:
     raw = node("n1", 4).model_copy(update=update).model_dump_json().encode()
     with pytest.raises(ValidationError):

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 # one it cannot apply (upper bounds are the gateway's: the fold holds any int).
 Positive = Annotated[int, Field(ge=1)]
 Core = Annotated[int, Field(ge=0)]
+# The fold keeps a node's free cores as a set: a node of a billion CPUs would exhaust its memory.
+MAX_NODE_CPUS = 65536
 
 
 def _new_id() -> str:
@@ -125,7 +127,7 @@ class JobCancelled(EventBase):
 class NodeRegistered(EventBase):
     type: Literal["NodeRegistered"] = "NodeRegistered"
     node: str
-    cpus: Positive
+    cpus: Annotated[int, Field(ge=1, le=MAX_NODE_CPUS)]
     memory_mb: Positive
     partitions: tuple[str, ...] = ("default",)
 

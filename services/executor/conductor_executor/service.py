@@ -392,7 +392,9 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     executor.register()
     bus = await _retrying(
         "connecting to NATS",
-        lambda: connect(settings.nats_url, name=f"conductor-executor-{settings.node}"),
+        lambda: connect(
+            settings.nats_url, name=f"conductor-executor-{settings.node}", replicas=settings.stream_replicas
+        ),
         stop,
         executor.backoff(),
     )

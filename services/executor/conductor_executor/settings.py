@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from conductor_contracts import events as ev
 from conductor_contracts.parsing import parse_memory_mb
 from conductor_platform.settings import CommonSettings
 
@@ -21,7 +22,7 @@ def machine_cpus() -> int:
 
 class ExecutorSettings(CommonSettings):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "node1")
-    cpus: int = Field(default_factory=machine_cpus, ge=1)
+    cpus: int = Field(default_factory=machine_cpus, ge=1, le=ev.MAX_NODE_CPUS)
     memory: str = Field(default_factory=lambda: f"{machine_memory_mb()}M")
     partitions: list[str] = Field(default_factory=lambda: ["default"])
     state_dir: Path = Path("var/executor")
