@@ -62,7 +62,12 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
     engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)
     bus: Bus | None = None
     try:
-        bus = await _retrying(stop, backoff, "connecting to NATS", lambda: connect(settings.nats_url, name=_NAME))
+        bus = await _retrying(
+            stop,
+            backoff,
+            "connecting to NATS",
+            lambda: connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas),
+        )
         if bus is None:
             return
         if rebuild:

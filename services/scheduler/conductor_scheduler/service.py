@@ -104,7 +104,7 @@ class Scheduler:
         """A subscription from the sequence after the last one folded; a new connection first if the
         old one is closed for good (nats-py otherwise reconnects by itself)."""
         if self.bus.nc.is_closed:
-            self.bus = await connect(self.settings.nats_url, name=_NAME)
+            self.bus = await connect(self.settings.nats_url, name=_NAME, replicas=self.settings.stream_replicas)
             if self.lease is not None:
                 self.lease.kv = await self.bus.leases(self.settings.lease_ttl_s)
         return await read_from(self.bus, self.state.last_seq + 1)
@@ -112,7 +112,7 @@ class Scheduler:
 
 async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> Scheduler:
     stop = stop or asyncio.Event()
-    bus = await connect(settings.nats_url, name=_NAME)
+    bus = await connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas)
     lease = None
     if settings.use_lease:
         kv = await bus.leases(settings.lease_ttl_s)
