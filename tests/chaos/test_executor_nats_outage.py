@@ -80,7 +80,7 @@ def _settings(nats: Nats, tmp_path: Path) -> ExecutorSettings:
         memory="1G",
         state_dir=tmp_path / "state",
         kill_grace_s=1,
-        retry_min_s=0.02,
+        retry_first_s=0.02,
         retry_max_s=0.1,
     )
 

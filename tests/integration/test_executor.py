@@ -32,7 +32,7 @@ def executor_settings(nats_url: str, tmp_path: Path, **overrides: Any) -> Execut
         "state_dir": tmp_path / "state",
         "kill_grace_s": 1,
         "memory_poll_s": 0.2,
-        "retry_min_s": 0.05,
+        "retry_first_s": 0.05,
         "retry_max_s": 0.2,
     }
     return ExecutorSettings(**(defaults | overrides))

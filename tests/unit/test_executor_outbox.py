@@ -9,9 +9,9 @@ import pytest
 
 from conductor_contracts import events as ev
 from conductor_executor.outbox import Outbox
-from conductor_executor.retry import Backoff, transient
 from conductor_executor.service import Executor
 from conductor_executor.settings import ExecutorSettings
+from conductor_platform.retry import Backoff, transient
 
 
 class Stream:

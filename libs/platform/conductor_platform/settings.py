@@ -20,6 +20,10 @@ class CommonSettings(BaseSettings):
     # Copies JetStream keeps of the log, the lease and the outputs: 1 on one nats-server (conductor up),
     # 3 on a three-node cluster (the Helm chart), so losing one NATS pod loses nothing.
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    # Pacing of every retry against NATS or PostgreSQL: doubling from the first wait to the longest,
+    # then every retry_max_s for as long as the server is away.
+    retry_first_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
 
 
 def async_database_url(url: str) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conductor_contracts import events as ev
-from conductor_executor.retry import Backoff
+from conductor_platform.retry import Backoff
 
 log = logging.getLogger("conductor.executor.outbox")
 

@@ -40,9 +40,9 @@ from conductor_executor.fit import misfit
 from conductor_executor.outbox import Outbox
 from conductor_executor.output import upload
 from conductor_executor.process import JobProcess, spawn
-from conductor_executor.retry import Backoff, pause, transient
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
+from conductor_platform.retry import Backoff, pause, transient
 
 log = logging.getLogger("conductor.executor")
 
@@ -96,7 +96,7 @@ class Executor:
         return self._bus
 
     def backoff(self) -> Backoff:
-        return Backoff(self.settings.retry_min_s, self.settings.retry_max_s)
+        return Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
 
     # -- reporting -------------------------------------------------------------------------------
     async def _publish(self, event: ev.Event) -> None:
@@ -331,7 +331,7 @@ class Executor:
                     "handling failed; will retry",
                     extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
                 )
-                delay = min(self.settings.retry_max_s, self.settings.retry_min_s * 2 ** min(deliveries - 1, 30))
+                delay = min(self.settings.retry_max_s, self.settings.retry_first_s * 2 ** min(deliveries - 1, 30))
                 await _settle(msg.nak(delay=delay))
                 return
             log.error(

@@ -31,10 +31,6 @@ class ExecutorSettings(CommonSettings):
     memory_poll_s: float = Field(default=1.0, gt=0)
     # The end of each output file kept in the object store when a job ends.
     output_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
-    # Pacing of every retry against NATS (the outbox, fetching placements, startup): doubling from
-    # the first to the second, then every retry_max_s for as long as NATS is away.
-    retry_min_s: float = Field(default=0.5, gt=0)
-    retry_max_s: float = Field(default=5.0, gt=0)
     # A placement or cancel that fails this many deliveries (other than by NATS being away) is
     # given up: logged, its job reported FAILED, and not delivered again.
     max_deliveries: int = Field(default=5, ge=1)

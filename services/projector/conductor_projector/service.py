@@ -23,6 +23,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_platform.bus import Bus, connect, next_batch, read_from
+from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
 from conductor_projector.faults import Fault, classify
@@ -34,23 +35,6 @@ log = logging.getLogger("conductor.projector")
 
 T = TypeVar("T")
 _NAME = "conductor-projector"
-
-
-class Backoff:
-    """Waits that double from ``first_s`` up to ``max_s``; back to the start after a success."""
-
-    def __init__(self, first_s: float, max_s: float) -> None:
-        self.first_s, self.max_s = first_s, max_s
-        self.next_s = first_s
-
-    def reset(self) -> None:
-        self.next_s = self.first_s
-
-    async def wait(self, stop: asyncio.Event) -> None:
-        """Sleeps, unless stopped meanwhile."""
-        delay, self.next_s = self.next_s, min(self.next_s * 2, self.max_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
 
 
 async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: asyncio.Event | None = None) -> None:

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
+from conductor_platform.retry import Backoff
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.policy import decide
 from conductor_scheduler.settings import SchedulerSettings
@@ -121,7 +122,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     scheduler = Scheduler(bus, settings, lease)
     sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
     log.info("scheduler started; replaying the log")
-    retry_s = settings.retry_first_s
+    backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
     try:
         while not stop.is_set():
             try:
@@ -137,11 +138,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
                     sub = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), retry_s)
-                retry_s = min(retry_s * 2, settings.retry_max_s)
+                await backoff.wait(stop)
                 continue
-            retry_s = settings.retry_first_s
+            backoff.reset()
             for msg in msgs:
                 scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data)
             if msgs and msgs[-1].metadata.num_pending > 0:

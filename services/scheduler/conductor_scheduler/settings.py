@@ -11,6 +11,3 @@ class SchedulerSettings(CommonSettings):
     # Off only in tests that prove fencing alone keeps two deciding schedulers from double-placing.
     use_lease: bool = True
     queue_depth: int = 100
-    # After a failure to read the log: the first wait before reading again, doubling up to the last.
-    retry_first_s: float = 0.2
-    retry_max_s: float = 5.0
