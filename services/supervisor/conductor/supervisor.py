@@ -2,18 +2,24 @@
 
 Starts the embedded servers unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere, migrates the read
 models, then runs gateway, scheduler, projector and one executor, restarting any that dies (with a
-back-off). SIGINT/SIGTERM stops the services first (so executors stop their jobs), then the servers.
+back-off). An embedded server that dies is started again on the same port with the same data (with
+the same back-off); the services reconnect by themselves. Servers named in ``NATS_URL`` /
+``DATABASE_URL`` are someone else's: never started, stopped or restarted here. SIGINT/SIGTERM stops
+the services first (so executors stop their jobs), then the servers.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +39,61 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+_GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))")
+_GO_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def nats_sync_interval(value: str) -> str | None:
+    """``--sync``: ``always``, ``default`` (None: the server's own, every 2 minutes) or a positive Go
+    duration such as ``10s`` or ``1m30s``, which is what nats-server's ``sync_interval`` accepts."""
+    if value == "always":
+        return value
+    if value == "default":
+        return None
+    parts = _GO_DURATION.findall(value)
+    if not parts or "".join(number + unit for number, unit in parts) != value:
+        raise ValueError(f"--sync takes always, default or a duration like 10s or 1m30s, not {value!r}")
+    if sum(float(number) * _GO_UNIT_S[unit] for number, unit in parts) <= 0:
+        raise ValueError("--sync: a zero interval would mean the default; say default, or always")
+    return value
+
+
+@dataclass
+class Backoff:
+    """When to start again something that stopped: soon if it had run a while, then twice as late
+    each time it dies (or fails to start) again soon after starting, up to ``max_s``."""
+
+    first_s: float = 0.5
+    max_s: float = 30.0
+    stable_s: float = 10.0
+    failures: int = 0
+
+    def delay_after(self, ran_for_s: float) -> float:
+        if ran_for_s >= self.stable_s:
+            self.failures = 0
+        delay = min(self.max_s, self.first_s * 2.0 ** min(self.failures, 32))  # bounded: no float overflow
+        self.failures += 1
+        return delay
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
 @dataclass
 class Child:
     name: str
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
     started_at: float = 0.0
     next_start: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
+    backoff: Backoff = field(default_factory=Backoff)
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.argv, env=self.env)
@@ -50,31 +102,97 @@ class Child:
 
 
 @dataclass
+class ManagedServer:
+    """A server ``conductor up`` started itself; ``start`` starts it on the same port and folder
+    every time, so a restarted one has the same address and data."""
+
+    name: str
+    start: Callable[[], localservers.LocalServer]
+    server: localservers.LocalServer | None = None
+    started_at: float = 0.0
+    next_start: float = 0.0
+    backoff: Backoff = field(default_factory=Backoff)
+
+    def first_start(self) -> localservers.LocalServer:
+        self.server = self.start()
+        self.started_at = time.monotonic()
+        return self.server
+
+    def check(self, now: float, stopping: bool) -> None:
+        """Notice a death and schedule the restart; restart when it is due."""
+        if self.server is not None:
+            code = self.server.process.poll()
+            if code is None:
+                return
+            delay = self.backoff.delay_after(now - self.started_at)
+            log.warning(
+                "%s (pid %s) exited with %s; starting it again on the same port and data in %.1fs",
+                self.name,
+                self.server.process.pid,
+                describe_exit(code),
+                delay,
+            )
+            self.server, self.next_start = None, now + delay
+            return
+        if stopping or now < self.next_start:
+            return
+        try:
+            server = self.start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+            delay = self.backoff.delay_after(0.0)
+            log.warning("%s did not start again (%s); next try in %.1fs", self.name, error, delay)
+            self.next_start = time.monotonic() + delay
+            return
+        self.server, self.started_at = server, time.monotonic()
+        log.info("%s is back at %s (pid %s)", self.name, server.url, server.process.pid)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+@dataclass
 class UpOptions:
     var_dir: Path
     executor_args: list[str]
     gateway_port: int | None = None
+    nats_sync: str | None = None  # nats_sync_interval(): None is the server's default
 
 
 class Supervisor:
     def __init__(self, options: UpOptions) -> None:
         self.options = options
-        self.servers: list[localservers.LocalServer] = []
+        self.servers: list[ManagedServer] = []
         self.children: list[Child] = []
         self.stopping = False
 
     def _servers(self, env: dict[str, str]) -> None:
         var = self.options.var_dir
-        if not env.get("NATS_URL"):
-            nats = localservers.start_nats(var / "nats")
+        if env.get("NATS_URL"):
+            log.info("NATS at %s: not started, stopped or restarted by conductor up", env["NATS_URL"])
+        else:
+            nats = ManagedServer(
+                "nats-server",
+                functools.partial(
+                    localservers.start_nats,
+                    var / "nats",
+                    localservers.free_port(),
+                    sync_interval=self.options.nats_sync,
+                ),
+            )
             self.servers.append(nats)
-            env["NATS_URL"] = nats.url
-            log.info("nats-server with JetStream at %s (data in %s)", nats.url, var / "nats")
-        if not env.get("DATABASE_URL"):
-            pg = localservers.start_postgres(var / "postgres")
+            env["NATS_URL"] = nats.first_start().url
+            fsync = self.options.nats_sync or "every 2 minutes (the default)"
+            log.info("nats-server with JetStream at %s (data in %s, fsync: %s)", env["NATS_URL"], var / "nats", fsync)
+        if env.get("DATABASE_URL"):
+            log.info("PostgreSQL at its DATABASE_URL: not started, stopped or restarted by conductor up")
+        else:
+            pg = ManagedServer(
+                "postgres", functools.partial(localservers.start_postgres, var / "postgres", localservers.free_port())
+            )
             self.servers.append(pg)
-            env["DATABASE_URL"] = pg.url
-            log.info("PostgreSQL at %s (data in %s)", pg.url, var / "postgres")
+            env["DATABASE_URL"] = pg.first_start().url
+            log.info("PostgreSQL at %s (data in %s)", env["DATABASE_URL"], var / "postgres")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -84,6 +202,12 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         env = dict(os.environ)
+        if self.options.nats_sync and env.get("NATS_URL"):
+            log.error(
+                "--sync applies to the nats-server conductor up starts, and NATS_URL names another: "
+                "set sync_interval in that server's configuration instead"
+            )
+            return 2
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
         # One scheduler here: a stable id lets the restarted one take its lease back at once.
         env.setdefault("CONDUCTOR_SCHEDULER_ID", f"{socket.gethostname()}-{self.options.var_dir}")
@@ -95,7 +219,11 @@ class Supervisor:
             return 1
         try:
             self.options.var_dir.mkdir(parents=True, exist_ok=True)
-            self._servers(env)
+            try:
+                self._servers(env)
+            except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+                log.error("could not start the servers: %s", error)
+                return 1
             migrate.upgrade(env["DATABASE_URL"])
             py = sys.executable
             self.children = [
@@ -114,6 +242,10 @@ class Supervisor:
 
     def _watch(self) -> None:
         while not self.stopping:
+            for server in self.servers:
+                # A restart blocks this loop for as long as the server takes to start (about a
+                # second); the services meanwhile retry on their own.
+                server.check(time.monotonic(), self.stopping)
             now = time.monotonic()
             for child in self.children:
                 proc = child.process
@@ -124,11 +256,8 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
-                # Back off when a service keeps dying soon after starting; reset once it stays up.
-                quick = now - child.started_at < 10
-                child.restarts = child.restarts + 1 if quick else 0
-                delay = min(30.0, 0.5 * 2**child.restarts) if quick else 0.5
-                log.warning("%s exited with %s; restarting in %.1fs", child.name, code, delay)
+                delay = child.backoff.delay_after(now - child.started_at)
+                log.warning("%s exited with %s; restarting in %.1fs", child.name, describe_exit(code), delay)
                 child.process, child.next_start = None, now + delay
             time.sleep(0.2)
 
