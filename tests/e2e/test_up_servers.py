@@ -2,11 +2,13 @@
 the same port with the same data, the services find it again by themselves, and the next job runs
 with nobody doing anything. Ctrl-C afterwards still stops everything cleanly.
 
-One ``conductor up`` for the whole module (each costs 10-15 s); the tests run in file order and the
-last one stops it."""
+One ``conductor up`` for the whole module (each costs 10-15 s), with ``--sync always`` so that the
+flag is seen to reach the nats-server and to survive its restart; the tests run in file order and
+the last one stops it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from conductor_platform.localservers import free_port
+from conductor_platform.localservers import free_port, start_nats
 from tests.system import System, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +59,7 @@ def conductor_up_logged(root: Path) -> Iterator[Up]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
     argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(var), "--port", str(port)]
-    argv += ["--node", "servers", "--cpus", "2", "--memory", "1G"]
+    argv += ["--node", "servers", "--cpus", "2", "--memory", "1G", "--sync", "always"]
     stderr = root / "conductor-up.stderr"
     with open(stderr, "wb") as err:
         process = subprocess.Popen(argv, env=env | {"CONDUCTOR_KILL_GRACE_S": "2"}, stderr=err)
@@ -123,6 +125,33 @@ def _in_read_models(system: System, name: str, state: str) -> dict[str, Any] | N
     return dict(jobs[0]) if jobs else None
 
 
+def _jetstream_config(monitor_port: int) -> dict[str, Any]:
+    varz = httpx.get(f"http://127.0.0.1:{monitor_port}/varz").json()
+    return dict(varz["jetstream"]["config"])
+
+
+def test_sync_interval_reaches_the_embedded_nats_server(tmp_path: Path) -> None:
+    monitor = free_port()
+    server = start_nats(tmp_path, sync_interval="always", extra_args=("-m", str(monitor)))
+    try:
+        assert _jetstream_config(monitor)["sync_always"] is True
+    finally:
+        server.stop()
+    server = start_nats(tmp_path, sync_interval="10s", extra_args=("-m", str(monitor)))
+    try:
+        config = _jetstream_config(monitor)
+        assert config["sync_interval"] == 10 * 10**9 and not config.get("sync_always")
+    finally:
+        server.stop()
+    server = start_nats(tmp_path, extra_args=("-m", str(monitor)))
+    try:
+        config = _jetstream_config(monitor)
+        assert config["sync_interval"] == 120 * 10**9 and not config.get("sync_always")  # the server's default
+        assert not (tmp_path / "nats.conf").exists()
+    finally:
+        server.stop()
+
+
 def test_a_killed_nats_server_is_restarted_where_it_was_and_the_next_job_runs(up: Up) -> None:
     before = _submit_when_accepted(up.system, "before-nats-kill", "true")
     assert up.system.wait_state(str(before), "COMPLETED")["state"] == "COMPLETED"
@@ -136,9 +165,12 @@ def test_a_killed_nats_server_is_restarted_where_it_was_and_the_next_job_runs(up
     assert after > before  # job ids are stream sequences: the log went on, it did not start again
     again = _server(up, "nats-server")
     assert again.pid != nats.pid and (_flag(again, "-p"), _flag(again, "-sd")) == (port, store)
+    conf = Path(_flag(again, "-c")).read_text()  # the same --sync as before
+    assert "sync_interval" in conf and json.dumps("always") in conf
     log = up.log()
     assert f"nats-server (pid {nats.pid}) exited with signal SIGKILL" in log
     assert f"nats-server is back at nats://127.0.0.1:{port}" in log
+    assert "fsync: always" in log
 
 
 def test_a_killed_postgres_is_restarted_and_the_read_models_catch_up(up: Up) -> None:

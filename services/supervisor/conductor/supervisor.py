@@ -199,8 +199,6 @@ class Supervisor:
         self.stopping = True
 
     def run(self) -> int:
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
         env = dict(os.environ)
         if self.options.nats_sync and env.get("NATS_URL"):
             log.error(
@@ -217,6 +215,8 @@ class Supervisor:
         if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
             log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
             return 1
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         try:
             self.options.var_dir.mkdir(parents=True, exist_ok=True)
             try:
