@@ -7,17 +7,21 @@ stream sequence is the job id.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, make_asgi_app
+from pydantic import AfterValidator
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -45,7 +49,21 @@ def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": api.ErrorBody, "description": meaning[code]} for code in codes}
 
 
-JobId = Annotated[int, Path(ge=1, le=2**63 - 1, description="the job id returned by submit")]
+MAX_JOB_ID = 2**63 - 1  # ids are stream sequences, kept in BIGINT columns
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="the job id returned by submit")]
+
+# The first submission's hash, kept on its message, so that a retry can be told from a reuse.
+REQUEST_HASH_HEADER = "Conductor-Request-Hash"
+
+
+def _filter_text(value: str | None) -> str | None:
+    # Such a value cannot be stored in a read model (NUL is refused by PostgreSQL), so no job has it.
+    if value is not None and any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError("must not contain control characters (no job has them in its name or account)")
+    return value
+
+
+Filter = Annotated[str | None, Query(max_length=api.MAX_LABEL_CHARS), AfterValidator(_filter_text)]
 
 
 class State:
@@ -53,11 +71,55 @@ class State:
     engine: AsyncEngine
 
 
-def _read_local(path: str, max_bytes: int) -> str | None:
-    """A job's output file when this gateway can see it (same machine or a shared file system)."""
+def _safe(value: object, limit: int) -> str:
+    """Text that can always be put in a JSON answer: lone surrogates escaped, long values cut."""
+    text = str(value).encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's list of field errors without the input it echoes: the input is what was wrong, so it
+    may be what cannot be encoded (a lone surrogate, infinity, JSON nested a thousand deep)."""
+    return [
+        {
+            "type": _safe(e.get("type", ""), 100),
+            "loc": [part if isinstance(part, int) else _safe(part, 100) for part in e.get("loc", ())],
+            "msg": _safe(e.get("msg", ""), 1000),
+        }
+        for e in err.errors()[:100]
+    ]
+
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _read_live(path: str, max_bytes: int) -> str | None:
+    """The end of a running job's output file, or None when it is not something this gateway may read.
+
+    The path is the user's, and the job may change what is there while it runs, so: every component
+    opened without following a symbolic link (a job cannot point its output at /proc/self or at a
+    secret), without blocking (a FIFO), and only a regular file with no other name (not a hard link
+    to someone else's file) is read.
+    """
+    parts = path.split("/")[1:]
+    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - max_bytes))
+        fd = os.open("/", _DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                inner = os.open(part, _DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+            file_fd = os.open(parts[-1], _FILE, dir_fd=fd)
+        finally:
+            os.close(fd)
+        with os.fdopen(file_fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                return None
+            f.seek(max(0, info.st_size - max_bytes))
             return f.read(max_bytes).decode(errors="replace")
     except OSError:
         return None
@@ -91,10 +153,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             {"detail": "the job log or the read models are unavailable; retry shortly"}, status_code=503
         )
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_errors(err)}, status_code=422)
+
+    max_body = settings.max_script_bytes + 64 * 1024
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_script_bytes + 64 * 1024:
+        length = request.headers.get("content-length", "").strip()
+        # Counted in digits first: int() of thousands of digits raises (a 500), and is slow anyway.
+        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > max_body):
             return JSONResponse({"detail": f"request body over {settings.max_script_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
@@ -120,7 +189,15 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.post("/jobs/submit", response_model=api.SubmitResponse, responses=_errors(413, 503))
     async def submit(
         body: api.SubmitRequest,
-        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        idempotency_key: Annotated[
+            str | None,
+            Header(
+                pattern=r"^[\x21-\x7e]{1,255}$",
+                description="Makes retries safe: the same key and the same request (within 2 hours) give the "
+                "same job; the same key with another request is a 422. Keys are per account. 1 to 255 "
+                "visible ASCII characters (a UUID, say).",
+            ),
+        ] = None,
     ) -> api.SubmitResponse:
         if len(body.script.encode()) > settings.max_script_bytes:
             raise HTTPException(413, f"script over the limit of {settings.max_script_bytes} bytes")
@@ -143,11 +220,36 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
             # Reachable with a chunked body, which the Content-Length check above cannot see.
             raise HTTPException(413, "the job (script and environment) is over the size limit of one message")
-        msg_id = f"submit:{idempotency_key}" if idempotency_key else None
-        job_id = await state.bus.publish(event, msg_id=msg_id)
+        job_id = await publish_submission(event, body, idempotency_key)
         SUBMITS.inc()
         log.info("submitted", extra={"job_id": job_id, "account": spec.account})
         return api.SubmitResponse(job_id=str(job_id))
+
+    async def publish_submission(event: ev.JobSubmitted, body: api.SubmitRequest, key: str | None) -> int:
+        """Publish; with an Idempotency-Key, the stream's deduplication answers a retry with the first
+        job, and the request hash kept on that job's message tells a retry from a reuse of the key.
+        The log is the only state: any gateway answers any retry the same way."""
+        if key is None:
+            return await state.bus.publish(event)
+        fingerprint = body.fingerprint()
+        # Scoped by account: two accounts may pick the same key. Hashed: a plain, bounded header value
+        # whatever the account's characters, and no ambiguity where the account ends and the key begins.
+        scope = hashlib.sha256(f"{event.account}\n{key}".encode()).hexdigest()
+        headers = {"Nats-Msg-Id": f"submit:{scope}", REQUEST_HASH_HEADER: fingerprint}
+        ack = await state.bus.js.publish(subjects.SUBMITTED, ev.encode(event), headers=headers, stream=state.bus.stream)
+        if not ack.duplicate:
+            return int(ack.seq)
+        try:
+            first = await state.bus.js.get_msg(state.bus.stream, seq=ack.seq)
+        except NotFoundError:
+            first = None
+        if first is None or (first.headers or {}).get(REQUEST_HASH_HEADER) != fingerprint:
+            raise HTTPException(
+                422,
+                f"Idempotency-Key was already used for another request (job {ack.seq}) by this account; "
+                "use a new key for a new job",
+            )
+        return int(ack.seq)
 
     @app.get("/jobs/query/{job_id}", response_model=api.JobView, responses=_errors(404, 503))
     async def query(job_id: JobId) -> api.JobView:
@@ -165,9 +267,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/jobs", response_model=api.JobList)
     async def list_jobs(
         state_: Annotated[JobState | None, Query(alias="state")] = None,
-        account: str | None = None,
-        name: str | None = None,
-        cursor: Annotated[str | None, Query(pattern=r"^\d+$", description="next_cursor of the previous page")] = None,
+        account: Filter = None,
+        name: Filter = None,
+        cursor: Annotated[
+            int | None, Query(ge=1, le=MAX_JOB_ID, description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
     ) -> api.JobList:
         rows = await queries.jobs(
@@ -175,7 +279,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             state=state_.value if state_ else None,
             account=account,
             name=name,
-            before=int(cursor) if cursor else None,
+            before=cursor,
             limit=limit,
         )
         page = [views.job_from_row(r) for r in rows]
@@ -190,20 +294,26 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         path = job.standard_output if stream == "stdout" else job.standard_error
         if path is None:
             raise HTTPException(404, f"job {job_id} has no separate stderr: it is joined to stdout")
-        if job.state == JobState.PENDING:  # nothing of the job's yet: never read a path it merely names
+        if job.state == JobState.PENDING:
             raise HTTPException(409, f"job {job_id} is PENDING: it has no output yet")
         if JobState(job.state).is_terminal:
+            # Only what the executor stored: the path is the user's, and the gateway never opens it
+            # for a job that has ended (nor for one that never started).
             try:
                 stored = await (await state.bus.outputs()).get(subjects.output_object(job_id, stream))
-                return PlainTextResponse((stored.data or b"").decode(errors="replace"))
             except NotFoundError:
-                pass
-        text = await asyncio.to_thread(_read_local, path, settings.max_output_bytes)
-        if text is not None:
-            return PlainTextResponse(text)
-        if job.state == JobState.RUNNING:
-            raise HTTPException(409, f"job {job_id} runs on node {job.node}; its output is here when it ends")
-        raise HTTPException(404, f"no {stream} was recorded for job {job_id}")
+                if job.start_time is None:
+                    raise HTTPException(404, f"job {job_id} ended as {job.state} before it started") from None
+                raise HTTPException(404, f"no {stream} was kept for job {job_id}") from None
+            return PlainTextResponse((stored.data or b"").decode(errors="replace"))
+        if job.start_time is None:
+            raise HTTPException(409, f"job {job_id} runs on node {job.node} (not started yet); no output yet")
+        # Started: the executor has opened this path as the job's output (truncating what was there).
+        if settings.local_output:
+            text = await asyncio.to_thread(_read_live, path, settings.max_output_bytes)
+            if text is not None:
+                return PlainTextResponse(text)
+        raise HTTPException(409, f"job {job_id} runs on node {job.node}; its output is here when it ends")
 
     @app.get("/nodes", response_model=api.NodeList)
     async def list_nodes() -> api.NodeList:

@@ -12,3 +12,7 @@ class GatewaySettings(CommonSettings):
     max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
     page_size: int = 50
     max_output_bytes: int = 16 * 1024 * 1024
+    # CONDUCTOR_LOCAL_OUTPUT: serve a running job's live output from its file when this gateway can
+    # see it (``conductor up``: the same machine). Off where gateways share no files with the nodes
+    # (Kubernetes): output then comes only from the object store, once a job ends.
+    local_output: bool = True
