@@ -11,19 +11,21 @@ import hashlib
 import logging
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, make_asgi_app
 from pydantic import AfterValidator
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
@@ -125,6 +127,38 @@ def _read_live(path: str, max_bytes: int) -> str | None:
         return None
 
 
+class _BodyLimit:
+    """Refuses a request body over ``max_bytes``: by its Content-Length when it has one, else as it
+    streams in (a chunked body would otherwise be read whole into memory, however large)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"request body over the limit of {self.max_bytes} bytes"
+        length = Headers(scope=scope).get("content-length", "").strip()
+        # Counted in digits first: int() of thousands of digits raises (a 500), and is slow anyway.
+        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > self.max_bytes):
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, detail)  # FastAPI passes it on from its body parsing
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     state = State()
@@ -157,15 +191,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _validation_errors(err)}, status_code=422)
 
-    max_body = settings.max_script_bytes + 64 * 1024
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length", "").strip()
-        # Counted in digits first: int() of thousands of digits raises (a 500), and is slow anyway.
-        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > max_body):
-            return JSONResponse({"detail": f"request body over {settings.max_script_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_script_bytes + 64 * 1024)
 
     async def submission(job_id: int) -> ev.JobSubmitted | None:
         try:
@@ -218,7 +244,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             script=body.script,
         )
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
-            # Reachable with a chunked body, which the Content-Length check above cannot see.
+            # Not reachable while the body limit is under the message size (the event is the body and
+            # a few hundred bytes); kept so that raising one limit cannot make submits fail as a 503.
             raise HTTPException(413, "the job (script and environment) is over the size limit of one message")
         job_id = await publish_submission(event, body, idempotency_key)
         SUBMITS.inc()
