@@ -95,3 +95,11 @@ async def test_any_gateway_answers_a_retry_the_same_way(client: httpx.AsyncClien
 async def test_without_a_key_every_submit_is_a_job(client: httpx.AsyncClient, bus: Bus) -> None:
     ids = {(await client.post("/jobs/submit", json=body())).json()["job_id"] for _ in range(2)}
     assert len(ids) == 2 and len(await submissions(bus)) == 2
+
+
+async def test_a_key_whose_job_left_the_log_says_so(client: httpx.AsyncClient, bus: Bus) -> None:
+    first = await submit(client, body(), "gone")
+    # The server keeps the key for its window even when the message is removed (nats-server 2.15).
+    await bus.js.delete_msg(bus.stream, int(first.json()["job_id"]))
+    again = await submit(client, body(), "gone")
+    assert again.status_code == 422 and "no longer in the log" in again.json()["detail"]

@@ -268,9 +268,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return int(ack.seq)
         try:
             first = await state.bus.js.get_msg(state.bus.stream, seq=ack.seq)
-        except NotFoundError:
-            first = None
-        if first is None or (first.headers or {}).get(REQUEST_HASH_HEADER) != fingerprint:
+        except NotFoundError:  # the server still knows the key, but the message was removed
+            raise HTTPException(
+                422, f"Idempotency-Key was used for job {ack.seq}, which is no longer in the log; use a new key"
+            ) from None
+        if (first.headers or {}).get(REQUEST_HASH_HEADER) != fingerprint:
             raise HTTPException(
                 422,
                 f"Idempotency-Key was already used for another request (job {ack.seq}) by this account; "
