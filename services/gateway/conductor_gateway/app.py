@@ -65,7 +65,11 @@ def _filter_text(value: str | None) -> str | None:
     return value
 
 
-Filter = Annotated[str | None, Query(max_length=api.MAX_LABEL_CHARS), AfterValidator(_filter_text)]
+Filter = Annotated[
+    str | None,
+    Query(max_length=api.MAX_LABEL_CHARS, description="exact match; at most 200 characters, no control characters"),
+    AfterValidator(_filter_text),
+]
 
 
 class State:
