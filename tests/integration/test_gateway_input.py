@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conductor_contracts import subjects
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
 from tests.integration.test_gateway import JOB, gateway
@@ -160,3 +161,14 @@ async def test_values_at_the_bounds_are_accepted(client: httpx.AsyncClient) -> N
     }
     answer = await post(client, raw(job), **{"Idempotency-Key": "~!" + "k" * 253})
     assert answer.status_code == 200, answer.text
+
+
+async def test_a_submission_subject_holding_no_event_is_no_job(client: httpx.AsyncClient, bus: Bus) -> None:
+    # Another writer's garbage on the gateway's subject (the consumers skip it): was a 500 on every read.
+    ack = await bus.js.publish(subjects.SUBMITTED, b"\xff not an event", stream=subjects.STREAM)
+    for answer in (
+        await client.get(f"/jobs/query/{ack.seq}"),
+        await client.post(f"/jobs/cancel/{ack.seq}"),
+        await client.get(f"/jobs/{ack.seq}/output"),
+    ):
+        assert answer.status_code == 404 and f"job {ack.seq} not found" in answer.json()["detail"]

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, make_asgi_app
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.datastructures import Headers
@@ -204,7 +204,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             return None
         if raw.subject != subjects.SUBMITTED:
             return None
-        event = ev.decode(raw.data or b"")
+        try:
+            event = ev.decode(raw.data or b"")
+        except ValidationError:  # not written by a gateway (the consumers skip it too): no job
+            return None
         return event if isinstance(event, ev.JobSubmitted) else None
 
     async def find_job(job_id: int) -> api.JobView:
