@@ -82,8 +82,16 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 
 def _server(up: Up, binary: str) -> psutil.Process:
     """The supervisor's child running ``binary`` (the postmaster: its backends are its children)."""
-    [server] = [p for p in psutil.Process(up.system.process.pid).children() if Path(p.cmdline()[0]).name == binary]
+    [server] = [p for p in psutil.Process(up.system.process.pid).children() if _runs(p, binary)]
     return server
+
+
+def _runs(process: psutil.Process, binary: str) -> bool:
+    try:
+        argv = process.cmdline()
+    except psutil.Error:  # gone, or a zombie not reaped yet
+        return False
+    return bool(argv) and Path(argv[0]).name == binary
 
 
 def _flag(process: psutil.Process, flag: str) -> str:
