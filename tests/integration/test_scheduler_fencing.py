@@ -59,7 +59,7 @@ async def _two_schedulers(bus: Bus, nats_url: str, use_lease: bool, jobs: int) -
     assert set(placements) == set(job_ids)
     assert max(placements.values()) == 1, "a job was placed twice"
     _assert_never_overallocated(log)
-    return [s.placed for s in schedulers]
+    return [s.placed for s in schedulers if s is not None]
 
 
 def _assert_never_overallocated(log: list[tuple[int, str, ev.Event]]) -> None:

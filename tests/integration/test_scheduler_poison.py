@@ -5,6 +5,7 @@ end it."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -15,7 +16,8 @@ from prometheus_client import REGISTRY
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
-from conductor_platform.bus import Bus, next_batch
+from conductor_platform.bus import Bus, connect, next_batch
+from conductor_platform.localservers import _nats_binary, free_port, start_nats
 from conductor_scheduler import service
 from conductor_scheduler.settings import SchedulerSettings
 from tests.integration.helpers import eventually
@@ -54,7 +56,7 @@ async def test_unreadable_events_are_skipped_and_jobs_still_placed(bus: Bus, nat
     finally:
         stop.set()
         scheduler = await task
-    assert scheduler.skipped == 2 and _skipped() == skipped + 2
+    assert scheduler is not None and scheduler.skipped == 2 and _skipped() == skipped + 2
 
 
 async def test_a_failed_read_of_the_stream_is_followed_by_a_new_read(
@@ -90,4 +92,41 @@ async def test_a_failed_read_of_the_stream_is_followed_by_a_new_read(
     finally:
         stop.set()
         scheduler = await task
-    assert scheduler.state.nodes["n1"].cpus == 2 and scheduler.skipped == 0
+    assert scheduler is not None and scheduler.state.nodes["n1"].cpus == 2 and scheduler.skipped == 0
+
+
+async def test_the_scheduler_waits_for_jetstream_instead_of_exiting(tmp_path: Path) -> None:
+    """A nats-server without JetStream answers connections but not the stream: the scheduler keeps
+    trying (a supervisor's restarts would come later and later), then places once JetStream is there."""
+    port = free_port()
+    plain = await asyncio.create_subprocess_exec(
+        _nats_binary(), "-a", "127.0.0.1", "-p", str(port), stdout=asyncio.subprocess.DEVNULL
+    )
+    stop = asyncio.Event()
+    settings = SchedulerSettings(nats_url=f"nats://127.0.0.1:{port}", use_lease=True, retry_max_s=0.2)
+    task = asyncio.create_task(service.run(settings, stop))
+    try:
+        await asyncio.sleep(3)  # several failed starts; a scheduler that exits on the first is done by now
+        assert not task.done(), task
+        plain.kill()
+        await plain.wait()
+        real = start_nats(tmp_path / "nats", port)
+        try:
+            other = await connect(real.url, name="tests")
+            await other.publish(node("n1", 2))
+            job = await other.publish(submitted())
+
+            async def placed() -> ev.JobPlaced | None:
+                return await _placement(other, "n1")
+
+            assert (await eventually(placed, what="the job placed once JetStream is there")).job_id == job
+            await other.close()
+        finally:
+            stop.set()
+            await task
+            real.stop()
+    finally:
+        stop.set()
+        if plain.returncode is None:
+            plain.kill()
+            await plain.wait()

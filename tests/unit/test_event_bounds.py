@@ -3,6 +3,8 @@ events it cannot apply, instead of giving a node room it does not have."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -37,3 +39,17 @@ def test_a_placement_on_a_negative_core_or_memory_does_not_decode() -> None:
 def test_huge_sizes_still_decode_the_fold_holds_them() -> None:
     job = submitted().model_copy(update={"memory_mb": 2**40, "time_limit_s": 99999999})
     assert ev.decode(job.model_dump_json().encode()) == job
+
+
+@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_without_a_utc_date_does_not_decode(when: str) -> None:
+    data = submitted().model_dump(mode="json") | {"occurred_at": when}
+    with pytest.raises(ValidationError, match="no date in UTC"):
+        ev.decode(json.dumps(data).encode())
+
+
+def test_times_are_kept_in_utc() -> None:
+    data = submitted().model_dump(mode="json") | {"occurred_at": "2026-01-01T12:00:00+02:00"}
+    assert ev.decode(json.dumps(data).encode()).occurred_at.isoformat() == "2026-01-01T10:00:00+00:00"
+    naive = submitted().model_dump(mode="json") | {"occurred_at": "2026-01-01T12:00:00"}
+    assert ev.decode(json.dumps(naive).encode()).occurred_at.isoformat() == "2026-01-01T12:00:00+00:00"

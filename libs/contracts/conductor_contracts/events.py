@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 # Lower bounds the scheduler's fold relies on: a job or node of zero or negative size would give
 # room instead of taking it. An event outside them does not decode, so every consumer skips it as
@@ -37,6 +37,16 @@ class EventBase(BaseModel):
     version: int = 1
     event_id: str = Field(default_factory=_new_id)
     occurred_at: datetime = Field(default_factory=_now)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        """Every consumer stores or compares it in UTC: a time that has no UTC date (year 1 at +14:00)
+        does not decode, rather than decode for one consumer and be refused by PostgreSQL later."""
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError as err:
+            raise ValueError(f"{value.isoformat()} has no date in UTC") from err
 
 
 class JobSubmitted(EventBase):

@@ -111,14 +111,35 @@ class Scheduler:
         return await read_from(self.bus, self.state.last_seq + 1)
 
 
-async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> Scheduler:
+async def _start(settings: SchedulerSettings, stop: asyncio.Event) -> tuple[Bus, Lease | None] | None:
+    """Connect and find the lease bucket, for as long as it takes (JetStream may be starting or
+    away): exiting would leave the restarts to a supervisor, later and later. None when stopped."""
+    backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
+    while not stop.is_set():
+        bus: Bus | None = None
+        try:
+            bus = await connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas)
+            lease = None
+            if settings.use_lease:
+                kv = await bus.leases(settings.lease_ttl_s)
+                holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
+                lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
+            return bus, lease
+        except Exception as err:
+            log.warning("starting failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
+            if bus is not None:
+                await bus.close()
+            await backoff.wait(stop)
+    return None
+
+
+async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) -> Scheduler | None:
+    """Folds and decides until ``stop``; returns the scheduler (None if stopped before it connected)."""
     stop = stop or asyncio.Event()
-    bus = await connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas)
-    lease = None
-    if settings.use_lease:
-        kv = await bus.leases(settings.lease_ttl_s)
-        holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
-        lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
+    started = await _start(settings, stop)
+    if started is None:
+        return None
+    bus, lease = started
     scheduler = Scheduler(bus, settings, lease)
     sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
     log.info("scheduler started; replaying the log")
