@@ -222,3 +222,28 @@ async def test_a_chunked_body_over_the_limit_is_413_before_it_is_all_read(client
     answer = await client.post("/jobs/submit", content=chunks(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "over the limit" in answer.json()["detail"]
     assert sent < 10  # the gateway stopped reading at the limit (1000 + 64 KiB here)
+
+
+async def test_a_job_the_read_models_could_not_record_says_so(
+    client: httpx.AsyncClient, bus: Bus, engine: AsyncEngine
+) -> None:
+    from sqlalchemy import insert
+
+    from conductor_projector import tables as t
+
+    job_id = int((await client.post("/jobs/submit", json=body())).json()["job_id"])
+    assert (await client.get(f"/jobs/query/{job_id}")).json()["message"] is None
+    async with engine.begin() as conn:  # what the projector records when PostgreSQL refuses a submission
+        await conn.execute(
+            insert(t.dead_letters).values(
+                consumer="projector",
+                stream_seq=job_id,
+                subject=subjects.SUBMITTED,
+                event_type="JobSubmitted",
+                job_id=job_id,
+                error="DataError: value out of range",
+                data="{}",
+            )
+        )
+    view = (await client.get(f"/jobs/query/{job_id}")).json()
+    assert "could not record this job" in view["message"] and "out of range" in view["message"]

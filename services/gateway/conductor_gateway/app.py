@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,13 +22,13 @@ from prometheus_client import Counter, make_asgi_app
 from pydantic import AfterValidator, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
 from conductor_contracts.states import JobState
-from conductor_gateway import queries, views
+from conductor_gateway import errors, queries, views
+from conductor_gateway.limits import BodyLimit
+from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus, connect
 from conductor_platform.settings import async_database_url
@@ -39,16 +37,6 @@ log = logging.getLogger("conductor.gateway")
 
 SUBMITS = Counter("conductor_gateway_submits_total", "Jobs accepted by the gateway")
 CANCELS = Counter("conductor_gateway_cancels_total", "Cancel requests accepted by the gateway")
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, object]]:
-    meaning = {
-        404: "no such job",
-        409: "the job is in a state that does not allow this",
-        413: "the script or the request is over the size limit",
-        503: "NATS or PostgreSQL is unavailable; retry",
-    }
-    return {code: {"model": api.ErrorBody, "description": meaning[code]} for code in codes}
 
 
 MAX_JOB_ID = 2**63 - 1  # ids are stream sequences, kept in BIGINT columns
@@ -77,99 +65,13 @@ class State:
     engine: AsyncEngine
 
 
-def _safe(value: object, limit: int) -> str:
-    """Text that can always be put in a JSON answer: lone surrogates escaped, long values cut."""
-    text = str(value).encode("utf-8", "backslashreplace").decode()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
-    """FastAPI's list of field errors without the input it echoes: the input is what was wrong, so it
-    may be what cannot be encoded (a lone surrogate, infinity, JSON nested a thousand deep)."""
-    return [
-        {
-            "type": _safe(e.get("type", ""), 100),
-            "loc": [part if isinstance(part, int) else _safe(part, 100) for part in e.get("loc", ())],
-            "msg": _safe(e.get("msg", ""), 1000),
-        }
-        for e in err.errors()[:100]
-    ]
-
-
-_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def _read_live(path: str, max_bytes: int) -> str | None:
-    """The end of a running job's output file, or None when it is not something this gateway may read.
-
-    The path is the user's, and the job may change what is there while it runs, so: every component
-    opened without following a symbolic link (a job cannot point its output at /proc/self or at a
-    secret), without blocking (a FIFO), and only a regular file with no other name (not a hard link
-    to someone else's file) is read.
-    """
-    parts = path.split("/")[1:]
-    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        return None
-    try:
-        fd = os.open("/", _DIRECTORY)
-        try:
-            for part in parts[:-1]:
-                inner = os.open(part, _DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = inner
-            file_fd = os.open(parts[-1], _FILE, dir_fd=fd)
-        finally:
-            os.close(fd)
-        with os.fdopen(file_fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                return None
-            f.seek(max(0, info.st_size - max_bytes))
-            return f.read(max_bytes).decode(errors="replace")
-    except OSError:
-        return None
-
-
-class _BodyLimit:
-    """Refuses a request body over ``max_bytes``: by its Content-Length when it has one, else as it
-    streams in (a chunked body would otherwise be read whole into memory, however large)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        detail = f"request body over the limit of {self.max_bytes} bytes"
-        length = Headers(scope=scope).get("content-length", "").strip()
-        # Counted in digits first: int() of thousands of digits raises (a 500), and is slow anyway.
-        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > self.max_bytes):
-            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-            return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise HTTPException(413, detail)  # FastAPI passes it on from its body parsing
-            return message
-
-        await self.app(scope, counted, send)
-
-
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     state = State()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.bus = await connect(settings.nats_url, name="conductor-gateway")
+        state.bus = await connect(settings.nats_url, name="conductor-gateway", replicas=settings.stream_replicas)
         state.engine = create_async_engine(async_database_url(settings.database_url), pool_size=5, pool_pre_ping=True)
         try:
             yield
@@ -193,9 +95,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _validation_errors(err)}, status_code=422)
+        return JSONResponse({"detail": errors.validation_errors(err)}, status_code=422)
 
-    app.add_middleware(_BodyLimit, max_bytes=settings.max_script_bytes + 64 * 1024)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_script_bytes + 64 * 1024)
 
     async def submission(job_id: int) -> ev.JobSubmitted | None:
         try:
@@ -217,9 +119,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         submitted = await submission(job_id)
         if submitted is None:
             raise HTTPException(404, f"job {job_id} not found")
-        return views.job_from_submission(job_id, submitted)
+        # Not projected yet, or never: a submission the read models could not hold is a dead letter,
+        # and the job must say so rather than look PENDING for ever.
+        refused = await queries.dead_letter_of(state.engine, job_id)
+        return views.job_from_submission(job_id, submitted, refused)
 
-    @app.post("/jobs/submit", response_model=api.SubmitResponse, responses=_errors(413, 503))
+    @app.post("/jobs/submit", response_model=api.SubmitResponse, responses=errors.documented(413, 503))
     async def submit(
         body: api.SubmitRequest,
         idempotency_key: Annotated[
@@ -287,11 +192,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             )
         return int(ack.seq)
 
-    @app.get("/jobs/query/{job_id}", response_model=api.JobView, responses=_errors(404, 503))
+    @app.get("/jobs/query/{job_id}", response_model=api.JobView, responses=errors.documented(404, 503))
     async def query(job_id: JobId) -> api.JobView:
         return await find_job(job_id)
 
-    @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse, responses=_errors(404, 409, 503))
+    @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse, responses=errors.documented(404, 409, 503))
     async def cancel(job_id: JobId) -> api.CancelResponse:
         job = await find_job(job_id)
         if JobState(job.state).is_terminal:
@@ -322,7 +227,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         next_cursor = page[-1].job_id if len(page) == limit else None
         return api.JobList(jobs=page, next_cursor=next_cursor)
 
-    @app.get("/jobs/{job_id}/output", response_class=PlainTextResponse, responses=_errors(404, 409, 503))
+    @app.get("/jobs/{job_id}/output", response_class=PlainTextResponse, responses=errors.documented(404, 409, 503))
     async def output(
         job_id: JobId, stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout"
     ) -> PlainTextResponse:
@@ -346,7 +251,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             raise HTTPException(409, f"job {job_id} runs on node {job.node} (not started yet); no output yet")
         # Started: the executor has opened this path as the job's output (truncating what was there).
         if settings.local_output:
-            text = await asyncio.to_thread(_read_live, path, settings.max_output_bytes)
+            text = await asyncio.to_thread(read_live, path, settings.max_output_bytes)
             if text is not None:
                 return PlainTextResponse(text)
         raise HTTPException(409, f"job {job_id} runs on node {job.node}; its output is here when it ends")

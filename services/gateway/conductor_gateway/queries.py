@@ -36,6 +36,16 @@ async def jobs(
         return result.mappings().all()
 
 
+async def dead_letter_of(engine: AsyncEngine, job_id: int) -> str | None:
+    """Why the projector could not record this job's submission, if it could not."""
+    d = t.dead_letters.c
+    async with engine.connect() as conn:
+        error = await conn.scalar(
+            select(d.error).where(d.job_id == job_id, d.event_type == "JobSubmitted").order_by(d.stream_seq).limit(1)
+        )
+    return None if error is None else str(error)
+
+
 async def nodes(engine: AsyncEngine) -> Sequence[RowMapping]:
     async with engine.connect() as conn:
         result = await conn.execute(select(t.nodes).order_by(t.nodes.c.name))

@@ -17,8 +17,9 @@ def job_from_row(row: RowMapping) -> api.JobView:
     return api.JobView.model_validate(values)
 
 
-def job_from_submission(job_id: int, event: ev.JobSubmitted) -> api.JobView:
-    """Read-your-writes: a job the projector has not reached yet is read from the log itself."""
+def job_from_submission(job_id: int, event: ev.JobSubmitted, refused: str | None = None) -> api.JobView:
+    """Read-your-writes: a job the projector has not reached yet is read from the log itself; or one
+    it could not record (``refused`` says why), whose state then is not followed."""
     stdout, stderr = output_files(job_id, event)
     return api.JobView(
         job_id=str(job_id),
@@ -34,6 +35,9 @@ def job_from_submission(job_id: int, event: ev.JobSubmitted) -> api.JobView:
         standard_output=stdout,
         standard_error=stderr,
         submit_time=event.occurred_at,
+        message=None
+        if refused is None
+        else f"the read models could not record this job, so its state is not followed here: {refused}",
     )
 
 
