@@ -1,0 +1,106 @@
+"""Bad input on a running system (``conductor up``): nothing a client sends, and nothing that reaches
+the log some other way, stops the system. After each bad value a normal job still runs to COMPLETED
+and the read models show it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conductor_contracts import subjects
+from conductor_platform.bus import connect
+from tests.system import OwnServers, System, system_on_own_servers, wait_for
+from tests.unit.scheduling import submitted
+
+pytestmark = pytest.mark.e2e
+
+# Each was accepted by the gateway once and then stopped the read models or a job (issue 5).
+BAD_FIELDS: list[tuple[str, Any]] = [
+    ("time_limit", "99999999"),
+    ("memory_per_node", "2048T"),
+    ("memory_per_node", "1" + "0" * 400 + "K"),
+    ("standard_output", "out\x00.txt"),
+    ("standard_error", "err\x00.txt"),
+    ("current_working_directory", "/tmp/a\x00b"),
+    ("name", "bad\x00name"),
+    ("account", "bad\x00account"),
+    ("environment", {"VAR": "a\x00b"}),
+    ("name", "\udcff"),
+]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[System, OwnServers]]:
+    with system_on_own_servers(tmp_path_factory.mktemp("bad"), "bad") as running:
+        yield running
+
+
+def _caught_up(system: System) -> bool:
+    ready = system.http.get("/readyz")
+    return ready.status_code == 200 and ready.json()["projector_lag"] == 0
+
+
+def _a_normal_job_still_completes(system: System) -> None:
+    job_id = system.submit("echo fine")
+    assert system.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)["state"] == "COMPLETED"
+    finished = system.http.post(f"/jobs/cancel/{job_id}")
+    assert finished.status_code == 409, finished.text
+    wait_for(lambda: _caught_up(system), 60, "read models caught up with the log")
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_FIELDS)])
+def test_a_bad_value_is_a_4xx_naming_the_field_and_breaks_nothing(
+    running: tuple[System, OwnServers], field: str, value: Any
+) -> None:
+    system, _ = running
+    spec = {"name": "bad", "account": "tester", "current_working_directory": str(system.work), field: value}
+    # Sent as JSON text: a lone surrogate travels as its escape, as any client can send it.
+    answer = system.http.post(
+        "/jobs/submit",
+        content=json.dumps({"job": spec, "script": "true"}),
+        headers={"content-type": "application/json"},
+    )
+    assert 400 <= answer.status_code < 500, answer.text
+    assert field in answer.text, answer.text
+    _a_normal_job_still_completes(system)
+
+
+def test_events_that_bypassed_the_gateway_are_skipped_and_the_system_goes_on(
+    running: tuple[System, OwnServers],
+) -> None:
+    """Whatever the gateway lets through in some later version, or another writer puts in the log:
+    the consumers record it, skip it, and keep going."""
+    system, servers = running
+    work = str(system.work)
+
+    async def publish() -> list[int]:
+        bus = await connect(servers.nats.url, name="e2e-poison")
+        try:
+            ids = [
+                await bus.publish(submitted().model_copy(update={"working_directory": work, "time_limit_s": 99999999})),
+                await bus.publish(submitted().model_copy(update={"working_directory": work + "/a\x00b"})),
+                await bus.publish(submitted().model_copy(update={"working_directory": work, "memory_mb": 2**40})),
+                await bus.publish(
+                    submitted().model_copy(update={"working_directory": work, "environment": {"V": "a\x00b"}})
+                ),
+            ]
+            await bus.js.publish(subjects.SUBMITTED, b"\xff not an event", stream=subjects.STREAM)
+            await bus.js.publish(subjects.placements_for("bad"), b"{}", stream=subjects.STREAM)
+            await bus.js.publish(subjects.cancel_of(1), b"[", stream=subjects.STREAM)
+            return ids
+        finally:
+            await bus.close()
+
+    jobs = asyncio.run(publish())
+    _a_normal_job_still_completes(system)
+    # Each decodable job is visible in the read models, in a state that says what became of it.
+    long_limit, nul_cwd, huge, nul_env = (str(j) for j in jobs)
+    assert system.wait_state(long_limit, "COMPLETED", "FAILED")["state"] == "COMPLETED"
+    assert system.wait_state(huge, "PENDING")["reason"] == "ResourcesNeverSatisfiable"
+    for job_id in (nul_cwd, nul_env):  # the executor cannot start them: FAILED, saying why
+        job = system.wait_state(job_id, "FAILED", timeout=60)
+        assert job["message"], job
