@@ -105,7 +105,11 @@ async def read_from(bus: Bus, start_seq: int) -> JetStreamContext.PushSubscripti
     """Follow the whole stream in order from ``start_seq``: an ordered consumer (no acks, no gaps)."""
     policy = DeliverPolicy.ALL if start_seq <= 1 else DeliverPolicy.BY_START_SEQUENCE
     config = ConsumerConfig(deliver_policy=policy, opt_start_seq=None if start_seq <= 1 else start_seq)
-    return await bus.js.subscribe(subjects.ALL, stream=bus.stream, ordered_consumer=True, config=config)
+    # The ordered consumer is recreated (from the next sequence) after two missed heartbeats, so this
+    # bounds how long a reader stalls after a nats-server restart: ~2 s instead of nats-py's 10-20 s.
+    return await bus.js.subscribe(
+        subjects.ALL, stream=bus.stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
+    )
 
 
 async def next_batch(
