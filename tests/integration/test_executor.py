@@ -294,3 +294,30 @@ async def test_a_placement_failing_every_delivery_is_given_up_and_its_job_report
     await eventually(lambda: _consumer_settled(bus), what="placement terminated")
     job_id = await _submit_and_place(bus, tmp_path, "true")
     assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+
+
+async def test_a_message_on_the_cancel_subject_stored_before_the_job_does_not_cancel_it(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    # A job's id is the stream sequence of its submission: the ids ahead are known to anyone.
+    ahead = (await bus.js.stream_info(subjects.STREAM)).state.last_seq + 3
+    await bus.js.publish(subjects.cancel_of(ahead), b"garbage", stream=subjects.STREAM)
+    await bus.publish(ev.JobCancelRequested(job_id=ahead))  # a real-looking one, but before the job
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
+    job_id = await bus.publish(job)
+    assert job_id == ahead
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    assert (tmp_path / "ran").exists()
+
+
+async def test_a_cancel_behind_garbage_on_its_subject_still_wins(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
+    job_id = await bus.publish(job)
+    await bus.publish(ev.JobCancelRequested(job_id=job_id))
+    await bus.js.publish(subjects.cancel_of(job_id), b"garbage after it", stream=subjects.STREAM)
+    await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
+    assert isinstance(await _outcome(bus, job_id), ev.JobCancelled)
+    assert not (tmp_path / "ran").exists()

@@ -166,11 +166,24 @@ class Executor:
         self.fail(event.job_id, f"the executor could not handle the placement ({deliveries} tries): {_short(err)}")
 
     async def cancel_requested(self, job_id: int) -> bool:
-        try:
-            await self.bus.js.get_last_msg(self.bus.stream, subjects.cancel_of(job_id))
-        except NotFoundError:
-            return False
-        return True
+        """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
+        stored after its submission (a job's id is that submission's sequence): anyone may publish
+        anything on a cancel subject, also before the job it names exists."""
+        seq = job_id + 1
+        while True:
+            try:
+                msg = await self.bus.js.get_msg(self.bus.stream, seq=seq, subject=subjects.cancel_of(job_id), next=True)
+            except NotFoundError:
+                return False
+            try:
+                event = ev.decode(msg.data or b"")
+            except ValueError:
+                event = None
+            if isinstance(event, ev.JobCancelRequested) and event.job_id == job_id:
+                return True
+            if msg.seq is None or msg.seq < seq:  # never loop on an answer that does not move on
+                return False
+            seq = msg.seq + 1
 
     async def submission(self, job_id: int) -> ev.JobSubmitted:
         raw = await self.bus.js.get_msg(self.bus.stream, seq=job_id)
