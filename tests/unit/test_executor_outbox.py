@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from conductor_executor.outbox import Outbox
 from conductor_executor.service import Executor
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.retry import Backoff, transient
+from tests.integration.helpers import eventually
 
 
 class Stream:
@@ -71,14 +74,14 @@ async def test_what_is_pending_survives_a_restart_and_goes_first(tmp_path: Path)
     assert not list(tmp_path.iterdir())
 
 
-async def test_an_unreadable_file_is_set_aside_not_blocking_the_rest(tmp_path: Path) -> None:
+async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking_the_rest(tmp_path: Path) -> None:
     (tmp_path / "000000000001-5-JobCompleted.json").write_text("not json")
     stream = Stream()
     outbox = _outbox(tmp_path, stream)
     outbox.put(ev.JobCompleted(job_id=6, node="n"))
     await _drain(outbox)
     assert [e.job_id for e in stream.events if isinstance(e, ev.JobCompleted)] == [6]
-    assert [p.name for p in tmp_path.iterdir()] == ["000000000001-5-JobCompleted.bad"]
+    assert [p.name for p in tmp_path.iterdir()] == ["000000000001-5-JobCompleted.json.bad"]
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
@@ -95,7 +98,7 @@ def test_nats_trouble_is_transient_a_bad_message_is_not(err: Exception, expected
     assert transient(err) is expected
 
 
-def test_recovery_reports_node_fail_only_for_jobs_without_an_outcome(tmp_path: Path) -> None:
+async def test_recovery_reports_node_fail_only_for_jobs_without_an_outcome(tmp_path: Path) -> None:
     settings = ExecutorSettings(node="n", cpus=1, memory="1G", state_dir=tmp_path)
     for job_id in (5, 6, 7):
         (settings.jobs_dir / str(job_id)).mkdir(parents=True)
@@ -103,6 +106,186 @@ def test_recovery_reports_node_fail_only_for_jobs_without_an_outcome(tmp_path: P
     # Job 5's outcome reached the outbox, but the executor stopped before its done marker.
     _outbox(settings.outbox_dir, Stream()).put(ev.JobCompleted(job_id=5, node="n"))
     executor = Executor(settings)
-    executor.recover()
+    await executor.recover()
     assert [p.name.split("-", 1)[1] for p in executor.outbox.pending()] == ["5-JobCompleted.json", "6-JobFailed.json"]
     assert all((settings.jobs_dir / str(j) / "done").exists() for j in (5, 6, 7))
+
+
+def _settings(tmp_path: Path) -> ExecutorSettings:
+    return ExecutorSettings(node="n", cpus=1, memory="1G", state_dir=tmp_path, retry_first_s=0.001, retry_max_s=0.002)
+
+
+def _executor(settings: ExecutorSettings, stream: Stream) -> Executor:
+    executor = Executor(settings)
+    executor.outbox._publish = stream.publish  # the stream without NATS
+    return executor
+
+
+async def test_a_truncated_outcome_still_ends_its_job_visibly(tmp_path: Path) -> None:
+    # The review's repro: the job ended while NATS was away, its JobCompleted waited in the outbox,
+    # the executor was SIGKILLed and the file cut to 40 bytes (`truncate -s 40`). The job is marked done.
+    settings = _settings(tmp_path)
+    (settings.jobs_dir / "5").mkdir(parents=True)
+    (settings.jobs_dir / "5" / "done").write_text("JobCompleted")
+    _outbox(settings.outbox_dir, Stream()).put(ev.JobCompleted(job_id=5, node="n"))
+    [kept] = settings.outbox_dir.iterdir()
+    kept.write_bytes(kept.read_bytes()[:40])
+    stream = Stream(failures=3)  # NATS still away for a while: the substitute is retried like any event
+    executor = _executor(settings, stream)
+    await executor.recover()
+    await executor.register()
+    await _drain(executor.outbox)
+    failed, registered = stream.events
+    assert isinstance(failed, ev.JobFailed) and failed.job_id == 5 and failed.node_fail
+    assert failed.message.startswith("the executor's record of this job's outcome was damaged: ")
+    assert isinstance(registered, ev.NodeRegistered)  # not blocked behind it
+    assert [p.name for p in settings.outbox_dir.iterdir()] == [f"{kept.name}.bad"]  # kept for a human
+
+
+@pytest.mark.parametrize("kind", ["JobStarted", "JobFailed", "JobTimedOut", "JobOutOfMemory", "JobCancelled"])
+async def test_any_damaged_event_of_a_job_ends_it_node_fail(tmp_path: Path, kind: str) -> None:
+    settings = _settings(tmp_path)
+    settings.outbox_dir.mkdir(parents=True)
+    (settings.outbox_dir / f"000000000001-9-{kind}.json").write_bytes(b'{"type": "' + kind.encode())
+    stream = Stream()
+    executor = _executor(settings, stream)
+    await _drain(executor.outbox)
+    [failed] = stream.events
+    assert isinstance(failed, ev.JobFailed) and failed.job_id == 9 and failed.node_fail and failed.node == "n"
+
+
+async def test_a_damaged_job_started_followed_by_its_outcome_gives_way_to_it(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings.outbox_dir.mkdir(parents=True)
+    (settings.outbox_dir / "000000000001-9-JobStarted.json").write_bytes(b"\x00\x00")
+    stream = Stream()
+    executor = _executor(settings, stream)
+    executor.outbox.put(ev.JobCompleted(job_id=9, node="n"))
+    await _drain(executor.outbox)
+    assert [(e.type, getattr(e, "job_id", None)) for e in stream.events] == [("JobCompleted", 9)]
+
+
+async def test_a_damaged_registration_registers_again(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings.outbox_dir.mkdir(parents=True)
+    (settings.outbox_dir / "000000000001-node-NodeRegistered.json").write_text("{}")
+    (settings.outbox_dir / "000000000002-4-JobCompleted.json").write_bytes(
+        ev.encode(ev.JobCompleted(job_id=4, node="n"))
+    )
+    stream = Stream()
+    await _drain(_executor(settings, stream).outbox)
+    registered, completed = stream.events
+    assert isinstance(registered, ev.NodeRegistered) and registered.node == "n" and registered.cpus == 1
+    assert isinstance(completed, ev.JobCompleted) and completed.job_id == 4
+
+
+async def test_anything_unexpected_in_the_folder_is_set_aside_and_never_stops_the_executor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "7.json").write_text("{}")  # the review's repro: this crashed the executor at start
+    (tmp_path / "12-x.json").write_text("{}")
+    (tmp_path / "99999999999999999999999-1-JobCompleted.json").write_text("{}")
+    (tmp_path / "000000000003-8-JobCompleted.json").mkdir()  # the right name, not a file
+    (tmp_path / "notes.txt").write_text("a human was here")
+    (tmp_path / "000000000002-6-JobCompleted.json").write_bytes(ev.encode(ev.JobCompleted(job_id=6, node="n")))
+    stream = Stream()
+    outbox = _outbox(tmp_path, stream)
+    outbox.put(ev.JobCompleted(job_id=7, node="n"))
+    await _drain(outbox)
+    assert [e.job_id for e in stream.events if isinstance(e, ev.JobCompleted)] == [6, 7]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000000003-8-JobCompleted.json.bad",
+        "12-x.json.bad",
+        "7.json.bad",
+        "99999999999999999999999-1-JobCompleted.json.bad",
+        "notes.txt.bad",
+    ]
+    assert sum(r.getMessage() == "outbox: file set aside" for r in caplog.records) == 5
+
+
+class BrokenDisk(Outbox):
+    """An outbox whose writes fail (ENOSPC) while ``broken``: chmod does not stop root."""
+
+    broken = True
+    tries = 0
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.tries += 1
+        if self.broken:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super()._write(name, data)
+
+
+def _broken_disk(executor: Executor) -> BrokenDisk:
+    outbox = BrokenDisk(executor.settings.outbox_dir, executor.outbox._publish, Backoff(0.001, 0.002))
+    executor.outbox = outbox
+    return outbox
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, what="the disk tried")
+
+
+async def test_an_outcome_the_disk_refuses_is_tried_until_written_and_only_then_marked_done(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(tmp_path)
+    done = settings.jobs_dir / "5" / "done"
+    done.parent.mkdir(parents=True)
+    executor = _executor(settings, Stream())
+    outbox = _broken_disk(executor)
+    finishing = asyncio.create_task(executor.finish(5, ev.JobCompleted(job_id=5, node="n")))
+    await _until(lambda: outbox.tries >= 5)
+    assert not finishing.done() and not done.exists() and not outbox.pending()
+    assert any(r.getMessage() == "outbox: could not write an event; retrying" for r in caplog.records)
+    outbox.broken = False
+    await finishing
+    assert done.read_text() == "JobCompleted"
+    assert [p.name.split("-", 1)[1] for p in outbox.pending()] == ["5-JobCompleted.json"]
+
+
+async def test_a_stop_ends_the_retries_without_a_done_marker(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    (settings.jobs_dir / "5").mkdir(parents=True)
+    stop = asyncio.Event()
+    executor = Executor(settings, stop)
+    outbox = _broken_disk(executor)
+    finishing = asyncio.create_task(executor.finish(5, ev.JobCompleted(job_id=5, node="n")))
+    await _until(lambda: outbox.tries >= 2)
+    stop.set()
+    await finishing
+    # No marker: the next start reports the job NODE_FAIL rather than leaving it RUNNING.
+    assert not (settings.jobs_dir / "5" / "done").exists()
+    restarted = _executor(settings, Stream())
+    await restarted.recover()
+    assert [p.name.split("-", 1)[1] for p in restarted.outbox.pending()] == ["5-JobFailed.json"]
+
+
+async def test_registration_and_recovery_wait_for_a_disk_that_refuses_them(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    (settings.jobs_dir / "5").mkdir(parents=True)
+    stream = Stream()
+    executor = _executor(settings, stream)
+    outbox = _broken_disk(executor)
+    starting = asyncio.create_task(executor.recover())
+    await _until(lambda: outbox.tries >= 3)
+    outbox.broken = False
+    await starting
+    outbox.broken = True
+    registering = asyncio.create_task(executor.register())
+    await _until(lambda: outbox.tries >= 6)
+    outbox.broken = False
+    await registering
+    await _drain(outbox)
+    assert [e.type for e in stream.events] == ["JobFailed", "NodeRegistered"]
+
+
+def test_an_outbox_folder_that_cannot_exist_does_not_stop_the_executor(tmp_path: Path) -> None:
+    (tmp_path / "n").write_text("a regular file where the node's folder goes")
+    executor = Executor(_settings(tmp_path))
+    assert executor.outbox.pending() == []
+    with pytest.raises(OSError):
+        executor.outbox.put(ev.JobCompleted(job_id=1, node="n"))

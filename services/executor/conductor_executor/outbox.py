@@ -5,22 +5,38 @@ folder), so an outcome survives NATS being away for any time and the executor re
 One publisher drains the files in ``seq`` order, which keeps the order the rest of the system relies on
 (a job's JobStarted before its outcome). Every event carries a Nats-Msg-Id (``subjects.dedupe_id``),
 so a publish whose ack was lost and is sent again is stored once.
+
+Nothing in the folder stops the executor: a file without that shape is set aside (``.bad``) at start,
+and a file of that shape that cannot be read is replaced, in its place in the order, by what its name
+says it was owed (``substitute``), so that a damaged outcome still ends its job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conductor_contracts import events as ev
-from conductor_platform.retry import Backoff
+from conductor_platform.retry import Backoff, pause
 
 log = logging.getLogger("conductor.executor.outbox")
 
 OUTCOMES = frozenset({"JobCompleted", "JobFailed", "JobTimedOut", "JobOutOfMemory", "JobCancelled"})
+
+# Bounded so that a stray name cannot make an absurd sequence number or job id.
+_NAME = re.compile(r"(\d{1,18})-(\d{1,18}|node)-([A-Za-z]{1,64})\.json")
+
+# What an unreadable file is replaced by: (its job id or None, its event type, why) -> the event to
+# publish in its place, or None to publish nothing.
+Substitute = Callable[[int | None, str, str], ev.Event | None]
+# Called before an event is published; an exception is a failed publish (backed off, tried again).
+BeforePublish = Callable[[ev.Event], Awaitable[None]]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -31,40 +47,139 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def parse_name(name: str) -> tuple[int, int | None, str] | None:
+    """``(seq, job id or None for the node's own events, event type)`` of an outbox file name."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    job = match[2]
+    return int(match[1]), None if job == "node" else int(job), match[3]
+
+
 class Outbox:
-    def __init__(self, folder: Path, publish: Callable[[ev.Event], Awaitable[object]], backoff: Backoff) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        publish: Callable[[ev.Event], Awaitable[object]],
+        backoff: Backoff,
+        *,
+        substitute: Substitute | None = None,
+        before_publish: BeforePublish | None = None,
+    ) -> None:
         self.folder, self._publish, self._backoff = folder, publish, backoff
-        folder.mkdir(parents=True, exist_ok=True)
-        for partial in folder.glob(".*.tmp"):  # a write cut short never reached its rename: not owed
-            partial.unlink(missing_ok=True)
-        self._seq = max((int(p.name.split("-", 1)[0]) for p in self.pending()), default=0)
+        self._substitute = substitute
+        self._before_publish = before_publish
+        # Files that could not be set aside (the folder refuses renames): skipped, not retried.
+        self._ignored: set[str] = set()
         self._wake = asyncio.Event()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._tidy()
+        except OSError as err:  # every put retries; the executor must start and say why it waits
+            log.error("outbox folder unusable", extra={"folder": str(folder), "error": str(err)})
+        self._seq = max((seq for seq, _ in self._entries()), default=0)
+
+    def _tidy(self) -> None:
+        for path in self.folder.iterdir():
+            name = path.name
+            if name.startswith(".") and name.endswith(".tmp"):  # a write cut short: never owed
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            elif name.endswith(".bad"):
+                continue
+            elif parse_name(name) is None:
+                self._set_aside(path, "not an outbox event")
+            else:
+                try:
+                    regular = stat.S_ISREG(path.lstat().st_mode)
+                except OSError:
+                    regular = False
+                if not regular:
+                    self._set_aside(path, "not a regular file")
+
+    def _set_aside(self, path: Path, why: str) -> None:
+        target = path.with_name(f"{path.name}.bad")
+        try:
+            os.replace(path, target)
+        except OSError as err:
+            self._ignored.add(path.name)
+            log.error("outbox: cannot set a file aside; ignoring it", extra={"file": path.name, "error": str(err)})
+            return
+        log.error("outbox: file set aside", extra={"file": path.name, "as": target.name, "reason": why})
+
+    def _entries(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.folder.glob("*.json"):
+            parsed = parse_name(path.name)
+            if parsed is not None and path.name not in self._ignored:
+                found.append((parsed[0], path))
+        return sorted(found)
 
     def pending(self) -> list[Path]:
-        return sorted(self.folder.glob("[0-9]*.json"))
+        try:
+            return [path for _, path in self._entries()]
+        except OSError:  # the folder is gone or unreadable: nothing it holds can be sent now
+            return []
 
     def holds_outcome(self, job_id: int) -> bool:
-        return any(job == str(job_id) and kind in OUTCOMES for job, kind in map(self._job_and_type, self.pending()))
+        for path in self.pending():
+            parsed = parse_name(path.name)
+            if parsed is not None and parsed[1] == job_id and parsed[2] in OUTCOMES:
+                return True
+        return False
 
-    @staticmethod
-    def _job_and_type(path: Path) -> tuple[str, str]:
-        _, job, kind = path.stem.split("-", 2)
-        return job, kind
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.folder / f".{name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.folder / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(self.folder)
 
     def put(self, event: ev.Event) -> None:
-        """Durable when it returns. Synchronous on purpose: a caller that writes its ``done`` marker
-        right after cannot be interleaved with the publisher deleting the file."""
-        self._seq += 1
+        """Durable when it returns; raises OSError when the folder cannot take it. Synchronous on
+        purpose: a caller that writes its ``done`` marker right after cannot be interleaved with the
+        publisher deleting the file."""
+        seq = self._seq + 1
         job = getattr(event, "job_id", None)
-        name = f"{self._seq:012d}-{job if job is not None else 'node'}-{event.type}.json"
-        tmp = self.folder / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(ev.encode(event))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.folder / name)
-        _fsync_dir(self.folder)
+        self._write(f"{seq:012d}-{job if job is not None else 'node'}-{event.type}.json", ev.encode(event))
+        self._seq = seq
         self._wake.set()
+
+    async def keep(self, event: ev.Event, stop: asyncio.Event) -> bool:
+        """``put`` until it is written (True) or ``stop`` is set (False): a full or read-only disk
+        delays what the executor owes, it does not drop it. At least one try, even when stopping."""
+        backoff = Backoff(self._backoff.low_s, self._backoff.high_s)
+        while True:
+            try:
+                self.put(event)
+            except OSError as err:
+                if stop.is_set():
+                    log.error(
+                        "outbox: stopping with an event not written",
+                        extra={"event": event.type, "job_id": getattr(event, "job_id", None), "error": str(err)},
+                    )
+                    return False
+                delay = backoff.next()
+                log.warning(
+                    "outbox: could not write an event; retrying",
+                    extra={
+                        "event": event.type,
+                        "job_id": getattr(event, "job_id", None),
+                        "error": str(err),
+                        "attempt": backoff.failures,
+                        "retry_in_s": delay,
+                    },
+                )
+                await pause(stop, delay)
+                continue
+            return True
 
     async def run(self) -> None:
         """Publish pending events in order, forever: a failure waits (backing off) and tries again."""
@@ -77,24 +192,39 @@ class Outbox:
 
     async def _drain_once(self) -> None:
         self._wake.clear()
-        files = self.pending()
+        files = self._entries()
         if not files:
             await self._wake.wait()
             return
-        for path in files:
+        for _, path in files:
             if not await self._send(path):
                 return
 
-    async def _send(self, path: Path) -> bool:
+    def _read(self, path: Path) -> tuple[ev.Event | None, bool]:
+        """The event in ``path``, or its substitute; and whether the file was unreadable."""
         try:
-            event = ev.decode(path.read_bytes())
+            return ev.decode(path.read_bytes()), False
+        except FileNotFoundError:
+            return None, False
         except (OSError, ValueError) as err:
-            # Cannot happen with atomic writes unless someone edits the folder; keep it for a human
-            # rather than blocking every event behind it.
-            log.error("unreadable outbox file set aside", extra={"file": path.name, "error": str(err)})
-            path.rename(path.with_suffix(".bad"))
+            # Atomic writes do not leave such a file; a damaged disk or a hand in the folder does.
+            _, job, kind = parse_name(path.name) or (0, None, "")
+            event = self._substitute(job, kind, str(err)) if self._substitute is not None else None
+            log.error(
+                "outbox: unreadable event; publishing its substitute" if event else "outbox: unreadable event",
+                extra={"file": path.name, "error": str(err), "substitute": event.type if event else None},
+            )
+            return event, True
+
+    async def _send(self, path: Path) -> bool:
+        event, damaged = self._read(path)
+        if event is None:
+            if damaged:
+                self._set_aside(path, "unreadable")
             return True
         try:
+            if self._before_publish is not None:
+                await self._before_publish(event)
             await self._publish(event)
         except Exception as err:
             delay = self._backoff.next()
@@ -111,7 +241,10 @@ class Outbox:
             await asyncio.sleep(delay)
             return False
         self._backoff.reset()
-        path.unlink(missing_ok=True)
+        if damaged:  # kept for a human; a restart before this publishes the substitute again (deduped)
+            self._set_aside(path, "unreadable; its substitute was published")
+        else:
+            path.unlink(missing_ok=True)
         return True
 
     async def drained(self, timeout_s: float) -> bool:

@@ -37,7 +37,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import environment as envs
 from conductor_executor.fit import misfit
-from conductor_executor.outbox import Outbox
+from conductor_executor.outbox import OUTCOMES, Outbox
 from conductor_executor.output import upload
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
@@ -80,15 +80,25 @@ def _short(err: BaseException) -> str:
 
 
 class Executor:
-    def __init__(self, settings: ExecutorSettings) -> None:
+    def __init__(self, settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
         self.settings = settings
         self.node = settings.node
+        # Set when the executor stops: what keeps retrying a write to the disk gives up then.
+        self.stop = stop or asyncio.Event()
         self._bus: Bus | None = None
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
         self.monitors: set[asyncio.Task[None]] = set()
-        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = Outbox(settings.outbox_dir, self._publish, self.backoff())
+        try:
+            settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
+            log.error("jobs folder unusable", extra={"folder": str(settings.jobs_dir), "error": str(err)})
+        self.outbox = Outbox(
+            settings.outbox_dir,
+            self._publish,
+            self.backoff(),
+            substitute=self.substitute,
+        )
 
     @property
     def bus(self) -> Bus:
@@ -106,41 +116,87 @@ class Executor:
             raise ConnectionError("not connected to NATS")
         await self._bus.publish(event)
 
-    def finish(self, job_id: int, event: ev.Event) -> None:
-        """The outcome is durable in the outbox before the marker says the job is done."""
-        self.outbox.put(event)
-        (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+    def substitute(self, job_id: int | None, kind: str, error: str) -> ev.Event | None:
+        """What replaces an outbox file that cannot be read, from what its name says it was."""
+        if kind == "NodeRegistered":
+            return self.registration()
+        if job_id is None or not (kind == "JobStarted" or kind in OUTCOMES):
+            return None
+        if kind == "JobStarted":
+            if job_id in self.running:
+                return ev.JobStarted(job_id=job_id, node=self.node, pid=self.running[job_id].pid)
+            if self.outbox.holds_outcome(job_id):  # its outcome follows and ends the job
+                return None
+        message = f"the executor's record of this job's outcome was damaged: {_short(ValueError(error))}"
+        return ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
 
-    def fail(self, job_id: int, message: str) -> None:
-        self.finish(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+    async def finish(self, job_id: int, event: ev.Event) -> None:
+        """The outcome is durable in the outbox before the marker says the job is done: a disk that
+        refuses it is tried again until it takes it or the executor stops (then no marker, and the
+        next start reports the job NODE_FAIL)."""
+        if not await self.outbox.keep(event, self.stop):
+            return
+        backoff = self.backoff()
+        while True:
+            try:
+                (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+                return
+            except OSError as err:
+                # The outcome is safe in the outbox; a restart finds it there and writes the marker.
+                if self.stop.is_set():
+                    return
+                delay = backoff.next()
+                log.warning(
+                    "could not mark a job done; retrying",
+                    extra={"job_id": job_id, "error": str(err), "retry_in_s": delay},
+                )
+                await pause(self.stop, delay)
+
+    def _report(self, job_id: int, event: ev.Event) -> None:
+        """``finish`` in a task of its own: a disk that refuses outcomes holds up the job, not the
+        consumer (cancels of running jobs must still get through)."""
+        task = asyncio.create_task(self.finish(job_id, event))
+        self.monitors.add(task)
+        task.add_done_callback(self._monitor_done)
 
     # -- startup ---------------------------------------------------------------------------------
-    def recover(self) -> None:
+    async def recover(self) -> None:
         """Jobs whose executor died with them still running: kill what is left, report NODE_FAIL."""
-        for folder in sorted(self.settings.jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name)):
+        try:
+            folders = sorted(self.settings.jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name))
+        except OSError as err:
+            log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
+            return
+        lost: list[int] = []
+        for folder in folders:
             if not folder.name.isdigit() or (folder / "done").exists():
                 continue
             job_id = int(folder.name)
             if self.outbox.holds_outcome(job_id):  # it stopped between the outcome and the marker
-                (folder / "done").write_text("outbox")
+                with contextlib.suppress(OSError):  # if not now, at the next start
+                    (folder / "done").write_text("outbox")
                 continue
+            lost.append(job_id)
             _kill_leftovers(folder / "process.json")
+        for job_id in lost:
             message = "the executor stopped while the job ran; its outcome is unknown"
-            self.finish(
+            await self.finish(
                 job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
             )
             log.warning("job lost with a previous executor", extra={"job_id": job_id})
 
-    def register(self) -> None:
-        # Through the outbox too: it reaches the log after the outcomes a previous run still owed.
-        self.outbox.put(
-            ev.NodeRegistered(
-                node=self.node,
-                cpus=self.settings.cpus,
-                memory_mb=self.settings.memory_mb,
-                partitions=tuple(self.settings.partitions),
-            )
+    def registration(self) -> ev.NodeRegistered:
+        return ev.NodeRegistered(
+            node=self.node,
+            cpus=self.settings.cpus,
+            memory_mb=self.settings.memory_mb,
+            partitions=tuple(self.settings.partitions),
         )
+
+    async def register(self) -> None:
+        # Through the outbox too: it reaches the log after the outcomes a previous run still owed.
+        if not await self.outbox.keep(self.registration(), self.stop):
+            return
         log.info(
             "node registered",
             extra={"node": self.node, "cpus": self.settings.cpus, "memory_mb": self.settings.memory_mb},
@@ -163,7 +219,8 @@ class Executor:
         if folder.exists():  # started or finished already: it has or will have its outcome
             return
         folder.mkdir(parents=True)
-        self.fail(event.job_id, f"the executor could not handle the placement ({deliveries} tries): {_short(err)}")
+        message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
+        self._report(event.job_id, ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message))
 
     async def cancel_requested(self, job_id: int) -> bool:
         """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
@@ -203,18 +260,20 @@ class Executor:
         folder.mkdir(parents=True)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         if cancelled:
-            self.finish(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
+            self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
             return
         why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
         if why is not None:
-            self.fail(job_id, f"placement does not fit this node: {why}")
+            message = f"placement does not fit this node: {why}"
+            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
         try:
             files = envs.job_files(job_id, job)
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
-            self.fail(job_id, f"could not start the job: {_short(err)}")
+            message = f"could not start the job: {_short(err)}"
+            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
             log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
             return
         self.running[job_id] = process
@@ -256,12 +315,11 @@ class Executor:
         self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None, files: envs.JobFiles
     ) -> None:
         job_id = process.job_id
-        # Queued from the job's own task, in the outbox before its outcome can be.
-        try:
-            self.outbox.put(started)
-        except OSError:
-            log.exception("JobStarted not queued", extra={"job_id": job_id})
+        # Queued from the job's own task, in the outbox before its outcome can be; while the disk
+        # refuses it the job runs on and its time limit counts.
+        queued = asyncio.ensure_future(self.outbox.keep(started, self.stop))
         outcome = await process.wait(time_limit_s)
+        await queued
         self.running.pop(job_id, None)
         self.placements.pop(job_id, None)
         code = outcome.exit_code
@@ -284,7 +342,7 @@ class Executor:
                 log.warning("output not kept", extra={"job_id": job_id, "error": str(err)})
         else:
             log.warning("output not kept: NATS is away", extra={"job_id": job_id})
-        self.finish(job_id, event)
+        await self.finish(job_id, event)
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
@@ -399,10 +457,10 @@ async def _retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asynci
 
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    executor = Executor(settings)
+    executor = Executor(settings, stop)
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
-    executor.recover()
-    executor.register()
+    await executor.recover()
+    await executor.register()
     bus = await _retrying(
         "connecting to NATS",
         lambda: connect(
