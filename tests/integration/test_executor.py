@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +16,7 @@ import pytest
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
-from conductor_executor.service import run
+from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually
@@ -321,3 +323,36 @@ async def test_a_cancel_behind_garbage_on_its_subject_still_wins(
     await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
     assert isinstance(await _outcome(bus, job_id), ev.JobCancelled)
     assert not (tmp_path / "ran").exists()
+
+
+async def test_a_job_its_executor_died_before_recording_is_killed_and_reported_node_fail(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    settings = executor_settings(nats_url, tmp_path)
+    script = f"sleep 300 & echo $! > {tmp_path}/child.pid\nsleep 300\n"
+    job_id = await bus.publish(submitted().model_copy(update={"working_directory": str(tmp_path), "script": script}))
+    dead = Executor(settings)
+    dead._bus = bus
+    await dead.start(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10))
+    pid = dead.running[job_id].pid
+    try:
+        # SIGKILLed the moment the job was spawned: nothing of that executor runs on, and the job's
+        # process.json was never written.
+        for task in list(dead.monitors):
+            task.cancel()
+        (settings.jobs_dir / str(job_id) / "process.json").unlink()
+        child_pid = tmp_path / "child.pid"
+        await eventually(lambda: _exists(child_pid), what="the job's background child started")
+        child = int(child_pid.read_text())
+        async with running(bus, settings):
+            failed = await _outcome(bus, job_id)
+            assert isinstance(failed, ev.JobFailed) and failed.node_fail
+            await eventually(lambda: _gone(pid), what="the unrecorded job killed")
+            await eventually(lambda: _gone(child), what="its whole group killed")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+async def _exists(path: Path) -> bool:
+    return path.exists() and bool(path.read_text().strip())

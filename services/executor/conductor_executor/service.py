@@ -10,8 +10,8 @@
   marker: NATS being away for any time delays outcomes, never loses them, and never stops a job.
 - NATS trouble never ends the executor: every NATS call is retried with backoff. Only a message that
   fails for another reason ``max_deliveries`` times is given up (logged, its job reported FAILED).
-- Jobs left by an executor that died are reported NODE_FAIL at start (re-adopting them through a
-  per-job supervisor is the next step, see docs/decisions.md).
+- Jobs left by an executor that died are killed and reported NODE_FAIL at start (re-adopting them
+  through a per-job supervisor is the next step, see docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ T = TypeVar("T")
 # A clean stop waits this long for the outbox to reach the stream; what is left goes out next start.
 _DRAIN_ON_STOP_S = 5.0
 _MAX_MESSAGE = 1000
+# psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
+_CLOCK_SLACK_S = 2.0
 
 
 def _start_time(pid: int) -> float | None:
@@ -72,6 +74,37 @@ def _kill_leftovers(record: Path) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _kill_unrecorded(scripts: dict[str, tuple[int, float]]) -> None:
+    """Kill jobs an earlier executor spawned but died before recording (no ``process.json``): found by
+    their command line, ``/bin/bash <jobs_dir>/<id>/script.sh``. A process of that command line that
+    started before the script was written is not that job (a pid and a path reused), so it is spared;
+    so is one that is not the leader of its own group, as every job is."""
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = proc.info.get("cmdline") or []
+        if len(cmdline) != 2 or cmdline[0] != "/bin/bash" or cmdline[1] not in scripts:
+            continue
+        job_id, written = scripts[cmdline[1]]
+        created = proc.info.get("create_time")
+        if created is None or created < written - _CLOCK_SLACK_S:
+            continue
+        try:
+            if os.getpgid(proc.pid) != proc.pid:
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+        log.warning("killed a job its previous executor had not recorded", extra={"job_id": job_id, "pid": proc.pid})
+
+
+def _script_forms(script: Path) -> set[str]:
+    """The command-line spellings a job's script may have: jobs are spawned with an absolute path, but
+    an older executor passed it as given, relative to where it ran."""
+    forms = {str(script), str(script.absolute())}
+    with contextlib.suppress(OSError, RuntimeError):
+        forms.add(str(script.resolve()))
+    return forms
 
 
 def _short(err: BaseException) -> str:
@@ -168,6 +201,7 @@ class Executor:
             log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
             return
         lost: list[int] = []
+        unrecorded: dict[str, tuple[int, float]] = {}
         for folder in folders:
             if not folder.name.isdigit() or (folder / "done").exists():
                 continue
@@ -178,6 +212,16 @@ class Executor:
                 continue
             lost.append(job_id)
             _kill_leftovers(folder / "process.json")
+            # Killed between its spawn and its process.json, a job runs on unrecorded.
+            script = folder / "script.sh"
+            with contextlib.suppress(OSError):
+                written = script.stat().st_mtime
+                unrecorded.update(dict.fromkeys(_script_forms(script), (job_id, written)))
+        if unrecorded:
+            try:
+                await asyncio.to_thread(_kill_unrecorded, unrecorded)
+            except Exception:  # what can be reported still is
+                log.exception("looking for unrecorded jobs failed")
         for job_id in lost:
             message = "the executor stopped while the job ran; its outcome is unknown"
             await self.finish(
@@ -291,7 +335,9 @@ class Executor:
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
     ) -> JobProcess:
-        script = folder / "script.sh"
+        # Absolute: a restarted executor finds the job by this command line if it died before
+        # process.json was written, wherever it runs from.
+        script = (folder / "script.sh").absolute()
         script.write_text(job.script)
         Path(job.working_directory).mkdir(parents=True, exist_ok=True)
         return await spawn(
