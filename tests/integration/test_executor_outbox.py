@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+from nats.errors import Error as NatsError
+from nats.js.errors import NotFoundError
+
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
-from conductor_platform.bus import Bus
-from conductor_platform.localservers import free_port
+from conductor_platform.bus import Bus, connect
+from conductor_platform.localservers import free_port, start_nats
 from tests.integration.helpers import eventually, read_log
+from tests.unit.scheduling import submitted
 
 NODE = "outboxnode"
 
@@ -53,3 +59,77 @@ async def test_events_owed_while_nats_was_unreachable_are_delivered_by_the_next_
     finally:
         stop.set()
         await second
+
+
+async def _log_of(bus: Bus) -> list[ev.Event]:
+    try:
+        return [e for _, _, e in await read_log(bus)]
+    except (TimeoutError, NatsError):  # the test's own connection is coming back too
+        return []
+
+
+async def test_output_of_a_job_that_ends_while_nats_is_away_is_kept_before_its_outcome(tmp_path: Path) -> None:
+    # A server of its own: the session's cannot be stopped under the other tests.
+    folder, port = tmp_path / "nats", free_port()
+    server = start_nats(folder, port)
+    settings = ExecutorSettings(
+        nats_url=server.url,
+        node=NODE,
+        cpus=2,
+        memory="1G",
+        state_dir=tmp_path / "state",
+        kill_grace_s=1,
+        retry_first_s=0.02,
+        retry_max_s=0.1,
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    bus = await connect(server.url, name="tests")
+    stop = asyncio.Event()
+    executor = asyncio.create_task(run(settings, stop))
+    try:
+
+        async def has(kind: type, job_id: int | None = None) -> bool:
+            return any(isinstance(e, kind) and getattr(e, "job_id", None) == job_id for e in await _log_of(bus))
+
+        await eventually(lambda: has(ev.NodeRegistered), what="node registered")
+        script = f"until [ -e {work}/go ]; do sleep 0.05; done; echo out; echo err >&2"
+        job = submitted().model_copy(update={"working_directory": str(work), "script": script, "standard_error": "e"})
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
+        await eventually(lambda: has(ev.JobStarted, job_id), what="job started")
+
+        await bus.close()
+        server.process.kill()
+        server.process.wait()
+        (work / "go").touch()
+
+        async def kept() -> list[Path]:
+            return list(settings.outbox_dir.glob(f"*-{job_id}-JobCompleted.json"))
+
+        await eventually(kept, what="the outcome kept in the outbox while NATS is away")
+        # The executor restarts meanwhile: the output is owed across restarts like the outcome.
+        stop.set()
+        await executor
+        server = start_nats(folder, port)
+        bus = await connect(server.url, name="tests")
+        stop = asyncio.Event()
+        executor = asyncio.create_task(run(settings, stop))
+
+        await eventually(lambda: has(ev.JobCompleted, job_id), timeout=60, what="the outcome published")
+        # Stored before the outcome was published, and an object store never drops it after.
+        store = await bus.outputs()
+        assert (await store.get(subjects.output_object(job_id, "stdout"))).data == b"out\n"
+        assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"
+
+        # Nothing is stored for a job that wrote nothing.
+        quiet = await bus.publish(submitted().model_copy(update={"working_directory": str(work), "script": "true"}))
+        await bus.publish(ev.JobPlaced(job_id=quiet, node=NODE, cores=(1,), memory_mb=10), by_scheduler=True)
+        await eventually(lambda: has(ev.JobCompleted, quiet), what="the quiet job completed")
+        with pytest.raises(NotFoundError):
+            await store.get(subjects.output_object(quiet, "stdout"))
+    finally:
+        stop.set()
+        await executor
+        await bus.close()
+        server.stop()

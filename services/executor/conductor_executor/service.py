@@ -12,6 +12,8 @@
   fails for another reason ``max_deliveries`` times is given up (logged, its job reported FAILED).
 - Jobs left by an executor that died are killed and reported NODE_FAIL at start (re-adopting them
   through a per-job supervisor is the next step, see docs/decisions.md).
+- A job's output goes to the object store from the outbox publisher, right before its outcome: it
+  rides out NATS outages and executor restarts the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from conductor_contracts import subjects
 from conductor_executor import environment as envs
 from conductor_executor.fit import misfit
 from conductor_executor.outbox import OUTCOMES, Outbox
-from conductor_executor.output import upload
+from conductor_executor.output import record_files, recorded_files, upload
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
@@ -53,6 +55,7 @@ _DRAIN_ON_STOP_S = 5.0
 _MAX_MESSAGE = 1000
 # psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
 _CLOCK_SLACK_S = 2.0
+_TERMINAL = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobOutOfMemory, ev.JobCancelled)
 
 
 def _start_time(pid: int) -> float | None:
@@ -122,6 +125,9 @@ class Executor:
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
         self.monitors: set[asyncio.Task[None]] = set()
+        # Jobs whose output is in the object store and whose outcome is not published yet: a retried
+        # publish does not upload it again.
+        self._uploaded: set[int] = set()
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -131,6 +137,7 @@ class Executor:
             self._publish,
             self.backoff(),
             substitute=self.substitute,
+            before_publish=self._keep_output,
         )
 
     @property
@@ -148,6 +155,29 @@ class Executor:
         if self._bus is None or not self._bus.nc.is_connected:
             raise ConnectionError("not connected to NATS")
         await self._bus.publish(event)
+        if isinstance(event, _TERMINAL):
+            self._uploaded.discard(event.job_id)
+
+    async def _keep_output(self, event: ev.Event) -> None:
+        """Before a job's outcome is published: its output into the object store. NATS being away
+        raises, which the outbox treats as a failed publish (it backs off and tries both again)."""
+        if not isinstance(event, _TERMINAL) or event.job_id in self._uploaded:
+            return
+        files = recorded_files(self.settings.jobs_dir / str(event.job_id))
+        if files is None:  # it never started: there is no output
+            return
+        if self._bus is None or not self._bus.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        try:
+            store = await self._bus.outputs()
+        except Exception as err:
+            if transient(err):
+                raise
+            # Refused for good (a bucket of another configuration...): the outcome must not wait on it.
+            log.warning("output not kept", extra={"job_id": event.job_id, "error": _short(err)})
+        else:
+            await upload(store, event.job_id, files, self.settings.output_max_bytes)
+        self._uploaded.add(event.job_id)
 
     def substitute(self, job_id: int | None, kind: str, error: str) -> ev.Event | None:
         """What replaces an outbox file that cannot be read, from what its name says it was."""
@@ -328,7 +358,7 @@ class Executor:
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
         started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
-        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s, files))
+        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s))
         self.monitors.add(task)
         task.add_done_callback(self._monitor_done)
 
@@ -339,6 +369,7 @@ class Executor:
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
         script.write_text(job.script)
+        record_files(folder, files)
         Path(job.working_directory).mkdir(parents=True, exist_ok=True)
         return await spawn(
             job_id,
@@ -357,9 +388,7 @@ class Executor:
         if not task.cancelled() and (err := task.exception()) is not None:
             log.error("job monitor failed", exc_info=err)
 
-    async def monitor(
-        self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None, files: envs.JobFiles
-    ) -> None:
+    async def monitor(self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None) -> None:
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
@@ -380,14 +409,7 @@ class Executor:
             event = ev.JobCompleted(job_id=job_id, node=self.node, exit_code=0)
         else:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
-        # Output first, so a job seen as finished has its output available; but the outcome, always.
-        if self._bus is not None and self._bus.nc.is_connected:
-            try:
-                await upload(await self.bus.outputs(), job_id, files, self.settings.output_max_bytes)
-            except Exception as err:
-                log.warning("output not kept", extra={"job_id": job_id, "error": str(err)})
-        else:
-            log.warning("output not kept: NATS is away", extra={"job_id": job_id})
+        # Its output goes to the object store from the outbox, right before this outcome is published.
         await self.finish(job_id, event)
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 
