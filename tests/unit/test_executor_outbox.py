@@ -84,6 +84,14 @@ async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking
     assert [p.name for p in tmp_path.iterdir()] == ["000000000001-5-JobCompleted.json.bad"]
 
 
+async def test_a_job_id_as_large_as_a_stream_sequence_goes_out(tmp_path: Path) -> None:
+    stream = Stream()
+    outbox = _outbox(tmp_path, stream)
+    outbox.put(ev.JobCompleted(job_id=2**64 - 1, node="n"))
+    await _drain(_outbox(tmp_path, stream))  # a restart reads its name back
+    assert [e.job_id for e in stream.events if isinstance(e, ev.JobCompleted)] == [2**64 - 1]
+
+
 def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     backoff = Backoff(0.5, 5)
     assert [backoff.next() for _ in range(6)] == [0.5, 1, 2, 4, 5, 5]
@@ -184,7 +192,7 @@ async def test_anything_unexpected_in_the_folder_is_set_aside_and_never_stops_th
 ) -> None:
     (tmp_path / "7.json").write_text("{}")  # the review's repro: this crashed the executor at start
     (tmp_path / "12-x.json").write_text("{}")
-    (tmp_path / "99999999999999999999999-1-JobCompleted.json").write_text("{}")
+    (tmp_path / "999999999999999999999-1-JobCompleted.json").write_text("{}")
     (tmp_path / "000000000003-8-JobCompleted.json").mkdir()  # the right name, not a file
     (tmp_path / "notes.txt").write_text("a human was here")
     (tmp_path / "000000000002-6-JobCompleted.json").write_bytes(ev.encode(ev.JobCompleted(job_id=6, node="n")))
@@ -197,7 +205,7 @@ async def test_anything_unexpected_in_the_folder_is_set_aside_and_never_stops_th
         "000000000003-8-JobCompleted.json.bad",
         "12-x.json.bad",
         "7.json.bad",
-        "99999999999999999999999-1-JobCompleted.json.bad",
+        "999999999999999999999-1-JobCompleted.json.bad",
         "notes.txt.bad",
     ]
     assert sum(r.getMessage() == "outbox: file set aside" for r in caplog.records) == 5

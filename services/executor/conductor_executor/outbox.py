@@ -29,8 +29,9 @@ log = logging.getLogger("conductor.executor.outbox")
 
 OUTCOMES = frozenset({"JobCompleted", "JobFailed", "JobTimedOut", "JobOutOfMemory", "JobCancelled"})
 
-# Bounded so that a stray name cannot make an absurd sequence number or job id.
-_NAME = re.compile(r"(\d{1,18})-(\d{1,18}|node)-([A-Za-z]{1,64})\.json")
+# Bounded (a stream sequence, hence a job id, is a uint64: at most 20 digits) so that a stray name
+# cannot make an absurd number.
+_NAME = re.compile(r"(\d{1,20})-(\d{1,20}|node)-([A-Za-z]{1,64})\.json")
 
 # What an unreadable file is replaced by: (its job id or None, its event type, why) -> the event to
 # publish in its place, or None to publish nothing.
