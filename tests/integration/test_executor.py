@@ -356,3 +356,18 @@ async def test_a_job_its_executor_died_before_recording_is_killed_and_reported_n
 
 async def _exists(path: Path) -> bool:
     return path.exists() and bool(path.read_text().strip())
+
+
+async def test_a_fifo_planted_where_a_job_writes_its_output_fails_that_job_not_the_executor(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    # Job ids are predictable: an earlier job can plant a FIFO at a later job's slurm-<id>.out.
+    ahead = (await bus.js.stream_info(subjects.STREAM)).state.last_seq + 1
+    os.mkfifo(tmp_path / f"slurm-{ahead}.out")
+    job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
+    assert await bus.publish(job) == ahead
+    await bus.publish(ev.JobPlaced(job_id=ahead, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
+    outcome = await _failed(bus, ahead)
+    assert outcome.message.startswith("could not start the job") and "No such device" in outcome.message
+    assert not (tmp_path / "ran").exists()
+    assert isinstance(await _outcome(bus, await _submit_and_place(bus, tmp_path, "true")), ev.JobCompleted)
