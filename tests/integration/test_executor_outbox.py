@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ from conductor_contracts import subjects
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
-from conductor_platform.localservers import free_port, start_nats
+from conductor_platform.localservers import LocalServer, free_port, start_nats
 from tests.integration.helpers import eventually, read_log
 from tests.unit.scheduling import submitted
 
@@ -68,8 +72,40 @@ async def _log_of(bus: Bus) -> list[ev.Event]:
         return []
 
 
-async def test_output_of_a_job_that_ends_while_nats_is_away_is_kept_before_its_outcome(tmp_path: Path) -> None:
-    # A server of its own: the session's cannot be stopped under the other tests.
+async def _has(bus: Bus, kind: type, job_id: int | None = None) -> bool:
+    return any(isinstance(e, kind) and getattr(e, "job_id", None) == job_id for e in await _log_of(bus))
+
+
+@dataclass
+class Outage:
+    """A nats-server of the test's own (the session's cannot be stopped under the other tests), and
+    an executor on it whose job ended while the server was down."""
+
+    folder: Path
+    port: int
+    server: LocalServer
+    settings: ExecutorSettings
+    work: Path
+    job_id: int = 0
+
+    def restart(self) -> None:
+        self.server = start_nats(self.folder, self.port)
+
+
+@asynccontextmanager
+async def _executing(settings: ExecutorSettings) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+@asynccontextmanager
+async def _a_job_ended_while_nats_was_down(tmp_path: Path) -> AsyncIterator[Outage]:
+    """On return the executor has stopped, with the job's outcome owed in its outbox, NATS still down."""
     folder, port = tmp_path / "nats", free_port()
     server = start_nats(folder, port)
     settings = ExecutorSettings(
@@ -82,54 +118,85 @@ async def test_output_of_a_job_that_ends_while_nats_is_away_is_kept_before_its_o
         retry_first_s=0.02,
         retry_max_s=0.1,
     )
-    work = tmp_path / "work"
-    work.mkdir()
-    bus = await connect(server.url, name="tests")
-    stop = asyncio.Event()
-    executor = asyncio.create_task(run(settings, stop))
+    outage = Outage(folder, port, server, settings, tmp_path / "work")
+    outage.work.mkdir()
     try:
+        async with _executing(settings):
+            bus = await connect(server.url, name="tests")
+            try:
+                await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+                script = f"until [ -e {outage.work}/go ]; do sleep 0.05; done; echo out; echo err >&2"
+                job = submitted().model_copy(
+                    update={"working_directory": str(outage.work), "script": script, "standard_error": "e"}
+                )
+                outage.job_id = await bus.publish(job)
+                placed = ev.JobPlaced(job_id=outage.job_id, node=NODE, cores=(0,), memory_mb=10)
+                await bus.publish(placed, by_scheduler=True)
+                await eventually(lambda: _has(bus, ev.JobStarted, outage.job_id), what="job started")
+            finally:
+                await bus.close()
+            server.process.kill()
+            server.process.wait()
+            (outage.work / "go").touch()
 
-        async def has(kind: type, job_id: int | None = None) -> bool:
-            return any(isinstance(e, kind) and getattr(e, "job_id", None) == job_id for e in await _log_of(bus))
+            async def kept() -> list[Path]:
+                return list(settings.outbox_dir.glob(f"*-{outage.job_id}-JobCompleted.json"))
 
-        await eventually(lambda: has(ev.NodeRegistered), what="node registered")
-        script = f"until [ -e {work}/go ]; do sleep 0.05; done; echo out; echo err >&2"
-        job = submitted().model_copy(update={"working_directory": str(work), "script": script, "standard_error": "e"})
-        job_id = await bus.publish(job)
-        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=10), by_scheduler=True)
-        await eventually(lambda: has(ev.JobStarted, job_id), what="job started")
-
-        await bus.close()
-        server.process.kill()
-        server.process.wait()
-        (work / "go").touch()
-
-        async def kept() -> list[Path]:
-            return list(settings.outbox_dir.glob(f"*-{job_id}-JobCompleted.json"))
-
-        await eventually(kept, what="the outcome kept in the outbox while NATS is away")
-        # The executor restarts meanwhile: the output is owed across restarts like the outcome.
-        stop.set()
-        await executor
-        server = start_nats(folder, port)
-        bus = await connect(server.url, name="tests")
-        stop = asyncio.Event()
-        executor = asyncio.create_task(run(settings, stop))
-
-        await eventually(lambda: has(ev.JobCompleted, job_id), timeout=60, what="the outcome published")
-        # Stored before the outcome was published, and an object store never drops it after.
-        store = await bus.outputs()
-        assert (await store.get(subjects.output_object(job_id, "stdout"))).data == b"out\n"
-        assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"
-
-        # Nothing is stored for a job that wrote nothing.
-        quiet = await bus.publish(submitted().model_copy(update={"working_directory": str(work), "script": "true"}))
-        await bus.publish(ev.JobPlaced(job_id=quiet, node=NODE, cores=(1,), memory_mb=10), by_scheduler=True)
-        await eventually(lambda: has(ev.JobCompleted, quiet), what="the quiet job completed")
-        with pytest.raises(NotFoundError):
-            await store.get(subjects.output_object(quiet, "stdout"))
+            await eventually(kept, what="the outcome kept in the outbox while NATS is away")
+        yield outage
     finally:
-        stop.set()
-        await executor
-        await bus.close()
-        server.stop()
+        outage.server.stop()
+
+
+async def test_output_of_a_job_that_ends_while_nats_is_away_is_kept_before_its_outcome(tmp_path: Path) -> None:
+    # The executor restarts during the outage too: output is owed across restarts like the outcome.
+    async with _a_job_ended_while_nats_was_down(tmp_path) as outage:
+        job_id = outage.job_id
+        outage.restart()
+        bus = await connect(outage.server.url, name="tests")
+        try:
+            async with _executing(outage.settings):
+                await eventually(lambda: _has(bus, ev.JobCompleted, job_id), timeout=60, what="the outcome published")
+                # Stored before the outcome was published, and an object store never drops it after.
+                store = await bus.outputs()
+                assert (await store.get(subjects.output_object(job_id, "stdout"))).data == b"out\n"
+                assert (await store.get(subjects.output_object(job_id, "stderr"))).data == b"err\n"
+
+                # Nothing is stored for a job that wrote nothing.
+                job = submitted().model_copy(update={"working_directory": str(outage.work), "script": "true"})
+                quiet = await bus.publish(job)
+                await bus.publish(ev.JobPlaced(job_id=quiet, node=NODE, cores=(1,), memory_mb=10), by_scheduler=True)
+                await eventually(lambda: _has(bus, ev.JobCompleted, quiet), what="the quiet job completed")
+                with pytest.raises(NotFoundError):
+                    await store.get(subjects.output_object(quiet, "stdout"))
+        finally:
+            await bus.close()
+
+
+async def test_an_outcome_damaged_on_disk_during_an_outage_still_ends_its_job(tmp_path: Path) -> None:
+    # The review's repro: the executor SIGKILLed with the outcome owed, the file cut to 40 bytes.
+    async with _a_job_ended_while_nats_was_down(tmp_path) as outage:
+        [kept] = outage.settings.outbox_dir.glob(f"*-{outage.job_id}-JobCompleted.json")
+        os.truncate(kept, 40)
+        outage.restart()
+        bus = await connect(outage.server.url, name="tests")
+        try:
+            async with _executing(outage.settings):
+
+                async def failed() -> list[ev.JobFailed]:
+                    return [e for e in await _log_of(bus) if isinstance(e, ev.JobFailed)]
+
+                [outcome] = await eventually(failed, timeout=60, what="the job's substitute outcome")
+                assert outcome.job_id == outage.job_id and outcome.node_fail
+                assert "record of this job's outcome was damaged" in outcome.message
+
+                async def registered_after() -> bool:
+                    events = await _log_of(bus)
+                    return isinstance(events[-1], ev.NodeRegistered) and events.index(outcome) < len(events) - 1
+
+                await eventually(registered_after, what="the registration behind it published")
+                # Its output went with it: the job ran to its end, only the record was lost.
+                store = await bus.outputs()
+                assert (await store.get(subjects.output_object(outage.job_id, "stdout"))).data == b"out\n"
+        finally:
+            await bus.close()
