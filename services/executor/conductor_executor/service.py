@@ -65,18 +65,22 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
-def _kill_leftovers(record: Path) -> None:
+def _kill_leftovers(record: Path) -> bool:
     """Kill what is left of a job an earlier executor ran, if it is still that job: a pid recorded
-    before a reboot may belong to something else now, so its start time must match too."""
+    before a reboot may belong to something else now, so its start time must match too. False when
+    there is no usable record: the job must be looked for otherwise."""
     try:
         info = json.loads(record.read_text())
         pid, started = int(info["pid"]), info.get("started")
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        return
-    if started is None or _start_time(pid) != started:
-        return
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if started is None:  # its start time could not be read: the pid alone proves nothing
+        return False
+    if _start_time(pid) != started:
+        return True
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    return True
 
 
 def _kill_unrecorded(scripts: dict[str, tuple[int, float]]) -> None:
@@ -241,7 +245,8 @@ class Executor:
                     (folder / "done").write_text("outbox")
                 continue
             lost.append(job_id)
-            _kill_leftovers(folder / "process.json")
+            if _kill_leftovers(folder / "process.json"):
+                continue
             # Killed between its spawn and its process.json, a job runs on unrecorded.
             script = folder / "script.sh"
             with contextlib.suppress(OSError):
