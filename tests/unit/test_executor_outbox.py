@@ -297,3 +297,21 @@ def test_an_outbox_folder_that_cannot_exist_does_not_stop_the_executor(tmp_path:
     assert executor.outbox.pending() == []
     with pytest.raises(OSError):
         executor.outbox.put(ev.JobCompleted(job_id=1, node="n"))
+
+
+async def test_a_job_ending_as_its_placement_is_handled_is_on_disk_at_once_or_retried_aside(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    for job_id in (5, 6):
+        (settings.jobs_dir / str(job_id)).mkdir(parents=True)
+    executor = _executor(settings, Stream())
+    # A healthy disk: outcome and marker before the placement is acked, nothing left running.
+    executor._report(5, ev.JobCancelled(job_id=5, node="n"))
+    assert (settings.jobs_dir / "5" / "done").exists() and executor.outbox.holds_outcome(5)
+    assert not executor.monitors
+    outbox = _broken_disk(executor)
+    executor._report(6, ev.JobCancelled(job_id=6, node="n"))  # returns: the consumer goes on
+    await _until(lambda: outbox.tries >= 3)
+    assert not (settings.jobs_dir / "6" / "done").exists()
+    outbox.broken = False
+    await _until(lambda: (settings.jobs_dir / "6" / "done").exists())
+    assert outbox.holds_outcome(6)

@@ -197,11 +197,11 @@ class Executor:
         message = f"the executor's record of this job's outcome was damaged: {_short(ValueError(error))}"
         return ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
 
-    async def finish(self, job_id: int, event: ev.Event) -> None:
+    async def finish(self, job_id: int, event: ev.Event, *, queued: bool = False) -> None:
         """The outcome is durable in the outbox before the marker says the job is done: a disk that
         refuses it is tried again until it takes it or the executor stops (then no marker, and the
-        next start reports the job NODE_FAIL)."""
-        if not await self.outbox.keep(event, self.stop):
+        next start reports the job NODE_FAIL). ``queued``: the outcome is in the outbox already."""
+        if not queued and not await self.outbox.keep(event, self.stop):
             return
         backoff = self.backoff()
         while True:
@@ -220,9 +220,18 @@ class Executor:
                 await pause(self.stop, delay)
 
     def _report(self, job_id: int, event: ev.Event) -> None:
-        """``finish`` in a task of its own: a disk that refuses outcomes holds up the job, not the
-        consumer (cancels of running jobs must still get through)."""
-        task = asyncio.create_task(self.finish(job_id, event))
+        """``finish`` for a job that ends as its placement is handled: at once, so that the outcome
+        is on disk before the placement is acked; if the disk refuses, in a task of its own, so that
+        it holds up this job and not the consumer (cancels of running jobs must still get through)."""
+        queued = False
+        try:
+            self.outbox.put(event)
+            queued = True
+            (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+            return
+        except OSError as err:
+            log.warning("could not record a job's outcome; retrying", extra={"job_id": job_id, "error": str(err)})
+        task = asyncio.create_task(self.finish(job_id, event, queued=queued))
         self.monitors.add(task)
         task.add_done_callback(self._monitor_done)
 
