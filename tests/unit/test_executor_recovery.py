@@ -18,7 +18,9 @@ from conductor_executor.service import _kill_unrecorded
 def script(tmp_path: Path) -> Path:
     path = tmp_path / "jobs" / "5" / "script.sh"
     path.parent.mkdir(parents=True)
-    path.write_text("sleep 300\n")
+    # A builtin that waits on stdin: no child of its own to outlive the tests, and it ends when the
+    # test closes that pipe.
+    path.write_text("read -r line\n")
     return path
 
 
@@ -29,10 +31,12 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
     for process in processes:
         process.kill()
         process.wait()
+        if process.stdin is not None:
+            process.stdin.close()
 
 
 def _job(script: Path, spawned: list[subprocess.Popen[bytes]], *, own_session: bool = True) -> int:
-    process = subprocess.Popen(["/bin/bash", str(script)], start_new_session=own_session)
+    process = subprocess.Popen(["/bin/bash", str(script)], stdin=subprocess.PIPE, start_new_session=own_session)
     spawned.append(process)
     # Until bash has exec'd, the child's command line is still Python's.
     while _cmdline(process.pid) != ["/bin/bash", str(script)]:
