@@ -371,3 +371,15 @@ async def test_a_fifo_planted_where_a_job_writes_its_output_fails_that_job_not_t
     assert outcome.message.startswith("could not start the job") and "No such device" in outcome.message
     assert not (tmp_path / "ran").exists()
     assert isinstance(await _outcome(bus, await _submit_and_place(bus, tmp_path, "true")), ev.JobCompleted)
+
+
+async def test_a_cancel_on_another_jobs_subject_cancels_nothing(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    job_id = await _submit_and_place(bus, tmp_path, "sleep 1; touch finished")
+    # Names the running job in its body, but sits on another job's cancel subject.
+    forged = ev.JobCancelRequested(job_id=job_id)
+    await bus.js.publish(subjects.cancel_of(job_id + 1000), ev.encode(forged), stream=subjects.STREAM)
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    assert (tmp_path / "finished").exists()
+    await eventually(lambda: _consumer_settled(bus), what="the forged cancel terminated")

@@ -476,6 +476,11 @@ class Executor:
             log.error("undecodable message dropped", extra={"seq": seq, "subject": msg.subject, "error": _short(err)})
             await _settle(msg.term())
             return
+        if msg.subject != subjects.subject_for(event):
+            # Not what its subject says (a cancel of job 5 on cancel.7): acting on either would be a guess.
+            log.error("message on another event's subject dropped", extra={"seq": seq, "subject": msg.subject})
+            await _settle(msg.term())
+            return
         try:
             await self.handle(event)
         except Exception as err:
