@@ -245,7 +245,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             except NotFoundError:
                 if job.start_time is None:
                     raise HTTPException(404, f"job {job_id} ended as {job.state} before it started") from None
-                raise HTTPException(404, f"no {stream} was kept for job {job_id}") from None
+                # Its executor stores nothing for an empty or missing file (the common case: a job
+                # that printed nothing); a refused upload, which it logs, looks the same from here.
+                return PlainTextResponse("")
             return PlainTextResponse((stored.data or b"").decode(errors="replace"))
         if job.start_time is None:
             raise HTTPException(409, f"job {job_id} runs on node {job.node} (not started yet); no output yet")
