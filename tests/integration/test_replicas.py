@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError
 
 from conductor_contracts import events as ev
@@ -37,13 +38,17 @@ def cluster(tmp_path: Path) -> Iterator[list[LocalServer]]:
 
 
 async def _connect_when_meta_leader(url: str, replicas: int) -> Bus:
-    # A fresh cluster elects its JetStream meta leader a moment after the servers listen.
-    for _ in range(100):
+    # A fresh cluster elects its JetStream meta leader a moment after the servers listen (longer on
+    # a busy machine: the stream's creation can time out meanwhile).
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 90
+    while True:
         try:
-            return await connect(url, name="replicas-test", replicas=replicas)
-        except APIError:
-            await asyncio.sleep(0.2)
-    raise AssertionError("the cluster never elected a JetStream leader")
+            return await connect(url, name="replicas-test", replicas=replicas, attempts=5)
+        except (APIError, NatsTimeoutError, TimeoutError):
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def test_three_replicas_keep_the_log_when_a_server_dies(cluster: list[LocalServer]) -> None:
@@ -62,12 +67,17 @@ async def test_three_replicas_keep_the_log_when_a_server_dies(cluster: list[Loca
         victim.process.kill()
         victim.process.wait()
         # The two left elect a new leader for the stream and take new events; the first one is kept.
-        for _ in range(100):
+        cancel = ev.JobCancelRequested(job_id=job_id)  # one event: a retry of a timed-out publish is deduplicated
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while True:
             try:
-                await bus.publish(ev.JobCancelRequested(job_id=job_id))
+                await bus.publish(cancel)
                 break
             except Exception:
-                await asyncio.sleep(0.2)
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
         stored = await bus.js.get_msg(subjects.STREAM, seq=job_id)
         assert isinstance(ev.decode(stored.data or b""), ev.JobSubmitted)
         assert (await bus.js.stream_info(subjects.STREAM)).state.messages == 2
