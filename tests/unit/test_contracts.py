@@ -121,6 +121,8 @@ def test_the_fingerprint_is_of_the_request_not_of_how_it_was_written() -> None:
     same = fingerprint(SEED_JOB | {"environment": {"A": "1", "B": "2"}})
     assert same == fingerprint(dict(reversed((SEED_JOB | {"environment": {"B": "2", "A": "1"}}).items())))
     assert fingerprint(SEED_JOB) == fingerprint(SEED_JOB | {"partition": "default", "name": " test-job "})
+    no_stderr = {k: v for k, v in SEED_JOB.items() if k != "standard_error"}
+    assert fingerprint(no_stderr) == fingerprint(no_stderr | {"standard_error": ""})  # both join stderr to stdout
     assert fingerprint(SEED_JOB) != fingerprint(SEED_JOB, "false")
     assert fingerprint(SEED_JOB) != fingerprint(SEED_JOB | {"account": "user2"})
 
@@ -219,3 +221,37 @@ def test_json_logs_carry_extras_but_not_colour_codes() -> None:
     line = json.loads(JsonFormatter("scheduler").format(record))
     assert line["msg"] == "placed" and line["job_id"] == 7 and line["service"] == "scheduler"
     assert "color_message" not in line
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("standard_output", "/dev/stderr"),
+        ("standard_output", "/proc/self/fd/1"),
+        ("standard_error", "/proc/self/environ"),
+        ("standard_output", "../../proc/self/environ"),
+        ("standard_output", "/sys/kernel/notes"),
+        ("current_working_directory", "/proc/1"),
+        ("current_working_directory", "/dev"),
+    ],
+)
+def test_the_systems_own_files_are_no_job_paths(field: str, value: str) -> None:
+    """Opened by the executor, they resolve in its context: its log, its environment."""
+    with pytest.raises(ValidationError) as info:
+        api.JobSpec.model_validate(SEED_JOB | {field: value})
+    [error] = info.value.errors()
+    assert error["loc"] == (field,) and "system's own files" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("standard_output", "/dev/null"), ("current_working_directory", "/dev/shm/jobs")]
+)
+def test_dev_null_and_shared_memory_stay_usable(field: str, value: str) -> None:
+    assert getattr(api.JobSpec.model_validate(SEED_JOB | {field: value}), field) == value
+
+
+def test_the_default_output_must_fit_under_the_working_directory() -> None:
+    cwd = (("/" + "c" * 200) * 20 + "/" + "d" * 80)[:4095]
+    job = {k: v for k, v in SEED_JOB.items() if k not in ("standard_output", "standard_error")}
+    with pytest.raises(ValidationError, match=r"standard_output \(by default 'slurm-%j.out'\)"):
+        api.JobSpec.model_validate(job | {"current_working_directory": cwd})

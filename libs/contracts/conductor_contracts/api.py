@@ -22,10 +22,17 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from conductor_contracts.parsing import MAX_MEMORY_MB, parse_memory_mb, parse_time_limit_seconds, shown
-from conductor_contracts.paths import PATH_MAX_BYTES, output_pattern_problem, path_problem
+from conductor_contracts.paths import (
+    DEFAULT_OUTPUT,
+    PATH_MAX_BYTES,
+    output_pattern_problem,
+    path_problem,
+    system_path_problem,
+)
 
 MAX_CPUS = 4096
 MAX_LABEL_CHARS = 200
@@ -144,7 +151,7 @@ class JobSpec(BaseModel):
     def _absolute(cls, value: str) -> str:
         if not value.startswith("/"):
             raise ValueError("must be an absolute path")
-        if problem := path_problem(value):
+        if problem := path_problem(value) or system_path_problem(value):
             raise ValueError(f"the path {problem}")
         return value
 
@@ -162,6 +169,18 @@ class JobSpec(BaseModel):
         if problem := output_pattern_problem(value, name=name, account=account, cwd=cwd):
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _default_output(self) -> JobSpec:
+        # A field validator does not see a default: 'slurm-%j.out' under a long working directory
+        # must be refused here, not fail when the executor opens it.
+        if self.standard_output is None:
+            problem = output_pattern_problem(
+                DEFAULT_OUTPUT, name=self.name, account=self.account, cwd=self.current_working_directory
+            )
+            if problem:
+                raise ValueError(f"standard_output (by default '{DEFAULT_OUTPUT}'): {problem}")
+        return self
 
     @field_validator("environment")
     @classmethod
@@ -211,7 +230,10 @@ class SubmitRequest(BaseModel):
     def fingerprint(self) -> str:
         """A hash of what was asked, the same for the same request however its JSON was written (key
         order, defaults left out): an Idempotency-Key reused for another request is told from a retry."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+        data = self.model_dump(mode="json")
+        for optional in ("standard_output", "standard_error", "dependency"):  # "" means the same as absent
+            data["job"][optional] = data["job"][optional] or None
+        canonical = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -75,6 +75,25 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+# Files of the system itself: opened by the executor they resolve in its own context (/dev/stderr
+# and /proc/self/fd/2 are its log, /proc/self/environ its secrets). /dev/null is what Slurm users
+# write to throw output away; /dev/shm is an ordinary tmpfs.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+_ALLOWED_IN_DEV = ("/dev/null",)
+
+
+def system_path_problem(path: str) -> str | None:
+    """Why a job may not use ``path`` (absolute) as its working directory or output: it is one of
+    the system's own files, not a job's; None if it may."""
+    normal = posixpath.normpath(path)
+    if normal in _ALLOWED_IN_DEV or normal == "/dev/shm" or normal.startswith("/dev/shm/"):
+        return None
+    for tree in _SYSTEM_TREES:
+        if normal == tree or normal.startswith(tree + "/"):
+            return f"is under {tree}, the system's own files: a job's files cannot be there"
+    return None
+
+
 def output_pattern_problem(pattern: str, *, name: str, account: str, cwd: str) -> str | None:
     """Why an output pattern cannot be opened as a file once expanded, for any job id; None if it can.
 
@@ -89,4 +108,6 @@ def output_pattern_problem(pattern: str, *, name: str, account: str, cwd: str) -
     path = output_path(pattern, job_id=LARGEST_JOB_ID, name=name, account=account, cwd=cwd)
     if problem := path_problem(path):
         return f"once expanded (%x, %u, and %j as a 19-digit job id) the path {problem}"
+    if problem := system_path_problem(path):
+        return f"the path {problem}"
     return None
