@@ -221,7 +221,7 @@ async def test_a_chunked_body_over_the_limit_is_413_before_it_is_all_read(client
 
     answer = await client.post("/jobs/submit", content=chunks(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 413 and "over the limit" in answer.json()["detail"]
-    assert sent < 10  # the gateway stopped reading at the limit (1000 + 64 KiB here)
+    assert sent < 20  # stopped reading at the limit: 6 x (script + environment) + 64 KiB, ~860 KB here
 
 
 async def test_a_job_the_read_models_could_not_record_says_so(
@@ -247,3 +247,33 @@ async def test_a_job_the_read_models_could_not_record_says_so(
         )
     view = (await client.get(f"/jobs/query/{job_id}")).json()
     assert "could not record this job" in view["message"] and "out of range" in view["message"]
+
+
+async def test_a_script_under_its_limit_is_accepted_however_its_json_escapes_it(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=100_000)
+    script = "echo " + "ж" * 45_000  # 90 KB of UTF-8; 270 KB as JSON's \u0436 escapes (json.dumps' default)
+    async with gateway(settings) as client:
+        content = json.dumps({"job": JOB, "script": script}).encode()
+        assert len(content) > 250_000
+        answer = await client.post("/jobs/submit", content=content, headers={"Content-Type": "application/json"})
+        assert answer.status_code == 200, answer.text
+        too_big = json.dumps({"job": JOB, "script": script * 2}).encode()
+        refused = await client.post("/jobs/submit", content=too_big, headers={"Content-Type": "application/json"})
+        assert refused.status_code == 413 and "script over the limit" in refused.json()["detail"]
+
+
+async def test_a_body_that_never_completes_is_408(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = GatewaySettings(nats_url=nats_url, database_url=database_url, body_timeout_s=0.5)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        yield b'{"job": '
+        await asyncio.sleep(30)  # a client that stalls (or a slowloris): the gateway stops waiting first
+        yield b"{}}"
+
+    async with gateway(settings) as client:
+        answer = await client.post("/jobs/submit", content=trickle(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 408 and "not received within" in answer.json()["detail"]

@@ -97,7 +97,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": errors.validation_errors(err)}, status_code=422)
 
-    app.add_middleware(BodyLimit, max_bytes=settings.max_script_bytes + 64 * 1024)
+    # JSON may spell each character of the script as a six-byte escape (\u0416): the body may be six
+    # times what it holds. What it holds is checked once parsed (the script's own limit, in UTF-8).
+    body_max = 6 * (settings.max_script_bytes + api.MAX_ENV_BYTES) + 64 * 1024
+    app.add_middleware(BodyLimit, max_bytes=body_max, timeout_s=settings.body_timeout_s)
 
     async def submission(job_id: int) -> ev.JobSubmitted | None:
         try:

@@ -10,6 +10,8 @@ class GatewaySettings(CommonSettings):
     port: int = 8000
     # Below NATS's 1 MiB message limit, with room for the job's other fields.
     max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
+    # A request body must be complete within this (CONDUCTOR_BODY_TIMEOUT_S), or it is a 408.
+    body_timeout_s: float = Field(default=30.0, gt=0)
     page_size: int = 50
     max_output_bytes: int = 16 * 1024 * 1024
     # CONDUCTOR_LOCAL_OUTPUT: serve a running job's live output from its file when this gateway can
