@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,3 +106,16 @@ def test_events_that_bypassed_the_gateway_are_skipped_and_the_system_goes_on(
     for job_id in (nul_cwd, nul_env):  # the executor cannot start them: FAILED, saying why
         job = system.wait_state(job_id, "FAILED", timeout=60)
         assert job["message"], job
+
+
+def test_a_client_that_sends_an_oversized_body_whole_reads_its_413(running: tuple[System, OwnServers]) -> None:
+    """urllib sends the whole body before it reads the answer: answering early and closing reset it."""
+    system, _ = running
+    oversized = json.dumps({"job": {}, "script": "x" * 5_000_000}).encode()
+    request = urllib.request.Request(
+        f"{system.url}/jobs/submit", data=oversized, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413
+    assert "over the limit" in json.loads(refused.value.read())["detail"]
