@@ -22,6 +22,7 @@ from conductor_platform.bus import Bus
 from conductor_projector import sink
 from tests.integration.helpers import read_log
 from tests.integration.test_gateway import JOB, gateway
+from tests.unit.scheduling import submitted
 
 NAME = "tests"
 
@@ -70,7 +71,9 @@ async def test_a_job_cancelled_before_it_ran_never_reads_the_path_it_names(
     client: httpx.AsyncClient, bus: Bus, engine: AsyncEngine, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CONDUCTOR_TEST_SECRET", "s3cr3t")  # what /proc/self/environ served before
-    job_id = await submit(client, standard_output=path, standard_error=path)
+    # Straight to the log: the gateway now refuses /proc paths at submit, but older jobs may have them.
+    job = submitted().model_copy(update={"working_directory": "/tmp", "standard_output": path, "standard_error": path})
+    job_id = await bus.publish(job)
     await bus.publish(ev.JobCancelled(job_id=job_id))
     await project(bus, engine)
     for stream in ("stdout", "stderr"):
@@ -161,5 +164,20 @@ async def test_what_a_running_job_plants_at_its_path_is_not_read(
     await project(bus, engine)
     plant(tmp_path / "logs" / "environ")
     # A FIFO held a worker thread for good; the others served a file the job had no business showing.
+    answer = await output(client, job_id)
+    assert answer.status_code == 409 and "s3cr3t" not in answer.text
+
+
+async def test_a_running_job_with_a_system_file_as_output_is_not_read_live(
+    client: httpx.AsyncClient, bus: Bus, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc/<pid>/environ is a regular file with one link: only its place tells it is not a job's.
+    The gateway refuses such paths at submit; this job reached the log some other way."""
+    monkeypatch.setenv("CONDUCTOR_TEST_SECRET", "s3cr3t")
+    mine = f"/proc/{os.getpid()}/environ"  # no symbolic link on the way, unlike /proc/self
+    forged = submitted().model_copy(update={"working_directory": "/tmp", "standard_output": mine})
+    job_id = await bus.publish(forged)
+    await place(bus, job_id, start=True)
+    await project(bus, engine)
     answer = await output(client, job_id)
     assert answer.status_code == 409 and "s3cr3t" not in answer.text

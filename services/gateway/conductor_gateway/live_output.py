@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import stat
 
+from conductor_contracts.paths import system_path_problem
+
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
@@ -20,6 +22,8 @@ def read_live(path: str, max_bytes: int) -> str | None:
     """
     parts = path.split("/")[1:]
     if not path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    if system_path_problem(path):  # /proc/<gateway pid>/environ is a regular file with one link
         return None
     try:
         fd = os.open("/", _DIRECTORY)
