@@ -1,17 +1,33 @@
-"""A finished job's output, copied into the NATS object store so any gateway can serve it.
+"""A job's output files: opened for it by the executor, and copied into the NATS object store when it
+ends so any gateway can serve them.
+
+Jobs run as the executor's user, so a job may write wherever that user may; what the executor must
+never do is hand out a file the job did not write, or its own files. So:
+
+- a job's stdout/stderr are opened by the executor before the spawn without following a final
+  symbolic link and without blocking, and refused unless they are regular files outside ``/proc``,
+  ``/sys`` and ``/dev`` (there, paths resolve in the executor's context: ``/dev/stderr`` is its own
+  log, ``/proc/self/environ`` its secrets). ``/dev/null`` is the one exception, as in Slurm;
+- only then is each file recorded (``output.json`` in the job's marker folder) with the device and
+  inode of what was opened; a job that never got its files has no record and nothing is uploaded;
+- the copy is read only from a regular file at the recorded path with the recorded inode: a job that
+  swaps its output for a symbolic link, a hard link or a renamed-in file at the end gets nothing
+  stored for that stream.
 
 The copy is made by the outbox publisher right before it publishes the job's outcome (see
 ``service.py``), so output comes before the outcome and survives NATS outages and executor restarts
-the way the outcome does. Where a job's files are is recorded in its marker folder when it starts.
+the way the outcome does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from nats.js.object_store import ObjectStore
@@ -23,35 +39,158 @@ from conductor_platform.retry import transient
 log = logging.getLogger("conductor.executor.output")
 
 RECORD = "output.json"
+NULL_DEVICE = "/dev/null"
+# Paths there name the kernel's view of whoever opens them: the executor, not the job.
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+
+# O_NONBLOCK: a FIFO planted where the output goes (by an earlier job: ids are predictable) must not
+# hold the executor; O_NOFOLLOW: a final symbolic link could point anywhere, /proc/self included;
+# O_NOCTTY: a terminal device must never become the executor's controlling terminal.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def record_files(folder: Path, files: JobFiles) -> None:
-    (folder / RECORD).write_text(json.dumps({"stdout": files.stdout, "stderr": files.stderr}))
+class OutputRefused(ValueError):
+    """A job's output path the executor will not open for it; the job ends FAILED with this."""
 
 
-def recorded_files(folder: Path) -> JobFiles | None:
-    """The files a job started with, or None if it never got that far (or the record is damaged)."""
+@dataclass(frozen=True)
+class OpenedFile:
+    """A file the executor opened for a job: its path and the inode it held then."""
+
+    path: str
+    dev: int
+    ino: int
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a job started with. None for a stream that went to /dev/null: there is nothing to keep."""
+
+    stdout: OpenedFile | None
+    stderr: OpenedFile | None  # the same as stdout when both went to one file
+
+
+@dataclass
+class JobOutputs:
+    """Descriptors for a job's process (stderr_fd is stdout_fd when they share a file), and the
+    record of what they are. The caller closes them once the child has its copies."""
+
+    stdout_fd: int
+    stderr_fd: int
+    record: Recorded
+
+    def close(self) -> None:
+        os.close(self.stdout_fd)
+        if self.stderr_fd != self.stdout_fd:
+            os.close(self.stderr_fd)
+
+
+def _in_system_tree(path: str) -> bool:
+    return any(path == tree or path.startswith(tree + "/") for tree in _SYSTEM_TREES)
+
+
+def _where(fd: int) -> str:
+    """Where an open file really is: a path checked as text can still pass through a symbolic link
+    to a directory (``/tmp/d/environ`` with ``d -> /proc/self``)."""
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def _is_null_device(info: os.stat_result) -> bool:
+    return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)
+
+
+def _open_one(stream: str, path: str) -> tuple[int, OpenedFile | None]:
+    if path != NULL_DEVICE and _in_system_tree(path):
+        raise OutputRefused(f"{stream} {path!r} is under /proc, /sys or /dev: only /dev/null may be named there")
+    fd = os.open(path, _WRITE_FLAGS, 0o644)
+    try:
+        info = os.fstat(fd)
+        if path == NULL_DEVICE:
+            if not _is_null_device(info):
+                raise OutputRefused(f"{stream} {path!r} is not the null device on this node")
+            opened = None
+        else:
+            if not stat.S_ISREG(info.st_mode):
+                raise OutputRefused(f"{stream} {path!r} is not a regular file")
+            try:
+                where = _where(fd)
+            except OSError as err:
+                raise OutputRefused(f"{stream} {path!r}: where it leads cannot be checked ({err})") from err
+            if _in_system_tree(where):
+                raise OutputRefused(f"{stream} {path!r} leads to {where!r}, under /proc, /sys or /dev")
+            opened = OpenedFile(path, info.st_dev, info.st_ino)
+        # Opened without blocking for the checks; the job's own writes must block as usual.
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, opened
+
+
+def open_outputs(files: JobFiles) -> JobOutputs:
+    """Open (create, truncate) a job's stdout and stderr for its process, or raise why not (an
+    ``OutputRefused`` or the OSError of the open: ELOOP for a symbolic link, ENXIO for a FIFO)."""
+    out, stdout = _open_one("standard_output", files.stdout)
+    if files.stderr == files.stdout:
+        return JobOutputs(out, out, Recorded(stdout, stdout))
+    try:
+        err, stderr = _open_one("standard_error", files.stderr)
+    except BaseException:
+        os.close(out)
+        raise
+    return JobOutputs(out, err, Recorded(stdout, stderr))
+
+
+def _as_json(opened: OpenedFile | None) -> dict[str, object] | None:
+    return None if opened is None else {"path": opened.path, "dev": opened.dev, "ino": opened.ino}
+
+
+def record_files(folder: Path, record: Recorded) -> None:
+    """Written only once the files are open: a job whose start failed before has no output."""
+    (folder / RECORD).write_text(json.dumps({"stdout": _as_json(record.stdout), "stderr": _as_json(record.stderr)}))
+
+
+def _from_json(data: object) -> OpenedFile | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise TypeError("not a file record")
+    path, dev, ino = data["path"], data["dev"], data["ino"]
+    if not isinstance(path, str) or type(dev) is not int or type(ino) is not int:
+        raise TypeError("not a file record")
+    return OpenedFile(path, dev, ino)
+
+
+def recorded_files(folder: Path) -> Recorded | None:
+    """The files a job started with, or None if it never got that far (or the record is damaged, or
+    of an older executor that did not record inodes: nothing can prove those files are the job's)."""
     try:
         data = json.loads((folder / RECORD).read_text())
-        stdout, stderr = data["stdout"], data["stderr"]
+        return Recorded(_from_json(data["stdout"]), _from_json(data["stderr"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not isinstance(stdout, str) or not isinstance(stderr, str):
-        return None
-    return JobFiles(stdout, stderr)
 
 
-def read_tail(path: str, max_bytes: int) -> bytes | None:
-    """The last ``max_bytes`` of a regular file (a log's end is what people look for), or None."""
+class NotTheJobsFile(Exception):
+    """The recorded path no longer leads to the file the executor opened for the job."""
+
+
+def read_tail(opened: OpenedFile, max_bytes: int) -> bytes | None:
+    """The last ``max_bytes`` of the job's file (a log's end is what people look for); None when it
+    is gone or unreadable. Raises ``NotTheJobsFile`` when something else is at its path now."""
     try:
-        # Non-blocking: a FIFO planted where the output was would otherwise wait for a writer forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError):
+        fd = os.open(opened.path, _READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as err:  # ELOOP: a symbolic link was put in its place
+        raise NotTheJobsFile(str(err)) from err
+    except ValueError:
         return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (opened.dev, opened.ino):
+            raise NotTheJobsFile("another file is at its path now")
         os.lseek(fd, max(0, info.st_size - max_bytes), os.SEEK_SET)
         chunks, left = [], max_bytes
         while left > 0:
@@ -64,17 +203,28 @@ def read_tail(path: str, max_bytes: int) -> bytes | None:
     except OSError:
         return None
     finally:
-        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
-async def upload(store: ObjectStore, job_id: int, files: JobFiles, max_bytes: int) -> None:
-    """Best effort for the files (missing or empty: nothing stored); NATS being away raises, so the
-    caller tries again later. Any other refusal is logged: the outcome matters more than its output."""
-    streams = {"stdout": files.stdout}
-    if files.stderr != files.stdout:
-        streams["stderr"] = files.stderr
-    for stream, path in streams.items():
-        data = await asyncio.to_thread(read_tail, path, max_bytes)
+async def upload(store: ObjectStore, job_id: int, record: Recorded, max_bytes: int) -> None:
+    """Best effort for the files (missing, empty, /dev/null or not the job's: nothing stored); NATS
+    being away raises, so the caller tries again later. Any other refusal is logged: the outcome
+    matters more than its output."""
+    streams = {"stdout": record.stdout}
+    if record.stderr != record.stdout:
+        streams["stderr"] = record.stderr
+    for stream, opened in streams.items():
+        if opened is None:
+            continue
+        try:
+            data = await asyncio.to_thread(read_tail, opened, max_bytes)
+        except NotTheJobsFile as err:
+            log.warning(
+                "output not kept: its path no longer leads to the job's file",
+                extra={"job_id": job_id, "stream": stream, "path": opened.path, "error": str(err)},
+            )
+            continue
         if not data:
             continue
         try:

@@ -94,18 +94,14 @@ async def spawn(
     script: Path,
     cwd: str,
     env: dict[str, str],
-    stdout: str,
-    stderr: str,
+    stdout_fd: int,
+    stderr_fd: int,
     cpus: set[int],
     grace_s: float,
     memory_limit_mb: int,
 ) -> JobProcess:
-    out = _open_output(stdout)
-    try:
-        err = out if stderr == stdout else _open_output(stderr)
-    except BaseException:
-        os.close(out)
-        raise
+    """Start the job with the output descriptors the executor opened and checked for it
+    (``output.open_outputs``); the caller keeps and closes them."""
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
     # fork() of this process, where without one CPython starts the job with the cheaper vfork().
@@ -120,28 +116,11 @@ async def spawn(
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
+            stdout=stdout_fd,
+            stderr=stderr_fd,
             start_new_session=True,
         )
     finally:
         if cpus:
             os.sched_setaffinity(0, previous)
-        os.close(out)
-        if err != out:
-            os.close(err)
     return JobProcess(job_id, process, grace_s, memory_limit_mb)
-
-
-def _open_output(path: str) -> int:
-    """Open (create, truncate) a job's output file for its process. Without O_NONBLOCK, a FIFO
-    planted where the output goes (by an earlier job: ids are predictable) would block the whole
-    executor until someone reads it; with it, the open fails (ENXIO) and the job ends FAILED. The
-    job's writes must block as usual, so the flag is cleared once the file is open."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    try:
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd

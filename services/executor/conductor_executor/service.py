@@ -40,7 +40,7 @@ from conductor_contracts import subjects
 from conductor_executor import environment as envs
 from conductor_executor.fit import misfit
 from conductor_executor.outbox import OUTCOMES, Outbox
-from conductor_executor.output import record_files, recorded_files, upload
+from conductor_executor.output import open_outputs, record_files, recorded_files, upload
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
@@ -383,19 +383,25 @@ class Executor:
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
         script.write_text(job.script)
-        record_files(folder, files)
         Path(job.working_directory).mkdir(parents=True, exist_ok=True)
-        return await spawn(
-            job_id,
-            script,
-            job.working_directory,
-            envs.job_environment(os.environ, job_id, job, placement),
-            files.stdout,
-            files.stderr,
-            envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
-            self.settings.kill_grace_s,
-            placement.memory_mb,
-        )
+        outputs = open_outputs(files)
+        try:
+            # Only now, with the files open and checked: a job whose start failed before this has no
+            # output to keep, whatever is at the paths it named.
+            record_files(folder, outputs.record)
+            return await spawn(
+                job_id,
+                script,
+                job.working_directory,
+                envs.job_environment(os.environ, job_id, job, placement),
+                outputs.stdout_fd,
+                outputs.stderr_fd,
+                envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
+                self.settings.kill_grace_s,
+                placement.memory_mb,
+            )
+        finally:
+            outputs.close()  # the child has its own copies
 
     def _monitor_done(self, task: asyncio.Task[None]) -> None:
         self.monitors.discard(task)
