@@ -58,7 +58,18 @@ def test_dev_null_is_allowed_and_records_nothing(opened: list[JobOutputs]) -> No
     assert outputs.record.stdout is None and outputs.record.stderr is None
 
 
-@pytest.mark.parametrize("path", ["/dev/stderr", "/dev/tty", "/proc/self/fd/2", "/proc/self/environ", "/sys/x", "/dev"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dev/stderr",
+        "/dev/tty",
+        "/proc/self/fd/2",
+        "/proc/self/environ",
+        "/sys/x",
+        "/dev",
+        "//proc/self/environ",
+    ],
+)
 def test_the_systems_own_files_are_refused_before_they_are_opened(path: str) -> None:
     with pytest.raises(OutputRefused, match=r"under /proc, /sys or /dev"):
         open_outputs(JobFiles(path, path))

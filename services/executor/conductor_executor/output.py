@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,8 @@ class JobOutputs:
 
 
 def _in_system_tree(path: str) -> bool:
+    # POSIX normalisation keeps a leading "//", which still names the root on Linux.
+    path = "/" + posixpath.normpath(path).lstrip("/")
     return any(path == tree or path.startswith(tree + "/") for tree in _SYSTEM_TREES)
 
 
@@ -168,7 +171,11 @@ def recorded_files(folder: Path) -> Recorded | None:
     try:
         data = json.loads((folder / RECORD).read_text())
         return Recorded(_from_json(data["stdout"]), _from_json(data["stderr"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        why = {"folder": str(folder), "error": str(err)}
+        log.warning("output not kept: the record of the job's files is unusable", extra=why)
         return None
 
 
