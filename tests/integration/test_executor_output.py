@@ -108,6 +108,23 @@ async def test_a_path_through_a_symlinked_directory_into_proc_is_refused(
     assert await _stored(bus, job_id, "stdout") is None
 
 
+@pytest.mark.parametrize("through_a_link", [False, True], ids=["named", "through-a-symlinked-directory"])
+async def test_nothing_in_the_executors_own_folder_is_opened_for_a_job(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, through_a_link: bool
+) -> None:
+    kept = executor.jobs_dir / "kept.txt"  # stands for the outbox, markers and records there
+    kept.write_text("the executor's\n")
+    path = str(kept)
+    if through_a_link:
+        (tmp_path / "st").symlink_to(executor.state_dir)
+        path = str(Path("st") / kept.relative_to(executor.state_dir))
+    job_id = await _run(bus, tmp_path, script="touch ran", standard_output=path)
+    message = await _failed_to_start(bus, job_id)
+    assert "is inside the executor's own folder" in message, message
+    assert kept.read_text() == "the executor's\n"  # not truncated
+    assert not (tmp_path / "ran").exists()
+
+
 @contextmanager
 def _own_fd_in(fd: int, path: Path) -> Iterator[None]:
     """The test process's (so the executor's) ``fd`` writing to ``path`` for a while."""

@@ -164,3 +164,15 @@ def test_what_the_job_did_to_its_own_file_is_read(tmp_path: Path) -> None:
     os.link(out, tmp_path / "another-name")  # more names for the job's own file change nothing
     assert stat.S_ISREG(out.stat().st_mode)
     assert read_tail(record, 100) == b"appended\n"
+
+
+def test_nothing_in_the_executors_own_folder_is_opened_even_through_a_link(tmp_path: Path) -> None:
+    own = tmp_path / "state"
+    (own / "outbox").mkdir(parents=True)
+    owed = own / "outbox" / "000000000001-7-JobCompleted.json"
+    owed.write_text("{}")
+    (tmp_path / "work").symlink_to(own / "outbox")
+    for path in (owed, tmp_path / "work" / owed.name, own):
+        with pytest.raises(OutputRefused, match="inside the executor's own folder"):
+            open_outputs(JobFiles(str(path), str(path)), own.resolve())
+    assert owed.read_text() == "{}"

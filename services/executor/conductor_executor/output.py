@@ -103,9 +103,16 @@ def _is_null_device(info: os.stat_result) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)
 
 
-def _open_one(stream: str, path: str) -> tuple[int, OpenedFile | None]:
+def _inside(path: str, folder: Path | None) -> bool:
+    return folder is not None and (path == str(folder) or path.startswith(str(folder).rstrip("/") + "/"))
+
+
+def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile | None]:
     if path != NULL_DEVICE and _in_system_tree(path):
         raise OutputRefused(f"{stream} {path!r} is under /proc, /sys or /dev: only /dev/null may be named there")
+    # Before the open, which truncates: the executor's outbox, markers and records are not a job's.
+    if _inside(os.path.realpath(path), own):
+        raise OutputRefused(f"{stream} {path!r} is inside the executor's own folder")
     fd = os.open(path, _WRITE_FLAGS, 0o644)
     try:
         info = os.fstat(fd)
@@ -122,6 +129,8 @@ def _open_one(stream: str, path: str) -> tuple[int, OpenedFile | None]:
                 raise OutputRefused(f"{stream} {path!r}: where it leads cannot be checked ({err})") from err
             if _in_system_tree(where):
                 raise OutputRefused(f"{stream} {path!r} leads to {where!r}, under /proc, /sys or /dev")
+            if _inside(where, own):  # a symbolic link changed since the check above
+                raise OutputRefused(f"{stream} {path!r} is inside the executor's own folder")
             opened = OpenedFile(path, info.st_dev, info.st_ino)
         # Opened without blocking for the checks; the job's own writes must block as usual.
         os.set_blocking(fd, True)
@@ -131,14 +140,15 @@ def _open_one(stream: str, path: str) -> tuple[int, OpenedFile | None]:
     return fd, opened
 
 
-def open_outputs(files: JobFiles) -> JobOutputs:
+def open_outputs(files: JobFiles, own: Path | None = None) -> JobOutputs:
     """Open (create, truncate) a job's stdout and stderr for its process, or raise why not (an
-    ``OutputRefused`` or the OSError of the open: ELOOP for a symbolic link, ENXIO for a FIFO)."""
-    out, stdout = _open_one("standard_output", files.stdout)
+    ``OutputRefused`` or the OSError of the open: ELOOP for a symbolic link, ENXIO for a FIFO).
+    ``own``: the executor's state folder, resolved; nothing in it is opened for a job."""
+    out, stdout = _open_one("standard_output", files.stdout, own)
     if files.stderr == files.stdout:
         return JobOutputs(out, out, Recorded(stdout, stdout))
     try:
-        err, stderr = _open_one("standard_error", files.stderr)
+        err, stderr = _open_one("standard_error", files.stderr, own)
     except BaseException:
         os.close(out)
         raise

@@ -132,6 +132,8 @@ class Executor:
         # Jobs whose output is in the object store and whose outcome is not published yet: a retried
         # publish does not upload it again.
         self._uploaded: set[int] = set()
+        # Resolved once: a job's output path is compared with it wherever the path's links lead.
+        self._own_dir = settings.state_dir.resolve()
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -384,7 +386,7 @@ class Executor:
         script = (folder / "script.sh").absolute()
         script.write_text(job.script)
         Path(job.working_directory).mkdir(parents=True, exist_ok=True)
-        outputs = open_outputs(files)
+        outputs = open_outputs(files, self._own_dir)
         try:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
