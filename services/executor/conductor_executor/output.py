@@ -7,7 +7,7 @@ never do is hand out a file the job did not write, or its own files. So:
 - a job's stdout/stderr are opened by the executor before the spawn without following a final
   symbolic link and without blocking, and refused unless they are regular files outside ``/proc``,
   ``/sys`` and ``/dev`` (there, paths resolve in the executor's context: ``/dev/stderr`` is its own
-  log, ``/proc/self/environ`` its secrets), or inside the executor's own state folder (its outbox
+  log, ``/proc/self/environ`` its secrets) and outside the executor's own state folder (its outbox
   and records). ``/dev/null`` is the one exception, as in Slurm;
 - only then is each file recorded (``output.json`` in the job's marker folder) with the device and
   inode of what was opened; a job that never got its files has no record and nothing is uploaded;
