@@ -233,6 +233,7 @@ def test_json_logs_carry_extras_but_not_colour_codes() -> None:
         ("standard_output", "/sys/kernel/notes"),
         ("current_working_directory", "/proc/1"),
         ("current_working_directory", "/dev"),
+        ("current_working_directory", "/dev/shm/jobs"),
     ],
 )
 def test_the_systems_own_files_are_no_job_paths(field: str, value: str) -> None:
@@ -243,11 +244,8 @@ def test_the_systems_own_files_are_no_job_paths(field: str, value: str) -> None:
     assert error["loc"] == (field,) and "system's own files" in error["msg"]
 
 
-@pytest.mark.parametrize(
-    ("field", "value"), [("standard_output", "/dev/null"), ("current_working_directory", "/dev/shm/jobs")]
-)
-def test_dev_null_and_shared_memory_stay_usable(field: str, value: str) -> None:
-    assert getattr(api.JobSpec.model_validate(SEED_JOB | {field: value}), field) == value
+def test_dev_null_stays_usable() -> None:
+    assert api.JobSpec.model_validate(SEED_JOB | {"standard_output": "/dev/null"}).standard_output == "/dev/null"
 
 
 def test_the_default_output_must_fit_under_the_working_directory() -> None:

@@ -77,7 +77,7 @@ def path_problem(path: str) -> str | None:
 
 # Files of the system itself: opened by the executor they resolve in its own context (/dev/stderr
 # and /proc/self/fd/2 are its log, /proc/self/environ its secrets). /dev/null is what Slurm users
-# write to throw output away; /dev/shm is an ordinary tmpfs.
+# write to throw output away. The executor refuses the same (conductor_executor.output).
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 _ALLOWED_IN_DEV = ("/dev/null",)
 
@@ -86,7 +86,7 @@ def system_path_problem(path: str) -> str | None:
     """Why a job may not use ``path`` (absolute) as its working directory or output: it is one of
     the system's own files, not a job's; None if it may."""
     normal = posixpath.normpath(path)
-    if normal in _ALLOWED_IN_DEV or normal == "/dev/shm" or normal.startswith("/dev/shm/"):
+    if normal in _ALLOWED_IN_DEV:
         return None
     for tree in _SYSTEM_TREES:
         if normal == tree or normal.startswith(tree + "/"):
