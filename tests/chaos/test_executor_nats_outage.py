@@ -26,7 +26,7 @@ from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 from conductor_platform.localservers import LocalServer, free_port, start_nats, wait_for_port
-from tests.integration.helpers import eventually, read_log
+from tests.integration.helpers import eventually, fast_executor, read_log
 from tests.unit.scheduling import submitted
 
 pytestmark = pytest.mark.chaos
@@ -71,18 +71,7 @@ async def bus(nats: Nats) -> AsyncIterator[Bus]:
 
 
 def _settings(nats: Nats, tmp_path: Path) -> ExecutorSettings:
-    # Fast pacing, so that the outage below outlasts many more tries than the 30 the executor once
-    # gave an outcome before dropping it, in seconds rather than minutes.
-    return ExecutorSettings(
-        nats_url=nats.server.url,
-        node=NODE,
-        cpus=2,
-        memory="1G",
-        state_dir=tmp_path / "state",
-        kill_grace_s=1,
-        retry_first_s=0.02,
-        retry_max_s=0.1,
-    )
+    return fast_executor(nats.server.url, NODE, tmp_path / "state")
 
 
 @asynccontextmanager

@@ -19,7 +19,7 @@ from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 from conductor_platform.localservers import LocalServer, free_port, start_nats
-from tests.integration.helpers import eventually, read_log
+from tests.integration.helpers import eventually, fast_executor, read_log
 from tests.unit.scheduling import submitted
 
 NODE = "outboxnode"
@@ -108,16 +108,7 @@ async def _a_job_ended_while_nats_was_down(tmp_path: Path) -> AsyncIterator[Outa
     """On return the executor has stopped, with the job's outcome owed in its outbox, NATS still down."""
     folder, port = tmp_path / "nats", free_port()
     server = start_nats(folder, port)
-    settings = ExecutorSettings(
-        nats_url=server.url,
-        node=NODE,
-        cpus=2,
-        memory="1G",
-        state_dir=tmp_path / "state",
-        kill_grace_s=1,
-        retry_first_s=0.02,
-        retry_max_s=0.1,
-    )
+    settings = fast_executor(server.url, NODE, tmp_path / "state")
     outage = Outage(folder, port, server, settings, tmp_path / "work")
     outage.work.mkdir()
     try:
