@@ -24,6 +24,9 @@ class CommonSettings(BaseSettings):
     # then every retry_max_s for as long as the server is away.
     retry_first_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=5.0, gt=0)
+    # CONDUCTOR_METRICS_PORT: serve Prometheus metrics at /metrics on this port (None: not served;
+    # the gateway has them on its HTTP port as well).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 def async_database_url(url: str) -> str:

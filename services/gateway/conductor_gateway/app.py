@@ -15,10 +15,11 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
-from prometheus_client import Counter, make_asgi_app
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.exposition import choose_encoder
 from pydantic import AfterValidator, ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -80,7 +81,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await state.engine.dispose()
 
     app = FastAPI(title="SCNS-Conductor", version="0.1.0", lifespan=lifespan)
-    app.mount("/metrics", make_asgi_app())
+
+    # A route, not a mount of prometheus_client's app: a mount answers /metrics with a redirect to
+    # /metrics/. Sync, so a scrape is collected in the thread pool, off the event loop.
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(REGISTRY), media_type=content_type)
 
     @app.exception_handler(NatsError)
     @app.exception_handler(DBAPIError)

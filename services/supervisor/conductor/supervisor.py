@@ -2,10 +2,10 @@
 
 Starts the embedded servers unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere, migrates the read
 models, then runs gateway, scheduler, projector and one executor, restarting any that dies (with a
-back-off). An embedded server that dies is started again on the same port with the same data (with
-the same back-off); the services reconnect by themselves. Servers named in ``NATS_URL`` /
-``DATABASE_URL`` are someone else's: never started, stopped or restarted here. SIGINT/SIGTERM stops
-the services first (so executors stop their jobs), then the servers.
+back-off) with the same metrics port it had. An embedded server that dies is started again on the
+same port with the same data (with the same back-off); the services reconnect by themselves. Servers
+named in ``NATS_URL`` / ``DATABASE_URL`` are someone else's: never started, stopped or restarted
+here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), then the servers.
 """
 
 from __future__ import annotations
@@ -56,6 +56,32 @@ def nats_sync_interval(value: str) -> str | None:
     if sum(float(number) * _GO_UNIT_S[unit] for number, unit in parts) <= 0:
         raise ValueError("--sync: a zero interval would mean the default; say default, or always")
     return value
+
+
+SERVICES = ("gateway", "scheduler", "executor", "projector")
+
+
+def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES) -> dict[str, int]:
+    """A metrics port for each service: ``CONDUCTOR_<SERVICE>_METRICS_PORT`` when set (a fixed
+    address to scrape), else a free one. Chosen once, so a restarted service keeps its port."""
+    ports: dict[str, int] = {}
+    for service in services:
+        name = f"CONDUCTOR_{service.upper()}_METRICS_PORT"
+        value = env.get(name)
+        if value:
+            if not value.isdigit() or not 1 <= int(value) <= 65535:
+                raise ValueError(f"{name} must be a port number, not {value!r}")
+            ports[service] = int(value)
+        else:
+            ports[service] = localservers.free_port()
+    return ports
+
+
+def _shown_host(host: str) -> str:
+    # A wildcard address is reachable on the loopback; an IPv6 one needs its brackets in a URL.
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 @dataclass
@@ -215,6 +241,11 @@ class Supervisor:
         if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
             log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
             return 1
+        try:
+            ports = metrics_ports(env)
+        except ValueError as error:
+            log.error("%s", error)
+            return 2
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -226,15 +257,21 @@ class Supervisor:
                 return 1
             migrate.upgrade(env["DATABASE_URL"])
             py = sys.executable
+            argvs = {
+                "projector": [py, "-m", "conductor_projector"],
+                "scheduler": [py, "-m", "conductor_scheduler"],
+                "executor": [py, "-m", "conductor_executor", *self.options.executor_args],
+                "gateway": [py, "-m", "conductor_gateway"],
+            }
             self.children = [
-                Child("projector", [py, "-m", "conductor_projector"], env=env),
-                Child("scheduler", [py, "-m", "conductor_scheduler"], env=env),
-                Child("executor", [py, "-m", "conductor_executor", *self.options.executor_args], env=env),
-                Child("gateway", [py, "-m", "conductor_gateway"], env=env),
+                Child(name, argv, env=env | {"CONDUCTOR_METRICS_PORT": str(ports[name])})
+                for name, argv in argvs.items()
             ]
             for child in self.children:
                 child.start()
             log.info("SCNS-Conductor is up: http://127.0.0.1:%s (Ctrl-C stops everything)", port)
+            shown = _shown_host(env.get("CONDUCTOR_HOST", "127.0.0.1"))
+            log.info("metrics: %s", ", ".join(f"{name} http://{shown}:{ports[name]}/metrics" for name in SERVICES))
             self._watch()
         finally:
             self._stop_all()
