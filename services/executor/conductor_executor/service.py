@@ -34,6 +34,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
+from prometheus_client import Counter
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
@@ -56,6 +57,17 @@ _MAX_MESSAGE = 1000
 # psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
 _CLOCK_SLACK_S = 2.0
 _TERMINAL = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobOutOfMemory, ev.JobCancelled)
+# Jobs this process ran to their end, by the state their outcome gives them (Slurm's names).
+JOBS_FINISHED = Counter(
+    "conductor_executor_jobs_finished", "Jobs this executor ran that ended, by the state they ended in", ["state"]
+)
+_FINISHED_STATE = {
+    "JobCompleted": "COMPLETED",
+    "JobFailed": "FAILED",
+    "JobTimedOut": "TIMEOUT",
+    "JobOutOfMemory": "OUT_OF_MEMORY",
+    "JobCancelled": "CANCELLED",
+}
 
 
 def _start_time(pid: int) -> float | None:
@@ -433,6 +445,7 @@ class Executor:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
         # Its output goes to the object store from the outbox, right before this outcome is published.
         await self.finish(job_id, event)
+        JOBS_FINISHED.labels(state=_FINISHED_STATE[event.type]).inc()
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:

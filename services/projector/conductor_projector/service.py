@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_platform.bus import Bus, connect, next_batch, read_from
@@ -35,6 +36,10 @@ log = logging.getLogger("conductor.projector")
 
 T = TypeVar("T")
 _NAME = "conductor-projector"
+EVENTS_APPLIED = Counter(
+    "conductor_projector_events_applied",
+    "Events this projector read from the log and committed to the read models (dead letters included)",
+)
 
 
 async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: asyncio.Event | None = None) -> None:
@@ -103,6 +108,7 @@ async def _follow(
                 await sub.unsubscribe()
                 sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
                 continue
+            EVENTS_APPLIED.inc(len(batch))
             fresh_read = None
             backoff.reset()
             log.debug("applied", extra={"events": len(batch), "position": reached})

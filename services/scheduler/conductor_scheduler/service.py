@@ -38,6 +38,12 @@ log = logging.getLogger("conductor.scheduler")
 SKIPPED_EVENTS = Counter(
     "conductor_scheduler_skipped_events", "Events in the log the scheduler could not decode or fold, and skipped"
 )
+# Decisions this process published, never those it folds from the log (a restart replays them all).
+PLACEMENTS = Counter("conductor_scheduler_placements", "Jobs placed on a node by this scheduler")
+FENCING_REJECTIONS = Counter(
+    "conductor_scheduler_fencing_rejections",
+    "Decisions of this scheduler the log refused because another scheduler had decided meanwhile",
+)
 _NAME = "conductor-scheduler"
 
 
@@ -94,11 +100,13 @@ class Scheduler:
             try:
                 expected = await self.bus.publish_fenced(decision, expected)
             except FencedOut:
+                FENCING_REJECTIONS.inc()
                 log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
                 break
             self.awaiting_seq = expected
             if isinstance(decision, ev.JobPlaced):
                 self.placed += 1
+                PLACEMENTS.inc()
                 log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
 
     async def follow(self) -> JetStreamContext.PushSubscription:
