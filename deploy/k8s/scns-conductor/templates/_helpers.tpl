@@ -41,6 +41,31 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.logLevel | quote }}
 - name: CONDUCTOR_STREAM_REPLICAS
   value: {{ .Values.streamReplicas | quote }}
+{{- /* The gateway's HTTP port and every metrics port listen on the pod's addresses. */}}
+- name: CONDUCTOR_HOST
+  value: "0.0.0.0"
+{{- with .Values.metrics.port }}
+- name: CONDUCTOR_METRICS_PORT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* A pod's scrape annotations, under its template's metadata; nothing when metrics are off. */}}
+{{- define "conductor.metricsAnnotations" -}}
+{{- with .Values.metrics.port -}}
+annotations:
+  prometheus.io/scrape: "true"
+  prometheus.io/port: {{ . | quote }}
+  prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{/* The metrics entry of a container's ports; nothing when metrics are off. */}}
+{{- define "conductor.metricsPort" -}}
+{{- with .Values.metrics.port -}}
+- name: metrics
+  containerPort: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{- define "conductor.image" -}}
