@@ -78,9 +78,11 @@ async def test_the_gateway_answers_metrics_on_its_http_port_without_a_redirect()
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         answer = await client.get("/metrics", follow_redirects=False)
         openmetrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        slashed = await client.get("/metrics/", follow_redirects=False)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     assert "conductor_gateway_submits_total" in answer.text
+    assert slashed.status_code == 200 and "conductor_gateway_submits_total" in slashed.text
     assert openmetrics.status_code == 200
     assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
 

@@ -82,9 +82,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="SCNS-Conductor", version="0.1.0", lifespan=lifespan)
 
-    # A route, not a mount of prometheus_client's app: a mount answers /metrics with a redirect to
-    # /metrics/. Sync, so a scrape is collected in the thread pool, off the event loop.
+    # Routes, not a mount of prometheus_client's app: a mount answers /metrics with a redirect to
+    # /metrics/ (still answered, for whoever scrapes that). Sync, so a scrape is collected in the
+    # thread pool, off the event loop.
     @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics/", include_in_schema=False)
     def metrics(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(REGISTRY), media_type=content_type)
