@@ -54,17 +54,17 @@ def test_leftovers_are_killed_only_if_still_the_same_process(tmp_path: Path) -> 
     import subprocess
     import time
 
-    from conductor_executor.service import _kill_leftovers, _start_time
+    from conductor_executor.leftovers import kill_leftovers, start_time
 
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         record = tmp_path / "process.json"
-        record.write_text(json.dumps({"pid": victim.pid, "started": (_start_time(victim.pid) or 0) + 1000}))
-        _kill_leftovers(record)  # recorded start time differs: a different process now, left alone
+        record.write_text(json.dumps({"pid": victim.pid, "started": (start_time(victim.pid) or 0) + 1000}))
+        kill_leftovers(record)  # recorded start time differs: a different process now, left alone
         time.sleep(0.1)
         assert victim.poll() is None
-        record.write_text(json.dumps({"pid": victim.pid, "started": _start_time(victim.pid)}))
-        _kill_leftovers(record)
+        record.write_text(json.dumps({"pid": victim.pid, "started": start_time(victim.pid)}))
+        kill_leftovers(record)
         assert victim.wait(5) == -9
     finally:
         victim.kill()

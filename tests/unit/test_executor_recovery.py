@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conductor_executor.service import _kill_unrecorded
+from conductor_executor.leftovers import kill_unrecorded
 
 
 @pytest.fixture
@@ -56,25 +56,25 @@ def _spared(process: subprocess.Popen[bytes]) -> bool:
 
 def test_the_job_of_that_script_is_killed_with_its_group(script: Path, spawned: list[subprocess.Popen[bytes]]) -> None:
     _job(script, spawned)
-    _kill_unrecorded({str(script): (5, script.stat().st_mtime)})
+    kill_unrecorded({str(script): (5, script.stat().st_mtime)})
     assert spawned[0].wait() == -signal.SIGKILL
 
 
 def test_a_process_older_than_the_script_is_not_that_job(script: Path, spawned: list[subprocess.Popen[bytes]]) -> None:
     _job(script, spawned)
     written = time.time() + 3600  # the script was written after that process started: a reused path
-    _kill_unrecorded({str(script): (5, written)})
+    kill_unrecorded({str(script): (5, written)})
     assert _spared(spawned[0])
 
 
 def test_a_process_that_leads_no_group_is_not_a_job(script: Path, spawned: list[subprocess.Popen[bytes]]) -> None:
     pid = _job(script, spawned, own_session=False)
     assert os.getpgid(pid) != pid
-    _kill_unrecorded({str(script): (5, script.stat().st_mtime)})
+    kill_unrecorded({str(script): (5, script.stat().st_mtime)})
     assert _spared(spawned[0])
 
 
 def test_another_script_is_left_alone(script: Path, spawned: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
     _job(script, spawned)
-    _kill_unrecorded({str(tmp_path / "jobs" / "6" / "script.sh"): (6, script.stat().st_mtime)})
+    kill_unrecorded({str(tmp_path / "jobs" / "6" / "script.sh"): (6, script.stat().st_mtime)})
     assert _spared(spawned[0])

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
+
+T = TypeVar("T")
+log = logging.getLogger("conductor.retry")  # the service is named by the process it runs in
 
 
 class Backoff:
@@ -58,3 +64,26 @@ _TRANSIENT = (
 
 def transient(err: BaseException) -> bool:
     return isinstance(err, _TRANSIENT)
+
+
+async def retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff) -> T | None:
+    """``attempt()`` until it succeeds (its result) or ``stop`` is set (None)."""
+    while not stop.is_set():
+        trying = asyncio.ensure_future(attempt())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not trying.done():
+            trying.cancel()
+            with contextlib.suppress(BaseException):
+                await trying
+            return None
+        try:
+            return trying.result()
+        except Exception as err:
+            delay = backoff.next()
+            log.warning(
+                f"{what} failed; retrying", extra={"error": f"{type(err).__name__}: {err}"[:300], "retry_in_s": delay}
+            )
+            await pause(stop, delay)
+    return None

@@ -23,16 +23,13 @@ import contextlib
 import json
 import logging
 import os
-import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
@@ -40,12 +37,14 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import environment as envs
 from conductor_executor.fit import misfit
+from conductor_executor.leftovers import kill_leftovers, kill_unrecorded, script_forms, start_time
 from conductor_executor.outbox import OUTCOMES, Outbox
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
+from conductor_executor.placements import subscribe
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
-from conductor_platform.retry import Backoff, pause, transient
+from conductor_platform.retry import Backoff, pause, retrying, transient
 
 log = logging.getLogger("conductor.executor")
 
@@ -54,8 +53,6 @@ T = TypeVar("T")
 # A clean stop waits this long for the outbox to reach the stream; what is left goes out next start.
 _DRAIN_ON_STOP_S = 5.0
 _MAX_MESSAGE = 1000
-# psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
-_CLOCK_SLACK_S = 2.0
 _TERMINAL = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobOutOfMemory, ev.JobCancelled)
 # Jobs this process ran to their end, by the state their outcome gives them (Slurm's names).
 JOBS_FINISHED = Counter(
@@ -68,62 +65,6 @@ _FINISHED_STATE = {
     "JobOutOfMemory": "OUT_OF_MEMORY",
     "JobCancelled": "CANCELLED",
 }
-
-
-def _start_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def _kill_leftovers(record: Path) -> bool:
-    """Kill what is left of a job an earlier executor ran, if it is still that job: a pid recorded
-    before a reboot may belong to something else now, so its start time must match too. False when
-    there is no usable record: the job must be looked for otherwise."""
-    try:
-        info = json.loads(record.read_text())
-        pid, started = int(info["pid"]), info.get("started")
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if started is None:  # its start time could not be read: the pid alone proves nothing
-        return False
-    if _start_time(pid) != started:
-        return True
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def _kill_unrecorded(scripts: dict[str, tuple[int, float]]) -> None:
-    """Kill jobs an earlier executor spawned but died before recording (no ``process.json``): found by
-    their command line, ``/bin/bash <jobs_dir>/<id>/script.sh``. A process of that command line that
-    started before the script was written is not that job (a pid and a path reused), so it is spared;
-    so is one that is not the leader of its own group, as every job is."""
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = proc.info.get("cmdline") or []
-        if len(cmdline) != 2 or cmdline[0] != "/bin/bash" or cmdline[1] not in scripts:
-            continue
-        job_id, written = scripts[cmdline[1]]
-        created = proc.info.get("create_time")
-        if created is None or created < written - _CLOCK_SLACK_S:
-            continue
-        try:
-            if os.getpgid(proc.pid) != proc.pid:
-                continue
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
-        log.warning("killed a job its previous executor had not recorded", extra={"job_id": job_id, "pid": proc.pid})
-
-
-def _script_forms(script: Path) -> set[str]:
-    """The command-line spellings a job's script may have: jobs are spawned with an absolute path, but
-    an older executor passed it as given, relative to where it ran."""
-    forms = {str(script), str(script.absolute())}
-    with contextlib.suppress(OSError, RuntimeError):
-        forms.add(str(script.resolve()))
-    return forms
 
 
 def _short(err: BaseException) -> str:
@@ -268,16 +209,16 @@ class Executor:
                     (folder / "done").write_text("outbox")
                 continue
             lost.append(job_id)
-            if _kill_leftovers(folder / "process.json"):
+            if kill_leftovers(folder / "process.json"):
                 continue
             # Killed between its spawn and its process.json, a job runs on unrecorded.
             script = folder / "script.sh"
             with contextlib.suppress(OSError):
                 written = script.stat().st_mtime
-                unrecorded.update(dict.fromkeys(_script_forms(script), (job_id, written)))
+                unrecorded.update(dict.fromkeys(script_forms(script), (job_id, written)))
         if unrecorded:
             try:
-                await asyncio.to_thread(_kill_unrecorded, unrecorded)
+                await asyncio.to_thread(kill_unrecorded, unrecorded)
             except Exception:  # what can be reported still is
                 log.exception("looking for unrecorded jobs failed")
         for job_id in lost:
@@ -381,7 +322,7 @@ class Executor:
         self.running[job_id] = process
         self.placements[job_id] = placement
         try:
-            (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": _start_time(process.pid)}))
+            (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": start_time(process.pid)}))
         except OSError as err:  # only a restarted executor's clean-up needs it; the job runs on
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
         started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
@@ -542,34 +483,13 @@ async def _settle(reply: Awaitable[None]) -> None:
         log.warning("could not acknowledge a message", extra={"error": _short(err)})
 
 
-async def _retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff) -> T | None:
-    """``attempt()`` until it succeeds (its result) or ``stop`` is set (None)."""
-    while not stop.is_set():
-        trying = asyncio.ensure_future(attempt())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not trying.done():
-            trying.cancel()
-            with contextlib.suppress(BaseException):
-                await trying
-            return None
-        try:
-            return trying.result()
-        except Exception as err:
-            delay = backoff.next()
-            log.warning(f"{what} failed; retrying", extra={"error": _short(err), "retry_in_s": delay})
-            await pause(stop, delay)
-    return None
-
-
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     executor = Executor(settings, stop)
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
-    bus = await _retrying(
+    bus = await retrying(
         "connecting to NATS",
         lambda: connect(
             settings.nats_url, name=f"conductor-executor-{settings.node}", replicas=settings.stream_replicas
@@ -584,8 +504,8 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         # The consumer exists before the outbox may announce the node, so it cannot miss a placement;
         # a new one starts at new messages, so placements for an earlier node of the same name are
         # not replayed.
-        sub = await _retrying(
-            "subscribing to placements", lambda: _subscribe(bus, settings.node), stop, executor.backoff()
+        sub = await retrying(
+            "subscribing to placements", lambda: subscribe(bus, settings.node), stop, executor.backoff()
         )
         if sub is None:
             return
@@ -604,27 +524,3 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
             await bus.close()
         except Exception as err:  # closing a connection to a server that is gone can fail; nothing is lost
             log.warning("closing the NATS connection failed", extra={"error": _short(err)})
-
-
-async def _subscribe(bus: Bus, node: str) -> JetStreamContext.PullSubscription:
-    durable = await _ensure_consumer(bus, node)
-    return await bus.js.pull_subscribe_bind(durable=durable, stream=bus.stream)
-
-
-async def _ensure_consumer(bus: Bus, node: str) -> str:
-    durable = f"executor-{node}"
-    try:
-        await bus.js.consumer_info(bus.stream, durable)
-    except NotFoundError:
-        await bus.js.add_consumer(
-            bus.stream,
-            ConsumerConfig(
-                durable_name=durable,
-                filter_subjects=[subjects.placements_for(node), subjects.CANCEL_ALL],
-                deliver_policy=DeliverPolicy.NEW,
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=30,
-                max_ack_pending=1000,
-            ),
-        )
-    return durable
