@@ -30,7 +30,7 @@ from conductor_contracts import events as ev
 from conductor_platform.bus import connect, next_batch, read_from
 from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
 
-OUTCOMES = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
+OUTCOMES = ev.TERMINAL_JOB_EVENTS
 
 
 async def raw_publish_rate(url: str, seconds: float = 2.0) -> float:

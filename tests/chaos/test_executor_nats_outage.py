@@ -32,7 +32,6 @@ from tests.unit.scheduling import submitted
 pytestmark = pytest.mark.chaos
 
 NODE = "outage"
-OUTCOMES = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
 
 
 @dataclass
@@ -106,7 +105,7 @@ async def _started(bus: Bus, job_id: int) -> bool:
 
 async def _the_outcome(bus: Bus, job_id: int) -> ev.Event:
     async def probe() -> list[ev.Event]:
-        return [e for e in await _events(bus, job_id) if isinstance(e, OUTCOMES)]
+        return [e for e in await _events(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
 
     await eventually(probe, timeout=60, what=f"outcome of job {job_id}")
     await asyncio.sleep(0.5)  # a duplicate would be stored right behind it

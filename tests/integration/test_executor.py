@@ -82,7 +82,7 @@ async def _submit_and_place(bus: Bus, workdir: Path, script: str, time_limit_s: 
 
 
 async def _outcome(bus: Bus, job_id: int) -> ev.Event:
-    kinds = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobCancelled, ev.JobOutOfMemory)
+    kinds = ev.TERMINAL_JOB_EVENTS
 
     async def probe() -> list[ev.Event]:
         return [e for e in await _events(bus) if isinstance(e, kinds) and e.job_id == job_id]

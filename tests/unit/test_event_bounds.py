@@ -53,3 +53,16 @@ def test_times_are_kept_in_utc() -> None:
     assert ev.decode(json.dumps(data).encode()).occurred_at.isoformat() == "2026-01-01T10:00:00+00:00"
     naive = submitted().model_dump(mode="json") | {"occurred_at": "2026-01-01T12:00:00"}
     assert ev.decode(json.dumps(naive).encode()).occurred_at.isoformat() == "2026-01-01T12:00:00+00:00"
+
+
+def test_every_outcome_has_its_final_state_and_type_name() -> None:
+    outcomes: list[tuple[ev.TerminalJobEvent, str]] = [
+        (ev.JobCompleted(job_id=1, node="n"), "COMPLETED"),
+        (ev.JobFailed(job_id=1, node="n", exit_code=1), "FAILED"),
+        (ev.JobFailed(job_id=1, node="n", exit_code=None, node_fail=True), "NODE_FAIL"),
+        (ev.JobTimedOut(job_id=1, node="n"), "TIMEOUT"),
+        (ev.JobOutOfMemory(job_id=1, node="n"), "OUT_OF_MEMORY"),
+        (ev.JobCancelled(job_id=1), "CANCELLED"),
+    ]
+    assert [ev.final_state(e).value for e, _ in outcomes] == [state for _, state in outcomes]
+    assert {e.type for e, _ in outcomes} == ev.TERMINAL_TYPES

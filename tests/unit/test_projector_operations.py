@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 import pytest
 
 from conductor_contracts import events as ev
+from conductor_contracts.text import printable
 from conductor_projector.operations import (
     ACTIVE,
     INDEXED_TEXT_BYTES,
@@ -13,7 +14,6 @@ from conductor_projector.operations import (
     UpdateNode,
     UpsertNode,
     decode,
-    escaped,
     fold_jobs,
     sanitize,
     sanitized_submission,
@@ -187,6 +187,6 @@ def test_bytes_that_are_no_event_decode_to_undecodable_and_print_escaped() -> No
     assert decode("s", ev.encode(registered)) == registered
     garbage = decode("s", b"\x00\xff{")
     assert isinstance(garbage, Undecodable) and garbage.subject == "s" and "JSON" in garbage.error
-    assert escaped(b"\x00\xffok", 100) == "\\x00\\xffok"
-    assert escaped("a\ud800", 100) == "a\\ud800"
-    assert escaped("x" * 20, 5) == "xxxxx... (20 characters)"
+    assert printable(b"\x00\xffok", 100) == "\\x00\\xffok"
+    assert printable("a\ud800", 100) == "a\\ud800"
+    assert printable("x" * 20, 5) == "xxxxx... (20 characters)"

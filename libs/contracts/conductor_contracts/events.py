@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from conductor_contracts.states import JobState
+
 # Lower bounds the scheduler's fold relies on: a job or node of zero or negative size would give
 # room instead of taking it. An event outside them does not decode, so every consumer skips it as
 # one it cannot apply (upper bounds are the gateway's: the fold holds any int).
@@ -169,6 +171,24 @@ class WorkflowSubmitted(EventBase):
 
 
 TerminalJobEvent = JobCompleted | JobFailed | JobTimedOut | JobOutOfMemory | JobCancelled
+TERMINAL_JOB_EVENTS = (JobCompleted, JobFailed, JobTimedOut, JobOutOfMemory, JobCancelled)
+# Their ``type`` names, for what knows an event only by name (a file name, a dead letter's column).
+TERMINAL_TYPES = frozenset(cls.model_fields["type"].default for cls in TERMINAL_JOB_EVENTS)
+
+
+def final_state(event: TerminalJobEvent) -> JobState:
+    """The state a job's outcome leaves it in (states.py draws the machine)."""
+    match event:
+        case JobCompleted():
+            return JobState.COMPLETED
+        case JobFailed():
+            return JobState.NODE_FAIL if event.node_fail else JobState.FAILED
+        case JobTimedOut():
+            return JobState.TIMEOUT
+        case JobOutOfMemory():
+            return JobState.OUT_OF_MEMORY
+    return JobState.CANCELLED
+
 
 Event = Annotated[
     JobSubmitted

@@ -27,7 +27,6 @@ from conductor_platform.retry import Backoff, pause
 
 log = logging.getLogger("conductor.executor.outbox")
 
-OUTCOMES = frozenset({"JobCompleted", "JobFailed", "JobTimedOut", "JobOutOfMemory", "JobCancelled"})
 
 # Bounded (a stream sequence, hence a job id, is a uint64: at most 20 digits) so that a stray name
 # cannot make an absurd number.
@@ -125,7 +124,7 @@ class Outbox:
     def holds_outcome(self, job_id: int) -> bool:
         for path in self.pending():
             parsed = parse_name(path.name)
-            if parsed is not None and parsed[1] == job_id and parsed[2] in OUTCOMES:
+            if parsed is not None and parsed[1] == job_id and parsed[2] in ev.TERMINAL_TYPES:
                 return True
         return False
 

@@ -35,10 +35,11 @@ from prometheus_client import Counter
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_contracts.text import printable
 from conductor_executor import environment as envs
 from conductor_executor.fit import misfit
 from conductor_executor.leftovers import kill_leftovers, kill_unrecorded, script_forms, start_time
-from conductor_executor.outbox import OUTCOMES, Outbox
+from conductor_executor.outbox import Outbox
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
 from conductor_executor.placements import subscribe
 from conductor_executor.process import JobProcess, spawn
@@ -53,23 +54,15 @@ T = TypeVar("T")
 # A clean stop waits this long for the outbox to reach the stream; what is left goes out next start.
 _DRAIN_ON_STOP_S = 5.0
 _MAX_MESSAGE = 1000
-_TERMINAL = (ev.JobCompleted, ev.JobFailed, ev.JobTimedOut, ev.JobOutOfMemory, ev.JobCancelled)
 # Jobs this process ran to their end, by the state their outcome gives them (Slurm's names).
 JOBS_FINISHED = Counter(
     "conductor_executor_jobs_finished", "Jobs this executor ran that ended, by the state they ended in", ["state"]
 )
-_FINISHED_STATE = {
-    "JobCompleted": "COMPLETED",
-    "JobFailed": "FAILED",
-    "JobTimedOut": "TIMEOUT",
-    "JobOutOfMemory": "OUT_OF_MEMORY",
-    "JobCancelled": "CANCELLED",
-}
 
 
 def _short(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+    # Errors quote paths and values of the job, which may hold what an event cannot encode.
+    return printable(str(err) or type(err).__name__, _MAX_MESSAGE)
 
 
 class Executor:
@@ -114,13 +107,13 @@ class Executor:
         if self._bus is None or not self._bus.nc.is_connected:
             raise ConnectionError("not connected to NATS")
         await self._bus.publish(event)
-        if isinstance(event, _TERMINAL):
+        if isinstance(event, ev.TERMINAL_JOB_EVENTS):
             self._uploaded.discard(event.job_id)
 
     async def _keep_output(self, event: ev.Event) -> None:
         """Before a job's outcome is published: its output into the object store. NATS being away
         raises, which the outbox treats as a failed publish (it backs off and tries both again)."""
-        if not isinstance(event, _TERMINAL) or event.job_id in self._uploaded:
+        if not isinstance(event, ev.TERMINAL_JOB_EVENTS) or event.job_id in self._uploaded:
             return
         files = recorded_files(self.settings.jobs_dir / str(event.job_id))
         if files is None:  # it never started: there is no output
@@ -142,7 +135,7 @@ class Executor:
         """What replaces an outbox file that cannot be read, from what its name says it was."""
         if kind == "NodeRegistered":
             return self.registration()
-        if job_id is None or not (kind == "JobStarted" or kind in OUTCOMES):
+        if job_id is None or not (kind == "JobStarted" or kind in ev.TERMINAL_TYPES):
             return None
         if kind == "JobStarted":
             if job_id in self.running:
@@ -386,7 +379,7 @@ class Executor:
             event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
         # Its output goes to the object store from the outbox, right before this outcome is published.
         await self.finish(job_id, event)
-        JOBS_FINISHED.labels(state=_FINISHED_STATE[event.type]).inc()
+        JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
         log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:

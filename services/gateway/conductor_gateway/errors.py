@@ -7,6 +7,7 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 
 from conductor_contracts import api
+from conductor_contracts.text import printable
 
 
 def documented(*codes: int) -> dict[int | str, dict[str, object]]:
@@ -19,20 +20,14 @@ def documented(*codes: int) -> dict[int | str, dict[str, object]]:
     return {code: {"model": api.ErrorBody, "description": meaning[code]} for code in codes}
 
 
-def _safe(value: object, limit: int) -> str:
-    """Text that can always be put in a JSON answer: lone surrogates escaped, long values cut."""
-    text = str(value).encode("utf-8", "backslashreplace").decode()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
     """FastAPI's list of field errors without the input it echoes: the input is what was wrong, so it
     may be what cannot be encoded (a lone surrogate, infinity, JSON nested a thousand deep)."""
     return [
         {
-            "type": _safe(e.get("type", ""), 100),
-            "loc": [part if isinstance(part, int) else _safe(part, 100) for part in e.get("loc", ())],
-            "msg": _safe(e.get("msg", ""), 1000),
+            "type": printable(e.get("type", ""), 100),
+            "loc": [part if isinstance(part, int) else printable(part, 100) for part in e.get("loc", ())],
+            "msg": printable(e.get("msg", ""), 1000),
         }
         for e in err.errors()[:100]
     ]

@@ -140,17 +140,10 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
             return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,))]
         case ev.JobStarted():
             return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid})]
-        case ev.JobCompleted():
-            return [_ended(event, JobState.COMPLETED)]
         case ev.JobFailed():
-            state = JobState.NODE_FAIL if event.node_fail else JobState.FAILED
-            return [_ended(event, state, message=event.message or None)]
-        case ev.JobTimedOut():
-            return [_ended(event, JobState.TIMEOUT)]
-        case ev.JobOutOfMemory():
-            return [_ended(event, JobState.OUT_OF_MEMORY)]
-        case ev.JobCancelled():
-            return [_ended(event, JobState.CANCELLED)]
+            return [_ended(event, ev.final_state(event), message=event.message or None)]
+        case ev.JobCompleted() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
+            return [_ended(event, ev.final_state(event))]
         case ev.NodeRegistered():
             return [
                 UpsertNode(
@@ -233,14 +226,6 @@ def sanitize(event: ev.JobSubmitted) -> tuple[ev.JobSubmitted, list[str]]:
             changes[name] = min(max(value, low), high)
             notes.append(f"{name} {value} out of range, stored as {changes[name]}")
     return event.model_copy(update=changes), notes
-
-
-def escaped(data: bytes | str, limit: int) -> str:
-    """Text that can always be stored and printed: invalid UTF-8, surrogates and NUL as escapes, cut
-    to ``limit`` characters."""
-    text = data.decode(errors="backslashreplace") if isinstance(data, bytes) else data
-    text = text.encode(errors="backslashreplace").decode().replace("\x00", "\\x00")
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def sanitized_submission(seq: int, event: ev.JobSubmitted) -> InsertJob | None:

@@ -23,13 +23,14 @@ from typing import TypeVar
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import RETRIES
-from conductor_projector.operations import decode, escaped
+from conductor_projector.operations import decode
 from conductor_projector.settings import ProjectorSettings
 
 log = logging.getLogger("conductor.projector")
@@ -134,7 +135,7 @@ async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Call
 
 def _failed(what: str, err: Exception, backoff: Backoff) -> None:
     RETRIES.inc()
-    extra = {"error": escaped(f"{type(err).__name__}: {err}", 500), "retry_in_s": backoff.next_s}
+    extra = {"error": printable(f"{type(err).__name__}: {err}", 500), "retry_in_s": backoff.next_s}
     if classify(err) is Fault.TRANSIENT:
         log.warning("%s failed: PostgreSQL or NATS unavailable; retrying", what, extra=extra)
     else:  # not the servers: a bug or a schema out of step, worth its traceback

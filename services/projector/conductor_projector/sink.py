@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from conductor_contracts import events as ev
 from conductor_contracts.subjects import SUBMITTED, subject_for
+from conductor_contracts.text import printable
 from conductor_projector import tables as t
 from conductor_projector.faults import EventError, Fault, classify
 from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS
@@ -24,7 +25,6 @@ from conductor_projector.operations import (
     UpdateJob,
     UpdateNode,
     UpsertNode,
-    escaped,
     fold_jobs,
     sanitized_submission,
     to_operations,
@@ -149,7 +149,7 @@ async def apply_batch(
             raise
         log.warning(
             "a batch failed on an event's content; applying it event by event",
-            extra={"first_seq": batch[0][0], "last_seq": batch[-1][0], "error": escaped(str(err), NOTE_CHARS)},
+            extra={"first_seq": batch[0][0], "last_seq": batch[-1][0], "error": printable(str(err), NOTE_CHARS)},
         )
         recorded = _Recorded()
         reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, one_by_one=True)
@@ -241,7 +241,9 @@ def _reason(err: Exception) -> str:
 def _letter(seq: int, item: Item, subject: str | None, error: str) -> DeadLetter:
     if isinstance(item, Undecodable):
         job_id = seq if item.subject == SUBMITTED else None  # a submission's job id is its sequence
-        return DeadLetter(seq, item.subject, None, job_id, escaped(error, ERROR_CHARS), escaped(item.data, DATA_CHARS))
+        return DeadLetter(
+            seq, item.subject, None, job_id, printable(error, ERROR_CHARS), printable(item.data, DATA_CHARS)
+        )
     concerns = seq if isinstance(item, ev.JobSubmitted) else getattr(item, "job_id", None)
     if not (isinstance(concerns, int) and _INT64[0] <= concerns <= _INT64[1]):
         concerns = None
@@ -250,7 +252,7 @@ def _letter(seq: int, item: Item, subject: str | None, error: str) -> DeadLetter
     except Exception:  # a lone surrogate does not even serialize
         data = repr(item).encode(errors="backslashreplace")
     return DeadLetter(
-        seq, subject or _subject(item), item.type, concerns, escaped(error, ERROR_CHARS), escaped(data, DATA_CHARS)
+        seq, subject or _subject(item), item.type, concerns, printable(error, ERROR_CHARS), printable(data, DATA_CHARS)
     )
 
 
@@ -266,7 +268,7 @@ async def _dead_letter(conn: AsyncConnection, name: str, letter: DeadLetter, rec
     values = {
         "consumer": name,
         "stream_seq": letter.seq,
-        "subject": escaped(letter.subject, NOTE_CHARS),
+        "subject": printable(letter.subject, NOTE_CHARS),
         "event_type": letter.event_type,
         "job_id": letter.job_id,
         "error": letter.error,
@@ -277,7 +279,7 @@ async def _dead_letter(conn: AsyncConnection, name: str, letter: DeadLetter, rec
     if letter.job_id is None or letter.event_type in (None, "JobSubmitted"):
         return
     # The job this event concerns says so, instead of silently staying as it was.
-    note = escaped(f"{letter.event_type} at stream seq {letter.seq} could not be applied: {letter.error}", NOTE_CHARS)
+    note = printable(f"{letter.event_type} at stream seq {letter.seq} could not be applied: {letter.error}", NOTE_CHARS)
     try:
         async with conn.begin_nested():
             await conn.execute(
@@ -302,7 +304,7 @@ def _report(name: str, recorded: _Recorded) -> None:
                 "subject": letter.subject,
                 "event_type": letter.event_type,
                 "job_id": letter.job_id,
-                "error": escaped(letter.error, NOTE_CHARS),
+                "error": printable(letter.error, NOTE_CHARS),
             },
         )
     for seq, message in recorded.altered:
