@@ -35,8 +35,9 @@ class System:
         self.process, self.url, self.var, self.work = process, url, var, work
         self.http = httpx.Client(base_url=url, timeout=10)
 
-    def submit(self, script: str, **job: Any) -> str:
-        spec = {
+    def spec(self, **job: Any) -> dict[str, Any]:
+        """A small job's ``job`` object, working in this system's folder; ``job`` overrides fields."""
+        return {
             "name": "e2e",
             "account": "tester",
             "partition": "default",
@@ -48,7 +49,9 @@ class System:
             "standard_output": "out-%j.txt",
             "standard_error": "err-%j.txt",
         } | job
-        answer = self.http.post("/jobs/submit", json={"job": spec, "script": script})
+
+    def submit(self, script: str, **job: Any) -> str:
+        answer = self.http.post("/jobs/submit", json={"job": self.spec(**job), "script": script})
         assert answer.status_code == 200, answer.text
         return str(answer.json()["job_id"])
 

@@ -28,18 +28,6 @@ from tests.system import System, wait_for
 
 pytestmark = pytest.mark.e2e
 
-JOB = {
-    "name": "x",
-    "account": "tester",
-    "partition": "default",
-    "ntasks_per_node": 1,
-    "cpus_per_task": 1,
-    "memory_per_node": "100M",
-    "time_limit": "5",
-    "standard_output": "out-%j.txt",
-    "standard_error": "err-%j.txt",
-}
-
 
 @dataclass
 class Up:
@@ -108,9 +96,8 @@ def _submit_when_accepted(system: System, name: str, script: str) -> int:
     """Submit, again and again while the gateway answers 503 (the log is away)."""
 
     def accepted() -> int | None:
-        job = JOB | {"name": name, "current_working_directory": str(system.work)}
         try:
-            answer = system.http.post("/jobs/submit", json={"job": job, "script": script})
+            answer = system.http.post("/jobs/submit", json={"job": system.spec(name=name), "script": script})
         except httpx.HTTPError:
             return None
         if answer.status_code == 503:
