@@ -11,7 +11,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    PubAck,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
@@ -39,14 +47,24 @@ class Bus:
 
     async def publish(self, event: ev.Event, *, by_scheduler: bool = False, msg_id: str | None = None) -> int:
         """Publish and wait for the stream's ack; returns the stream sequence."""
-        headers = {"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)}
-        ack = await self.js.publish(
+        return int((await self.publish_acked(event, by_scheduler=by_scheduler, msg_id=msg_id)).seq)
+
+    async def publish_acked(
+        self,
+        event: ev.Event,
+        *,
+        by_scheduler: bool = False,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> PubAck:
+        """Publish with extra ``headers``; the whole ack, which says whether the stream had the
+        message id already (``duplicate``)."""
+        return await self.js.publish(
             subjects.subject_for(event, by_scheduler=by_scheduler),
             ev.encode(event),
-            headers=headers,
+            headers={"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)} | (headers or {}),
             stream=self.stream,
         )
-        return int(ack.seq)
 
     async def publish_fenced(self, event: ev.Event, expected_last_scheduler_seq: int) -> int:
         """Publish a scheduler decision only if no other decision was stored since ``expected``."""

@@ -186,8 +186,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # Scoped by account: two accounts may pick the same key. Hashed: a plain, bounded header value
         # whatever the account's characters, and no ambiguity where the account ends and the key begins.
         scope = hashlib.sha256(f"{event.account}\n{key}".encode()).hexdigest()
-        headers = {"Nats-Msg-Id": f"submit:{scope}", REQUEST_HASH_HEADER: fingerprint}
-        ack = await state.bus.js.publish(subjects.SUBMITTED, ev.encode(event), headers=headers, stream=state.bus.stream)
+        ack = await state.bus.publish_acked(event, msg_id=f"submit:{scope}", headers={REQUEST_HASH_HEADER: fingerprint})
         if not ack.duplicate:
             return int(ack.seq)
         try:
