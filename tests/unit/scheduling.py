@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from conductor_contracts import events as ev
-from conductor_scheduler.policy import decide
+from conductor_scheduler.policy import Decision, decide
 from conductor_scheduler.state import ClusterState, evolve
 
 
-def submitted(cpus: int = 1, memory_mb: int = 100, partition: str = "default") -> ev.JobSubmitted:
+def submitted(cpus: int = 1, memory_mb: int = 100, partition: str = "default", **extra: Any) -> ev.JobSubmitted:
+    """A small job; ``extra`` sets other fields (dependency, workflow_index, noop, name...)."""
     return ev.JobSubmitted(
-        name="j",
+        name=extra.pop("name", "j"),
         account="u",
         partition=partition,
         ntasks_per_node=1,
@@ -21,6 +24,7 @@ def submitted(cpus: int = 1, memory_mb: int = 100, partition: str = "default") -
         standard_output="",
         standard_error=None,
         script="true",
+        **extra,
     )
 
 
@@ -41,7 +45,7 @@ class Log:
         evolve(self.state, seq, event, by_scheduler=by_scheduler)
         return seq
 
-    def schedule(self) -> list[ev.Event]:
+    def schedule(self) -> list[Decision]:
         decisions = decide(self.state)
         for decision in decisions:
             self.append(decision, by_scheduler=True)

@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 from pydantic import ValidationError
 
@@ -169,7 +171,9 @@ ALL_EVENTS: list[ev.Event] = [
     ev.NodeRegistered(node="n1", cpus=2, memory_mb=10),
     ev.NodeLost(node="n1"),
     ev.NodeDrained(node="n1"),
-    ev.WorkflowSubmitted(name="w", owner="u", jobs=(ev.WorkflowJob(job_id=1),)),
+    ev.JobCompleted(job_id=1),
+    ev.WorkflowSubmitted(workflow_id=str(uuid.UUID(int=1)), user_id=str(uuid.UUID(int=2)), owner="u", job_count=2),
+    ev.UserCreated(user_id=str(uuid.UUID(int=2)), username="u"),
 ]
 
 
@@ -185,6 +189,7 @@ def test_scheduler_decisions_live_under_the_fenced_subject() -> None:
         ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1),
         ev.JobCancelled(job_id=1),
         ev.JobReasonChanged(job_id=1, reason="x"),
+        ev.JobCompleted(job_id=1),
     ]
     assert all(subjects.is_scheduler_subject(subjects.subject_for(d, by_scheduler=True)) for d in decisions)
     assert not subjects.is_scheduler_subject(subjects.subject_for(ev.JobCancelled(job_id=1, node="n")))

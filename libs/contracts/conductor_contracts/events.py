@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from conductor_contracts.dependencies import Dependency
 from conductor_contracts.states import JobState
 
 # Lower bounds the scheduler's fold relies on: a job or node of zero or negative size would give
@@ -23,6 +24,8 @@ Positive = Annotated[int, Field(ge=1)]
 Core = Annotated[int, Field(ge=0)]
 # The fold keeps a node's free cores as a set: a node of a billion CPUs would exhaust its memory.
 MAX_NODE_CPUS = 65536
+# Users' and workflows' ids are UUIDs, and a token of their subjects.
+Uuid = Annotated[str, Field(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
 
 
 def _new_id() -> str:
@@ -66,6 +69,27 @@ class JobSubmitted(EventBase):
     standard_error: str | None
     environment: dict[str, str] = Field(default_factory=dict)
     script: str
+    # Optional, added later (older events decode without them):
+    dependency: Dependency | None = None
+    # A no-op job (a workflow job without a script) runs nothing: the scheduler completes it as soon
+    # as its dependency holds, without a node (DAGMan's NOOP nodes).
+    noop: bool = False
+    # A workflow's job. Its jobs are one atomic batch right after the workflow's WorkflowSubmitted,
+    # so job ``i`` is at stream sequence ``workflow seq + 1 + i`` and a parent index is resolved from
+    # the job's own sequence: ``seq - (workflow_index - parent_index)``.
+    workflow_id: str | None = None
+    workflow_index: Annotated[int, Field(ge=0)] | None = None
+    parent_indices: tuple[Annotated[int, Field(ge=0)], ...] = ()
+    branch_id: str | None = None
+    job_type: str | None = None
+
+    def parent_ids(self, seq: int) -> list[int]:
+        """The job ids of a workflow job's parents, this job being at stream sequence ``seq``; only
+        indices before its own count (the gateway accepts no other)."""
+        index = self.workflow_index
+        if index is None:
+            return []
+        return [seq - (index - p) for p in self.parent_indices if p < index]
 
 
 class JobCancelRequested(EventBase):
@@ -98,9 +122,11 @@ class JobStarted(EventBase):
 
 
 class JobCompleted(EventBase):
+    """``node`` is None for a no-op job, which the scheduler completes without running anything."""
+
     type: Literal["JobCompleted"] = "JobCompleted"
     job_id: int
-    node: str
+    node: str | None = None
     exit_code: int = 0
 
 
@@ -134,6 +160,9 @@ class JobCancelled(EventBase):
     job_id: int
     node: str | None = None
     exit_code: int | None = None
+    # Why the scheduler cancelled a pending job other than on request (DependencyNeverSatisfied).
+    reason: str = ""
+    detail: str = ""
 
 
 class NodeRegistered(EventBase):
@@ -155,19 +184,24 @@ class NodeDrained(EventBase):
     reason: str = ""
 
 
-class WorkflowJob(BaseModel):
-    model_config = ConfigDict(frozen=True)
+class UserCreated(EventBase):
+    """Published on the user's own subject with an expected last sequence of 0: a second user of
+    the same name is refused by the stream, whichever gateway publishes it."""
 
-    job_id: int
-    parent_indices: tuple[int, ...] = ()
-    branch_id: str | None = None
+    type: Literal["UserCreated"] = "UserCreated"
+    user_id: Uuid
+    username: str
 
 
 class WorkflowSubmitted(EventBase):
+    """First of an atomic batch; the workflow's ``job_count`` JobSubmitted follow it in order."""
+
     type: Literal["WorkflowSubmitted"] = "WorkflowSubmitted"
-    name: str
+    workflow_id: Uuid
+    user_id: Uuid
     owner: str
-    jobs: tuple[WorkflowJob, ...]
+    job_count: Positive
+    name: str = ""
 
 
 TerminalJobEvent = JobCompleted | JobFailed | JobTimedOut | JobOutOfMemory | JobCancelled
@@ -204,6 +238,7 @@ Event = Annotated[
     | NodeRegistered
     | NodeLost
     | NodeDrained
+    | UserCreated
     | WorkflowSubmitted,
     Field(discriminator="type"),
 ]

@@ -5,9 +5,11 @@ can select by writer:
 
     conductor.gw.submitted                  JobSubmitted (job id = its stream sequence)
     conductor.gw.cancel.<job>               JobCancelRequested
-    conductor.gw.workflow                   WorkflowSubmitted
+    conductor.gw.workflow.<workflow>        WorkflowSubmitted (its jobs' JobSubmitted follow, one batch)
+    conductor.gw.user.<user>                UserCreated (one per user id: the id is the name's uuid5)
     conductor.sched.placed.<node>           JobPlaced            } the scheduler's decisions: published
-    conductor.sched.job.<job>.<event>       JobCancelled, ...    } fenced on ``conductor.sched.>``
+    conductor.sched.job.<job>.<event>       JobCancelled, JobCompleted (no-op job), JobReasonChanged
+                                                                 } fenced on ``conductor.sched.>``
     conductor.sched.node.<node>.<event>     NodeLost, NodeDrained}
     conductor.exec.<node>.job.<event>       JobStarted and the outcomes an executor reports
     conductor.exec.<node>.node.registered   NodeRegistered
@@ -57,6 +59,14 @@ def cancel_of(job_id: int) -> str:
     return f"{ROOT}.gw.cancel.{job_id}"
 
 
+def workflow_subject(workflow_id: str) -> str:
+    return f"{ROOT}.gw.workflow.{workflow_id}"
+
+
+def user_subject(user_id: str) -> str:
+    return f"{ROOT}.gw.user.{user_id}"
+
+
 def is_scheduler_subject(subject: str) -> bool:
     return subject.startswith(f"{ROOT}.sched.")
 
@@ -69,8 +79,10 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
             return SUBMITTED
         case ev.JobCancelRequested(job_id=job_id):
             return cancel_of(job_id)
-        case ev.WorkflowSubmitted():
-            return f"{ROOT}.gw.workflow"
+        case ev.WorkflowSubmitted(workflow_id=workflow_id):
+            return workflow_subject(workflow_id)
+        case ev.UserCreated(user_id=user_id):
+            return user_subject(user_id)
         case ev.JobPlaced(node=node):
             return placements_for(node)
         case ev.JobReasonChanged(job_id=job_id):
@@ -81,6 +93,8 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
             return f"{ROOT}.exec.{node}.node.registered"
         case ev.JobCancelled(job_id=job_id) if by_scheduler or event.node is None:
             return f"{ROOT}.sched.job.{job_id}.cancelled"
+        case ev.JobCompleted(job_id=job_id, node=None):
+            return f"{ROOT}.sched.job.{job_id}.completed"
         case (
             ev.JobStarted(node=node)
             | ev.JobCompleted(node=node)

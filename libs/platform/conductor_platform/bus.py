@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 import nats
@@ -30,6 +32,10 @@ from conductor_contracts import subjects
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
+
+
+class BatchRefused(Exception):
+    """The stream refused an atomic batch (too large, incomplete, a message it would not store)."""
 
 
 class FencedOut(Exception):
@@ -65,6 +71,31 @@ class Bus:
             headers={"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)} | (headers or {}),
             stream=self.stream,
         )
+
+    async def publish_batch(self, events: list[ev.Event], timeout_s: float = 10.0) -> int:
+        """Publish ``events`` as one atomic batch (at most 1,000): the stream stores all of them, with
+        consecutive sequences, or none (a batch never committed is dropped). Returns the last one's
+        sequence. Raises ``BatchRefused`` when the server refuses it, ``TimeoutError`` when it does
+        not answer (then the batch may or may not be stored: nothing of it, or all of it)."""
+        batch_id = uuid.uuid4().hex
+        last = len(events)
+        for number, event in enumerate(events, start=1):
+            subject = subjects.subject_for(event)
+            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+            if number < last:
+                await self.nc.publish(subject, ev.encode(event), headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            try:
+                reply = await self.nc.request(subject, ev.encode(event), headers=headers, timeout=timeout_s)
+            except NatsTimeoutError as err:
+                raise TimeoutError("no answer to the batch's commit") from err
+            answer = json.loads(reply.data or b"{}")
+            if "error" in answer or "seq" not in answer:
+                error = answer.get("error", {})
+                raise BatchRefused(f"{error.get('description', answer)} (err_code {error.get('err_code')})")
+            return int(answer["seq"])
+        raise ValueError("an empty batch")
 
     async def publish_fenced(self, event: ev.Event, expected_last_scheduler_seq: int) -> int:
         """Publish a scheduler decision only if no other decision was stored since ``expected``."""
@@ -167,6 +198,8 @@ async def ensure_stream(
         duplicate_window=spec.duplicate_window_s,
         max_msg_size=spec.max_msg_size,
         num_replicas=replicas,
+        # A workflow is published as one atomic batch: all of its events are stored, or none.
+        allow_atomic=True,
     )
     try:
         await js.add_stream(config)

@@ -15,7 +15,7 @@ from sqlalchemy import BigInteger, Integer, String, Table
 
 from conductor_contracts import events as ev
 from conductor_contracts.paths import output_files
-from conductor_contracts.states import JobState
+from conductor_contracts.states import JobState, PendingReason
 from conductor_projector import tables as t
 
 ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
@@ -44,7 +44,15 @@ class UpdateNode:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-Operation = InsertJob | UpdateJob | UpsertNode | UpdateNode
+@dataclass(frozen=True)
+class InsertRow:
+    """A row written once and never changed (a user, a workflow); a second insert changes nothing."""
+
+    table: Table
+    values: dict[str, Any]
+
+
+Operation = InsertJob | UpdateJob | UpsertNode | UpdateNode | InsertRow
 
 
 Row = dict[str, Any]
@@ -111,6 +119,14 @@ def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
             "script": e.script,
             "submit_time": e.occurred_at,
             "cancel_requested": False,
+            "workflow_id": e.workflow_id,
+            "workflow_index": e.workflow_index,
+            "branch_id": e.branch_id,
+            "job_type": e.job_type,
+            "parents": e.parent_ids(seq) if e.workflow_id else None,
+            "dependency": None if e.dependency is None else str(e.dependency),
+            # Held from the submission on: the scheduler says so only when the reason changes.
+            **({"reason": PendingReason.DEPENDENCY.value} if e.dependency is not None or e.parent_ids(seq) else {}),
         }
     )
 
@@ -142,8 +158,28 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
             return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid})]
         case ev.JobFailed():
             return [_ended(event, ev.final_state(event), message=event.message or None)]
+        case ev.JobCancelled(reason=reason) if reason:
+            return [_ended(event, ev.final_state(event), reason=reason, reason_detail=event.detail or None)]
         case ev.JobCompleted() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
             return [_ended(event, ev.final_state(event))]
+        case ev.UserCreated():
+            user: dict[str, Any] = {
+                "user_id": event.user_id,
+                "username": event.username,
+                "created_at": event.occurred_at,
+            }
+            return [InsertRow(t.users, user)]
+        case ev.WorkflowSubmitted():
+            workflow: dict[str, Any] = {
+                "workflow_id": event.workflow_id,
+                "user_id": event.user_id,
+                "owner": event.owner,
+                "name": event.name,
+                "job_count": event.job_count,
+                "first_job_id": seq + 1,  # its jobs follow it in one atomic batch
+                "submit_time": event.occurred_at,
+            }
+            return [InsertRow(t.workflows, workflow)]
         case ev.NodeRegistered():
             return [
                 UpsertNode(
@@ -242,6 +278,8 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _target(op: Operation) -> Table:
+    if isinstance(op, InsertRow):
+        return op.table
     return t.jobs if isinstance(op, InsertJob | UpdateJob) else t.nodes
 
 
@@ -280,7 +318,7 @@ def _bounds(table: Table) -> dict[str, _Bounds]:
     return out
 
 
-_BOUNDS = {table.name: _bounds(table) for table in (t.jobs, t.nodes)}
+_BOUNDS = {table.name: _bounds(table) for table in (t.jobs, t.nodes, t.users, t.workflows)}
 
 
 def _problem(bounds: _Bounds, name: str, value: Any) -> str | None:

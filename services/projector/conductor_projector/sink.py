@@ -20,6 +20,7 @@ from conductor_projector.faults import EventError, Fault, classify
 from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS
 from conductor_projector.operations import (
     InsertJob,
+    InsertRow,
     Operation,
     Undecodable,
     UpdateJob,
@@ -52,6 +53,8 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=fresh))
             case UpdateNode():
                 await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(op.values))
+            case InsertRow():
+                await conn.execute(insert(op.table).values(op.values).on_conflict_do_nothing())
     job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
     touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
     if not touched:
@@ -320,5 +323,7 @@ async def reset(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.execute(t.jobs.delete())
         await conn.execute(t.nodes.delete())
+        await conn.execute(t.users.delete())
+        await conn.execute(t.workflows.delete())
         await conn.execute(t.positions.delete())
         await conn.execute(t.dead_letters.delete())

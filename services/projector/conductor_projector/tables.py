@@ -51,9 +51,39 @@ jobs = Table(
     Column("end_time", DateTime(timezone=True)),
     Column("cancel_requested", Boolean, nullable=False, server_default="false"),
     Column("message", Text),
+    Column("workflow_id", Text),
+    Column("workflow_index", Integer),
+    Column("branch_id", Text),
+    Column("job_type", Text),
+    Column("parents", JSON),  # job ids
+    Column("dependency", Text),  # sbatch's syntax
     Index("ix_jobs_state", "state"),
+    Index("ix_jobs_workflow_id", "workflow_id"),
     Index("ix_jobs_account", "account"),
     Index("ix_jobs_name", "name"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", Text, primary_key=True),
+    Column("username", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_users_username", "username", unique=True),
+)
+
+# A workflow's state is not stored: it is its jobs' states, read together (queries.py).
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("workflow_id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("job_count", Integer, nullable=False),
+    Column("first_job_id", BigInteger, nullable=False),
+    Column("submit_time", DateTime(timezone=True), nullable=False),
+    Index("ix_workflows_user_id", "user_id"),
 )
 
 nodes = Table(

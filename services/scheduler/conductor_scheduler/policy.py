@@ -6,6 +6,9 @@
   so a big job is not starved by a stream of small ones.
 - A job larger than every node of its partition could ever hold does not block anyone: it waits with
   reason ResourcesNeverSatisfiable, and a bigger node registering later can still take it.
+- A job held by a dependency is passed over (reason Dependency, set at submit): it blocks nobody. One
+  whose dependency can no longer hold is cancelled (DependencyNeverSatisfied); a no-op job whose
+  dependency holds is completed without a node.
 - Reasons are evaluated for the first ``queue_depth`` pending jobs of each partition (Slurm's
   default_queue_depth) and emitted only when they change, so a deep queue does not flood the log.
 """
@@ -18,7 +21,7 @@ from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
-Decision = ev.JobPlaced | ev.JobCancelled | ev.JobReasonChanged
+Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobReasonChanged
 
 
 @dataclass
@@ -42,6 +45,13 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
     for job_id in sorted(state.cancel_requested):
         if job_id in state.pending:
             decisions.append(ev.JobCancelled(job_id=job_id))
+    for job_id in sorted(state.doomed):
+        if job_id in state.pending and job_id not in state.cancel_requested:
+            never = PendingReason.DEPENDENCY_NEVER_SATISFIED.value
+            decisions.append(ev.JobCancelled(job_id=job_id, reason=never, detail=state.doomed[job_id]))
+    for job_id in sorted(state.ready_noops):
+        if job_id in state.pending and job_id not in state.cancel_requested:
+            decisions.append(ev.JobCompleted(job_id=job_id))
 
     nodes = sorted(state.nodes.values(), key=lambda n: n.name)
     room = {n.name: _Room(n.usable_cores(), n.free_memory_mb) for n in nodes}
@@ -59,7 +69,9 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
 
     for job in state.pending.values():
         partition = job.partition
-        if partition in done or job.job_id in state.cancel_requested:
+        if partition in done or job.job_id in state.cancel_requested or job.noop:
+            continue
+        if job.job_id in state.holds.waiting or job.job_id in state.doomed:
             continue
         evaluated[partition] = depth = evaluated.get(partition, 0) + 1
         explain = depth <= queue_depth

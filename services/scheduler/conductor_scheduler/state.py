@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from conductor_contracts import dependencies as deps
 from conductor_contracts import events as ev
+from conductor_contracts.states import JobState, PendingReason
+from conductor_scheduler.holds import Holds
 
 
 @dataclass
@@ -37,6 +40,7 @@ class PendingJob:
     partition: str
     cpus: int
     memory_mb: int
+    noop: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class ClusterState:
     running: dict[int, Allocation] = field(default_factory=dict)
     cancel_requested: set[int] = field(default_factory=set)
     reasons: dict[int, str] = field(default_factory=dict)
+    # Dependencies: every job's state, and the pending jobs a dependency holds (holds.py).
+    holds: Holds = field(default_factory=Holds)
+    # Pending jobs whose dependency can no longer hold, with why: the policy cancels them.
+    doomed: dict[int, str] = field(default_factory=dict)
+    # Pending no-op jobs free to go: the policy completes them.
+    ready_noops: set[int] = field(default_factory=set)
     last_seq: int = 0
     # The stream sequence of the newest scheduler decision folded: the fencing token for the next one.
     last_scheduler_seq: int = 0
@@ -82,6 +92,9 @@ def _dequeue(state: ClusterState, job_id: int) -> None:
     job = state.pending.pop(job_id, None)
     if job is None:
         return
+    state.holds.forget(job_id)
+    state.doomed.pop(job_id, None)
+    state.ready_noops.discard(job_id)
     left = state.queued[job.partition] - 1
     if left:
         state.queued[job.partition] = left
@@ -89,7 +102,46 @@ def _dequeue(state: ClusterState, job_id: int) -> None:
         del state.queued[job.partition]
 
 
-def _release(state: ClusterState, job_id: int) -> None:
+def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
+    """``job_id`` moved to ``new``: decide the held jobs that this settles."""
+    for held, verdict in state.holds.changed(job_id, new).items():
+        if held not in state.pending:
+            continue
+        if verdict is deps.Verdict.NEVER:
+            waiter_of = f"job {job_id} ended {new.value}" if new.is_terminal else f"job {job_id} is {new.value}"
+            state.doomed[held] = f"its dependency can no longer be satisfied: {waiter_of}"
+        elif state.pending[held].noop:
+            state.ready_noops.add(held)
+        # A job let go keeps the reason Dependency until the policy gives it its new one.
+
+
+def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
+    job = PendingJob(seq, event.partition, event.cpus, event.memory_mb, noop=event.noop)
+    _enqueue(state, job)
+    state.holds.submitted(seq, (event.account, event.name))
+    dependency = event.dependency
+    parents = event.parent_ids(seq)
+    if parents:
+        workflow = deps.on_parents(parents)
+        dependency = (
+            workflow if dependency is None else deps.Dependency(conditions=workflow.conditions + dependency.conditions)
+        )
+    if dependency is None:
+        if job.noop:
+            state.ready_noops.add(seq)
+        return
+    # What the read model shows from the submission on, without an event: the policy changes it.
+    state.reasons[seq] = PendingReason.DEPENDENCY.value
+    verdict = state.holds.hold(seq, dependency)
+    if verdict is deps.Verdict.NEVER:
+        state.doomed[seq] = f"its dependency {dependency} can never be satisfied"
+    elif job.noop:
+        state.ready_noops.add(seq)
+
+
+def _release(state: ClusterState, job_id: int, final: JobState) -> None:
+    if state.holds.states.set(job_id, final):
+        _settled(state, job_id, final)
     _dequeue(state, job_id)
     state.cancel_requested.discard(job_id)
     state.reasons.pop(job_id, None)
@@ -112,7 +164,7 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
         state.last_scheduler_seq = seq
     match event:
         case ev.JobSubmitted():
-            _enqueue(state, PendingJob(seq, event.partition, event.cpus, event.memory_mb))
+            _submitted(state, seq, event)
         case ev.JobCancelRequested(job_id=job_id):
             if job_id in state.pending:
                 state.cancel_requested.add(job_id)
@@ -128,11 +180,13 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
                 node.free_cores.difference_update(event.cores)
                 node.free_memory_mb -= event.memory_mb
                 node.alloc_cpus += len(event.cores)
+            if state.holds.states.set(job_id, JobState.RUNNING):
+                _settled(state, job_id, JobState.RUNNING)
         case ev.JobReasonChanged(job_id=job_id, reason=reason):
             if job_id in state.pending:
                 state.reasons[job_id] = reason
         case ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
-            _release(state, event.job_id)
+            _release(state, event.job_id, ev.final_state(event))
         case ev.NodeRegistered():
             _register(state, event)
         case _:

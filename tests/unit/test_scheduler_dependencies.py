@@ -1,0 +1,167 @@
+"""Dependencies and workflows in the scheduler's pure fold and policy."""
+
+from __future__ import annotations
+
+import uuid
+
+from conductor_contracts import dependencies as deps
+from conductor_contracts import events as ev
+from conductor_contracts.states import PendingReason
+from tests.unit.scheduling import Log, node, submitted
+
+NEVER = PendingReason.DEPENDENCY_NEVER_SATISFIED.value
+
+
+def _placed(log: Log) -> list[int]:
+    return [job for job, _, _ in log.placements()]
+
+
+def _finish(log: Log, job_id: int, outcome: type[ev.Event] = ev.JobCompleted) -> None:
+    log.append(outcome(job_id=job_id, node="n0", exit_code=0 if outcome is ev.JobCompleted else 1))  # type: ignore[call-arg]
+
+
+def _workflow(log: Log, parents: list[list[int]], *, noop: bool = False) -> list[int]:
+    workflow_id = str(uuid.uuid4())
+    user = str(uuid.uuid4())
+    log.append(ev.WorkflowSubmitted(workflow_id=workflow_id, user_id=user, owner="u", job_count=len(parents)))
+    return [
+        log.append(submitted(workflow_id=workflow_id, workflow_index=i, parent_indices=tuple(p), noop=noop))
+        for i, p in enumerate(parents)
+    ]
+
+
+def test_afterok_waits_for_completion_and_does_not_block_others() -> None:
+    log = Log()
+    log.append(node("n0", 4))
+    a = log.append(submitted())
+    b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
+    c = log.append(submitted())
+    log.schedule()
+    assert _placed(log) == [a, c]
+    assert log.state.reasons[b] == PendingReason.DEPENDENCY.value
+    _finish(log, a)
+    log.schedule()
+    assert _placed(log) == [a, c, b]
+
+
+def test_failed_parent_cancels_the_whole_chain() -> None:
+    log = Log()
+    log.append(node("n0", 4))
+    a = log.append(submitted())
+    b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
+    c = log.append(submitted(dependency=deps.parse(f"afterok:{b}")))
+    log.schedule()
+    _finish(log, a, ev.JobFailed)
+    first = log.schedule()
+    assert [(type(d), d.job_id) for d in first] == [(ev.JobCancelled, b)]
+    assert isinstance(first[0], ev.JobCancelled) and first[0].reason == NEVER
+    assert "job 1" not in first[0].detail and f"job {a} ended FAILED" in first[0].detail
+    second = log.schedule()
+    assert [(type(d), d.job_id) for d in second] == [(ev.JobCancelled, c)]
+    assert not log.state.pending
+    assert _placed(log) == [a]
+
+
+def test_afternotok_and_any_of() -> None:
+    log = Log()
+    log.append(node("n0", 4))
+    a = log.append(submitted())
+    on_fail = log.append(submitted(dependency=deps.parse(f"afternotok:{a}")))
+    either = log.append(submitted(dependency=deps.parse(f"afternotok:{a}?afterok:{a}")))
+    log.schedule()
+    _finish(log, a)
+    decisions = log.schedule()
+    assert {(type(d), d.job_id) for d in decisions if not isinstance(d, ev.JobReasonChanged)} == {
+        (ev.JobPlaced, either),
+        (ev.JobCancelled, on_fail),
+    }
+
+
+def test_after_holds_once_the_job_started() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    log.append(node("n1", 1))
+    a = log.append(submitted())
+    b = log.append(submitted(dependency=deps.parse(f"after:{a}")))
+    log.schedule()  # places a
+    log.schedule()  # a's placement is folded: b may go
+    assert _placed(log) == [a, b]
+
+
+def test_dependency_on_a_job_that_ended_long_ago_or_no_job() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    a = log.append(submitted())
+    log.schedule()
+    _finish(log, a)
+    ok = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
+    missing = log.append(submitted(dependency=deps.parse(f"afterok:{a}:999999")))
+    decisions = log.schedule()
+    assert (ev.JobPlaced, ok) in [(type(d), d.job_id) for d in decisions]
+    assert (ev.JobCancelled, missing) in [(type(d), d.job_id) for d in decisions]
+
+
+def test_singleton_waits_for_earlier_jobs_of_the_same_name_and_account() -> None:
+    log = Log()
+    log.append(node("n0", 4))
+    a = log.append(submitted(name="nightly"))
+    b = log.append(submitted(name="nightly", dependency=deps.parse("singleton")))
+    other = log.append(submitted(name="other", dependency=deps.parse("singleton")))
+    log.schedule()
+    assert _placed(log) == [a, other]
+    _finish(log, a, ev.JobFailed)
+    log.schedule()
+    assert _placed(log) == [a, other, b]
+
+
+def test_cancel_of_a_held_job() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    a = log.append(submitted())
+    b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
+    log.append(ev.JobCancelRequested(job_id=b))
+    decisions = log.schedule()
+    assert (ev.JobCancelled, b) in [(type(d), d.job_id) for d in decisions]
+    assert not log.state.holds.waiting
+
+
+def test_diamond_workflow_runs_b_and_c_together_and_d_last() -> None:
+    log = Log()
+    log.append(node("n0", 4))
+    a, b, c, d = _workflow(log, [[], [0], [0], [1, 2]])
+    log.schedule()
+    assert _placed(log) == [a]
+    _finish(log, a)
+    log.schedule()
+    assert _placed(log) == [a, b, c]
+    _finish(log, b)
+    log.schedule()
+    assert _placed(log) == [a, b, c]
+    _finish(log, c)
+    log.schedule()
+    assert _placed(log) == [a, b, c, d]
+
+
+def test_noop_workflow_completes_without_a_node() -> None:
+    log = Log()  # no node at all: no-op jobs need none
+    jobs = _workflow(log, [[], [0], [1]], noop=True)
+    for _ in jobs:
+        decisions = log.schedule()
+        assert all(isinstance(d, ev.JobCompleted) and d.node is None for d in decisions)
+    assert not log.state.pending
+    completed = [e.job_id for _, e, _ in log.events if isinstance(e, ev.JobCompleted)]
+    assert completed == jobs
+
+
+def test_fan_in_settles_by_counting() -> None:
+    log = Log()
+    log.append(node("n0", 64, memory_mb=100_000))
+    jobs = _workflow(log, [[]] + [[0]] * 50 + [list(range(1, 51))])
+    log.schedule()
+    _finish(log, jobs[0])
+    log.schedule()
+    assert len(_placed(log)) == 51
+    for job in jobs[1:-1]:
+        _finish(log, job)
+    log.schedule()
+    assert _placed(log)[-1] == jobs[-1]
