@@ -36,7 +36,7 @@ def test_seed_payload_is_accepted_as_is() -> None:
         ({"current_working_directory": "relative/dir"}, "current_working_directory"),
         ({"name": ""}, "name"),
         ({"unknown_field": 1}, "unknown_field"),
-        ({"dependency": "afterok:1"}, "dependency"),
+        ({"dependency": "afterok:one"}, "dependency"),
     ],
 )
 def test_bad_job_fields_name_the_field(change: dict[str, object], field: str) -> None:

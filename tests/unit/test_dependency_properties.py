@@ -24,6 +24,7 @@ steps = st.lists(
             st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 30)), max_size=3),
             st.booleans(),  # any_of
             st.booleans(),  # singleton
+            st.booleans(),  # a no-op job
         ),
         st.tuples(st.just("finish"), st.integers(0, 30), st.sampled_from(sorted(OUTCOMES))),
         st.tuples(st.just("cancel"), st.integers(0, 30)),
@@ -58,12 +59,13 @@ def _run(plan: list[tuple[Any, ...]]) -> tuple[Log, list[int]]:
     jobs: list[int] = []
     for step in plan:
         match step:
-            case ("submit", conditions, any_of, singleton):
+            case ("submit", conditions, any_of, singleton, noop):
                 terms = [f"{kind}:{jobs[i % len(jobs)]}" for kind, i in conditions if jobs]
                 if singleton:
                     terms.append("singleton")
                 text = ("?" if any_of else ",").join(terms)
-                jobs.append(log.append(submitted(name="same", dependency=deps.parse(text) if text else None)))
+                dependency = deps.parse(text) if text else None
+                jobs.append(log.append(submitted(name="same", dependency=dependency, noop=bool(noop))))
             case ("finish", index, how) if log.state.running:
                 running = sorted(log.state.running)
                 _finish(log, running[index % len(running)], str(how))
@@ -82,7 +84,8 @@ def _check_placements(log: Log) -> None:
         if isinstance(event, ev.JobSubmitted):
             states[seq] = JobState.PENDING
             submissions[seq] = event
-        elif isinstance(event, ev.JobPlaced):
+        elif isinstance(event, ev.JobPlaced) or (isinstance(event, ev.JobCompleted) and event.node is None):
+            assert submissions[event.job_id].noop is isinstance(event, ev.JobCompleted), "a no-op job is never placed"
             dependency = submissions[event.job_id].dependency
             if dependency is not None:
                 verdicts = []
@@ -95,7 +98,7 @@ def _check_placements(log: Log) -> None:
                 holds = sum(v is deps.Verdict.HOLDS for v in verdicts)
                 never = sum(v is deps.Verdict.NEVER for v in verdicts)
                 assert deps.combine(holds, never, len(verdicts), any_of=dependency.any_of) is deps.Verdict.HOLDS
-            states[event.job_id] = JobState.RUNNING
+            states[event.job_id] = JobState.RUNNING if isinstance(event, ev.JobPlaced) else JobState.COMPLETED
         elif isinstance(event, ev.TERMINAL_JOB_EVENTS) and not states[event.job_id].is_terminal:
             states[event.job_id] = ev.final_state(event)
 

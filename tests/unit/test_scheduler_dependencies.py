@@ -145,9 +145,8 @@ def test_diamond_workflow_runs_b_and_c_together_and_d_last() -> None:
 def test_noop_workflow_completes_without_a_node() -> None:
     log = Log()  # no node at all: no-op jobs need none
     jobs = _workflow(log, [[], [0], [1]], noop=True)
-    for _ in jobs:
-        decisions = log.schedule()
-        assert all(isinstance(d, ev.JobCompleted) and d.node is None for d in decisions)
+    for job in jobs:  # one at a time: each waits for its parent
+        assert [(type(d), d.job_id, getattr(d, "node", None)) for d in log.schedule()] == [(ev.JobCompleted, job, None)]
     assert not log.state.pending
     completed = [e.job_id for _, e, _ in log.events if isinstance(e, ev.JobCompleted)]
     assert completed == jobs
@@ -165,3 +164,16 @@ def test_fan_in_settles_by_counting() -> None:
         _finish(log, job)
     log.schedule()
     assert _placed(log)[-1] == jobs[-1]
+
+
+def test_noop_child_waits_for_a_real_parent() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    workflow = str(uuid.uuid4())
+    log.append(ev.WorkflowSubmitted(workflow_id=workflow, user_id=workflow, owner="u", job_count=2))
+    real = log.append(submitted(workflow_id=workflow, workflow_index=0))
+    noop = log.append(submitted(workflow_id=workflow, workflow_index=1, parent_indices=(0,), noop=True))
+    assert [(type(d), d.job_id) for d in log.schedule()] == [(ev.JobPlaced, real)]
+    assert [(type(d), d.job_id) for d in log.schedule()] == []
+    _finish(log, real)
+    assert [(type(d), d.job_id) for d in log.schedule()] == [(ev.JobCompleted, noop)]

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from conductor_contracts import dependencies
 from conductor_contracts.parsing import MAX_MEMORY_MB, parse_memory_mb, parse_time_limit_seconds, shown
 from conductor_contracts.paths import (
     DEFAULT_OUTPUT,
@@ -59,7 +60,7 @@ def _text(value: object) -> object:
 Text = BeforeValidator(_text)
 
 
-def _label(value: str) -> str:
+def printable_label(value: str) -> str:
     if not value.isprintable() or "/" in value:
         raise ValueError(f"{shown(value)} may hold printable characters only, and no '/'")
     return value
@@ -69,7 +70,7 @@ def _label(value: str) -> str:
 Label = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL_CHARS),
-    AfterValidator(_label),
+    AfterValidator(printable_label),
     Text,
 ]
 LABEL_RULE = f"1 to {MAX_LABEL_CHARS} printable characters, no '/'"
@@ -122,7 +123,12 @@ class JobSpec(BaseModel):
         description=f"Variables for the job: names are shell names ([A-Za-z_][A-Za-z0-9_]*), values any text "
         f"without NUL; at most {MAX_ENV_VARS} of them and {MAX_ENV_BYTES // 1024} KiB in all.",
     )
-    dependency: Annotated[str | None, Text] = Field(default=None, description="Not supported yet: leave it out.")
+    dependency: Annotated[str | None, Text, Field(max_length=64 * 1024)] = Field(
+        default=None,
+        description="sbatch's syntax: 'afterok:12:13', 'afterany:12', 'after:12' (started), 'afternotok:12', "
+        "'singleton', joined by ',' (all must hold) or '?' (one is enough). Each job must exist. A job whose "
+        "dependency can no longer hold is cancelled (reason DependencyNeverSatisfied).",
+    )
 
     @field_validator("memory_per_node")
     @classmethod
@@ -194,10 +200,14 @@ class JobSpec(BaseModel):
 
     @field_validator("dependency")
     @classmethod
-    def _no_dependency_yet(cls, value: str | None) -> str | None:
+    def _dependency(cls, value: str | None) -> str | None:
         if value:
-            raise ValueError("job dependencies are not supported yet")
+            dependencies.parse(value)
         return value
+
+    @property
+    def parsed_dependency(self) -> dependencies.Dependency | None:
+        return dependencies.parse(self.dependency) if self.dependency else None
 
     @property
     def memory_mb(self) -> int:
@@ -277,6 +287,12 @@ class JobView(BaseModel):
     end_time: datetime | None = None
     cancel_requested: bool = False
     message: str | None = None
+    dependency: str | None = None
+    workflow_id: str | None = None
+    workflow_index: int | None = None
+    branch_id: str | None = None
+    job_type: str | None = None
+    parents: list[str] = Field(default_factory=list, description="the job ids of its parents in its workflow")
 
 
 class JobList(BaseModel):

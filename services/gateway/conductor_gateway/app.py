@@ -20,18 +20,19 @@ from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
-from pydantic import AfterValidator, ValidationError
+from pydantic import AfterValidator
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
 from conductor_contracts.states import JobState
-from conductor_gateway import errors, queries, views
+from conductor_gateway import errors, queries, views, workflows
+from conductor_gateway.backends import State, missing_jobs, submission
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
-from conductor_platform.bus import Bus, connect
+from conductor_platform.bus import connect
 from conductor_platform.settings import async_database_url
 
 log = logging.getLogger("conductor.gateway")
@@ -59,11 +60,6 @@ Filter = Annotated[
     Query(max_length=api.MAX_LABEL_CHARS, description="exact match; at most 200 characters, no control characters"),
     AfterValidator(_filter_text),
 ]
-
-
-class State:
-    bus: Bus
-    engine: AsyncEngine
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -111,24 +107,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     body_max = 6 * (settings.max_script_bytes + api.MAX_ENV_BYTES) + 64 * 1024
     app.add_middleware(BodyLimit, max_bytes=body_max, timeout_s=settings.body_timeout_s)
 
-    async def submission(job_id: int) -> ev.JobSubmitted | None:
-        try:
-            raw = await state.bus.js.get_msg(state.bus.stream, seq=job_id)
-        except NotFoundError:
-            return None
-        if raw.subject != subjects.SUBMITTED:
-            return None
-        try:
-            event = ev.decode(raw.data or b"")
-        except ValidationError:  # not written by a gateway (the consumers skip it too): no job
-            return None
-        return event if isinstance(event, ev.JobSubmitted) else None
-
     async def find_job(job_id: int) -> api.JobView:
         row = await queries.job(state.engine, job_id)
         if row is not None:
             return views.job_from_row(row)
-        submitted = await submission(job_id)
+        submitted = await submission(state.bus, job_id)
         if submitted is None:
             raise HTTPException(404, f"job {job_id} not found")
         # Not projected yet, or never: a submission the read models could not hold is a dead letter,
@@ -152,6 +135,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if len(body.script.encode()) > settings.max_script_bytes:
             raise HTTPException(413, f"script over the limit of {settings.max_script_bytes} bytes")
         spec = body.job
+        dependency = spec.parsed_dependency
+        if dependency is not None and (missing := await missing_jobs(state, dependency.job_ids)):
+            shown = ", ".join(str(j) for j in missing[:10])
+            raise HTTPException(422, f"dependency: no job {shown}{' ...' if len(missing) > 10 else ''}")
         event = ev.JobSubmitted(
             name=spec.name,
             account=spec.account,
@@ -166,6 +153,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             standard_error=spec.standard_error,
             environment=spec.environment,
             script=body.script,
+            dependency=dependency,
         )
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
             # Not reachable while the body limit is under the message size (the event is the body and
@@ -268,6 +256,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             if text is not None:
                 return PlainTextResponse(text)
         raise HTTPException(409, f"job {job_id} runs on node {job.node}; its output is here when it ends")
+
+    app.include_router(workflows.router(state, settings))
 
     @app.get("/nodes", response_model=api.NodeList)
     async def list_nodes() -> api.NodeList:

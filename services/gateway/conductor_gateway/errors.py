@@ -12,8 +12,8 @@ from conductor_contracts.text import printable
 
 def documented(*codes: int) -> dict[int | str, dict[str, object]]:
     meaning = {
-        404: "no such job",
-        409: "the job is in a state that does not allow this",
+        404: "not found (no such job, user or workflow)",
+        409: "a conflict: the job's state does not allow this, or the user exists already",
         413: "the script or the request is over the size limit",
         503: "NATS or PostgreSQL is unavailable; retry",
     }

@@ -56,3 +56,48 @@ async def projected_position(engine: AsyncEngine) -> int:
     """How far into the log the read models are (the newest projector's position); also a ping."""
     async with engine.connect() as conn:
         return int(await conn.scalar(select(func.coalesce(func.max(t.positions.c.position), 0))) or 0)
+
+
+async def existing_jobs(engine: AsyncEngine, job_ids: list[int]) -> set[int]:
+    if not job_ids:
+        return set()
+    async with engine.connect() as conn:
+        result = await conn.execute(select(t.jobs.c.job_id).where(t.jobs.c.job_id.in_(job_ids)))
+        return {int(row[0]) for row in result}
+
+
+async def user(engine: AsyncEngine, user_id: str) -> RowMapping | None:
+    async with engine.connect() as conn:
+        return (await conn.execute(select(t.users).where(t.users.c.user_id == user_id))).mappings().first()
+
+
+async def users(engine: AsyncEngine, limit: int) -> Sequence[RowMapping]:
+    async with engine.connect() as conn:
+        result = await conn.execute(select(t.users).order_by(t.users.c.created_at, t.users.c.username).limit(limit))
+        return result.mappings().all()
+
+
+async def workflow(engine: AsyncEngine, workflow_id: str) -> RowMapping | None:
+    async with engine.connect() as conn:
+        query = select(t.workflows).where(t.workflows.c.workflow_id == workflow_id)
+        return (await conn.execute(query)).mappings().first()
+
+
+async def workflow_jobs(engine: AsyncEngine, workflow_id: str) -> Sequence[RowMapping]:
+    async with engine.connect() as conn:
+        query = select(t.jobs).where(t.jobs.c.workflow_id == workflow_id).order_by(t.jobs.c.workflow_index)
+        return (await conn.execute(query)).mappings().all()
+
+
+async def workflows(
+    engine: AsyncEngine, *, user_id: str | None, before: int | None, limit: int
+) -> Sequence[RowMapping]:
+    w = t.workflows.c
+    filters: list[Any] = []
+    if user_id:
+        filters.append(w.user_id == user_id)
+    if before is not None:
+        filters.append(w.first_job_id < before)
+    async with engine.connect() as conn:
+        query = select(t.workflows).where(*filters).order_by(w.first_job_id.desc()).limit(limit)
+        return (await conn.execute(query)).mappings().all()

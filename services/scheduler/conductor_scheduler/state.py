@@ -135,7 +135,7 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
     verdict = state.holds.hold(seq, dependency)
     if verdict is deps.Verdict.NEVER:
         state.doomed[seq] = f"its dependency {dependency} can never be satisfied"
-    elif job.noop:
+    elif verdict is deps.Verdict.HOLDS and job.noop:
         state.ready_noops.add(seq)
 
 

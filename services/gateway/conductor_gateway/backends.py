@@ -1,0 +1,54 @@
+"""What every route reads from: the log (NATS JetStream) and the read models (PostgreSQL).
+
+Read-your-writes: what a gateway has just published may not be projected yet, so a lookup that
+misses the read models looks in the log itself before it answers 404.
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_gateway import queries
+from conductor_platform.bus import Bus
+
+
+class State:
+    bus: Bus
+    engine: AsyncEngine
+
+
+async def submission(bus: Bus, job_id: int) -> ev.JobSubmitted | None:
+    """The job's submission, from the log: its id is the stream sequence of its JobSubmitted."""
+    try:
+        raw = await bus.js.get_msg(bus.stream, seq=job_id)
+    except NotFoundError:
+        return None
+    if raw.subject != subjects.SUBMITTED:
+        return None
+    try:
+        event = ev.decode(raw.data or b"")
+    except ValidationError:  # not written by a gateway (the consumers skip it too): no job
+        return None
+    return event if isinstance(event, ev.JobSubmitted) else None
+
+
+async def last_on(bus: Bus, subject: str) -> tuple[int, ev.Event] | None:
+    """The newest event on ``subject`` and its sequence, from the log."""
+    try:
+        raw = await bus.js.get_last_msg(bus.stream, subject)
+    except NotFoundError:
+        return None
+    try:
+        return int(raw.seq or 0), ev.decode(raw.data or b"")
+    except ValidationError:
+        return None
+
+
+async def missing_jobs(state: State, job_ids: list[int]) -> list[int]:
+    """Those of ``job_ids`` that are no job: neither in the read models nor submitted in the log."""
+    known = await queries.existing_jobs(state.engine, job_ids)
+    return [job_id for job_id in job_ids if job_id not in known and await submission(state.bus, job_id) is None]

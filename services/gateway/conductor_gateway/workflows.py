@@ -1,0 +1,211 @@
+"""Users and workflows (the second seed's API): publish their events, answer from the read models,
+and from the log for what is not projected yet."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from nats.js.errors import APIError
+from pydantic import ValidationError
+
+from conductor_contracts import api_workflows as wf
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_contracts.states import JobState
+from conductor_contracts.text import printable
+from conductor_gateway import errors, queries, views
+from conductor_gateway.backends import State, last_on, submission
+from conductor_gateway.settings import GatewaySettings
+from conductor_platform.bus import WRONG_LAST_SEQUENCE, BatchRefused
+
+# All of a workflow's events together; below what a batch of the stream's messages may hold.
+MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
+USER_RESPONSES = errors.documented(404, 503)
+
+
+def _job_error(index: int, err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return printable(f"job {index}: {where + ': ' if where else ''}{first.get('msg', '')}", 1000)
+
+
+def router(state: State, settings: GatewaySettings) -> APIRouter:
+    routes = APIRouter()
+
+    async def find_user(user_id: uuid.UUID) -> wf.UserView:
+        row = await queries.user(state.engine, str(user_id))
+        if row is not None:
+            return wf.UserView(id=row["user_id"], username=row["username"], created_at=row["created_at"])
+        found = await last_on(state.bus, subjects.user_subject(str(user_id)))
+        if found is None or not isinstance(found[1], ev.UserCreated):
+            raise HTTPException(404, f"user {user_id} not found")
+        created = found[1]
+        return wf.UserView(id=created.user_id, username=created.username, created_at=created.occurred_at)
+
+    @routes.post(
+        "/users/", response_model=wf.UserView, status_code=200, responses=errors.documented(409, 503), tags=["users"]
+    )
+    async def create_user(body: wf.UserCreate) -> wf.UserView:
+        event = ev.UserCreated(user_id=wf.user_id_of(body.username), username=body.username)
+        try:
+            # One message per user on its own subject, stored only if that subject has none yet: the
+            # stream refuses a second user of the same name, whichever gateway publishes it.
+            await state.bus.publish_acked(event, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        except APIError as err:
+            if err.err_code == WRONG_LAST_SEQUENCE:
+                raise HTTPException(409, f"a user named {body.username!r} already exists") from None
+            raise
+        return wf.UserView(id=event.user_id, username=event.username, created_at=event.occurred_at)
+
+    @routes.get("/users/{user_id}", response_model=wf.UserView, responses=USER_RESPONSES, tags=["users"])
+    async def get_user(user_id: uuid.UUID) -> wf.UserView:
+        return await find_user(user_id)
+
+    @routes.get("/users", response_model=wf.UserList, tags=["users"])
+    async def list_users(limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> wf.UserList:
+        rows = await queries.users(state.engine, limit)
+        return wf.UserList(
+            users=[wf.UserView(id=r["user_id"], username=r["username"], created_at=r["created_at"]) for r in rows]
+        )
+
+    @routes.post(
+        "/workflows/",
+        response_model=wf.WorkflowResponse,
+        responses=errors.documented(404, 413, 503),
+        tags=["workflows"],
+    )
+    async def submit_workflow(body: wf.WorkflowRequest) -> wf.WorkflowResponse:
+        user = await find_user(body.user_id)
+        workflow_id = str(uuid.uuid4())
+        events: list[ev.Event] = [
+            ev.WorkflowSubmitted(
+                workflow_id=workflow_id, user_id=user.id, owner=user.username, job_count=len(body.jobs), name=body.name
+            )
+        ]
+        for index, job in enumerate(body.jobs):
+            try:
+                spec = job.job_spec(user.username)
+            except ValidationError as err:
+                raise HTTPException(422, _job_error(index, err)) from None
+            script = job.script
+            if script is not None:
+                if not script.strip():
+                    raise HTTPException(422, f"job {index}: script is empty (leave it out for a no-op job)")
+                if len(script.encode()) > settings.max_script_bytes:
+                    raise HTTPException(413, f"job {index}: script over the limit of {settings.max_script_bytes} bytes")
+            events.append(
+                ev.JobSubmitted(
+                    name=spec.name,
+                    account=spec.account,
+                    partition=spec.partition,
+                    ntasks_per_node=spec.ntasks_per_node,
+                    cpus_per_task=spec.cpus_per_task,
+                    cpus=spec.cpus,
+                    memory_mb=spec.memory_mb,
+                    time_limit_s=spec.time_limit_s,
+                    working_directory=spec.current_working_directory,
+                    standard_output=spec.standard_output or "",
+                    standard_error=spec.standard_error,
+                    environment=spec.environment,
+                    script=script or "",
+                    noop=script is None,
+                    workflow_id=workflow_id,
+                    workflow_index=index,
+                    parent_indices=tuple(job.parent_indices),
+                    branch_id=job.branch_id,
+                    job_type=job.job_type,
+                )
+            )
+        sizes = [len(ev.encode(e)) for e in events]
+        if max(sizes) > subjects.STREAM_SPEC.max_msg_size - 4096 or sum(sizes) > MAX_WORKFLOW_BYTES:
+            raise HTTPException(413, f"the workflow is over the size limit ({MAX_WORKFLOW_BYTES} bytes in all)")
+        try:
+            last = await state.bus.publish_batch(events)
+        except BatchRefused as err:
+            raise HTTPException(503, f"the job log refused the workflow: {printable(str(err), 300)}; retry") from None
+        first = last - len(body.jobs) + 1
+        return wf.WorkflowResponse(
+            workflow_id=workflow_id, job_count=len(body.jobs), job_ids=[str(first + i) for i in range(len(body.jobs))]
+        )
+
+    async def find_workflow(workflow_id: uuid.UUID) -> wf.WorkflowView:
+        row = await queries.workflow(state.engine, str(workflow_id))
+        if row is not None:
+            submitted = ev.WorkflowSubmitted(
+                workflow_id=row["workflow_id"],
+                user_id=row["user_id"],
+                owner=row["owner"],
+                name=row["name"],
+                job_count=row["job_count"],
+                occurred_at=row["submit_time"],
+            )
+            first = int(row["first_job_id"])
+        else:
+            found = await last_on(state.bus, subjects.workflow_subject(str(workflow_id)))
+            if found is None or not isinstance(found[1], ev.WorkflowSubmitted):
+                raise HTTPException(404, f"workflow {workflow_id} not found")
+            first, submitted = found[0] + 1, found[1]
+        projected = {
+            int(r["job_id"]): views.job_from_row(r) for r in await queries.workflow_jobs(state.engine, str(workflow_id))
+        }
+        jobs: list[wf.WorkflowJobView] = []
+        for index in range(submitted.job_count):
+            job_id = first + index
+            job = projected.get(job_id)
+            if job is None:  # not projected yet: its submission, from the log
+                event = await submission(state.bus, job_id)
+                if event is None:
+                    continue
+                job = views.job_from_submission(job_id, event)
+            jobs.append(views.workflow_job(index, job, [int(p) - first for p in job.parents]))
+        return views.workflow(submitted, jobs)
+
+    @routes.get(
+        "/workflows/{workflow_id}",
+        response_model=wf.WorkflowView,
+        responses=errors.documented(404, 503),
+        tags=["workflows"],
+    )
+    async def get_workflow(workflow_id: uuid.UUID) -> wf.WorkflowView:
+        return await find_workflow(workflow_id)
+
+    @routes.get("/workflows", response_model=wf.WorkflowList, tags=["workflows"])
+    async def list_workflows(
+        user_id: uuid.UUID | None = None,
+        cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
+    ) -> wf.WorkflowList:
+        rows = await queries.workflows(
+            state.engine, user_id=None if user_id is None else str(user_id), before=cursor, limit=limit
+        )
+        page = [
+            wf.WorkflowSummary(
+                workflow_id=r["workflow_id"],
+                name=r["name"],
+                user_id=r["user_id"],
+                owner=r["owner"],
+                job_count=r["job_count"],
+                submit_time=r["submit_time"],
+            )
+            for r in rows
+        ]
+        next_cursor = str(rows[-1]["first_job_id"]) if len(rows) == limit else None
+        return wf.WorkflowList(workflows=page, next_cursor=next_cursor)
+
+    @routes.post(
+        "/workflows/{workflow_id}/cancel",
+        response_model=wf.WorkflowCancelResponse,
+        responses=errors.documented(404, 503),
+        tags=["workflows"],
+    )
+    async def cancel_workflow(workflow_id: uuid.UUID) -> wf.WorkflowCancelResponse:
+        workflow = await find_workflow(workflow_id)
+        open_jobs = [int(j.job_id) for j in workflow.jobs if not JobState(j.state).is_terminal]
+        if open_jobs:
+            # One batch: every job is asked, or none. A job that ends meanwhile ignores its request.
+            await state.bus.publish_batch([ev.JobCancelRequested(job_id=j) for j in open_jobs])
+        return wf.WorkflowCancelResponse(workflow_id=str(workflow_id), cancel_requested=[str(j) for j in open_jobs])
+
+    return routes

@@ -1,0 +1,166 @@
+"""Users, workflows and dependencies over HTTP, on real NATS and PostgreSQL (gateway in-process)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_contracts import events as ev
+from conductor_gateway.settings import GatewaySettings
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually, read_log
+from tests.integration.test_gateway import JOB, body, gateway, projector
+
+__all__ = ["projector"]  # a fixture, used by name
+
+SEED_WORKFLOW_JOBS = [
+    {"name": "Job1: 切片任务", "job_type": "tiling", "branch_id": "main", "parent_indices": []},
+    {"name": "Job2: 推理任务", "job_type": "inference", "branch_id": "main", "parent_indices": [0]},
+    {"name": "Job3: 后处理任务", "job_type": "postprocessing", "branch_id": "main", "parent_indices": [1]},
+]
+
+
+@pytest.fixture
+async def client(bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway(GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=1000)) as client:
+        yield client
+
+
+async def _user(client: httpx.AsyncClient, name: str = "test_user") -> str:
+    answer = await client.post("/users/", json={"username": name})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["id"])
+
+
+async def test_seed_user_then_workflow_reads_its_own_writes(client: httpx.AsyncClient, bus: Bus) -> None:
+    answer = await client.post("/users/", json={"username": "test_user"})
+    assert answer.status_code == 200
+    user = answer.json()
+    assert set(user) == {"id", "username", "created_at"} and uuid.UUID(user["id"])
+    # No projector runs: the user is found in the log.
+    assert (await client.get(f"/users/{user['id']}")).json()["username"] == "test_user"
+    created = await client.post("/workflows/", json={"user_id": user["id"], "jobs": SEED_WORKFLOW_JOBS})
+    assert created.status_code == 200, created.text
+    workflow = created.json()
+    assert workflow["job_count"] == 3 and uuid.UUID(workflow["workflow_id"])
+    ids = [int(j) for j in workflow["job_ids"]]
+    assert ids == list(range(ids[0], ids[0] + 3))
+    log = await read_log(bus)
+    by_seq = {seq: event for seq, _, event in log}
+    assert isinstance(by_seq[ids[0] - 1], ev.WorkflowSubmitted)
+    jobs = [by_seq[j] for j in ids]
+    assert all(isinstance(j, ev.JobSubmitted) and j.noop and j.account == "test_user" for j in jobs)
+    view = (await client.get(f"/workflows/{workflow['workflow_id']}")).json()
+    assert view["state"] == "PENDING" and view["owner"] == "test_user"
+    assert [j["parents"] for j in view["jobs"]] == [[], [str(ids[0])], [str(ids[1])]]
+    assert [j["parent_indices"] for j in view["jobs"]] == [[], [0], [1]]
+    assert view["jobs"][1]["reason"] == "Dependency"
+    job = (await client.get(f"/jobs/query/{ids[2]}")).json()
+    assert job["workflow_id"] == workflow["workflow_id"] and job["job_type"] == "postprocessing"
+
+
+async def test_a_second_user_of_the_same_name_is_409_even_at_once(client: httpx.AsyncClient) -> None:
+    answers = await asyncio.gather(*(client.post("/users/", json={"username": "alice"}) for _ in range(8)))
+    assert sorted(a.status_code for a in answers) == [200] + [409] * 7
+    # The same name composed or decomposed is one name.
+    assert (await client.post("/users/", json={"username": "jos\u00e9"})).status_code == 200
+    assert (await client.post("/users/", json={"username": "jose\u0301"})).status_code == 409
+
+
+@pytest.mark.parametrize(
+    "username", ['""', '"   "', f'"{"x" * 65}"', '"tab\\there"', '"nul\\u0000"', '"a/b"', '"\\ud800"', "12", "null"]
+)
+async def test_invalid_usernames_are_422(client: httpx.AsyncClient, username: str) -> None:
+    answer = await client.post(
+        "/users/", content=f'{{"username": {username}}}', headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422 and answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("jobs", "says"),
+    [
+        ([{"name": "a", "parent_indices": [0]}], "job 0 lists itself"),
+        ([{"name": "a"}, {"name": "b", "parent_indices": [2]}, {"name": "c"}], "job 1: parent index 2 is a later job"),
+        ([{"name": "a"}, {"name": "b", "parent_indices": [7]}], "job 1: parent index 7 is no job of the list"),
+        ([{"name": "a"}, {"name": "b", "parent_indices": [0, 0]}], "job 1: parent index 0 is listed twice"),
+        ([{"name": "a", "parent_indices": [-1]}], "greater than or equal to 0"),
+        ([], "at least 1"),
+        ([{"name": "a"}] * 1000, "at most 999"),
+        ([{"name": "a"}, {"name": "b", "memory_per_node": "8X", "script": "true"}], "job 1: memory_per_node"),
+        ([{"name": "a", "script": "   "}], "job 0: script is empty"),
+        ([{"name": "a", "dependency": "afterok:1"}], "Extra inputs"),
+    ],
+)
+async def test_bad_workflows_are_422_naming_the_job(client: httpx.AsyncClient, jobs: list[Any], says: str) -> None:
+    user = await _user(client)
+    answer = await client.post("/workflows/", json={"user_id": user, "jobs": jobs})
+    assert answer.status_code == 422, answer.text
+    assert says in answer.text
+
+
+async def test_workflow_of_an_unknown_user_is_404_and_publishes_nothing(client: httpx.AsyncClient, bus: Bus) -> None:
+    answer = await client.post("/workflows/", json={"user_id": str(uuid.uuid4()), "jobs": SEED_WORKFLOW_JOBS})
+    assert answer.status_code == 404 and "user" in answer.text
+    assert (await client.get(f"/users/{uuid.uuid4()}")).status_code == 404
+    assert (await client.get(f"/workflows/{uuid.uuid4()}")).status_code == 404
+    assert (await client.get("/workflows/not-a-uuid")).status_code == 422
+    assert await read_log(bus) == []
+
+
+async def test_oversized_workflow_script_is_413(client: httpx.AsyncClient) -> None:
+    user = await _user(client)
+    answer = await client.post("/workflows/", json={"user_id": user, "jobs": [{"name": "a", "script": "x" * 1001}]})
+    assert answer.status_code == 413 and "job 0" in answer.text
+
+
+async def test_the_largest_workflow_is_one_batch(client: httpx.AsyncClient, bus: Bus) -> None:
+    user = await _user(client)
+    jobs: list[dict[str, Any]] = [{"name": "source", "script": "true"}]
+    jobs += [{"name": f"f{i}", "parent_indices": [0]} for i in range(1, 998)]
+    jobs.append({"name": "sink", "parent_indices": list(range(1, 998))})
+    answer = await client.post("/workflows/", json={"user_id": user, "jobs": jobs})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["job_ids"]) == 999
+    info = await bus.js.stream_info(bus.stream)
+    assert info.state.last_seq == int(answer.json()["job_ids"][-1])
+
+
+async def test_dependency_on_unknown_job_is_422_and_known_is_accepted(client: httpx.AsyncClient, bus: Bus) -> None:
+    first = (await client.post("/jobs/submit", json=body())).json()["job_id"]
+    answer = await client.post("/jobs/submit", json=body(dependency=f"afterok:{first}:99999"))
+    assert answer.status_code == 422 and "no job 99999" in answer.text
+    bad = await client.post("/jobs/submit", json=body(dependency="afterok:1+5"))
+    assert bad.status_code == 422 and "not supported" in bad.text
+    ok = await client.post("/jobs/submit", json=body(dependency=f"afterok:{first}?singleton"))
+    assert ok.status_code == 200
+    job = (await client.get(f"/jobs/query/{ok.json()['job_id']}")).json()
+    assert job["dependency"] == f"afterok:{first}?singleton" and job["reason"] == "Dependency"
+    assert JOB["name"] == job["name"]
+
+
+async def test_projected_workflow_and_cancel(
+    client: httpx.AsyncClient, bus: Bus, projector: None, engine: AsyncEngine
+) -> None:
+    user = await _user(client, "bob")
+    created = (await client.post("/workflows/", json={"user_id": user, "jobs": SEED_WORKFLOW_JOBS})).json()
+
+    async def projected() -> dict[str, Any] | None:
+        listed = (await client.get("/workflows", params={"user_id": user})).json()["workflows"]
+        return listed[0] if listed else None
+
+    summary = await eventually(projected, what="the workflow in the read model")
+    assert summary["workflow_id"] == created["workflow_id"] and summary["owner"] == "bob"
+    users = (await client.get("/users")).json()["users"]
+    assert [u["username"] for u in users] == ["bob"]
+    cancelled = (await client.post(f"/workflows/{created['workflow_id']}/cancel")).json()
+    assert cancelled["cancel_requested"] == created["job_ids"]
+    log = await read_log(bus)
+    asked = [e.job_id for _, _, e in log if isinstance(e, ev.JobCancelRequested)]
+    assert asked == [int(j) for j in created["job_ids"]]
