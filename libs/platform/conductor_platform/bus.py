@@ -77,6 +77,10 @@ class Bus:
         consecutive sequences, or none (a batch never committed is dropped). Returns the last one's
         sequence. Raises ``BatchRefused`` when the server refuses it, ``TimeoutError`` when it does
         not answer (then the batch may or may not be stored: nothing of it, or all of it)."""
+        if not self.nc.is_connected:
+            # nats-py would buffer the batch and send it on reconnect, committing it after the caller
+            # was told it failed.
+            raise ConnectionError("not connected to NATS")
         batch_id = uuid.uuid4().hex
         last = len(events)
         for number, event in enumerate(events, start=1):

@@ -1,0 +1,98 @@
+"""What every benchmark needs: ``conductor up`` on its own nats-server and PostgreSQL, and the log's
+timestamps of each job (benchmarks print figures; they assert nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from conductor_contracts import events as ev
+from conductor_platform.bus import connect, next_batch, read_from
+from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
+
+
+@dataclass
+class BenchSystem:
+    url: str
+    nats: LocalServer
+    postgres: LocalServer
+    up: subprocess.Popen[bytes]
+    work: Path
+
+
+@asynccontextmanager
+async def conductor_up(node_cpus: int, memory: str = "64G") -> AsyncIterator[BenchSystem]:
+    with tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp:
+        var = Path(tmp)
+        nats_server = start_nats(var / "nats")
+        postgres = start_postgres(var / "postgres")
+        port = free_port()
+        env = os.environ | {"NATS_URL": nats_server.url, "DATABASE_URL": postgres.url, "CONDUCTOR_LOG_LEVEL": "WARNING"}
+        argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(var), "--port", str(port)]
+        argv += ["--node", "bench", "--cpus", str(node_cpus), "--memory", memory]
+        up = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(300):
+                    try:
+                        if (await client.get("/nodes")).json()["nodes"]:
+                            break
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        pass
+                    await asyncio.sleep(0.2)
+            yield BenchSystem(url, nats_server, postgres, up, var)
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+            postgres.stop()
+            nats_server.stop()
+
+
+@dataclass
+class Timeline:
+    """Event times (seconds) of each job, from the log itself."""
+
+    submitted: dict[int, float] = field(default_factory=dict)
+    placed: dict[int, float] = field(default_factory=dict)
+    started: dict[int, float] = field(default_factory=dict)
+    ended: dict[int, float] = field(default_factory=dict)
+
+
+async def follow(nats_url: str, ids: set[int], deadline_s: float) -> Timeline:
+    """Read the log from the start until every job of ``ids`` has ended (or ``deadline_s``)."""
+    bus = await connect(nats_url, name="bench")
+    sub = await read_from(bus, 1)
+    times = Timeline()
+    loop = asyncio.get_running_loop()
+    stop_at = loop.time() + deadline_s
+    while len(times.ended) < len(ids) and loop.time() < stop_at:
+        for msg in await next_batch(sub, 1000, wait_s=1.0):
+            event = ev.decode(msg.data)
+            at = event.occurred_at.timestamp()
+            seq = msg.metadata.sequence.stream
+            if isinstance(event, ev.JobSubmitted) and seq in ids:
+                times.submitted[seq] = at
+            elif isinstance(event, ev.JobPlaced) and event.job_id in ids:
+                times.placed[event.job_id] = at
+            elif isinstance(event, ev.JobStarted) and event.job_id in ids:
+                times.started[event.job_id] = at
+            elif isinstance(event, ev.TERMINAL_JOB_EVENTS) and event.job_id in ids:
+                times.ended[event.job_id] = at
+    await bus.close()
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
