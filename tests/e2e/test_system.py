@@ -112,18 +112,29 @@ def test_a_killed_scheduler_is_replaced_and_placing_resumes(system: System) -> N
     assert system.wait_state(job_id, "COMPLETED", timeout=90)["state"] == "COMPLETED"
 
 
-def test_an_executor_killed_under_a_running_job_accounts_for_it(system: System) -> None:
-    job_id = system.submit("sleep 300")
+def test_a_job_outlives_its_killed_executor_and_ends_with_its_own_exit(system: System) -> None:
+    gate = system.work / "let-it-end"
+    job_id = system.submit(f"until [ -e {gate} ]; do sleep 0.1; done; exit 5")
     wait_for(lambda: system.job(job_id)["start_time"], what="job started")
-    job_pid = _job_pid(system, job_id)
-    _child(system, "conductor_executor").kill()
+    supervisor = _job_pid(system, job_id)
+    executor = _child(system, "conductor_executor")
+    executor.kill()
+    executor.wait(10)
+    assert not _gone(supervisor), "the job died with its executor"
+    # conductor up starts a new executor, which takes the job over.
+    wait_for(lambda: _restarted(system, executor), what="executor restarted")
+    gate.touch()
     job = system.wait_state(job_id, "NODE_FAIL", "COMPLETED", "FAILED", "CANCELLED")
-    assert job["state"] == "NODE_FAIL" and "executor stopped" in job["message"]
-    wait_for(
-        lambda: not psutil.pid_exists(job_pid) or psutil.Process(job_pid).status() == "zombie", what="orphan killed"
-    )
+    assert (job["state"], job["exit_code"]) == ("FAILED", 5)
     after = system.submit("echo node-back")
     assert system.wait_state(after, "COMPLETED")["state"] == "COMPLETED"
+
+
+def _restarted(system: System, old: psutil.Process) -> bool:
+    try:
+        return bool(_child(system, "conductor_executor").pid != old.pid)
+    except ValueError:  # none between the two
+        return False
 
 
 def test_output_is_served_over_http(system: System) -> None:

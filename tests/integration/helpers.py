@@ -50,4 +50,5 @@ def fast_executor(nats_url: str, node: str, state_dir: Path) -> ExecutorSettings
         kill_grace_s=1,
         retry_first_s=0.02,
         retry_max_s=0.1,
+        stop_jobs_on_exit=True,  # what a test starts it ends
     )

@@ -36,6 +36,8 @@ def executor_settings(nats_url: str, tmp_path: Path, **overrides: Any) -> Execut
         "memory_poll_s": 0.2,
         "retry_first_s": 0.05,
         "retry_max_s": 0.2,
+        # What a test starts it ends: jobs do not outlive the test's executor.
+        "stop_jobs_on_exit": True,
     }
     return ExecutorSettings(**(defaults | overrides))
 

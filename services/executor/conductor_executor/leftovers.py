@@ -1,5 +1,5 @@
-"""What an earlier executor left running: found by its pid record or, without one, by its command
-line, and killed only if it is still that job (pids and paths are reused)."""
+"""What an earlier executor left running that cannot be taken over: found by its pid record or,
+without one, by its command line, and killed only if it is still that job (pids and paths are reused)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import signal
 from pathlib import Path
 
 import psutil
+
+from conductor_executor.supervision import ARGV0
 
 log = logging.getLogger("conductor.executor")
 
@@ -43,26 +45,47 @@ def kill_leftovers(record: Path) -> bool:
     return True
 
 
+def _supervised_script(cmdline: list[str]) -> str | None:
+    """The script of a job's supervisor: ``/bin/sh -c <wrapper> conductor-job <script> <setsid>``."""
+    if len(cmdline) == 6 and cmdline[:2] == ["/bin/sh", "-c"] and cmdline[3] == ARGV0:
+        return cmdline[4]
+    return None
+
+
+def _job_script(cmdline: list[str]) -> str | None:
+    """The script of a job: ``/bin/bash <script>``, or ``setsid /bin/bash <script>`` in the instant
+    between its own session and bash."""
+    if len(cmdline) == 2 and cmdline[0] == "/bin/bash":
+        return cmdline[1]
+    if len(cmdline) == 3 and cmdline[1] == "/bin/bash" and cmdline[0].endswith("setsid"):
+        return cmdline[2]
+    return None
+
+
 def kill_unrecorded(scripts: dict[str, tuple[int, float]]) -> None:
     """Kill jobs an earlier executor spawned but died before recording (no ``process.json``): found by
-    their command line, ``/bin/bash <jobs_dir>/<id>/script.sh``. A process of that command line that
-    started before the script was written is not that job (a pid and a path reused), so it is spared;
-    so is one that is not the leader of its own group, as every job is."""
-    for proc in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = proc.info.get("cmdline") or []
-        if len(cmdline) != 2 or cmdline[0] != "/bin/bash" or cmdline[1] not in scripts:
-            continue
-        job_id, written = scripts[cmdline[1]]
-        created = proc.info.get("create_time")
-        if created is None or created < written - _CLOCK_SLACK_S:
-            continue
-        try:
-            if os.getpgid(proc.pid) != proc.pid:
+    their command line. Supervisors first, so that none starts its job after the jobs were looked for.
+    A process of that command line that started before the script was written is not that job (a pid
+    and a path reused), so it is spared; so is one that is not the leader of its own group, as every
+    job and supervisor is."""
+    for script_of in (_supervised_script, _job_script):
+        for proc in psutil.process_iter(["cmdline", "create_time"]):
+            script = script_of(proc.info.get("cmdline") or [])
+            if script is None or script not in scripts:
                 continue
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            continue
-        log.warning("killed a job its previous executor had not recorded", extra={"job_id": job_id, "pid": proc.pid})
+            job_id, written = scripts[script]
+            created = proc.info.get("create_time")
+            if created is None or created < written - _CLOCK_SLACK_S:
+                continue
+            try:
+                if os.getpgid(proc.pid) != proc.pid:
+                    continue
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+            log.warning(
+                "killed a job its previous executor had not recorded", extra={"job_id": job_id, "pid": proc.pid}
+            )
 
 
 def script_forms(script: Path) -> set[str]:

@@ -1,85 +1,126 @@
-"""One job's process: spawn it in its own process group, wait with a time limit, kill it on demand.
+"""One job as the executor sees it: its supervisor (``supervision.py``), spawned by this executor or
+taken over from an earlier one; waiting with a time limit, killing on demand.
 
-Every kill goes to the whole group (SIGTERM, a grace period, then SIGKILL), so children a script
-started do not outlive it.
+Every kill goes to the job's whole process group (SIGTERM, a grace period, then SIGKILL), never to
+the supervisor, which lives on to record the job's exit status. The outcome is read from that record,
+the same way whether this executor started the job or found it running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import shutil
 import signal
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
-from conductor_executor.environment import exit_code_of
+from conductor_executor import supervision as sv
+
+# How often a kill looks again for the job's group while the supervisor has not recorded it yet
+# (it does so right after forking the job: this is a matter of microseconds).
+_GROUP_POLL_S = 0.01
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outcome:
-    exit_code: int
-    timed_out: bool = False
-    cancelled: bool = False
-    out_of_memory: bool = False
+    exit_code: int | None  # None: the supervisor ended without recording the job's exit
+    ended_at: float | None  # wall clock, from the record
+    reasons: frozenset[str]  # why the executor killed it, if it did
 
 
 @dataclass
 class JobProcess:
     job_id: int
-    process: asyncio.subprocess.Process
+    pid: int  # the supervisor's
+    folder: Path
+    start: float  # wall clock at the spawn
     grace_s: float
     memory_limit_mb: int
-    cancelled: bool = False
-    timed_out: bool = False
-    out_of_memory: bool = False
+    exited: asyncio.Future[object]  # done when the supervisor has exited
+    reasons: frozenset[str] = frozenset()  # why it is being killed (``supervision.KILL_REASONS``)
     _killer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def out_of_memory(self) -> bool:
+        return "oom" in self.reasons
 
-    def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, sig)
+    def _signal_group(self, sig: int) -> bool:
+        """Signal the job's group; False while it cannot be found (not formed yet, or gone)."""
+        pgid = sv.read_pgid(self.folder)
+        if pgid is None or pgid == os.getpgid(0):
+            return False
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a pid reused by someone else's process: nothing of ours is there
+            return True
+        return True
+
+    async def _signal(self, sig: int) -> None:
+        """Deliver ``sig`` to the job's group, waiting the few microseconds it may take the supervisor
+        to form and record it; give up when the supervisor exits (the job is over)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        while not self._signal_group(sig):
+            if self.exited.done():
+                return
+            if loop.time() > deadline:  # the supervisor is stuck before starting the job: end it
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                return
+            await asyncio.sleep(_GROUP_POLL_S)
 
     async def _terminate(self) -> None:
-        self._signal_group(signal.SIGTERM)
+        await self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), self.grace_s)
+            await asyncio.wait_for(asyncio.shield(self.exited), self.grace_s)
         except TimeoutError:
-            self._signal_group(signal.SIGKILL)
+            await self._signal(signal.SIGKILL)
 
     def kill(self, *, cancelled: bool = False, timed_out: bool = False, out_of_memory: bool = False) -> None:
-        self.cancelled = self.cancelled or cancelled
-        self.timed_out = self.timed_out or timed_out
-        self.out_of_memory = self.out_of_memory or out_of_memory
+        asked = {"cancelled": cancelled, "timeout": timed_out, "oom": out_of_memory}
+        reasons = self.reasons | {reason for reason, yes in asked.items() if yes}
+        if reasons != self.reasons:
+            self.reasons = frozenset(reasons)
+            # Before the signal: an executor restarted mid-kill still reports why the job ended. Only
+            # a restart needs it: the kill does not wait on a disk that refuses it.
+            with contextlib.suppress(OSError):
+                sv.write_kill(self.folder, self.reasons)
         if self._killer is None:
             self._killer = asyncio.create_task(self._terminate())
 
-    async def wait(self, time_limit_s: int | None) -> Outcome:
+    async def wait(self, deadline: float | None) -> Outcome:
+        """Until the job ends; past ``deadline`` (wall clock) it is killed and marked timed out."""
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
         try:
-            returncode = await asyncio.wait_for(asyncio.shield(self.process.wait()), time_limit_s)
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
         except TimeoutError:
             self.kill(timed_out=True)
-            returncode = await self.process.wait()
+            await asyncio.shield(self.exited)
         if self._killer is not None:
             await self._killer
-        self._signal_group(signal.SIGKILL)  # leftovers the script put in the background
-        return Outcome(
-            exit_code_of(returncode),
-            timed_out=self.timed_out,
-            cancelled=self.cancelled,
-            out_of_memory=self.out_of_memory,
-        )
+        record = sv.read_exit(self.folder)
+        if record is None:
+            return Outcome(None, None, self.reasons)
+        return Outcome(record.code, record.ended_at, self.reasons)
+
+    def release(self) -> None:
+        """Stop watching (the executor stops and leaves the job running)."""
+        self.exited.cancel()
 
     def memory_mb(self) -> float:
-        """Resident memory of the job's whole process tree (what Slurm's jobacct_gather samples)."""
+        """Resident memory of the job's whole process tree (what Slurm's jobacct_gather samples),
+        without its supervisor."""
         try:
-            root = psutil.Process(self.process.pid)
-            tree = [root, *root.children(recursive=True)]
+            tree = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
             return 0.0
         total = 0
@@ -89,8 +130,40 @@ class JobProcess:
         return total / (1024 * 1024)
 
 
+def watch_pidfd(fd: int) -> asyncio.Future[object]:
+    """A future done when the process of ``fd`` (a pidfd, which this takes over) exits: the way to
+    wait for a process that is not this one's child."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[object] = loop.create_future()
+
+    def ready() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    def close(_: asyncio.Future[object]) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    loop.add_reader(fd, ready)
+    exited.add_done_callback(close)
+    return exited
+
+
+def _own_child(wait: Awaitable[int]) -> asyncio.Future[object]:
+    return asyncio.ensure_future(wait)
+
+
+@functools.cache
+def setsid_program() -> str:
+    found = shutil.which("setsid")
+    if found is None:
+        raise FileNotFoundError("the setsid program (util-linux) is needed to run jobs and was not found")
+    return found
+
+
 async def spawn(
     job_id: int,
+    folder: Path,
     script: Path,
     cwd: str,
     env: dict[str, str],
@@ -100,8 +173,10 @@ async def spawn(
     grace_s: float,
     memory_limit_mb: int,
 ) -> JobProcess:
-    """Start the job with the output descriptors the executor opened and checked for it
-    (``output.open_outputs``); the caller keeps and closes them."""
+    """Start the job's supervisor with the output descriptors the executor opened and checked for it
+    (``output.open_outputs``); the caller keeps and closes them. The supervisor has a session of its
+    own, stdin from /dev/null and only files for output: nothing ties it to the executor."""
+    setsid = setsid_program()
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
     # fork() of this process, where without one CPython starts the job with the cheaper vfork().
@@ -111,8 +186,12 @@ async def spawn(
             os.sched_setaffinity(0, cpus)
     try:
         process = await asyncio.create_subprocess_exec(
-            "/bin/bash",
+            "/bin/sh",
+            "-c",
+            sv.WRAPPER,
+            sv.ARGV0,
             str(script),
+            setsid,
             cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -123,4 +202,5 @@ async def spawn(
     finally:
         if cpus:
             os.sched_setaffinity(0, previous)
-    return JobProcess(job_id, process, grace_s, memory_limit_mb)
+    start = time.time()
+    return JobProcess(job_id, process.pid, folder, start, grace_s, memory_limit_mb, _own_child(process.wait()))

@@ -10,8 +10,11 @@
   marker: NATS being away for any time delays outcomes, never loses them, and never stops a job.
 - NATS trouble never ends the executor: every NATS call is retried with backoff. Only a message that
   fails for another reason ``max_deliveries`` times is given up (logged, its job reported FAILED).
-- Jobs left by an executor that died are killed and reported NODE_FAIL at start (re-adopting them
-  through a per-job supervisor is the next step, see docs/decisions.md).
+- Every job runs under a small shell supervisor of its own (``supervision.py``) that outlives the
+  executor and records the job's exit: a restarted executor takes over the jobs still running and
+  reports those that ended meanwhile with their real status and end time (``adoption.py``); only a
+  job whose supervisor vanished without a record ends NODE_FAIL. A stop leaves jobs running, unless
+  ``stop_jobs_on_exit`` (``conductor up`` sets it: its Ctrl-C leaves nothing behind).
 - A job's output goes to the object store from the outbox publisher, right before its outcome: it
   rides out NATS outages and executor restarts the same way.
 """
@@ -20,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,9 +40,12 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_contracts.text import printable
 from conductor_executor import environment as envs
+from conductor_executor import supervision as sv
+from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
-from conductor_executor.leftovers import kill_leftovers, kill_unrecorded, script_forms, start_time
+from conductor_executor.leftovers import kill_unrecorded, start_time
 from conductor_executor.outbox import Outbox
+from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
 from conductor_executor.placements import subscribe
 from conductor_executor.process import JobProcess, spawn
@@ -75,6 +81,8 @@ class Executor:
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
         self.monitors: set[asyncio.Task[None]] = set()
+        # The monitor of each running job: a stop that leaves the jobs running ends only these.
+        self.watchers: dict[int, asyncio.Task[None]] = {}
         # Jobs whose output is in the object store and whose outcome is not published yet: a retried
         # publish does not upload it again.
         self._uploaded: set[int] = set()
@@ -185,41 +193,51 @@ class Executor:
 
     # -- startup ---------------------------------------------------------------------------------
     async def recover(self) -> None:
-        """Jobs whose executor died with them still running: kill what is left, report NODE_FAIL."""
-        try:
-            folders = sorted(self.settings.jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name))
-        except OSError as err:
-            log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
-            return
-        lost: list[int] = []
-        unrecorded: dict[str, tuple[int, float]] = {}
-        for folder in folders:
-            if not folder.name.isdigit() or (folder / "done").exists():
-                continue
-            job_id = int(folder.name)
-            if self.outbox.holds_outcome(job_id):  # it stopped between the outcome and the marker
-                with contextlib.suppress(OSError):  # if not now, at the next start
-                    (folder / "done").write_text("outbox")
-                continue
-            lost.append(job_id)
-            if kill_leftovers(folder / "process.json"):
-                continue
-            # Killed between its spawn and its process.json, a job runs on unrecorded.
-            script = folder / "script.sh"
-            with contextlib.suppress(OSError):
-                written = script.stat().st_mtime
-                unrecorded.update(dict.fromkeys(script_forms(script), (job_id, written)))
-        if unrecorded:
+        """Jobs an earlier executor left without an outcome: taken over while their supervisor runs,
+        reported from its record when they ended meanwhile, NODE_FAIL when nothing says how they ended."""
+        stock = take_stock(self.settings.jobs_dir, self.outbox.holds_outcome, self.settings.kill_grace_s)
+        for running in stock.running:
+            self._adopt(running.process, running.record)
+        for job_id, ended in stock.ended.items():
+            if ended.record is not None and not ended.record.announced:
+                await self.outbox.keep(self._started(job_id, ended.record.pid, ended.record.start), self.stop)
+            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended.exit.ended_at, "")
+            await self.finish(job_id, event)
+            log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
+        if stock.unrecorded:
             try:
-                await asyncio.to_thread(kill_unrecorded, unrecorded)
+                await asyncio.to_thread(kill_unrecorded, stock.unrecorded)
             except Exception:  # what can be reported still is
                 log.exception("looking for unrecorded jobs failed")
-        for job_id in lost:
-            message = "the executor stopped while the job ran; its outcome is unknown"
-            await self.finish(
-                job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
-            )
-            log.warning("job lost with a previous executor", extra={"job_id": job_id})
+        for job_id, lost in stock.lost.items():
+            event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=lost.message, node_fail=True)
+            await self.finish(job_id, event)
+            log.warning("job lost with a previous executor", extra={"job_id": job_id, "why": lost.message})
+
+    def _started(self, job_id: int, pid: int, at: float | None = None) -> ev.JobStarted:
+        when = {} if at is None else {"occurred_at": datetime.fromtimestamp(at, UTC)}
+        return ev.JobStarted(job_id=job_id, node=self.node, pid=pid, **when)
+
+    def _adopt(self, process: JobProcess, record: sv.ProcessRecord) -> None:
+        """Run on with a job an earlier executor started: nothing is reported for it until it ends
+        (its JobStarted too, if that executor had not got it into the outbox)."""
+        job_id = process.job_id
+        self.running[job_id] = process
+        self.placements[job_id] = ev.JobPlaced(
+            job_id=job_id, node=self.node, cores=record.cores, memory_mb=record.memory_mb
+        )
+        if process.reasons:  # that executor was killing it: so does this one, for the same reasons
+            process.kill()
+        started = None if record.announced else self._started(job_id, record.pid, record.start)
+        deadline = None if record.time_limit_s is None else record.start + record.time_limit_s
+        self._watch(process, started, deadline)
+        log.info("job taken over from a previous executor", extra={"job_id": job_id, "pid": process.pid})
+
+    def _watch(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
+        task = asyncio.create_task(self.monitor(process, started, deadline))
+        self.monitors.add(task)
+        self.watchers[process.job_id] = task
+        task.add_done_callback(self._monitor_done)
 
     def registration(self) -> ev.NodeRegistered:
         return ev.NodeRegistered(
@@ -314,15 +332,31 @@ class Executor:
             return
         self.running[job_id] = process
         self.placements[job_id] = placement
+        started = self._started(job_id, process.pid)
+        # In the outbox before the record that says so; if the disk refuses, the job's monitor
+        # keeps trying while the job runs (and a restart finds it owed in the record).
         try:
-            (folder / "process.json").write_text(json.dumps({"pid": process.pid, "started": start_time(process.pid)}))
-        except OSError as err:  # only a restarted executor's clean-up needs it; the job runs on
+            self.outbox.put(started)
+            announced = True
+        except OSError:
+            announced = False
+        record = sv.ProcessRecord(
+            pid=process.pid,
+            started=start_time(process.pid),
+            start=process.start,
+            time_limit_s=job.time_limit_s,
+            memory_mb=placement.memory_mb,
+            cores=placement.cores,
+            announced=announced,
+            supervised=True,
+        )
+        try:
+            sv.write_process(folder, record)
+        except OSError as err:  # a restarted executor then finds the job by its command line
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
-        started = ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid)
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
-        task = asyncio.create_task(self.monitor(process, started, job.time_limit_s))
-        self.monitors.add(task)
-        task.add_done_callback(self._monitor_done)
+        deadline = None if job.time_limit_s is None else process.start + job.time_limit_s
+        self._watch(process, None if announced else started, deadline)
 
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
@@ -339,6 +373,7 @@ class Executor:
             record_files(folder, outputs.record)
             return await spawn(
                 job_id,
+                folder,
                 script,
                 job.working_directory,
                 envs.job_environment(os.environ, job_id, job, placement),
@@ -353,34 +388,34 @@ class Executor:
 
     def _monitor_done(self, task: asyncio.Task[None]) -> None:
         self.monitors.discard(task)
+        for job_id in [j for j, watcher in self.watchers.items() if watcher is task]:
+            del self.watchers[job_id]
         if not task.cancelled() and (err := task.exception()) is not None:
             log.error("job monitor failed", exc_info=err)
 
-    async def monitor(self, process: JobProcess, started: ev.JobStarted, time_limit_s: int | None) -> None:
+    async def monitor(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
+        """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued;
+        ``deadline``: the end of its time limit (wall clock)."""
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
-        queued = asyncio.ensure_future(self.outbox.keep(started, self.stop))
-        outcome = await process.wait(time_limit_s)
-        await queued
+        queued = asyncio.ensure_future(self.outbox.keep(started, self.stop)) if started is not None else None
+        try:
+            outcome = await process.wait(deadline)
+        except asyncio.CancelledError:  # the executor stops and leaves the job running
+            process.release()
+            if queued is not None:
+                queued.cancel()
+            raise
+        if queued is not None:
+            await queued
         self.running.pop(job_id, None)
         self.placements.pop(job_id, None)
-        code = outcome.exit_code
-        event: ev.Event
-        if outcome.cancelled:
-            event = ev.JobCancelled(job_id=job_id, node=self.node, exit_code=code)
-        elif outcome.out_of_memory:
-            event = ev.JobOutOfMemory(job_id=job_id, node=self.node, exit_code=code)
-        elif outcome.timed_out:
-            event = ev.JobTimedOut(job_id=job_id, node=self.node, exit_code=code)
-        elif code == 0:
-            event = ev.JobCompleted(job_id=job_id, node=self.node, exit_code=0)
-        else:
-            event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=code)
+        event = outcome_event(job_id, self.node, outcome.exit_code, outcome.reasons, outcome.ended_at, LOST_SUPERVISOR)
         # Its output goes to the object store from the outbox, right before this outcome is published.
         await self.finish(job_id, event)
         JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
-        log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": code})
+        log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
@@ -460,11 +495,16 @@ class Executor:
         await _settle(msg.ack())
 
     async def shutdown(self) -> None:
-        """Stopping the executor stops its jobs: none is left running unaccounted for."""
-        for process in list(self.running.values()):
-            process.kill()
+        """A stop leaves the jobs running under their supervisors, for the next start to take over;
+        with ``stop_jobs_on_exit`` it stops them and reports how they ended."""
+        if self.settings.stop_jobs_on_exit:
+            for process in list(self.running.values()):
+                process.kill()
+        else:
+            for task in list(self.watchers.values()):
+                task.cancel()
         for task in list(self.monitors):
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
 
 

@@ -34,6 +34,9 @@ class ExecutorSettings(CommonSettings):
     # A placement or cancel that fails this many deliveries (other than by NATS being away) is
     # given up: logged, its job reported FAILED, and not delivered again.
     max_deliveries: int = Field(default=5, ge=1)
+    # A stop (SIGTERM, SIGINT) leaves running jobs to their supervisors, for the next start to take
+    # over; set, it stops them first (``conductor up`` sets it: its Ctrl-C leaves nothing running).
+    stop_jobs_on_exit: bool = False
 
     @field_validator("node", mode="before")
     @classmethod

@@ -233,6 +233,9 @@ class Supervisor:
             )
             return 2
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
+        # Ctrl-C stops everything, jobs included; an executor that dies is restarted and takes its
+        # jobs over (only a stop asks it to end them).
+        env.setdefault("CONDUCTOR_STOP_JOBS_ON_EXIT", "1")
         # One scheduler here: a stable id lets the restarted one take its lease back at once.
         env.setdefault("CONDUCTOR_SCHEDULER_ID", f"{socket.gethostname()}-{self.options.var_dir}")
         if self.options.gateway_port:

@@ -1,0 +1,175 @@
+"""What a starting executor makes of a job an earlier one left without a ``done`` marker.
+
+- its supervisor still runs (the pid of ``process.json``, with the same start time): taken over,
+  ``Running``; the job is watched, limited and reported as if this executor had started it;
+- its supervisor is gone but recorded the job's exit: ``Ended``, reported with that status and time;
+- its supervisor is gone without a record (killed with the job, or a reboot): ``Lost``, NODE_FAIL;
+  what may be left of the job's group is killed;
+- no usable ``process.json`` (the executor died between the spawn and the record): ``Unrecorded``,
+  looked for by command line, killed, NODE_FAIL (``leftovers.kill_unrecorded``);
+- an older executor's record (the job was its child, without supervisor): killed, NODE_FAIL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from conductor_executor import supervision as sv
+from conductor_executor.leftovers import kill_leftovers, script_forms, start_time
+from conductor_executor.process import JobProcess, watch_pidfd
+
+log = logging.getLogger("conductor.executor")
+
+# psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
+_CLOCK_SLACK_S = 2.0
+
+LOST_UNSUPERVISED = "the executor stopped while the job ran; its outcome is unknown"
+LOST_SUPERVISOR = "the job's supervisor ended without recording the job's exit (killed?); its outcome is unknown"
+
+
+@dataclass(frozen=True)
+class Running:
+    process: JobProcess
+    record: sv.ProcessRecord
+
+
+@dataclass(frozen=True)
+class Ended:
+    exit: sv.ExitRecord
+    reasons: frozenset[str]
+    record: sv.ProcessRecord | None
+
+
+@dataclass(frozen=True)
+class Lost:
+    message: str
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    pass
+
+
+Found = Running | Ended | Lost | Unrecorded
+
+
+def _has_exited(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def open_supervisor(record: sv.ProcessRecord) -> int | None:
+    """A pidfd of the recorded supervisor if it still runs, else None. Opened first, checked after:
+    the pidfd holds that very process, so a pid reused since cannot slip in between."""
+    if record.started is None:  # its start time could not be read: the pid alone proves nothing
+        return None
+    try:
+        fd = os.pidfd_open(record.pid)
+    except OSError:
+        return None
+    if start_time(record.pid) != record.started or _has_exited(fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+def kill_orphaned_job(folder: Path, record: sv.ProcessRecord) -> None:
+    """The job's group, if its supervisor died and left it: only a group whose leader started after
+    the supervisor did (a pid is reused only once its group is gone)."""
+    pgid = sv.read_pgid(folder)
+    if pgid is None or record.started is None:
+        return
+    try:
+        leader = psutil.Process(pgid)
+        if leader.create_time() < record.started - _CLOCK_SLACK_S or os.getpgid(pgid) != pgid:
+            return
+        os.killpg(pgid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return
+
+
+def survey(folder: Path, job_id: int, grace_s: float) -> Found:
+    """Synchronous and quick: the files of one job and a look at one process."""
+    record = sv.read_process(folder)
+    if record is None:
+        ended = sv.read_exit(folder)
+        if ended is not None:  # it ran to its end without the executor's record: it ran all the same
+            return Ended(ended, sv.read_kill(folder), None)
+        return Unrecorded()
+    if not record.supervised:
+        kill_leftovers(folder / sv.PROCESS)
+        return Lost(LOST_UNSUPERVISED)
+    fd = open_supervisor(record)
+    if fd is not None:
+        process = JobProcess(
+            job_id,
+            record.pid,
+            folder,
+            record.start,
+            grace_s,
+            record.memory_mb,
+            watch_pidfd(fd),
+            reasons=sv.read_kill(folder),
+        )
+        return Running(process, record)
+    # Gone: the record it wrote on its way out, if any, was written before it exited.
+    ended = sv.read_exit(folder)
+    if ended is not None:
+        return Ended(ended, sv.read_kill(folder), record)
+    with contextlib.suppress(OSError):
+        kill_orphaned_job(folder, record)
+    return Lost(LOST_SUPERVISOR)
+
+
+@dataclass
+class Stock:
+    """What a start found, by what is to be done with it."""
+
+    running: list[Running] = field(default_factory=list)
+    ended: dict[int, Ended] = field(default_factory=dict)
+    lost: dict[int, Lost] = field(default_factory=dict)
+    # Command lines of the jobs without a record, for ``leftovers.kill_unrecorded``: (job, written).
+    unrecorded: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+def take_stock(jobs_dir: Path, holds_outcome: Callable[[int], bool], grace_s: float) -> Stock:
+    """Every job folder without a ``done`` marker, surveyed in job order. ``holds_outcome``: the
+    outbox has its outcome already (the executor stopped between it and the marker): marked done."""
+    stock = Stock()
+    try:
+        folders = sorted(jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name))
+    except OSError as err:
+        log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
+        return stock
+    for folder in folders:
+        if not folder.name.isdigit() or (folder / "done").exists():
+            continue
+        job_id = int(folder.name)
+        if holds_outcome(job_id):
+            with contextlib.suppress(OSError):  # if not now, at the next start
+                (folder / "done").write_text("outbox")
+            continue
+        match survey(folder, job_id, grace_s):
+            case Running() as running:
+                stock.running.append(running)
+            case Ended() as ended:
+                stock.ended[job_id] = ended
+            case Lost() as lost:
+                stock.lost[job_id] = lost
+            case Unrecorded():
+                stock.lost[job_id] = Lost(LOST_UNSUPERVISED)
+                script = folder / "script.sh"
+                with contextlib.suppress(OSError):
+                    written = script.stat().st_mtime
+                    stock.unrecorded.update(dict.fromkeys(script_forms(script), (job_id, written)))
+    return stock

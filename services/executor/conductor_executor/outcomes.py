@@ -1,0 +1,33 @@
+"""The event that ends a job, from how it ended: a pure function of the supervisor's record."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from conductor_contracts import events as ev
+
+
+def outcome_event(
+    job_id: int,
+    node: str,
+    exit_code: int | None,
+    reasons: frozenset[str],
+    ended_at: float | None,
+    lost_message: str,
+) -> ev.TerminalJobEvent:
+    """``exit_code`` None: no record of the job's exit (its supervisor vanished), NODE_FAIL with
+    ``lost_message``. A kill's reason wins over the status it caused (a cancelled job exits 143).
+    ``ended_at``: when the job ended (wall clock), the event's time; now when unknown."""
+    at: dict[str, Any] = {} if ended_at is None else {"occurred_at": datetime.fromtimestamp(ended_at, UTC)}
+    if exit_code is None:
+        return ev.JobFailed(job_id=job_id, node=node, exit_code=None, message=lost_message, node_fail=True, **at)
+    if "cancelled" in reasons:
+        return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
+    if "oom" in reasons:
+        return ev.JobOutOfMemory(job_id=job_id, node=node, exit_code=exit_code, **at)
+    if "timeout" in reasons:
+        return ev.JobTimedOut(job_id=job_id, node=node, exit_code=exit_code, **at)
+    if exit_code == 0:
+        return ev.JobCompleted(job_id=job_id, node=node, exit_code=0, **at)
+    return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, **at)

@@ -1,0 +1,266 @@
+"""A job's supervisor and its records: parsing what may be damaged, the real shell wrapper, and what a
+starting executor makes of a job folder (no NATS: the files and processes only)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_executor import supervision as sv
+from conductor_executor.adoption import LOST_SUPERVISOR, Ended, Lost, Running, Unrecorded, survey, take_stock
+from conductor_executor.leftovers import kill_unrecorded, start_time
+from conductor_executor.outcomes import outcome_event
+from conductor_executor.process import setsid_program
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("0\n", 0),
+        ("7\n", 7),
+        ("143\n", 143),
+        ("255\n", 255),
+        ("", None),  # created, cut short before the write
+        ("7", None),  # no newline: not known to be whole
+        ("256\n", None),
+        ("-1\n", None),
+        (" 7\n", None),
+        ("7\n7\n", None),
+        ("٣\n", None),  # a digit to Python, not to the shell that wrote it
+        ("99999999999999999999\n", None),
+        ("\x00\n", None),
+    ],
+)
+def test_exit_records(text: str, code: int | None) -> None:
+    assert sv.parse_exit(text) == code
+
+
+@pytest.mark.parametrize(("text", "pgid"), [("1234\n", 1234), ("0\n", None), ("1\n", None), ("", None), ("x\n", None)])
+def test_group_records_never_name_everything(text: str, pgid: int | None) -> None:
+    assert sv.parse_pgid(text) == pgid
+
+
+def test_kill_records_keep_only_known_reasons(tmp_path: Path) -> None:
+    assert sv.parse_kill("timeout cancelled bogus\n") == {"timeout", "cancelled"}
+    assert sv.read_kill(tmp_path) == frozenset()
+    sv.write_kill(tmp_path, frozenset({"oom"}))
+    assert sv.read_kill(tmp_path) == {"oom"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_missing_and_unreadable_records_are_none(tmp_path: Path) -> None:
+    assert sv.read_exit(tmp_path) is None
+    assert sv.read_pgid(tmp_path) is None
+    assert sv.read_process(tmp_path) is None
+    (tmp_path / sv.EXIT).mkdir()  # something, but not a file
+    assert sv.read_exit(tmp_path) is None
+
+
+def test_process_record_round_trip() -> None:
+    record = sv.ProcessRecord(
+        pid=42, started=1.5, start=2.5, time_limit_s=60, memory_mb=100, cores=(0, 3), supervised=True
+    )
+    assert sv.parse_process(record.to_json()) == record
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "{",
+        "[]",
+        '{"started": 1.0}',
+        '{"pid": "42", "started": 1.0}',
+        '{"pid": 1, "started": 1.0}',
+        '{"pid": 42, "started": "yesterday"}',
+        '{"pid": 42, "started": 1.0, "cores": [0, "1"]}',
+        '{"pid": 42, "started": 1.0, "time_limit_s": 1.5}',
+        '{"pid": 42, "started": 1.0, "cores": 5}',
+    ],
+)
+def test_damaged_process_records_are_none(text: str) -> None:
+    assert sv.parse_process(text) is None
+
+
+def test_an_older_executors_record_is_unsupervised() -> None:
+    record = sv.parse_process('{"pid": 42, "started": 1.0}')
+    assert record is not None and not record.supervised and record.announced
+
+
+@pytest.mark.parametrize(
+    ("code", "reasons", "kind"),
+    [
+        (0, frozenset(), ev.JobCompleted),
+        (7, frozenset(), ev.JobFailed),
+        (143, frozenset({"cancelled", "timeout"}), ev.JobCancelled),
+        (137, frozenset({"oom", "timeout"}), ev.JobOutOfMemory),
+        (143, frozenset({"timeout"}), ev.JobTimedOut),
+        (0, frozenset({"timeout"}), ev.JobTimedOut),
+    ],
+)
+def test_outcomes(code: int, reasons: frozenset[str], kind: type) -> None:
+    event = outcome_event(5, "n1", code, reasons, 1_700_000_000.25, "lost")
+    assert isinstance(event, kind) and event.exit_code == code
+    assert event.occurred_at.timestamp() == 1_700_000_000.25
+
+
+def test_no_exit_record_is_node_fail() -> None:
+    event = outcome_event(5, "n1", None, frozenset({"cancelled"}), None, "lost")
+    assert isinstance(event, ev.JobFailed) and event.node_fail and event.message == "lost"
+
+
+# -- the wrapper itself, run by the real /bin/sh -------------------------------------------------------
+
+
+def _supervise(folder: Path, script: str) -> subprocess.Popen[bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "script.sh"
+    path.write_text(script)
+    out = open(folder / "out", "wb")  # noqa: SIM115 - the child has its own copy
+    try:
+        return subprocess.Popen(
+            ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(path), setsid_program()],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=folder,
+        )
+    finally:
+        out.close()
+
+
+def _wait_gone(pid: int, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        assert time.monotonic() < deadline, f"{what} still runs"
+        time.sleep(0.01)
+
+
+def test_the_wrapper_records_the_exit_and_keeps_its_own_noise_out(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "echo out; echo err >&2; exit 7\n")
+    assert supervisor.wait(10) == 0
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 7 and abs(ended.ended_at - time.time()) < 10
+    assert (tmp_path / "out").read_text() == "out\nerr\n"
+
+
+def test_the_job_has_a_group_and_session_of_its_own(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "echo $$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$) > ids\n")
+    supervisor.wait(10)
+    pid, pgid, sid = (int(x) for x in (tmp_path / "ids").read_text().split())
+    assert pid == pgid == sid != supervisor.pid
+    assert sv.read_pgid(tmp_path) == pid
+
+
+def test_a_job_killed_by_a_signal_is_recorded_as_128_plus_it_and_its_leftovers_go(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "sleep 300 & echo $! > child\nsleep 300\n")
+    while sv.read_pgid(tmp_path) is None or not (tmp_path / "child").exists():
+        time.sleep(0.01)
+    pgid = sv.read_pgid(tmp_path)
+    assert pgid is not None
+    os.killpg(pgid, signal.SIGTERM)
+    assert supervisor.wait(10) == 0, "the supervisor died with its job"
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 128 + signal.SIGTERM
+    _wait_gone(int((tmp_path / "child").read_text()), "the job's background child")
+
+
+# -- what a starting executor makes of a folder --------------------------------------------------------
+
+
+def test_an_exit_record_without_a_process_record_is_an_end(tmp_path: Path) -> None:
+    (tmp_path / sv.EXIT).write_text("3\n")
+    found = survey(tmp_path, 1, 1.0)
+    assert isinstance(found, Ended) and found.exit.code == 3 and found.record is None
+
+
+def test_no_records_at_all_is_unrecorded(tmp_path: Path) -> None:
+    assert isinstance(survey(tmp_path, 1, 1.0), Unrecorded)
+    (tmp_path / sv.EXIT).write_text("")  # cut short: no better than none
+    assert isinstance(survey(tmp_path, 1, 1.0), Unrecorded)
+
+
+def test_a_gone_supervisor_without_an_exit_record_is_lost(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    record = sv.ProcessRecord(pid=gone.pid, started=1.0, supervised=True)
+    sv.write_process(tmp_path, record)
+    found = survey(tmp_path, 1, 1.0)
+    assert isinstance(found, Lost) and found.message == LOST_SUPERVISOR
+    (tmp_path / sv.EXIT).write_text("0\n")
+    found = survey(tmp_path, 1, 1.0)
+    assert isinstance(found, Ended) and found.exit.code == 0 and found.record == record
+
+
+def test_a_reused_pid_is_not_the_supervisor(tmp_path: Path) -> None:
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        started = start_time(other.pid)
+        assert started is not None
+        sv.write_process(tmp_path, sv.ProcessRecord(pid=other.pid, started=started - 100, supervised=True))
+        assert isinstance(survey(tmp_path, 1, 1.0), Lost)
+    finally:
+        other.kill()
+        other.wait()
+
+
+async def test_a_running_supervisor_is_taken_over_and_its_end_seen(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, f"until [ -e {tmp_path}/go ]; do sleep 0.02; done; exit 4\n")
+    try:
+        record = sv.ProcessRecord(
+            pid=supervisor.pid, started=start_time(supervisor.pid), time_limit_s=60, memory_mb=5, supervised=True
+        )
+        sv.write_process(tmp_path, record)
+        found = survey(tmp_path, 1, 1.0)
+        assert isinstance(found, Running) and found.record == record
+        (tmp_path / "go").touch()
+        # Not this test's child as far as the executor knows: seen through its pidfd.
+        outcome = await asyncio.wait_for(found.process.wait(None), 10)
+        assert outcome.exit_code == 4 and outcome.reasons == frozenset()
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+
+
+def test_take_stock_sorts_folders_and_skips_the_done(tmp_path: Path) -> None:
+    for job_id, files in {7: {"done": "JobCompleted"}, 8: {sv.EXIT: "0\n"}, 9: {}, 10: {}}.items():
+        folder = tmp_path / str(job_id)
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    (tmp_path / "9" / "script.sh").write_text("true\n")
+    (tmp_path / "not-a-job").mkdir()
+    stock = take_stock(tmp_path, lambda job_id: job_id == 10, 1.0)
+    assert list(stock.ended) == [8] and list(stock.lost) == [9] and not stock.running
+    assert {job for job, _ in stock.unrecorded.values()} == {9}
+    assert (tmp_path / "10" / "done").exists()  # its outcome was in the outbox already
+
+
+def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_path: Path) -> None:
+    supervisor = _supervise(tmp_path, "sleep 300\n")
+    try:
+        while sv.read_pgid(tmp_path) is None:
+            time.sleep(0.01)
+        job = sv.read_pgid(tmp_path)
+        script = tmp_path / "script.sh"
+        kill_unrecorded({str(script): (1, script.stat().st_mtime)})
+        assert supervisor.wait(10) == -signal.SIGKILL
+        assert sv.read_exit(tmp_path) is None
+        assert job is not None
+        _wait_gone(job, "the job of the killed supervisor")
+    finally:
+        supervisor.kill()
+        supervisor.wait()
