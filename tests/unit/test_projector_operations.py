@@ -83,13 +83,36 @@ def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
 def test_job_events_update_only_jobs_still_in_the_right_state(
     event: ev.Event, values: dict[str, object], only_in: tuple[str, ...]
 ) -> None:
-    assert to_operations(5, event) == [UpdateJob(1, values, only_in)]
+    run = None if getattr(event, "node", None) is None else getattr(event, "run", None)
+    assert to_operations(5, event) == [UpdateJob(1, values, only_in, run=run)]
 
 
 def test_node_events() -> None:
     [up] = to_operations(1, node("n1", 4))
     assert isinstance(up, UpsertNode) and up.values["state"] == "UP" and up.values["cpus"] == 4
-    assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN"})]
+    assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN", "reason": "lost"})]
+    drain = ev.NodeDrainRequested(node="n1", reason="disk")
+    assert to_operations(3, drain) == [UpdateNode("n1", {"state": "DRAIN", "reason": "disk"})]
+    assert to_operations(4, ev.NodeResumeRequested(node="n1")) == [UpdateNode("n1", {"state": "UP", "reason": None})]
+
+
+def test_a_requeued_job_runs_again_and_reports_of_its_old_run_change_nothing() -> None:
+    rows: dict[int, dict[str, object]] = {}
+    columns = (*COLUMNS, "cpus", "memory_mb", "restarts", "cores", "pid", "start_time", "reason_detail")
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted(cpus=2, memory_mb=300, requeue=True)),
+        (2, ev.JobPlaced(job_id=1, node="old", cores=(0, 1), memory_mb=300)),
+        (3, ev.JobRequeued(job_id=1, node="old", run=0, reason="node old was lost")),
+        (4, ev.JobCompleted(job_id=1, node="old", run=0)),  # the lost node's executor, back
+        (5, ev.JobPlaced(job_id=1, node="new", cores=(0, 1), memory_mb=300, run=1)),
+        (6, ev.JobFailed(job_id=1, node="old", exit_code=1, run=0)),
+    ]
+    _, nodes = fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], columns)
+    row = rows[1]
+    assert (row["state"], row["node"], row["restarts"]) == ("RUNNING", "new", 1)
+    assert {name: (a.cpus, a.memory_mb) for name, a in nodes.items()} == {"old": (0, 0), "new": (2, 300)}
+    _, nodes = fold_jobs(rows, to_operations(7, ev.JobCompleted(job_id=1, node="new", run=1)), columns)
+    assert row["state"] == "COMPLETED" and nodes["new"].cpus == -2
 
 
 COLUMNS: tuple[str, ...] = ("job_id", "state", "reason", "exit_code", "node", "name")

@@ -17,7 +17,16 @@ nodes = st.lists(
 )
 actions = st.lists(
     st.one_of(
-        st.tuples(st.just("submit"), st.integers(1, 10), st.integers(1, 5000), st.sampled_from(["default", "gpu"])),
+        st.tuples(
+            st.just("submit"),
+            st.integers(1, 10),
+            st.integers(1, 5000),
+            st.sampled_from(["default", "gpu"]),
+            st.booleans(),  # requeue
+        ),
+        # A node declared lost, drained or resumed; a report of a run that is no longer current.
+        st.tuples(st.sampled_from(["lose", "drain", "resume"]), st.integers(0, 3)),
+        st.tuples(st.just("late"), st.integers(0, 50)),
         st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from(["completed", "failed", "cancelled"])),
         st.tuples(st.just("cancel"), st.integers(0, 50)),
         st.tuples(st.just("schedule")),
@@ -35,15 +44,28 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[A
     submitted_ids: list[int] = []
     for step in steps:
         match step:
+            case ("submit", cpus, mem, partition, requeue):
+                submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition), requeue=bool(requeue))))
             case ("submit", cpus, mem, partition):
                 submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition))))
+            case ("lose", index) if node_specs:
+                log.append(ev.NodeLost(node=f"n{int(index) % len(node_specs)}"), by_scheduler=True)
+            case ("drain", index) if node_specs:
+                log.append(ev.NodeDrainRequested(node=f"n{int(index) % len(node_specs)}"))
+            case ("resume", index) if node_specs:
+                log.append(ev.NodeResumeRequested(node=f"n{int(index) % len(node_specs)}"))
+            case ("late", index) if submitted_ids:
+                job_id = submitted_ids[int(index) % len(submitted_ids)]
+                runs = [e.run for _, e, _ in log.events if isinstance(e, ev.JobRequeued) and e.job_id == job_id]
+                if runs:  # the executor of the lost node reports its run, long after
+                    log.append(ev.JobCompleted(job_id=job_id, node="n0", run=max(runs)))
             case ("finish", index, how) if log.state.running:
                 job_id = sorted(log.state.running)[int(index) % len(log.state.running)]
-                where = log.state.running[job_id].node
+                where, run = log.state.running[job_id].node, log.state.running[job_id].run
                 outcomes: dict[str, ev.Event] = {
-                    "completed": ev.JobCompleted(job_id=job_id, node=where),
-                    "failed": ev.JobFailed(job_id=job_id, node=where, exit_code=1),
-                    "cancelled": ev.JobCancelled(job_id=job_id, node=where),
+                    "completed": ev.JobCompleted(job_id=job_id, node=where, run=run),
+                    "failed": ev.JobFailed(job_id=job_id, node=where, exit_code=1, run=run),
+                    "cancelled": ev.JobCancelled(job_id=job_id, node=where, run=run),
                 }
                 outcome = outcomes[str(how)]
                 log.append(outcome)
@@ -66,6 +88,7 @@ def _schedule(log: Log) -> None:
     decisions = log.schedule()
     for name in {d.node for d in decisions if isinstance(d, ev.JobPlaced)}:
         n = log.state.nodes[name]
+        assert n.available, f"{name} got work while lost or drained"
         held = [a for a in log.state.running.values() if a.node == name]
         assert sum(len(a.cores) for a in held) <= n.cpus, f"{name} over-allocated CPUs"
         assert sum(a.memory_mb for a in held) <= n.memory_mb, f"{name} over-allocated memory"
@@ -92,7 +115,14 @@ def _check_no_overallocation(log: Log) -> None:
 def test_never_overallocates_and_never_places_twice(node_specs: list[Any], steps: list[tuple[Any, ...]]) -> None:
     log = _run(node_specs, steps)
     placed = [job for job, _, _ in log.placements()]
-    assert len(placed) == len(set(placed))
+    # A job is placed again only as its next run, after its previous run was requeued: never twice at once.
+    runs: dict[int, int] = {}
+    for _, e, _ in log.events:
+        if isinstance(e, ev.JobPlaced):
+            assert e.run == runs.get(e.job_id, 0), f"job {e.job_id} placed as run {e.run}"
+            runs[e.job_id] = e.run + 1
+        elif isinstance(e, ev.JobRequeued):
+            assert runs.get(e.job_id) == e.run + 1, f"job {e.job_id} requeued while not running"
     cancelled_pending = {e.job_id for _, e, _ in log.events if isinstance(e, ev.JobCancelled) and e.node is None}
     assert cancelled_pending.isdisjoint(placed)
 

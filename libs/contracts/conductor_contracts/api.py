@@ -123,6 +123,11 @@ class JobSpec(BaseModel):
         description=f"Variables for the job: names are shell names ([A-Za-z_][A-Za-z0-9_]*), values any text "
         f"without NUL; at most {MAX_ENV_VARS} of them and {MAX_ENV_BYTES // 1024} KiB in all.",
     )
+    requeue: bool = Field(
+        default=False,
+        description="Slurm's --requeue: if its node is lost while it runs, the job goes back to PENDING (and "
+        "runs again from the start) instead of ending NODE_FAIL.",
+    )
     dependency: Annotated[str | None, Text, Field(max_length=64 * 1024)] = Field(
         default=None,
         description="sbatch's syntax: 'afterok:12:13', 'afterany:12', 'after:12' (started), 'afternotok:12', "
@@ -288,6 +293,8 @@ class JobView(BaseModel):
     cancel_requested: bool = False
     message: str | None = None
     dependency: str | None = None
+    requeue: bool = False
+    restarts: int = Field(default=0, description="how many times it was requeued")
     workflow_id: str | None = None
     workflow_index: int | None = None
     branch_id: str | None = None
@@ -305,12 +312,28 @@ class NodeView(BaseModel):
     cpus: int
     memory_mb: int
     partitions: list[str]
-    state: str
+    state: str = Field(
+        description="UP; DRAINING (drained, jobs still running) or DRAINED; DOWN (lost: its executor went silent)"
+    )
+    reason: str | None = Field(default=None, description="why it is drained or down")
     registered_at: datetime
     cpus_alloc: int = 0
     memory_alloc_mb: int = 0
     # sinfo's view: idle (nothing running), mixed, allocated (no CPU left)
     allocation: str = "idle"
+
+
+class DrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: Annotated[str, Text, Field(max_length=MAX_LABEL_CHARS)] = Field(
+        default="", description=f"Why (shown in GET /nodes): at most {MAX_LABEL_CHARS} characters."
+    )
+
+
+class NodeActionResponse(BaseModel):
+    name: str
+    detail: str
 
 
 class NodeList(BaseModel):

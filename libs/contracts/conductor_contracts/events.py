@@ -22,6 +22,9 @@ from conductor_contracts.states import JobState
 # one it cannot apply (upper bounds are the gateway's: the fold holds any int).
 Positive = Annotated[int, Field(ge=1)]
 Core = Annotated[int, Field(ge=0)]
+# Which run of a job an event is about: 0, then one more each time the job is requeued. A report of an
+# earlier run (an executor back from a node declared lost) changes nothing.
+Run = Annotated[int, Field(ge=0)]
 # The fold keeps a node's free cores as a set: a node of a billion CPUs would exhaust its memory.
 MAX_NODE_CPUS = 65536
 # Users' and workflows' ids are UUIDs, and a token of their subjects.
@@ -71,6 +74,8 @@ class JobSubmitted(EventBase):
     script: str
     # Optional, added later (older events decode without them):
     dependency: Dependency | None = None
+    # Slurm's --requeue: when its node is lost, the job goes back to PENDING instead of NODE_FAIL.
+    requeue: bool = False
     # A no-op job (a workflow job without a script) runs nothing: the scheduler completes it as soon
     # as its dependency holds, without a node (DAGMan's NOOP nodes).
     noop: bool = False
@@ -103,6 +108,7 @@ class JobPlaced(EventBase):
     node: str
     cores: tuple[Core, ...]
     memory_mb: Annotated[int, Field(ge=0)]
+    run: Run = 0
 
 
 class JobReasonChanged(EventBase):
@@ -119,6 +125,7 @@ class JobStarted(EventBase):
     job_id: int
     node: str
     pid: int
+    run: Run = 0
 
 
 class JobCompleted(EventBase):
@@ -128,6 +135,7 @@ class JobCompleted(EventBase):
     job_id: int
     node: str | None = None
     exit_code: int = 0
+    run: Run = 0
 
 
 class JobFailed(EventBase):
@@ -137,6 +145,7 @@ class JobFailed(EventBase):
     exit_code: int | None
     message: str = ""
     node_fail: bool = False
+    run: Run = 0
 
 
 class JobTimedOut(EventBase):
@@ -144,6 +153,7 @@ class JobTimedOut(EventBase):
     job_id: int
     node: str
     exit_code: int | None = None
+    run: Run = 0
 
 
 class JobOutOfMemory(EventBase):
@@ -151,6 +161,7 @@ class JobOutOfMemory(EventBase):
     job_id: int
     node: str
     exit_code: int | None = None
+    run: Run = 0
 
 
 class JobCancelled(EventBase):
@@ -163,6 +174,7 @@ class JobCancelled(EventBase):
     # Why the scheduler cancelled a pending job other than on request (DependencyNeverSatisfied).
     reason: str = ""
     detail: str = ""
+    run: Run = 0
 
 
 class NodeRegistered(EventBase):
@@ -173,8 +185,36 @@ class NodeRegistered(EventBase):
     partitions: tuple[str, ...] = ("default",)
 
 
+class JobRequeued(EventBase):
+    """By the scheduler: run ``run`` of a job that asked to be requeued ended with its node; the job
+    is PENDING again and its next placement is run ``run + 1``."""
+
+    type: Literal["JobRequeued"] = "JobRequeued"
+    job_id: int
+    node: str
+    run: Run = 0
+    reason: str = ""
+
+
 class NodeLost(EventBase):
+    """By the scheduler: the node's executor has been silent too long. Its jobs end NODE_FAIL (or are
+    requeued); it takes work again once it registers again."""
+
     type: Literal["NodeLost"] = "NodeLost"
+    node: str
+    reason: str = ""
+
+
+class NodeDrainRequested(EventBase):
+    """By the gateway: no new placements on the node; what runs there finishes (DRAINING, DRAINED)."""
+
+    type: Literal["NodeDrainRequested"] = "NodeDrainRequested"
+    node: str
+    reason: str = ""
+
+
+class NodeResumeRequested(EventBase):
+    type: Literal["NodeResumeRequested"] = "NodeResumeRequested"
     node: str
 
 
@@ -235,9 +275,12 @@ Event = Annotated[
     | JobTimedOut
     | JobOutOfMemory
     | JobCancelled
+    | JobRequeued
     | NodeRegistered
     | NodeLost
     | NodeDrained
+    | NodeDrainRequested
+    | NodeResumeRequested
     | UserCreated
     | WorkflowSubmitted,
     Field(discriminator="type"),

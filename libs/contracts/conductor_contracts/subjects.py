@@ -6,9 +6,11 @@ can select by writer:
     conductor.gw.submitted                  JobSubmitted (job id = its stream sequence)
     conductor.gw.cancel.<job>               JobCancelRequested
     conductor.gw.workflow.<workflow>        WorkflowSubmitted (its jobs' JobSubmitted follow, one batch)
+    conductor.gw.node.<node>.drain|resume   NodeDrainRequested, NodeResumeRequested
     conductor.gw.user.<user>                UserCreated (one per user id: the id is the name's uuid5)
     conductor.sched.placed.<node>           JobPlaced            } the scheduler's decisions: published
-    conductor.sched.job.<job>.<event>       JobCancelled, JobCompleted (no-op job), JobReasonChanged
+    conductor.sched.job.<job>.<event>       JobCancelled, JobCompleted (no-op job), JobFailed (node
+                                            lost), JobRequeued, JobReasonChanged
                                                                  } fenced on ``conductor.sched.>``
     conductor.sched.node.<node>.<event>     NodeLost, NodeDrained}
     conductor.exec.<node>.job.<event>       JobStarted and the outcomes an executor reports
@@ -17,6 +19,7 @@ can select by writer:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from conductor_contracts import events as ev
@@ -43,6 +46,21 @@ STREAM_SPEC = StreamSpec()
 
 LEASES_BUCKET = "conductor_leases"
 SCHEDULER_LEASE_KEY = "scheduler"
+# Each executor's heartbeat: one key per node, rewritten every few seconds (not events: a thousand
+# nodes would fill the log with them).
+HEARTBEATS_BUCKET = "conductor_heartbeats"
+_KEY = re.compile(r"^[-_A-Za-z0-9]{1,200}$")
+
+
+def heartbeat_key(node: str) -> str:
+    """The node's key: its name when a KV key can be it, else its name in hex."""
+    return node if _KEY.match(node) else "x-" + node.encode().hex()
+
+
+def node_of_heartbeat_key(key: str) -> str:
+    return bytes.fromhex(key[2:]).decode() if key.startswith("x-") else key
+
+
 # Job output, uploaded by the executor when a job ends, so any gateway can serve it.
 OUTPUT_BUCKET = "conductor_output"
 
@@ -95,6 +113,14 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
             return f"{ROOT}.sched.job.{job_id}.cancelled"
         case ev.JobCompleted(job_id=job_id, node=None):
             return f"{ROOT}.sched.job.{job_id}.completed"
+        case ev.JobFailed(job_id=job_id) if by_scheduler:
+            return f"{ROOT}.sched.job.{job_id}.failed"
+        case ev.JobRequeued(job_id=job_id):
+            return f"{ROOT}.sched.job.{job_id}.requeued"
+        case ev.NodeDrainRequested(node=node):
+            return f"{ROOT}.gw.node.{node}.drain"
+        case ev.NodeResumeRequested(node=node):
+            return f"{ROOT}.gw.node.{node}.resume"
         case (
             ev.JobStarted(node=node)
             | ev.JobCompleted(node=node)
@@ -108,10 +134,17 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
 
 
 def dedupe_id(event: ev.Event) -> str:
-    """``Nats-Msg-Id``: outcomes are keyed by job so a retried report is stored once."""
+    """``Nats-Msg-Id``: outcomes are keyed by job and run, so a retried report is stored once and a
+    requeued job's next run reports again."""
     match event:
-        case ev.JobStarted() | ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory():
-            return f"{event.type}:{event.job_id}"
-        case ev.JobCancelled():
-            return f"JobCancelled:{event.job_id}"
+        case (
+            ev.JobStarted()
+            | ev.JobCompleted()
+            | ev.JobFailed()
+            | ev.JobTimedOut()
+            | ev.JobOutOfMemory()
+            | ev.JobCancelled()
+            | ev.JobRequeued()
+        ):
+            return f"{event.type}:{event.job_id}" + (f":{event.run}" if event.run else "")
     return event.event_id

@@ -133,6 +133,21 @@ class Bus:
                 )
             )
 
+    async def heartbeats(self, keep_s: float = 24 * 3600) -> KeyValue:
+        """The node heartbeats bucket; a key unwritten for ``keep_s`` goes (a node gone for good)."""
+        try:
+            return await self.js.key_value(subjects.HEARTBEATS_BUCKET)
+        except NotFoundError:
+            return await self.js.create_key_value(
+                KeyValueConfig(
+                    bucket=subjects.HEARTBEATS_BUCKET,
+                    ttl=keep_s,
+                    history=1,
+                    storage=StorageType.FILE,
+                    replicas=self.replicas,
+                )
+            )
+
     async def outputs(self) -> ObjectStore:
         """The job-output bucket, looked up (or created) once per connection."""
         if self._outputs is None:

@@ -27,6 +27,11 @@ class CommonSettings(BaseSettings):
     # CONDUCTOR_METRICS_PORT: serve Prometheus metrics at /metrics on this port (None: not served;
     # the gateway has them on its HTTP port as well).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Node liveness: each executor writes its heartbeat every heartbeat_s; the scheduler declares a
+    # node lost (NodeLost) after node_lost_after_s without one (Slurm's SlurmdTimeout), and an
+    # executor that could not write one for that long stops the jobs that would be requeued.
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    node_lost_after_s: float = Field(default=30.0, gt=0)
 
 
 def async_database_url(url: str) -> str:

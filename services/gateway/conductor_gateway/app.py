@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
 from conductor_contracts.states import JobState
+from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views, workflows
 from conductor_gateway.backends import State, missing_jobs, submission
 from conductor_gateway.limits import BodyLimit
@@ -43,6 +44,7 @@ CANCELS = Counter("conductor_gateway_cancels_total", "Cancel requests accepted b
 
 MAX_JOB_ID = 2**63 - 1  # ids are stream sequences, kept in BIGINT columns
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="the job id returned by submit")]
+NodeName = Annotated[str, Path(min_length=1, max_length=api.MAX_LABEL_CHARS, description="a node's name")]
 
 # The first submission's hash, kept on its message, so that a retry can be told from a reuse.
 REQUEST_HASH_HEADER = "Conductor-Request-Hash"
@@ -154,6 +156,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             environment=spec.environment,
             script=body.script,
             dependency=dependency,
+            requeue=spec.requeue,
         )
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
             # Not reachable while the body limit is under the message size (the event is the body and
@@ -262,6 +265,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/nodes", response_model=api.NodeList)
     async def list_nodes() -> api.NodeList:
         return api.NodeList(nodes=[views.node_from_row(r) for r in await queries.nodes(state.engine)])
+
+    async def node_event(name: str, event: ev.Event, done: str) -> api.NodeActionResponse:
+        if not any(n["name"] == name for n in await queries.nodes(state.engine)):
+            raise HTTPException(404, f"node {printable(name, 100)} not found")
+        await state.bus.publish(event)
+        return api.NodeActionResponse(name=name, detail=done)
+
+    @app.post("/nodes/{name}/drain", response_model=api.NodeActionResponse, responses=errors.documented(404, 503))
+    async def drain(name: NodeName, body: api.DrainRequest | None = None) -> api.NodeActionResponse:
+        """No new placements on the node; what runs there finishes (DRAINING, then DRAINED)."""
+        reason = body.reason if body is not None else ""
+        return await node_event(name, ev.NodeDrainRequested(node=name, reason=reason), "drain requested")
+
+    @app.post("/nodes/{name}/resume", response_model=api.NodeActionResponse, responses=errors.documented(404, 503))
+    async def resume(name: NodeName) -> api.NodeActionResponse:
+        return await node_event(name, ev.NodeResumeRequested(node=name), "resume requested")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

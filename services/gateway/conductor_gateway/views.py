@@ -31,6 +31,7 @@ def job_from_submission(job_id: int, event: ev.JobSubmitted, refused: str | None
         state=JobState.PENDING.value,
         reason=PendingReason.DEPENDENCY.value if held else "None",
         dependency=None if event.dependency is None else str(event.dependency),
+        requeue=event.requeue,
         workflow_id=event.workflow_id,
         workflow_index=event.workflow_index,
         branch_id=event.branch_id,
@@ -53,6 +54,8 @@ def node_from_row(row: RowMapping) -> api.NodeView:
     values = dict(row)
     used = values.get("cpus_alloc") or 0
     values["allocation"] = "idle" if used <= 0 else "allocated" if used >= values["cpus"] else "mixed"
+    if values["state"] == "DRAIN":
+        values["state"] = "DRAINING" if used > 0 else "DRAINED"
     return api.NodeView.model_validate(values)
 
 

@@ -31,6 +31,8 @@ class UpdateJob:
     job_id: int
     values: dict[str, Any]
     only_in: tuple[str, ...] = ACTIVE
+    # Applies only to this run of the job (its ``restarts``): a report of an earlier run changes nothing.
+    run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,15 @@ def fold_jobs(
             row = rows.get(op.job_id)
             if row is None or row["state"] not in op.only_in:
                 continue
-            before = row["state"]
+            if op.run is not None and (row.get("restarts") or 0) != op.run:
+                continue
+            before, node_before = row["state"], row["node"]
             row.update(op.values)
             changed.add(op.job_id)
             sign = (row["state"] == running) - (before == running)
-            if sign and row["node"] is not None:
-                moved = nodes.setdefault(row["node"], Allocation())
+            node = row["node"] if sign > 0 else node_before  # a requeued job leaves its node behind
+            if sign and node is not None:
+                moved = nodes.setdefault(node, Allocation())
                 moved.cpus += sign * row["cpus"]
                 moved.memory_mb += sign * row["memory_mb"]
     return changed, nodes
@@ -119,6 +124,8 @@ def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
             "script": e.script,
             "submit_time": e.occurred_at,
             "cancel_requested": False,
+            "requeue": e.requeue,
+            "restarts": 0,
             "workflow_id": e.workflow_id,
             "workflow_index": e.workflow_index,
             "branch_id": e.branch_id,
@@ -133,7 +140,8 @@ def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
 
 def _ended(event: ev.TerminalJobEvent, state: JobState, **extra: Any) -> UpdateJob:
     values = {"state": state.value, "end_time": event.occurred_at, "exit_code": event.exit_code, "reason": None}
-    return UpdateJob(event.job_id, values | extra)
+    # A pending job is ended by the scheduler, whatever run it is at; a node reports on its run.
+    return UpdateJob(event.job_id, values | extra, run=None if event.node is None else event.run)
 
 
 def to_operations(seq: int, event: ev.Event) -> list[Operation]:
@@ -150,12 +158,24 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 "reason": None,
                 "reason_detail": None,
             }
-            return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,))]
+            return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,), run=event.run)]
         case ev.JobReasonChanged():
             values = {"reason": event.reason, "reason_detail": event.detail or None}
             return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,))]
         case ev.JobStarted():
-            return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid})]
+            return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid}, run=event.run)]
+        case ev.JobRequeued():
+            requeued: dict[str, Any] = {
+                "state": JobState.PENDING.value,
+                "restarts": event.run + 1,
+                "node": None,
+                "cores": None,
+                "pid": None,
+                "start_time": None,
+                "reason": "Requeued",
+                "reason_detail": event.reason or None,
+            }
+            return [UpdateJob(event.job_id, requeued, only_in=(JobState.RUNNING.value,), run=event.run)]
         case ev.JobFailed():
             return [_ended(event, ev.final_state(event), message=event.message or None)]
         case ev.JobCancelled(reason=reason) if reason:
@@ -194,9 +214,13 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 )
             ]
         case ev.NodeLost(node=node):
-            return [UpdateNode(node, {"state": "DOWN"})]
+            return [UpdateNode(node, {"state": "DOWN", "reason": event.reason or "lost"})]
+        case ev.NodeDrainRequested(node=node):
+            return [UpdateNode(node, {"state": "DRAIN", "reason": event.reason or None})]
+        case ev.NodeResumeRequested(node=node):
+            return [UpdateNode(node, {"state": "UP", "reason": None})]
         case ev.NodeDrained(node=node):
-            return [UpdateNode(node, {"state": "DRAINED"})]
+            return [UpdateNode(node, {"state": "DRAIN"})]
     return []
 
 

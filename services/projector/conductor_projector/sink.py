@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -48,8 +49,12 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
         match op:
             case UpsertNode():
                 stmt = insert(t.nodes).values(op.values)
-                # Only the registered fields: a re-registering node keeps its allocation.
-                fresh = {key: stmt.excluded[key] for key in op.values if key != "name"}
+                # Only the registered fields: a re-registering node keeps its allocation, and its
+                # drain (a lost node that registers is back up).
+                fresh: dict[str, Any] = {key: stmt.excluded[key] for key in op.values if key != "name"}
+                drained = t.nodes.c.state == "DRAIN"
+                fresh["state"] = case((drained, t.nodes.c.state), else_=stmt.excluded.state)
+                fresh["reason"] = case((drained, t.nodes.c.reason), else_=None)
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=fresh))
             case UpdateNode():
                 await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(op.values))

@@ -57,6 +57,8 @@ jobs = Table(
     Column("job_type", Text),
     Column("parents", JSON),  # job ids
     Column("dependency", Text),  # sbatch's syntax
+    Column("requeue", Boolean, nullable=False, server_default="false"),
+    Column("restarts", Integer, nullable=False, server_default="0"),  # its current run
     Index("ix_jobs_state", "state"),
     Index("ix_jobs_workflow_id", "workflow_id"),
     Index("ix_jobs_account", "account"),
@@ -97,6 +99,7 @@ nodes = Table(
     Column("registered_at", DateTime(timezone=True), nullable=False),
     Column("cpus_alloc", Integer, nullable=False, server_default="0"),
     Column("memory_alloc_mb", Integer, nullable=False, server_default="0"),
+    Column("reason", Text),  # why it is DRAIN or DOWN
 )
 
 # The projector's position in the stream, written in the same transaction as the rows it covers.

@@ -21,7 +21,7 @@ from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
-Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobReasonChanged
+Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
 
 
 @dataclass
@@ -40,8 +40,28 @@ def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
     )
 
 
-def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
+def _orphaned(state: ClusterState) -> list[Decision]:
+    """The running jobs of lost nodes: requeued when they asked to be, NODE_FAIL otherwise."""
     decisions: list[Decision] = []
+    for job_id, name in sorted(state.orphans.items()):
+        allocation = state.running.get(job_id)
+        if allocation is None:
+            continue
+        why = f"node {name} was lost (its executor went silent)"
+        if allocation.job.requeue:
+            decisions.append(ev.JobRequeued(job_id=job_id, node=name, run=allocation.run, reason=why))
+        else:
+            message = f"{why}; how the job ended is unknown"
+            decisions.append(
+                ev.JobFailed(
+                    job_id=job_id, node=name, exit_code=None, node_fail=True, message=message, run=allocation.run
+                )
+            )
+    return decisions
+
+
+def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
+    decisions: list[Decision] = _orphaned(state)
     for job_id in sorted(state.cancel_requested):
         if job_id in state.pending:
             decisions.append(ev.JobCancelled(job_id=job_id))
@@ -54,11 +74,15 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             decisions.append(ev.JobCompleted(job_id=job_id))
 
     nodes = sorted(state.nodes.values(), key=lambda n: n.name)
-    room = {n.name: _Room(n.usable_cores(), n.free_memory_mb) for n in nodes}
-    partitions: dict[str, list[Node]] = {}
+    room = {n.name: _Room(n.usable_cores(), n.free_memory_mb) for n in nodes if n.available}
+    partitions: dict[str, list[Node]] = {}  # the nodes that may take work now
+    unavailable: dict[str, list[str]] = {}  # the lost or drained ones, for the reason's detail
     for n in nodes:
         for partition in n.partitions:
-            partitions.setdefault(partition, []).append(n)
+            if n.available:
+                partitions.setdefault(partition, []).append(n)
+            else:
+                unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
     done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
     evaluated: dict[str, int] = {}
@@ -81,6 +105,9 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
                 done.add(partition)
                 if len(done) == len(state.queued):
                     break  # a deep queue costs nothing more once every partition is settled
+            elif not members and partition in unavailable:
+                down = ", ".join(unavailable[partition])
+                reason(job, PendingReason.RESOURCES, f"no node of partition '{partition}' takes work now: {down}")
             elif not members:
                 reason(job, PendingReason.PARTITION_DOWN, f"no node serves partition '{partition}'")
             else:
@@ -103,6 +130,8 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         free = room[target.name]
         cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]
         free.memory_mb -= job.memory_mb
-        decisions.append(ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb))
+        decisions.append(
+            ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb, run=job.run)
+        )
     # Placements first: they start work; reasons only inform.
     return sorted(decisions, key=lambda d: isinstance(d, ev.JobReasonChanged))

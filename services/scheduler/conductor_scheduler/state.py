@@ -8,7 +8,7 @@ fencing guarantees the scheduler that wrote them had folded every earlier decisi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from conductor_contracts import dependencies as deps
 from conductor_contracts import events as ev
@@ -28,6 +28,13 @@ class Node:
     # Cores held by running jobs, counted even when they are past a shrunken ``cpus``: capacity is a
     # count, so a freed low core is not free while the jobs on the lost high cores still run.
     alloc_cpus: int = 0
+    # Declared lost (NodeLost) until it registers again; drained (with its reason) until resumed.
+    lost: bool = False
+    draining: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return not self.lost and self.draining is None
 
     def usable_cores(self) -> list[int]:
         """The cores a new placement may take: free ones, as many as the capacity still allows."""
@@ -41,6 +48,8 @@ class PendingJob:
     cpus: int
     memory_mb: int
     noop: bool = False
+    requeue: bool = False
+    run: int = 0  # how many times it was requeued
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Allocation:
     node: str
     cores: tuple[int, ...]
     memory_mb: int
+    job: PendingJob  # what it was while pending: a requeued job is queued again as such
+    run: int = 0
 
 
 @dataclass
@@ -64,6 +75,8 @@ class ClusterState:
     doomed: dict[int, str] = field(default_factory=dict)
     # Pending no-op jobs free to go: the policy completes them.
     ready_noops: set[int] = field(default_factory=set)
+    # Running jobs whose node was declared lost, with its name: the policy ends or requeues them.
+    orphans: dict[int, str] = field(default_factory=dict)
     last_seq: int = 0
     # The stream sequence of the newest scheduler decision folded: the fencing token for the next one.
     last_scheduler_seq: int = 0
@@ -72,6 +85,7 @@ class ClusterState:
 def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
     used = [a for a in state.running.values() if a.node == event.node]
     busy = {core for a in used for core in a.cores}
+    before = state.nodes.get(event.node)
     state.nodes[event.node] = Node(
         name=event.node,
         cpus=event.cpus,
@@ -80,6 +94,8 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
         free_cores=set(range(event.cpus)) - busy,
         free_memory_mb=event.memory_mb - sum(a.memory_mb for a in used),
         alloc_cpus=sum(len(a.cores) for a in used),
+        # A drain outlives an executor restart, as in Slurm; being lost does not (it is back).
+        draining=None if before is None else before.draining,
     )
 
 
@@ -116,7 +132,7 @@ def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
 
 
 def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
-    job = PendingJob(seq, event.partition, event.cpus, event.memory_mb, noop=event.noop)
+    job = PendingJob(seq, event.partition, event.cpus, event.memory_mb, noop=event.noop, requeue=event.requeue)
     _enqueue(state, job)
     state.holds.submitted(seq, (event.account, event.name))
     dependency = event.dependency
@@ -139,12 +155,8 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
         state.ready_noops.add(seq)
 
 
-def _release(state: ClusterState, job_id: int, final: JobState) -> None:
-    if state.holds.states.set(job_id, final):
-        _settled(state, job_id, final)
-    _dequeue(state, job_id)
-    state.cancel_requested.discard(job_id)
-    state.reasons.pop(job_id, None)
+def _free(state: ClusterState, job_id: int) -> None:
+    state.orphans.pop(job_id, None)
     allocation = state.running.pop(job_id, None)
     if allocation is None:
         return
@@ -153,6 +165,45 @@ def _release(state: ClusterState, job_id: int, final: JobState) -> None:
         node.free_cores.update(c for c in allocation.cores if c < node.cpus)
         node.free_memory_mb += allocation.memory_mb
         node.alloc_cpus -= len(allocation.cores)
+
+
+def _of_current_run(state: ClusterState, event: ev.TerminalJobEvent) -> bool:
+    """Whether an outcome is about the job's current run: one reported for an earlier run (its node
+    was declared lost and the job requeued) changes nothing."""
+    allocation = state.running.get(event.job_id)
+    if allocation is not None:
+        return event.run == allocation.run
+    # Pending: only the scheduler ends it (a cancel, a dependency); a node's report is of an old run.
+    return event.node is None or event.job_id not in state.pending
+
+
+def _release(state: ClusterState, job_id: int, final: JobState) -> None:
+    if state.holds.states.set(job_id, final):
+        _settled(state, job_id, final)
+    _dequeue(state, job_id)
+    state.cancel_requested.discard(job_id)
+    state.reasons.pop(job_id, None)
+    _free(state, job_id)
+
+
+def _requeue(state: ClusterState, event: ev.JobRequeued) -> None:
+    allocation = state.running.get(event.job_id)
+    if allocation is None or allocation.run != event.run:
+        return
+    _free(state, event.job_id)
+    state.holds.states.set(event.job_id, JobState.PENDING)
+    # At the end of the queue: its place in line was taken when it was placed.
+    _enqueue(state, replace(allocation.job, run=event.run + 1))
+
+
+def _lose(state: ClusterState, name: str) -> None:
+    node = state.nodes.get(name)
+    if node is None or node.lost:
+        return
+    node.lost = True
+    for job_id, allocation in state.running.items():
+        if allocation.node == name:
+            state.orphans[job_id] = name
 
 
 def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False) -> ClusterState:
@@ -169,12 +220,13 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
             if job_id in state.pending:
                 state.cancel_requested.add(job_id)
         case ev.JobPlaced(job_id=job_id):
-            if job_id not in state.pending:
+            job = state.pending.get(job_id)
+            if job is None:
                 return state
             _dequeue(state, job_id)
             state.cancel_requested.discard(job_id)
             state.reasons.pop(job_id, None)
-            state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb)
+            state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb, job, event.run)
             node = state.nodes.get(event.node)
             if node is not None:
                 node.free_cores.difference_update(event.cores)
@@ -186,7 +238,18 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
             if job_id in state.pending:
                 state.reasons[job_id] = reason
         case ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
-            _release(state, event.job_id, ev.final_state(event))
+            if _of_current_run(state, event):
+                _release(state, event.job_id, ev.final_state(event))
+        case ev.JobRequeued():
+            _requeue(state, event)
+        case ev.NodeLost(node=name):
+            _lose(state, name)
+        case ev.NodeDrainRequested(node=name, reason=reason):
+            if name in state.nodes:
+                state.nodes[name].draining = reason
+        case ev.NodeResumeRequested(node=name):
+            if name in state.nodes:
+                state.nodes[name].draining = None
         case ev.NodeRegistered():
             _register(state, event)
         case _:

@@ -1,0 +1,61 @@
+"""Node states over HTTP: drain, resume, lost and back (gateway and projector in-process, real servers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from conductor_contracts import events as ev
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually
+from tests.integration.test_gateway import body, client, projector
+from tests.unit.scheduling import node
+
+__all__ = ["client", "projector"]  # fixtures, used by name
+
+
+async def _node(client: httpx.AsyncClient, state: str) -> dict[str, Any] | None:
+    rows = (await client.get("/nodes")).json()["nodes"]
+    return rows[0] if rows and rows[0]["state"] == state else None
+
+
+async def test_drain_resume_lost_and_back(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    assert (await client.post("/nodes/n1/drain", json={"reason": "x"})).status_code == 404
+    await bus.publish(node("n1", 4, 2048))
+    await eventually(lambda: _node(client, "UP"), what="node projected")
+    job_id = int((await client.post("/jobs/submit", json=body(requeue=True))).json()["job_id"])
+    await bus.publish(ev.JobPlaced(job_id=job_id, node="n1", cores=(0,), memory_mb=100), by_scheduler=True)
+    drain = await client.post("/nodes/n1/drain", json={"reason": "disk swap"})
+    assert drain.status_code == 200
+    draining = await eventually(lambda: _node(client, "DRAINING"), what="draining")
+    assert draining["reason"] == "disk swap"
+    await bus.publish(node("n1", 4, 2048))  # its executor restarts: the drain holds
+    await bus.publish(ev.JobCompleted(job_id=job_id, node="n1"))
+    await eventually(lambda: _node(client, "DRAINED"), what="drained once its job ended")
+    assert (await client.post("/nodes/n1/resume")).status_code == 200
+    await eventually(lambda: _node(client, "UP"), what="resumed")
+    await bus.publish(ev.NodeLost(node="n1", reason="no heartbeat for 30 s"), by_scheduler=True)
+    down = await eventually(lambda: _node(client, "DOWN"), what="lost")
+    assert down["reason"] == "no heartbeat for 30 s"
+    await bus.publish(node("n1", 4, 2048))
+    up = await eventually(lambda: _node(client, "UP"), what="back after registering")
+    assert up["reason"] is None
+    job = (await client.get(f"/jobs/query/{job_id}")).json()
+    assert job["requeue"] is True and job["restarts"] == 0
+
+
+async def test_a_requeued_job_shows_its_restarts(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    await bus.publish(node("n1", 4, 2048))
+    job_id = int((await client.post("/jobs/submit", json=body(requeue=True))).json()["job_id"])
+    await bus.publish(ev.JobPlaced(job_id=job_id, node="n1", cores=(0,), memory_mb=100), by_scheduler=True)
+    await bus.publish(ev.JobRequeued(job_id=job_id, node="n1", run=0, reason="node n1 was lost"), by_scheduler=True)
+
+    async def requeued() -> dict[str, Any] | None:
+        job = dict((await client.get(f"/jobs/query/{job_id}")).json())
+        return job if job["restarts"] == 1 else None
+
+    job = await eventually(requeued, what="requeue projected")
+    assert (job["state"], job["reason"], job["node"]) == ("PENDING", "Requeued", None)
+    nodes = (await client.get("/nodes")).json()["nodes"]
+    assert nodes[0]["cpus_alloc"] == 0

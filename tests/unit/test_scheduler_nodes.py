@@ -1,0 +1,89 @@
+"""Lost, drained and returning nodes in the scheduler's pure fold and policy."""
+
+from __future__ import annotations
+
+from conductor_contracts import events as ev
+from tests.unit.scheduling import Log, node, replay, submitted
+
+
+def _decisions(log: Log) -> list[tuple[str, int]]:
+    return [(d.type, d.job_id) for d in log.schedule() if not isinstance(d, ev.JobReasonChanged)]
+
+
+def test_a_lost_node_fails_its_jobs_and_requeues_those_that_asked() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    plain = log.append(submitted())
+    again = log.append(submitted(requeue=True))
+    assert _decisions(log) == [("JobPlaced", plain), ("JobPlaced", again)]
+    log.append(ev.NodeLost(node="n0", reason="no heartbeat for 30 s"), by_scheduler=True)
+    decisions = log.schedule()
+    failed = [d for d in decisions if isinstance(d, ev.JobFailed)]
+    requeued = [d for d in decisions if isinstance(d, ev.JobRequeued)]
+    assert [(d.job_id, d.node_fail, d.node) for d in failed] == [(plain, True, "n0")]
+    assert "n0" in failed[0].message and "lost" in failed[0].message
+    assert [(d.job_id, d.node) for d in requeued] == [(again, "n0")]
+    assert not log.state.running and list(log.state.pending) == [again]
+    assert _decisions(log) == []  # nowhere to go: n0 is lost
+    log.append(node("n1", 1))
+    placed = log.schedule()
+    assert [(d.type, d.job_id, getattr(d, "run", None)) for d in placed] == [("JobPlaced", again, 1)]
+
+
+def test_late_reports_of_an_earlier_run_change_nothing() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    log.append(node("n1", 1))
+    job = log.append(submitted(requeue=True))
+    log.schedule()
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    log.schedule()  # requeued
+    log.schedule()  # placed again, on n1, run 1
+    assert log.state.running[job].node == "n1" and log.state.running[job].run == 1
+    log.append(ev.JobCompleted(job_id=job, node="n0", run=0))  # the old executor, back from the dead
+    assert job in log.state.running
+    log.append(ev.JobCompleted(job_id=job, node="n1", run=1))
+    assert job not in log.state.running and not log.state.pending
+
+
+def test_a_lost_node_that_registers_again_takes_work() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    job = log.append(submitted())
+    reasons = [d for d in log.schedule() if isinstance(d, ev.JobReasonChanged)]
+    assert [(d.job_id, d.reason) for d in reasons] == [(job, "Resources")] and "n0 lost" in reasons[0].detail
+    log.append(node("n0", 2))
+    assert _decisions(log) == [("JobPlaced", job)]
+
+
+def test_drain_stops_new_placements_and_resume_restarts_them() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    first = log.append(submitted())
+    log.schedule()
+    log.append(ev.NodeDrainRequested(node="n0", reason="disk swap"))
+    second = log.append(submitted())
+    assert _decisions(log) == []
+    log.append(node("n0", 2))  # its executor restarts: still drained
+    assert _decisions(log) == []
+    assert first in log.state.running  # running jobs finish
+    log.append(ev.JobCompleted(job_id=first, node="n0"))
+    assert log.state.nodes["n0"].draining == "disk swap"
+    log.append(ev.NodeResumeRequested(node="n0"))
+    assert _decisions(log) == [("JobPlaced", second)]
+
+
+def test_losing_an_unknown_or_already_lost_node_changes_nothing() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    job = log.append(submitted())
+    log.schedule()
+    log.append(ev.NodeLost(node="nope"), by_scheduler=True)
+    assert log.schedule() == []
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    assert [d.type for d in log.schedule()] == ["JobFailed"]
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    assert log.schedule() == []
+    assert replay(log.events) == log.state
+    assert job not in log.state.running
