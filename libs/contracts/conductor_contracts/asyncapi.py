@@ -18,7 +18,12 @@ from conductor_contracts import subjects
 from conductor_contracts.catalogue import EVENT_TYPES, subject_patterns
 
 _PARAMETER = re.compile(r"\{(\w+)\}")
-_MEANING = {"job_id": "the job id (the stream sequence of its JobSubmitted)", "node": "the node's name"}
+_MEANING = {
+    "job_id": "the job id (the stream sequence of its JobSubmitted)",
+    "node": "the node's name",
+    "workflow_id": "the workflow's id (a UUID)",
+    "user_id": "the user's id (a UUID)",
+}
 
 
 def document(server: str = "localhost:4222", version: str = "0.1.0") -> dict[str, Any]:

@@ -16,11 +16,11 @@ EVENT_CLASSES: tuple[type[ev.EventBase], ...] = get_args(get_args(ev.Event)[0])
 EVENT_TYPES: dict[str, type[ev.EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}
 
 # The fields that become a token of a subject; in a pattern each stands as ``{name}``.
-_SUBJECT_FIELDS = ("job_id", "node")
+_SUBJECT_FIELDS = ("job_id", "node", "workflow_id", "user_id")
 
 
 def subject_patterns(cls: type[ev.EventBase]) -> tuple[str, ...]:
-    """Every subject an event of ``cls`` can have, its ids shown as ``{job_id}`` / ``{node}``
+    """Every subject an event of ``cls`` can have, its ids shown as ``{job_id}``, ``{node}``...
     (JobCancelled has two: the scheduler's for a pending job, an executor's for a running one)."""
     placeholders: dict[str, Any] = {name: f"{{{name}}}" for name in _SUBJECT_FIELDS if name in cls.model_fields}
     variants = [placeholders]

@@ -28,7 +28,7 @@ from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
 from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
-from conductor_gateway import errors, queries, views, workflows
+from conductor_gateway import bus_spec, errors, feed, queries, views, workflows
 from conductor_gateway.backends import State, missing_jobs, submission
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
@@ -305,5 +305,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready", "log_position": last, "projector_lag": max(0, last - projected)})
+
+    app.include_router(feed.router(state, settings))
+    app.include_router(bus_spec.router(settings))
 
     return app

@@ -18,3 +18,14 @@ class GatewaySettings(CommonSettings):
     # see it (``conductor up``: the same machine). Off where gateways share no files with the nodes
     # (Kubernetes): output then comes only from the object store, once a job ends.
     local_output: bool = True
+    # GET /events (the live feed). A comment line every events_heartbeat_s keeps proxies from cutting
+    # an idle stream.
+    events_heartbeat_s: float = Field(default=15.0, gt=0)
+    # Events held per client between the log and its connection (and as many read ahead from the
+    # log): the bound of a client's memory in the gateway.
+    events_buffer: int = Field(default=128, ge=1, le=10_000)
+    # A client whose buffer stays full this long is too slow: it is told so and disconnected, and
+    # resumes with Last-Event-ID.
+    events_stall_s: float = Field(default=30.0, gt=0)
+    # Jobs whose account and workflow the gateway remembers for the feed (read from their JobSubmitted).
+    events_job_cache: int = Field(default=10_000, ge=1)

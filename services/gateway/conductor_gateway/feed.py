@@ -1,0 +1,94 @@
+"""GET /events: the log of record as Server-Sent Events, for automation (``client_feed.py`` streams).
+
+Each event is sent with ``id:`` its stream sequence, so a client that reconnects with Last-Event-ID
+(every EventSource does) or ``?since=<seq>`` gets exactly the events after it; without either, it
+gets the events from now on, and ``?since=0`` the whole log.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from conductor_gateway.backends import State
+from conductor_gateway.client_feed import ClientFeed, FeedLimits
+from conductor_gateway.errors import documented
+from conductor_gateway.feed_items import FeedFilter, parse_types
+from conductor_gateway.job_directory import JobDirectory
+from conductor_gateway.settings import GatewaySettings
+
+MAX_SEQ = 2**63 - 1
+LABEL = Query(max_length=200, description="exact match")
+
+
+class FeedResponse(StreamingResponse):
+    """Closes its feed (reader, consumer) however the response ends: finished, failed, or cut by the
+    client. The body generator's own ``finally`` would not run while it waits in a send that is
+    cancelled."""
+
+    def __init__(self, feed: ClientFeed) -> None:
+        super().__init__(
+            feed.stream(),
+            media_type="text/event-stream",
+            # Proxies must pass each event on as it comes (nginx buffers unless told not to).
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._feed = feed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._feed.close()
+
+
+def router(state: State, settings: GatewaySettings) -> APIRouter:
+    api = APIRouter()
+    directory = JobDirectory(settings.events_job_cache)
+    limits = FeedLimits(settings.events_heartbeat_s, settings.events_buffer, settings.events_stall_s)
+
+    @api.get(
+        "/events",
+        response_class=FeedResponse,
+        status_code=200,
+        responses={
+            200: {
+                "content": {"text/event-stream": {}},
+                "description": "`id:` stream sequence, `event:` event type, `data:` the event's JSON with job_id "
+                "and, where known, account and workflow_id; `: keepalive` comments while idle; a last `overflow` "
+                "or `error` message (data: last_event_id) before the server ends the stream",
+            },
+            **documented(503),
+        },
+    )
+    async def events(
+        job_id: Annotated[int | None, Query(ge=1, le=MAX_SEQ, description="events of this job")] = None,
+        workflow_id: Annotated[str | None, LABEL] = None,
+        account: Annotated[str | None, LABEL] = None,
+        type_: Annotated[
+            list[str] | None,
+            Query(alias="type", description="event type names, repeated or comma-separated (JobCompleted,JobFailed)"),
+        ] = None,
+        since: Annotated[
+            int | None, Query(ge=0, le=MAX_SEQ, description="start after this stream sequence (0: from the start)")
+        ] = None,
+        last_event_id: Annotated[
+            int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_SEQ, description="resume: wins over since")
+        ] = None,
+    ) -> FeedResponse:
+        try:
+            types = parse_types(type_ or ())
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        selected = FeedFilter(job_id=job_id, workflow_id=workflow_id, account=account, types=types)
+        after = last_event_id if last_event_id is not None else since
+        if after is None:  # from now: after what the log holds at this request
+            after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
+        return FeedResponse(await ClientFeed.open(state.bus, after + 1, selected, directory, limits))
+
+    return api

@@ -1,0 +1,117 @@
+"""What the event feed sends and how it selects it: pure, no NATS, no HTTP.
+
+An item is one event of the log with the ids a client filters on: its job (for JobSubmitted the job
+id is its own stream sequence), and the job's account and workflow, which most job events do not
+carry and are looked up from the job's JobSubmitted (``job_directory.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from conductor_contracts import events as ev
+from conductor_contracts.catalogue import EVENT_TYPES
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What the feed knows of a job from its JobSubmitted; both None when that is not in the log."""
+
+    account: str | None = None
+    workflow_id: str | None = None
+
+
+UNKNOWN_JOB = JobContext()
+
+
+def context_of(submitted: ev.JobSubmitted) -> JobContext:
+    return JobContext(account=submitted.account, workflow_id=submitted.workflow_id)
+
+
+def job_of(seq: int, event: ev.Event) -> int | None:
+    """The job an event concerns: a JobSubmitted is the job whose id is its stream sequence."""
+    if isinstance(event, ev.JobSubmitted):
+        return seq
+    job_id = getattr(event, "job_id", None)
+    return job_id if isinstance(job_id, int) else None
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    seq: int
+    event: ev.Event
+    job_id: int | None
+    account: str | None
+    workflow_id: str | None
+
+    @property
+    def type(self) -> str:
+        return self.event.type
+
+    def data(self) -> dict[str, Any]:
+        """The event's JSON, with its job and, where known, the job's account and workflow."""
+        extra = {"job_id": self.job_id, "account": self.account, "workflow_id": self.workflow_id}
+        known = {key: value for key, value in extra.items() if value is not None}
+        return self.event.model_dump(mode="json") | known
+
+
+def item(seq: int, event: ev.Event, job: JobContext | None) -> FeedItem:
+    """``job``: the context of the event's job (None for an event of no job). A WorkflowSubmitted
+    has its workflow but no account (its jobs each have theirs; ``owner`` is a user name)."""
+    if isinstance(event, ev.WorkflowSubmitted):
+        return FeedItem(seq=seq, event=event, job_id=None, account=None, workflow_id=event.workflow_id)
+    return FeedItem(
+        seq=seq,
+        event=event,
+        job_id=job_of(seq, event),
+        account=job.account if job else None,
+        workflow_id=job.workflow_id if job else None,
+    )
+
+
+def parse_types(values: Iterable[str]) -> frozenset[str] | None:
+    """``type`` as given (repeated and/or comma-separated); None for no filter on types.
+    Raises ValueError naming what is not an event type."""
+    names = {part.strip() for value in values for part in value.split(",") if part.strip()}
+    unknown = sorted(names - EVENT_TYPES.keys())
+    if unknown:
+        raise ValueError(f"unknown event type {', '.join(map(repr, unknown))}; known types: {', '.join(EVENT_TYPES)}")
+    return frozenset(names) or None
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    """Every condition given must hold; an event that lacks the id a condition names does not match
+    (a node event never matches a job_id filter)."""
+
+    job_id: int | None = None
+    workflow_id: str | None = None
+    account: str | None = None
+    types: frozenset[str] | None = None
+
+    def matches(self, it: FeedItem) -> bool:
+        return (
+            (self.types is None or it.type in self.types)
+            and (self.job_id is None or it.job_id == self.job_id)
+            and (self.account is None or it.account == self.account)
+            and (self.workflow_id is None or it.workflow_id == self.workflow_id)
+        )
+
+
+# Server-Sent Events, as the HTML standard frames them: fields one a line, a blank line ends an event.
+# The data is one line of JSON (json.dumps escapes every newline), so it needs no splitting.
+KEEPALIVE = b": keepalive\n\n"
+
+
+def sse(it: FeedItem) -> bytes:
+    return f"id: {it.seq}\nevent: {it.type}\ndata: {json.dumps(it.data(), separators=(',', ':'))}\n\n".encode()
+
+
+def notice(kind: str, last_event_id: int, detail: str) -> bytes:
+    """An ``overflow`` or ``error`` message before the stream is closed; no id, so the client's
+    Last-Event-ID stays the last event it was sent."""
+    data = json.dumps({"last_event_id": last_event_id, "detail": detail})
+    return f"event: {kind}\ndata: {data}\n\n".encode()

@@ -1,0 +1,221 @@
+"""GET /events over real HTTP on a real NATS: filters, resume, heartbeats, a slow client, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_contracts.catalogue import EVENT_TYPES, subject_patterns
+from conductor_gateway.settings import GatewaySettings
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually
+from tests.integration.served import Sse, messages, served_gateway, take
+from tests.unit.scheduling import node, submitted
+
+
+@contextlib.asynccontextmanager
+async def gateway(nats_url: str, database_url: str, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with (
+        served_gateway(GatewaySettings(nats_url=nats_url, database_url=database_url, **settings)) as url,
+        httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(20, read=None)) as client,
+    ):
+        yield client
+
+
+@pytest.fixture
+async def client(bus: Bus, nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway(nats_url, database_url) as client:
+        yield client
+
+
+async def submit(bus: Bus, account: str, script: str = "true") -> int:
+    return await bus.publish(submitted().model_copy(update={"account": account, "script": script}))
+
+
+async def run_job(bus: Bus, job_id: int) -> None:
+    await bus.publish(ev.JobPlaced(job_id=job_id, node="n1", cores=(0,), memory_mb=100))
+    await bus.publish(ev.JobStarted(job_id=job_id, node="n1", pid=42))
+    await bus.publish(ev.JobCompleted(job_id=job_id, node="n1"))
+
+
+async def consumers(bus: Bus) -> int:
+    return int((await bus.js.stream_info(subjects.STREAM)).state.consumer_count)
+
+
+async def no_consumer_left(bus: Bus) -> None:
+    await eventually(lambda: _zero(bus), 10, "every feed consumer deleted")
+
+
+async def _zero(bus: Bus) -> bool:
+    return await consumers(bus) == 0
+
+
+@contextlib.asynccontextmanager
+async def feed(client: httpx.AsyncClient, query: str = "", **headers: str) -> AsyncIterator[AsyncIterator[Sse]]:
+    async with client.stream("GET", f"/events{query}", headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield messages(response)
+
+
+async def test_events_carry_their_sequence_type_job_and_account(client: httpx.AsyncClient, bus: Bus) -> None:
+    await bus.publish(node("n1", 2))
+    job = await submit(bus, "ann")
+    await run_job(bus, job)
+    async with feed(client, "?since=0") as stream:
+        got = await take(stream, 5)
+    assert [(m.id, m.event) for m in got] == [
+        (1, "NodeRegistered"),
+        (job, "JobSubmitted"),
+        (job + 1, "JobPlaced"),
+        (job + 2, "JobStarted"),
+        (job + 3, "JobCompleted"),
+    ]
+    assert got[0].data is not None and "job_id" not in got[0].data and got[0].data["node"] == "n1"
+    for message in got[1:]:
+        assert message.data is not None
+        assert (message.data["job_id"], message.data["account"], message.data["type"]) == (job, "ann", message.event)
+    assert got[1].data is not None and got[1].data["script"] == "true"
+
+
+async def test_filters_by_job_account_and_type(client: httpx.AsyncClient, bus: Bus) -> None:
+    ann, bob = await submit(bus, "ann"), await submit(bus, "bob")
+    await run_job(bus, bob)
+    await run_job(bus, ann)
+    # Started after the submissions: the accounts come from the log (get_msg), not from events seen.
+    last = int((await bus.js.stream_info(subjects.STREAM)).state.last_seq)
+    async with feed(client, "?since=0&account=ann") as stream:
+        assert [(m.event, m.data and m.data["job_id"]) for m in await take(stream, 4)] == [
+            ("JobSubmitted", ann),
+            ("JobPlaced", ann),
+            ("JobStarted", ann),
+            ("JobCompleted", ann),
+        ]
+    async with feed(client, f"?since={bob}&account=bob&type=JobCompleted,JobPlaced") as stream:
+        assert [(m.event, m.id) for m in await take(stream, 2)] == [("JobPlaced", bob + 1), ("JobCompleted", bob + 3)]
+    async with feed(client, f"?since=0&job_id={ann}&type=JobStarted&type=JobSubmitted") as stream:
+        assert [(m.event, m.id) for m in await take(stream, 2)] == [("JobSubmitted", ann), ("JobStarted", last - 1)]
+    # Nothing else matches: the next event of the feed is one published after.
+    async with feed(client, "?since=0&account=nobody") as stream:
+        carl = await submit(bus, "nobody")
+        assert [(m.event, m.id) for m in await take(stream, 1)] == [("JobSubmitted", carl)]
+
+
+async def test_without_a_position_the_feed_starts_from_now(client: httpx.AsyncClient, bus: Bus) -> None:
+    await submit(bus, "ann")
+    async with feed(client) as stream:
+        later = await submit(bus, "ann")
+        assert [m.id for m in await take(stream, 1)] == [later]
+
+
+async def test_resume_with_last_event_id_loses_and_repeats_nothing(client: httpx.AsyncClient, bus: Bus) -> None:
+    async with feed(client, "?type=JobSubmitted") as stream:
+        first = [await submit(bus, "ann") for _ in range(3)]
+        got = await take(stream, 3)
+    assert [m.id for m in got] == first
+    await no_consumer_left(bus)
+    # Published while the client is away, among events it does not want.
+    missed = []
+    for _ in range(5):
+        missed.append(await submit(bus, "ann"))
+        await run_job(bus, missed[-1])
+    # An EventSource sends the last id it was given; it wins over the since= of the URL it reconnects to.
+    async with feed(client, "?type=JobSubmitted&since=0", **{"Last-Event-ID": str(got[-1].id)}) as stream:
+        again = await take(stream, 5)
+        after = await submit(bus, "ann")
+        assert [m.id for m in await take(stream, 1)] == [after]
+    assert [m.id for m in again] == missed
+    await no_consumer_left(bus)
+
+
+async def test_since_starts_after_that_sequence(client: httpx.AsyncClient, bus: Bus) -> None:
+    ids = [await submit(bus, "ann") for _ in range(4)]
+    async with feed(client, f"?since={ids[1]}") as stream:
+        assert [m.id for m in await take(stream, 2)] == ids[2:]
+
+
+async def test_an_idle_stream_gets_keepalive_comments(bus: Bus, nats_url: str, database_url: str) -> None:
+    async with gateway(nats_url, database_url, events_heartbeat_s=0.2) as client, feed(client) as stream:
+        comments = []
+        async for message in stream:
+            comments.append(message.comment)
+            if len(comments) == 3:
+                break
+    assert comments == ["keepalive"] * 3
+
+
+async def test_a_client_too_slow_is_told_then_resumes_without_loss(
+    bus: Bus, nats_url: str, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="conductor.gateway.feed")
+    # Events of 64 KB: what the kernel's socket buffers hold of them is soon full.
+    script = "#" * 64 * 1024
+    count = 400
+    async with gateway(nats_url, database_url, events_buffer=2, events_stall_s=0.5) as client:
+        async with feed(client) as stream:
+            published = [await submit(bus, "ann", script) for _ in range(count)]
+            # The client reads nothing for a while: its buffer in the gateway stays full.
+            await eventually(lambda: _gave_up(caplog), 30, "the gateway gave up on the client")
+            got = await asyncio.wait_for(_all(stream), 30)
+        assert got[-1].event == "overflow" and got[-1].data is not None
+        delivered = [m.id for m in got[:-1]]
+        assert delivered == published[: len(delivered)] and len(delivered) < count
+        assert got[-1].data["last_event_id"] == delivered[-1]
+        await no_consumer_left(bus)
+        async with feed(client, **{"Last-Event-ID": str(delivered[-1])}) as stream:
+            rest = await take(stream, count - len(delivered), timeout=60)
+        assert [m.id for m in rest] == published[len(delivered) :]
+    await no_consumer_left(bus)
+
+
+async def _gave_up(caplog: pytest.LogCaptureFixture) -> bool:
+    return any("too slow" in record.getMessage() for record in caplog.records)
+
+
+async def _all(stream: AsyncIterator[Sse]) -> list[Sse]:
+    return [message async for message in stream]
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "says"),
+    [
+        ("?type=JobDone", {}, "unknown event type 'JobDone'"),
+        ("?type=JobCompleted,Nope", {}, "'Nope'"),
+        ("?job_id=abc", {}, "valid integer"),
+        ("?job_id=0", {}, "greater than or equal to 1"),
+        ("?since=-1", {}, "greater than or equal to 0"),
+        ("?since=99999999999999999999999", {}, "less than or equal to"),
+        ("", {"Last-Event-ID": "abc"}, "valid integer"),
+        ("?account=" + "x" * 201, {}, "at most 200 characters"),
+    ],
+)
+async def test_bad_parameters_are_a_422_with_a_message(
+    client: httpx.AsyncClient, bus: Bus, query: str, headers: dict[str, str], says: str
+) -> None:
+    answer = await client.get(f"/events{query}", headers=headers)
+    assert answer.status_code == 422
+    assert says in answer.text
+    assert await consumers(bus) == 0
+
+
+async def test_asyncapi_lists_every_event_with_its_schema_and_subjects(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/asyncapi.json")).json()
+    assert doc["asyncapi"].startswith("3.") and doc["x-jetstream"]["stream"] == subjects.STREAM
+    schemas = doc["components"]["schemas"]
+    addresses: dict[str, set[str]] = {}
+    for channel in doc["channels"].values():
+        for ref in channel["messages"].values():
+            message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
+            schema = schemas[message["payload"]["$ref"].rsplit("/", 1)[1]]
+            addresses.setdefault(schema["properties"]["type"]["const"], set()).add(channel["address"])
+    assert addresses == {name: set(subject_patterns(cls)) for name, cls in EVENT_TYPES.items()}
+    assert doc["channels"]["JobPlaced"]["parameters"] == {"node": {"description": "the node's name"}}
+    assert "openapi" in (await client.get("/openapi.json")).json()
