@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -107,6 +108,24 @@ async def test_filters_by_job_account_and_type(client: httpx.AsyncClient, bus: B
     async with feed(client, "?since=0&account=nobody") as stream:
         carl = await submit(bus, "nobody")
         assert [(m.event, m.id) for m in await take(stream, 1)] == [("JobSubmitted", carl)]
+
+
+async def test_filters_by_workflow(client: httpx.AsyncClient, bus: Bus) -> None:
+    flow, other = str(uuid.uuid4()), str(uuid.uuid4())
+    user = str(uuid.uuid4())
+    started = await bus.publish(ev.WorkflowSubmitted(workflow_id=flow, user_id=user, owner="ann", job_count=1))
+    await bus.publish(ev.WorkflowSubmitted(workflow_id=other, user_id=user, owner="ann", job_count=1))
+    job = await bus.publish(submitted().model_copy(update={"workflow_id": flow, "workflow_index": 0}))
+    await bus.publish(submitted().model_copy(update={"workflow_id": other, "workflow_index": 0}))
+    await bus.publish(ev.JobCompleted(job_id=job))
+    async with feed(client, f"?since=0&workflow_id={flow}") as stream:
+        got = await take(stream, 3)
+    assert [(m.event, m.id) for m in got] == [
+        ("WorkflowSubmitted", started),
+        ("JobSubmitted", job),
+        ("JobCompleted", job + 2),
+    ]
+    assert all(m.data is not None and m.data["workflow_id"] == flow for m in got)
 
 
 async def test_without_a_position_the_feed_starts_from_now(client: httpx.AsyncClient, bus: Bus) -> None:
