@@ -14,23 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
-import httpx
 import nats
 import psutil
+from harness import conductor_up, follow, percentile
 
-from conductor_contracts import events as ev
-from conductor_platform.bus import connect, next_batch, read_from
-from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
-
-OUTCOMES = ev.TERMINAL_JOB_EVENTS
+from conductor_platform.localservers import LocalServer
 
 
 async def raw_publish_rate(url: str, seconds: float = 2.0) -> float:
@@ -86,33 +77,6 @@ async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tup
     return jobs / elapsed, ids
 
 
-async def follow(
-    nats_url: str, ids: set[int], deadline_s: float
-) -> tuple[dict[int, float], dict[int, float], dict[int, float], dict[int, float]]:
-    """Timestamps (event time, seconds) of submit, start and end of each job, from the log itself."""
-    bus = await connect(nats_url, name="bench")
-    sub = await read_from(bus, 1)
-    submitted: dict[int, float] = {}
-    placed: dict[int, float] = {}
-    started: dict[int, float] = {}
-    ended: dict[int, float] = {}
-    stop_at = time.monotonic() + deadline_s
-    while len(ended) < len(ids) and time.monotonic() < stop_at:
-        for msg in await next_batch(sub, 1000, wait_s=1.0):
-            event = ev.decode(msg.data)
-            seq = msg.metadata.sequence.stream
-            if isinstance(event, ev.JobSubmitted) and seq in ids:
-                submitted[seq] = event.occurred_at.timestamp()
-            elif isinstance(event, ev.JobPlaced) and event.job_id in ids:
-                placed[event.job_id] = event.occurred_at.timestamp()
-            elif isinstance(event, ev.JobStarted) and event.job_id in ids:
-                started[event.job_id] = event.occurred_at.timestamp()
-            elif isinstance(event, OUTCOMES) and event.job_id in ids:
-                ended[event.job_id] = event.occurred_at.timestamp()
-    await bus.close()
-    return submitted, placed, started, ended
-
-
 def cpu_by_process(up_pid: int, *servers: LocalServer) -> str:
     """Where the machine's CPU went during the run: the figure to look at before optimising."""
     names = {
@@ -133,11 +97,6 @@ def cpu_by_process(up_pid: int, *servers: LocalServer) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2000)
@@ -145,78 +104,38 @@ async def main() -> None:
     parser.add_argument("--node-cpus", type=int, default=32)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp:
-        var = Path(tmp)
-        nats_server = start_nats(var / "nats")
-        postgres = start_postgres(var / "postgres")
-        port = free_port()
-        env = os.environ | {"NATS_URL": nats_server.url, "DATABASE_URL": postgres.url, "CONDUCTOR_LOG_LEVEL": "WARNING"}
-        up = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "conductor",
-                "up",
-                "--var-dir",
-                str(var),
-                "--port",
-                str(port),
-                "--node",
-                "bench",
-                "--cpus",
-                str(args.node_cpus),
-                "--memory",
-                "64G",
-            ],
-            env=env,
-            stderr=subprocess.DEVNULL,
+    async with conductor_up(args.node_cpus) as system:
+        nats_server, postgres, up, url, tmp = system.nats, system.postgres, system.up, system.url, str(system.work)
+        print(
+            f"SCNS-Conductor benchmark: {args.jobs} jobs 'true', concurrency {args.concurrency}, "
+            f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine"
         )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(base_url=url) as client:
-                for _ in range(300):
-                    try:
-                        if (await client.get("/nodes")).json()["nodes"]:
-                            break
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        pass
-                    await asyncio.sleep(0.2)
-            print(
-                f"SCNS-Conductor benchmark: {args.jobs} jobs 'true', concurrency {args.concurrency}, "
-                f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine"
-            )
-            publish_ceiling = await raw_publish_rate(nats_server.url)
-            spawn_ceiling = await raw_spawn_rate()
-            t0 = time.perf_counter()
-            submit_rate, ids = await submit_all(url, args.jobs, args.concurrency, tmp)
-            submitted, placed, started, ended = await follow(nats_server.url, set(ids), deadline_s=600)
-            wall = time.perf_counter() - t0
-            first_submit = min(submitted.values())
-            completed_rate = len(ended) / (max(ended.values()) - first_submit) if ended else 0.0
-            latency = [started[j] - submitted[j] for j in started if j in submitted]
-            to_start = [started[j] - placed[j] for j in started if j in placed]
-            print(
-                f"submits accepted:        {submit_rate:8.0f} /s   ({submit_rate / publish_ceiling:.0%} of raw publish)"
-            )
-            print(
-                f"jobs completed:          {completed_rate:8.0f} /s   ({completed_rate / spawn_ceiling:.0%} of raw spawn)"
-                f"   {len(ended)}/{len(ids)} ended in {wall:.1f}s"
-            )
-            print(
-                f"submit->start latency:   p50 {percentile(latency, 0.5) * 1000:7.1f} ms   "
-                f"p99 {percentile(latency, 0.99) * 1000:7.1f} ms"
-            )
-            print(
-                f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
-            )
-            print("CPU seconds spent, by process: " + cpu_by_process(up.pid, nats_server, postgres))
-            print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
-            print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
-        finally:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
-            postgres.stop()
-            nats_server.stop()
+        publish_ceiling = await raw_publish_rate(nats_server.url)
+        spawn_ceiling = await raw_spawn_rate()
+        t0 = time.perf_counter()
+        submit_rate, ids = await submit_all(url, args.jobs, args.concurrency, tmp)
+        times = await follow(nats_server.url, set(ids), deadline_s=600)
+        submitted, placed, started, ended = times.submitted, times.placed, times.started, times.ended
+        wall = time.perf_counter() - t0
+        first_submit = min(submitted.values())
+        completed_rate = len(ended) / (max(ended.values()) - first_submit) if ended else 0.0
+        latency = [started[j] - submitted[j] for j in started if j in submitted]
+        to_start = [started[j] - placed[j] for j in started if j in placed]
+        print(f"submits accepted:        {submit_rate:8.0f} /s   ({submit_rate / publish_ceiling:.0%} of raw publish)")
+        print(
+            f"jobs completed:          {completed_rate:8.0f} /s   ({completed_rate / spawn_ceiling:.0%} of raw spawn)"
+            f"   {len(ended)}/{len(ids)} ended in {wall:.1f}s"
+        )
+        print(
+            f"submit->start latency:   p50 {percentile(latency, 0.5) * 1000:7.1f} ms   "
+            f"p99 {percentile(latency, 0.99) * 1000:7.1f} ms"
+        )
+        print(
+            f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
+        )
+        print("CPU seconds spent, by process: " + cpu_by_process(up.pid, nats_server, postgres))
+        print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
+        print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
 
 
 if __name__ == "__main__":

@@ -74,7 +74,19 @@ async def test_a_second_user_of_the_same_name_is_409_even_at_once(client: httpx.
 
 
 @pytest.mark.parametrize(
-    "username", ['""', '"   "', f'"{"x" * 65}"', '"tab\\there"', '"nul\\u0000"', '"a/b"', '"\\ud800"', "12", "null"]
+    "username",
+    [
+        '""',
+        '"   "',
+        f'"{"x" * 65}"',
+        '"tab\\there"',
+        '"nul\\u0000"',
+        '"a/b"',
+        '"\\ud800"',
+        "12",
+        "null",
+        '"' + "\\u0344" * 64 + '"',
+    ],
 )
 async def test_invalid_usernames_are_422(client: httpx.AsyncClient, username: str) -> None:
     answer = await client.post(

@@ -30,7 +30,10 @@ USER_NAMESPACE = uuid.UUID("6f1c2d0e-8b7a-4c55-9f3e-2a1d5b7c9e10")
 
 def _username(value: str) -> str:
     # One name, one user: "é" typed composed or decomposed is the same name.
-    return printable_label(unicodedata.normalize("NFC", value))
+    name = unicodedata.normalize("NFC", value)
+    if len(name) > MAX_USERNAME_CHARS:  # a few characters grow when composed
+        raise ValueError(f"at most {MAX_USERNAME_CHARS} characters")
+    return printable_label(name)
 
 
 Username = Annotated[

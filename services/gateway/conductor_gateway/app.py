@@ -29,7 +29,7 @@ from conductor_contracts import events as ev
 from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import bus_spec, errors, feed, queries, views, workflows
-from conductor_gateway.backends import State, missing_jobs, submission
+from conductor_gateway.backends import State, job_submitted, missing_jobs, submission
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
@@ -141,23 +141,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         if dependency is not None and (missing := await missing_jobs(state, dependency.job_ids)):
             shown = ", ".join(str(j) for j in missing[:10])
             raise HTTPException(422, f"dependency: no job {shown}{' ...' if len(missing) > 10 else ''}")
-        event = ev.JobSubmitted(
-            name=spec.name,
-            account=spec.account,
-            partition=spec.partition,
-            ntasks_per_node=spec.ntasks_per_node,
-            cpus_per_task=spec.cpus_per_task,
-            cpus=spec.cpus,
-            memory_mb=spec.memory_mb,
-            time_limit_s=spec.time_limit_s,
-            working_directory=spec.current_working_directory,
-            standard_output=spec.standard_output or "",
-            standard_error=spec.standard_error,
-            environment=spec.environment,
-            script=body.script,
-            dependency=dependency,
-            requeue=spec.requeue,
-        )
+        event = job_submitted(spec, body.script)
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
             # Not reachable while the body limit is under the message size (the event is the body and
             # a few hundred bytes); kept so that raising one limit cannot make submits fail as a 503.

@@ -6,12 +6,14 @@ misses the read models looks in the log itself before it answers 404.
 
 from __future__ import annotations
 
+from typing import Any
+
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
 from conductor_gateway import queries
 from conductor_platform.bus import Bus
 
@@ -52,3 +54,25 @@ async def missing_jobs(state: State, job_ids: list[int]) -> list[int]:
     """Those of ``job_ids`` that are no job: neither in the read models nor submitted in the log."""
     known = await queries.existing_jobs(state.engine, job_ids)
     return [job_id for job_id in job_ids if job_id not in known and await submission(state.bus, job_id) is None]
+
+
+def job_submitted(spec: api.JobSpec, script: str, **extra: Any) -> ev.JobSubmitted:
+    """The event of a submit's ``job`` object and script; ``extra`` sets the workflow's fields."""
+    return ev.JobSubmitted(
+        name=spec.name,
+        account=spec.account,
+        partition=spec.partition,
+        ntasks_per_node=spec.ntasks_per_node,
+        cpus_per_task=spec.cpus_per_task,
+        cpus=spec.cpus,
+        memory_mb=spec.memory_mb,
+        time_limit_s=spec.time_limit_s,
+        working_directory=spec.current_working_directory,
+        standard_output=spec.standard_output or "",
+        standard_error=spec.standard_error,
+        environment=spec.environment,
+        script=script,
+        dependency=spec.parsed_dependency,
+        requeue=spec.requeue,
+        **extra,
+    )

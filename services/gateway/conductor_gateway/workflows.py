@@ -16,7 +16,7 @@ from conductor_contracts import subjects
 from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views
-from conductor_gateway.backends import State, last_on, submission
+from conductor_gateway.backends import State, job_submitted, last_on, submission
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import WRONG_LAST_SEQUENCE, BatchRefused
 
@@ -96,20 +96,9 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 if len(script.encode()) > settings.max_script_bytes:
                     raise HTTPException(413, f"job {index}: script over the limit of {settings.max_script_bytes} bytes")
             events.append(
-                ev.JobSubmitted(
-                    name=spec.name,
-                    account=spec.account,
-                    partition=spec.partition,
-                    ntasks_per_node=spec.ntasks_per_node,
-                    cpus_per_task=spec.cpus_per_task,
-                    cpus=spec.cpus,
-                    memory_mb=spec.memory_mb,
-                    time_limit_s=spec.time_limit_s,
-                    working_directory=spec.current_working_directory,
-                    standard_output=spec.standard_output or "",
-                    standard_error=spec.standard_error,
-                    environment=spec.environment,
-                    script=script or "",
+                job_submitted(
+                    spec,
+                    script or "",
                     noop=script is None,
                     workflow_id=workflow_id,
                     workflow_index=index,
