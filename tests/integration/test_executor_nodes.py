@@ -158,3 +158,84 @@ async def test_an_older_consumer_is_updated_to_read_node_losses(bus: Bus) -> Non
     await ensure_consumer(bus, NODE)
     info = await bus.js.consumer_info(bus.stream, durable)
     assert subjects.subject_for(ev.NodeLost(node=NODE)) in (info.config.filter_subjects or [])
+
+
+def _leaving_jobs(nats_url: str, tmp_path: Path) -> ExecutorSettings:
+    """An executor whose stop leaves its jobs running, for the next one to take over."""
+    return executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False)
+
+
+async def test_a_restarted_executor_reports_the_run_it_took_over(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work, requeue=True)
+        await _place(bus, job_id, run=2)
+        await eventually(lambda: _started(bus, job_id, 2), what="run 2 started")
+    group = await _group(settings, job_id, 2)
+    assert _alive(group)  # left running by the stop
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+        (work / "go").touch()
+
+        async def ended() -> list[ev.Event]:
+            return [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+        [outcome] = await eventually(ended, what="the outcome of the run taken over")
+        assert isinstance(outcome, ev.JobCompleted) and outcome.run == 2
+        assert [e.run for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)] == [2]
+
+
+async def test_a_loss_read_after_a_restart_kills_the_runs_placed_before_it(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """The executor was down when its node was declared lost: the run it takes over at its next
+    start was ended by that NodeLost, which its consumer delivers after the start; a run placed after
+    the node registered again is not touched by it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work, requeue=True)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+    group = await _group(settings, job_id)
+    lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+
+        async def gone() -> bool:
+            return not _alive(group)
+
+        await eventually(gone, what="the run the loss ended killed")
+        await eventually(lambda: _registered_after(bus, lost), what="registered after the loss")
+        await asyncio.sleep(0.5)
+        assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+
+async def test_a_run_killed_as_lost_is_not_taken_over_as_a_job(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    """An executor stopped right after marking a run lost (before it was dead): the next one finishes
+    the kill and reports nothing for it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+    group = await _group(settings, job_id)
+    folder = settings.jobs_dir / str(job_id)
+    sv.write_kill(folder, frozenset({sv.LOST}))
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+
+        async def gone() -> bool:
+            return not _alive(group)
+
+        await eventually(gone, what="the lost run killed")
+
+        async def marked() -> bool:
+            return (folder / "done").exists()
+
+        await eventually(marked, what="the lost run marked done")
+        await asyncio.sleep(0.5)
+        assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+        assert (folder / "done").read_text() == sv.LOST
