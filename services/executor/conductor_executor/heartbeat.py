@@ -105,7 +105,8 @@ class Heartbeat:
             first = not self.silence.failing
             if self.silence.failed(self._clock()):
                 self._on_silence(self.silence.silent_for(self._clock()))
-            if first:  # once per outage, not every beat
+            # Once per outage, not every beat; before the first connection, connecting says it.
+            if first and bus is not None:
                 log.warning("heartbeat failed; retrying every beat", extra={"error": str(err) or type(err).__name__})
             return
         silent = self.silence.ok(self._clock())
