@@ -74,6 +74,25 @@ async def test_what_is_pending_survives_a_restart_and_goes_first(tmp_path: Path)
     assert not list(tmp_path.iterdir())
 
 
+async def test_two_runs_of_a_job_are_kept_apart_and_one_can_be_dropped(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, Stream())
+    outbox.put(ev.JobStarted(job_id=3, node="n", pid=10))
+    outbox.put(ev.JobFailed(job_id=3, node="n", exit_code=None, node_fail=True))
+    outbox.put(ev.JobStarted(job_id=3, node="n", pid=11, run=1))
+    outbox.put(ev.JobCompleted(job_id=3, node="n", run=1))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[2:] == ["000000000003-3r1-JobStarted.json", "000000000004-3r1-JobCompleted.json"]
+    after = _outbox(tmp_path, Stream())  # read back from the names alone
+    assert after.holds_outcome(3, 0) and after.holds_outcome(3, 1) and not after.holds_outcome(3, 2)
+    assert [(n.job_id, n.run, n.kind) for n in after.owed()][2] == (3, 1, "JobStarted")
+    assert after.discard(3, 0) == 2
+    assert not after.holds_outcome(3, 0) and after.holds_outcome(3, 1)
+    stream = Stream()
+    after = _outbox(tmp_path, stream)
+    await _drain(after)
+    assert [(e.type, getattr(e, "run", None)) for e in stream.events] == [("JobStarted", 1), ("JobCompleted", 1)]
+
+
 async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking_the_rest(tmp_path: Path) -> None:
     (tmp_path / "000000000001-5-JobCompleted.json").write_text("not json")
     stream = Stream()

@@ -235,18 +235,37 @@ async def test_a_running_supervisor_is_taken_over_and_its_end_seen(tmp_path: Pat
         supervisor.wait()
 
 
-def test_take_stock_sorts_folders_and_skips_the_done(tmp_path: Path) -> None:
-    for job_id, files in {7: {"done": "JobCompleted"}, 8: {sv.EXIT: "0\n"}, 9: {}, 10: {}}.items():
-        folder = tmp_path / str(job_id)
+def test_take_stock_sorts_folders_by_job_and_run_and_skips_the_done(tmp_path: Path) -> None:
+    folders: dict[str, dict[str, str]] = {
+        "7": {"done": "JobCompleted"},
+        "8": {sv.EXIT: "0\n"},
+        "8.1": {sv.EXIT: "3\n"},  # its second run, after a requeue: a job of its own here
+        "9": {},
+        "10": {},
+        "10.2": {},
+    }
+    for name, files in folders.items():
+        folder = tmp_path / name
         folder.mkdir()
-        for name, text in files.items():
-            (folder / name).write_text(text)
+        for file, text in files.items():
+            (folder / file).write_text(text)
     (tmp_path / "9" / "script.sh").write_text("true\n")
-    (tmp_path / "not-a-job").mkdir()
-    stock = take_stock(tmp_path, lambda job_id: job_id == 10, 1.0)
-    assert list(stock.ended) == [8] and list(stock.lost) == [9] and not stock.running
+    for junk in ("not-a-job", "7.01", "7.0", "x.1", "7.1.1"):
+        (tmp_path / junk).mkdir()
+    # Only run 2 of job 10 has its outcome in the outbox: run 0's folder is not marked done by it.
+    stock = take_stock(tmp_path, lambda job_id, run: (job_id, run) == (10, 2), 1.0)
+    assert list(stock.ended) == [(8, 0), (8, 1)] and list(stock.lost) == [(9, 0), (10, 0)] and not stock.running
+    assert stock.ended[8, 1].exit.code == 3
     assert {job for job, _ in stock.unrecorded.values()} == {9}
-    assert (tmp_path / "10" / "done").exists()  # its outcome was in the outbox already
+    assert (tmp_path / "10.2" / "done").exists() and not (tmp_path / "10" / "done").exists()
+
+
+def test_folder_names_are_per_run_and_parse_back() -> None:
+    assert sv.folder_name(5, 0) == "5" and sv.folder_name(5, 3) == "5.3"
+    for job, run in ((5, 0), (5, 1), (12345678901234567890, 4294967295)):
+        assert sv.parse_folder_name(sv.folder_name(job, run)) == (job, run)
+    for junk in ("", "x", "5.", ".1", "5.0", "5.01", "5.1.1", "٣", "5.x", "-1"):
+        assert sv.parse_folder_name(junk) is None
 
 
 def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_path: Path) -> None:

@@ -7,7 +7,12 @@
   what may be left of the job's group is killed;
 - no usable ``process.json`` (the executor died between the spawn and the record): ``Unrecorded``,
   looked for by command line, killed, NODE_FAIL (``leftovers.kill_unrecorded``);
-- an older executor's record (the job was its child, without supervisor): killed, NODE_FAIL.
+- an older executor's record (the job was its child, without supervisor): killed, NODE_FAIL;
+- a run the scheduler ended (killed as ``lost`` after a NodeLost, see ``liveness.py``) whose
+  supervisor is gone: ``Dropped``, marked done and reported nothing; still running, it is taken over
+  to finish the kill, and reported nothing either.
+
+Folders are per run (``supervision.folder_name``); everything here is keyed by ``(job, run)``.
 """
 
 from __future__ import annotations
@@ -59,7 +64,14 @@ class Unrecorded:
     pass
 
 
-Found = Running | Ended | Lost | Unrecorded
+@dataclass(frozen=True)
+class Dropped:
+    pass
+
+
+Found = Running | Ended | Lost | Unrecorded | Dropped
+# A job's run: ``(job id, JobPlaced.run)``.
+Key = tuple[int, int]
 
 
 def _has_exited(fd: int) -> bool:
@@ -98,7 +110,7 @@ def kill_orphaned_job(folder: Path, record: sv.ProcessRecord) -> None:
         return
 
 
-def survey(folder: Path, job_id: int, grace_s: float) -> Found:
+def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
     """Synchronous and quick: the files of one job and a look at one process."""
     record = sv.read_process(folder)
     if record is None:
@@ -120,9 +132,16 @@ def survey(folder: Path, job_id: int, grace_s: float) -> Found:
             record.memory_mb,
             watch_pidfd(fd),
             reasons=sv.read_kill(folder),
+            run=run,
+            placed_seq=record.placed_seq,
+            requeue=record.requeue,
         )
         return Running(process, record)
     # Gone: the record it wrote on its way out, if any, was written before it exited.
+    if sv.LOST in sv.read_kill(folder):
+        with contextlib.suppress(OSError):
+            kill_orphaned_job(folder, record)
+        return Dropped()
     ended = sv.read_exit(folder)
     if ended is not None:
         return Ended(ended, sv.read_kill(folder), record)
@@ -136,38 +155,50 @@ class Stock:
     """What a start found, by what is to be done with it."""
 
     running: list[Running] = field(default_factory=list)
-    ended: dict[int, Ended] = field(default_factory=dict)
-    lost: dict[int, Lost] = field(default_factory=dict)
+    ended: dict[Key, Ended] = field(default_factory=dict)
+    lost: dict[Key, Lost] = field(default_factory=dict)
     # Command lines of the jobs without a record, for ``leftovers.kill_unrecorded``: (job, written).
     unrecorded: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
-def take_stock(jobs_dir: Path, holds_outcome: Callable[[int], bool], grace_s: float) -> Stock:
-    """Every job folder without a ``done`` marker, surveyed in job order. ``holds_outcome``: the
-    outbox has its outcome already (the executor stopped between it and the marker): marked done."""
+def _folders(jobs_dir: Path) -> list[tuple[Key, Path]]:
+    found = []
+    for path in jobs_dir.iterdir():
+        key = sv.parse_folder_name(path.name)
+        if key is not None:
+            found.append((key, path))
+    return sorted(found)
+
+
+def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_s: float) -> Stock:
+    """Every job folder without a ``done`` marker, surveyed in (job, run) order. ``holds_outcome``:
+    the outbox has that run's outcome already (the executor stopped between it and the marker):
+    marked done."""
     stock = Stock()
     try:
-        folders = sorted(jobs_dir.iterdir(), key=lambda p: (len(p.name), p.name))
+        folders = _folders(jobs_dir)
     except OSError as err:
         log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
         return stock
-    for folder in folders:
-        if not folder.name.isdigit() or (folder / "done").exists():
+    for (job_id, run), folder in folders:
+        if (folder / "done").exists():
             continue
-        job_id = int(folder.name)
-        if holds_outcome(job_id):
+        if holds_outcome(job_id, run):
             with contextlib.suppress(OSError):  # if not now, at the next start
                 (folder / "done").write_text("outbox")
             continue
-        match survey(folder, job_id, grace_s):
+        match survey(folder, job_id, grace_s, run):
             case Running() as running:
                 stock.running.append(running)
             case Ended() as ended:
-                stock.ended[job_id] = ended
+                stock.ended[job_id, run] = ended
             case Lost() as lost:
-                stock.lost[job_id] = lost
+                stock.lost[job_id, run] = lost
+            case Dropped():
+                with contextlib.suppress(OSError):
+                    (folder / "done").write_text(sv.LOST)
             case Unrecorded():
-                stock.lost[job_id] = Lost(LOST_UNSUPERVISED)
+                stock.lost[job_id, run] = Lost(LOST_UNSUPERVISED)
                 script = folder / "script.sh"
                 with contextlib.suppress(OSError):
                     written = script.stat().st_mtime

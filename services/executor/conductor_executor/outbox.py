@@ -1,7 +1,9 @@
 """Events the executor owes the log, kept on disk until the stream has acknowledged them.
 
-One file per event, ``<seq>-<job>-<type>.json``, written atomically (tmp, fsync, rename, fsync the
-folder), so an outcome survives NATS being away for any time and the executor restarting meanwhile.
+One file per event, ``<seq>-<job>-<type>.json`` (``<seq>-<job>r<run>-<type>.json`` for a job's
+runs after a requeue: two runs of one job are two jobs' worth of reports), written atomically (tmp,
+fsync, rename, fsync the folder), so an outcome survives NATS being away for any time and the
+executor restarting meanwhile.
 One publisher drains the files in ``seq`` order, which keeps the order the rest of the system relies on
 (a job's JobStarted before its outcome). Every event carries a Nats-Msg-Id (``subjects.dedupe_id``),
 so a publish whose ack was lost and is sent again is stored once.
@@ -20,6 +22,7 @@ import os
 import re
 import stat
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from conductor_contracts import events as ev
@@ -30,11 +33,11 @@ log = logging.getLogger("conductor.executor.outbox")
 
 # Bounded (a stream sequence, hence a job id, is a uint64: at most 20 digits) so that a stray name
 # cannot make an absurd number.
-_NAME = re.compile(r"(\d{1,20})-(\d{1,20}|node)-([A-Za-z]{1,64})\.json")
+_NAME = re.compile(r"(\d{1,20})-(?:(\d{1,20})(?:r([1-9]\d{0,9}))?|node)-([A-Za-z]{1,64})\.json")
 
-# What an unreadable file is replaced by: (its job id or None, its event type, why) -> the event to
-# publish in its place, or None to publish nothing.
-Substitute = Callable[[int | None, str, str], ev.Event | None]
+# What an unreadable file is replaced by: (its job id or None, its run, its event type, why) -> the
+# event to publish in its place, or None to publish nothing.
+Substitute = Callable[[int | None, int, str, str], ev.Event | None]
 # Called before an event is published; an exception is a failed publish (backed off, tried again).
 BeforePublish = Callable[[ev.Event], Awaitable[None]]
 
@@ -47,13 +50,28 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def parse_name(name: str) -> tuple[int, int | None, str] | None:
-    """``(seq, job id or None for the node's own events, event type)`` of an outbox file name."""
+@dataclass(frozen=True)
+class Name:
+    seq: int
+    job_id: int | None  # None: the node's own events
+    run: int
+    kind: str  # the event's type
+
+
+def parse_name(name: str) -> Name | None:
+    """What an outbox file's name says of the event in it."""
     match = _NAME.fullmatch(name)
     if match is None:
         return None
-    job = match[2]
-    return int(match[1]), None if job == "node" else int(job), match[3]
+    job = None if match[2] is None else int(match[2])
+    return Name(int(match[1]), job, int(match[3] or 0), match[4])
+
+
+def file_name(seq: int, event: ev.Event) -> str:
+    job = getattr(event, "job_id", None)
+    run = getattr(event, "run", 0)
+    who = "node" if job is None else str(job) if not run else f"{job}r{run}"
+    return f"{seq:012d}-{who}-{event.type}.json"
 
 
 class Outbox:
@@ -112,7 +130,7 @@ class Outbox:
         for path in self.folder.glob("*.json"):
             parsed = parse_name(path.name)
             if parsed is not None and path.name not in self._ignored:
-                found.append((parsed[0], path))
+                found.append((parsed.seq, path))
         return sorted(found)
 
     def pending(self) -> list[Path]:
@@ -121,12 +139,30 @@ class Outbox:
         except OSError:  # the folder is gone or unreadable: nothing it holds can be sent now
             return []
 
-    def holds_outcome(self, job_id: int) -> bool:
+    def holds_outcome(self, job_id: int, run: int = 0) -> bool:
         for path in self.pending():
             parsed = parse_name(path.name)
-            if parsed is not None and parsed[1] == job_id and parsed[2] in ev.TERMINAL_TYPES:
+            if parsed is not None and (parsed.job_id, parsed.run) == (job_id, run) and parsed.kind in ev.TERMINAL_TYPES:
                 return True
         return False
+
+    def owed(self) -> list[Name]:
+        """What the pending files say, in order."""
+        return [name for path in self.pending() if (name := parse_name(path.name)) is not None]
+
+    def discard(self, job_id: int, run: int) -> int:
+        """Drop what is still owed about one run of a job (the scheduler ended that run: reporting it
+        would only say something the log has already decided otherwise). How many files went. The
+        publisher may be sending one of them right now: that one reaches the log, where the fold
+        ignores it as a report of an ended run."""
+        dropped = 0
+        for path in self.pending():
+            parsed = parse_name(path.name)
+            if parsed is not None and (parsed.job_id, parsed.run) == (job_id, run):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    dropped += 1
+        return dropped
 
     def _write(self, name: str, data: bytes) -> None:
         tmp = self.folder / f".{name}.tmp"
@@ -147,8 +183,7 @@ class Outbox:
         purpose: a caller that writes its ``done`` marker right after cannot be interleaved with the
         publisher deleting the file."""
         seq = self._seq + 1
-        job = getattr(event, "job_id", None)
-        self._write(f"{seq:012d}-{job if job is not None else 'node'}-{event.type}.json", ev.encode(event))
+        self._write(file_name(seq, event), ev.encode(event))
         self._seq = seq
         self._wake.set()
 
@@ -208,8 +243,8 @@ class Outbox:
             return None, False
         except (OSError, ValueError) as err:
             # Atomic writes do not leave such a file; a damaged disk or a hand in the folder does.
-            _, job, kind = parse_name(path.name) or (0, None, "")
-            event = self._substitute(job, kind, str(err)) if self._substitute is not None else None
+            name = parse_name(path.name) or Name(0, None, 0, "")
+            event = self._substitute(name.job_id, name.run, name.kind, str(err)) if self._substitute else None
             log.error(
                 "outbox: unreadable event; publishing its substitute" if event else "outbox: unreadable event",
                 extra={"file": path.name, "error": str(err), "substitute": event.type if event else None},

@@ -7,6 +7,11 @@ from typing import Any
 
 from conductor_contracts import events as ev
 
+FENCED = (
+    "killed by its executor, which could not reach NATS for longer than node_lost_after_s: its node may "
+    "have been declared lost and the job requeued elsewhere"
+)
+
 
 def outcome_event(
     job_id: int,
@@ -15,15 +20,22 @@ def outcome_event(
     reasons: frozenset[str],
     ended_at: float | None,
     lost_message: str,
+    run: int = 0,
 ) -> ev.TerminalJobEvent:
     """``exit_code`` None: no record of the job's exit (its supervisor vanished), NODE_FAIL with
     ``lost_message``. A kill's reason wins over the status it caused (a cancelled job exits 143).
-    ``ended_at``: when the job ended (wall clock), the event's time; now when unknown."""
-    at: dict[str, Any] = {} if ended_at is None else {"occurred_at": datetime.fromtimestamp(ended_at, UTC)}
+    ``ended_at``: when the job ended (wall clock), the event's time; now when unknown. ``run``: the
+    run of the job it ends (``JobPlaced.run``). A run killed as ``lost`` has no outcome at all: the
+    caller does not ask for one."""
+    at: dict[str, Any] = {"run": run}
+    if ended_at is not None:
+        at["occurred_at"] = datetime.fromtimestamp(ended_at, UTC)
     if exit_code is None:
         return ev.JobFailed(job_id=job_id, node=node, exit_code=None, message=lost_message, node_fail=True, **at)
     if "cancelled" in reasons:
         return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
+    if "fenced" in reasons:
+        return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=FENCED, node_fail=True, **at)
     if "oom" in reasons:
         return ev.JobOutOfMemory(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "timeout" in reasons:

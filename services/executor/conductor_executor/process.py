@@ -45,6 +45,9 @@ class JobProcess:
     memory_limit_mb: int
     exited: asyncio.Future[object]  # done when the supervisor has exited
     reasons: frozenset[str] = frozenset()  # why it is being killed (``supervision.KILL_REASONS``)
+    run: int = 0  # which run of the job (``JobPlaced.run``): every event about it says so
+    placed_seq: int | None = None  # its placement's stream sequence (None: unknown, an older record)
+    requeue: bool = False  # submitted with requeue: true
     _killer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -85,8 +88,21 @@ class JobProcess:
         except TimeoutError:
             await self._signal(signal.SIGKILL)
 
-    def kill(self, *, cancelled: bool = False, timed_out: bool = False, out_of_memory: bool = False) -> None:
-        asked = {"cancelled": cancelled, "timeout": timed_out, "oom": out_of_memory}
+    @property
+    def lost(self) -> bool:
+        """The scheduler ended this run (its node was declared lost): nothing is to be reported."""
+        return sv.LOST in self.reasons
+
+    def kill(
+        self,
+        *,
+        cancelled: bool = False,
+        timed_out: bool = False,
+        out_of_memory: bool = False,
+        lost: bool = False,
+        fenced: bool = False,
+    ) -> None:
+        asked = {"cancelled": cancelled, "timeout": timed_out, "oom": out_of_memory, sv.LOST: lost, sv.FENCED: fenced}
         reasons = self.reasons | {reason for reason, yes in asked.items() if yes}
         if reasons != self.reasons:
             self.reasons = frozenset(reasons)

@@ -17,6 +17,8 @@
   ``stop_jobs_on_exit`` (``conductor up`` sets it: its Ctrl-C leaves nothing behind).
 - A job's output goes to the object store from the outbox publisher, right before its outcome: it
   rides out NATS outages and executor restarts the same way.
+- Every event about a job carries the run of its placement (``JobPlaced.run``); job folders are per
+  run. Node liveness (heartbeats, NodeLost, self-fencing) is in ``heartbeat.py`` and ``liveness.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from conductor_executor import environment as envs
 from conductor_executor import supervision as sv
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
+from conductor_executor.heartbeat import Heartbeat
 from conductor_executor.leftovers import kill_unrecorded, start_time
+from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
@@ -83,9 +87,11 @@ class Executor:
         self.monitors: set[asyncio.Task[None]] = set()
         # The monitor of each running job: a stop that leaves the jobs running ends only these.
         self.watchers: dict[int, asyncio.Task[None]] = {}
-        # Jobs whose output is in the object store and whose outcome is not published yet: a retried
+        # Runs whose output is in the object store and whose outcome is not published yet: a retried
         # publish does not upload it again.
-        self._uploaded: set[int] = set()
+        self._uploaded: set[tuple[int, int]] = set()
+        # The stream sequence of this node's newest registration stored (0: none seen by this process).
+        self.registered_seq = 0
         # Resolved once: a job's output path is compared with it wherever the path's links lead.
         self._own_dir = settings.state_dir.resolve()
         try:
@@ -99,11 +105,15 @@ class Executor:
             substitute=self.substitute,
             before_publish=self._keep_output,
         )
+        self.liveness = Liveness(self)
 
     @property
     def bus(self) -> Bus:
         assert self._bus is not None, "not connected yet"
         return self._bus
+
+    def folder(self, job_id: int, run: int) -> Path:
+        return self.settings.jobs_dir / sv.folder_name(job_id, run)
 
     def backoff(self) -> Backoff:
         return Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
@@ -114,17 +124,24 @@ class Executor:
         # failing at once keeps the outbox's pacing its own.
         if self._bus is None or not self._bus.nc.is_connected:
             raise ConnectionError("not connected to NATS")
-        await self._bus.publish(event)
+        seq = await self._bus.publish(event)
         if isinstance(event, ev.TERMINAL_JOB_EVENTS):
-            self._uploaded.discard(event.job_id)
+            self._uploaded.discard((event.job_id, event.run))
+        elif isinstance(event, ev.NodeRegistered):
+            self.registered_seq = max(self.registered_seq, seq)
 
     async def _keep_output(self, event: ev.Event) -> None:
         """Before a job's outcome is published: its output into the object store. NATS being away
         raises, which the outbox treats as a failed publish (it backs off and tries both again)."""
-        if not isinstance(event, ev.TERMINAL_JOB_EVENTS) or event.job_id in self._uploaded:
+        if not isinstance(event, ev.TERMINAL_JOB_EVENTS) or (event.job_id, event.run) in self._uploaded:
             return
-        files = recorded_files(self.settings.jobs_dir / str(event.job_id))
+        folder = self.folder(event.job_id, event.run)
+        files = recorded_files(folder)
         if files is None:  # it never started: there is no output
+            return
+        if sv.FENCED in sv.read_kill(folder):
+            # Its run may have been ended and the job run again elsewhere meanwhile: this copy must not
+            # replace that run's output.
             return
         if self._bus is None or not self._bus.nc.is_connected:
             raise ConnectionError("not connected to NATS")
@@ -137,21 +154,22 @@ class Executor:
             log.warning("output not kept", extra={"job_id": event.job_id, "error": _short(err)})
         else:
             await upload(store, event.job_id, files, self.settings.output_max_bytes)
-        self._uploaded.add(event.job_id)
+        self._uploaded.add((event.job_id, event.run))
 
-    def substitute(self, job_id: int | None, kind: str, error: str) -> ev.Event | None:
+    def substitute(self, job_id: int | None, run: int, kind: str, error: str) -> ev.Event | None:
         """What replaces an outbox file that cannot be read, from what its name says it was."""
         if kind == "NodeRegistered":
             return self.registration()
         if job_id is None or not (kind == "JobStarted" or kind in ev.TERMINAL_TYPES):
             return None
         if kind == "JobStarted":
-            if job_id in self.running:
-                return ev.JobStarted(job_id=job_id, node=self.node, pid=self.running[job_id].pid)
-            if self.outbox.holds_outcome(job_id):  # its outcome follows and ends the job
+            process = self.running.get(job_id)
+            if process is not None and process.run == run:
+                return ev.JobStarted(job_id=job_id, node=self.node, pid=process.pid, run=run)
+            if self.outbox.holds_outcome(job_id, run):  # its outcome follows and ends the job
                 return None
         message = f"the executor's record of this job's outcome was damaged: {_short(ValueError(error))}"
-        return ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True)
+        return ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True, run=run)
 
     async def finish(self, job_id: int, event: ev.Event, *, queued: bool = False) -> None:
         """The outcome is durable in the outbox before the marker says the job is done: a disk that
@@ -162,7 +180,7 @@ class Executor:
         backoff = self.backoff()
         while True:
             try:
-                (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+                (self.folder(job_id, _run(event)) / "done").write_text(event.type)
                 return
             except OSError as err:
                 # The outcome is safe in the outbox; a restart finds it there and writes the marker.
@@ -183,7 +201,7 @@ class Executor:
         try:
             self.outbox.put(event)
             queued = True
-            (self.settings.jobs_dir / str(job_id) / "done").write_text(event.type)
+            (self.folder(job_id, _run(event)) / "done").write_text(event.type)
             return
         except OSError as err:
             log.warning("could not record a job's outcome; retrying", extra={"job_id": job_id, "error": str(err)})
@@ -198,10 +216,11 @@ class Executor:
         stock = take_stock(self.settings.jobs_dir, self.outbox.holds_outcome, self.settings.kill_grace_s)
         for running in stock.running:
             self._adopt(running.process, running.record)
-        for job_id, ended in stock.ended.items():
+        for (job_id, run), ended in stock.ended.items():
             if ended.record is not None and not ended.record.announced:
-                await self.outbox.keep(self._started(job_id, ended.record.pid, ended.record.start), self.stop)
-            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended.exit.ended_at, "")
+                started = self._started(job_id, ended.record.pid, ended.record.start, run)
+                await self.outbox.keep(started, self.stop)
+            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended.exit.ended_at, "", run)
             await self.finish(job_id, event)
             log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
         if stock.unrecorded:
@@ -209,29 +228,43 @@ class Executor:
                 await asyncio.to_thread(kill_unrecorded, stock.unrecorded)
             except Exception:  # what can be reported still is
                 log.exception("looking for unrecorded jobs failed")
-        for job_id, lost in stock.lost.items():
-            event = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=lost.message, node_fail=True)
+        for (job_id, run), lost in stock.lost.items():
+            event = ev.JobFailed(
+                job_id=job_id, node=self.node, exit_code=None, message=lost.message, node_fail=True, run=run
+            )
             await self.finish(job_id, event)
             log.warning("job lost with a previous executor", extra={"job_id": job_id, "why": lost.message})
 
-    def _started(self, job_id: int, pid: int, at: float | None = None) -> ev.JobStarted:
+    def _started(self, job_id: int, pid: int, at: float | None, run: int) -> ev.JobStarted:
         when = {} if at is None else {"occurred_at": datetime.fromtimestamp(at, UTC)}
-        return ev.JobStarted(job_id=job_id, node=self.node, pid=pid, **when)
+        return ev.JobStarted(job_id=job_id, node=self.node, pid=pid, run=run, **when)
 
     def _adopt(self, process: JobProcess, record: sv.ProcessRecord) -> None:
         """Run on with a job an earlier executor started: nothing is reported for it until it ends
         (its JobStarted too, if that executor had not got it into the outbox)."""
         job_id = process.job_id
-        self.running[job_id] = process
+        self._supersede(job_id, process.run)
+        if not process.lost:
+            self.running[job_id] = process
         self.placements[job_id] = ev.JobPlaced(
-            job_id=job_id, node=self.node, cores=record.cores, memory_mb=record.memory_mb
+            job_id=job_id, node=self.node, cores=record.cores, memory_mb=record.memory_mb, run=process.run
         )
         if process.reasons:  # that executor was killing it: so does this one, for the same reasons
             process.kill()
-        started = None if record.announced else self._started(job_id, record.pid, record.start)
+        owed = not record.announced and not process.lost
+        started = self._started(job_id, record.pid, record.start, process.run) if owed else None
         deadline = None if record.time_limit_s is None else record.start + record.time_limit_s
         self._watch(process, started, deadline)
         log.info("job taken over from a previous executor", extra={"job_id": job_id, "pid": process.pid})
+
+    def _supersede(self, job_id: int, run: int) -> None:
+        """A later run of a job on this node means the scheduler ended the earlier one (only a NodeLost
+        requeues): if that one still runs here (its NodeLost was missed), it is killed as lost."""
+        older = self.running.get(job_id)
+        if older is not None and older.run < run:
+            log.warning("a later run of a running job placed here; killing the earlier run", extra={"job_id": job_id})
+            older.kill(lost=True)
+            del self.running[job_id]
 
     def _watch(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
         task = asyncio.create_task(self.monitor(process, started, deadline))
@@ -257,24 +290,28 @@ class Executor:
         )
 
     # -- handling ----------------------------------------------------------------------------------
-    async def handle(self, event: ev.Event) -> None:
+    async def handle(self, event: ev.Event, seq: int = 0) -> None:
+        """``seq``: the event's stream sequence (0 when unknown)."""
         match event:
             case ev.JobPlaced(node=node) if node == self.node:
-                await self.start(event)
+                await self.start(event, seq)
+            case ev.NodeLost(node=node) if node == self.node:
+                self.liveness.node_lost(event, seq)
             case ev.JobCancelRequested(job_id=job_id) if job_id in self.running:
                 log.info("cancelling", extra={"job_id": job_id})
                 self.running[job_id].kill(cancelled=True)
 
-    def give_up(self, event: ev.Event, err: BaseException, deliveries: int) -> None:
+    def give_up(self, event: ev.Event, err: BaseException, deliveries: int, seq: int = 0) -> None:
         """A placement that failed every delivery: its job must still end, visibly."""
-        if not (isinstance(event, ev.JobPlaced) and event.node == self.node):
+        if not (isinstance(event, ev.JobPlaced) and event.node == self.node) or self.liveness.stale(seq):
             return
-        folder = self.settings.jobs_dir / str(event.job_id)
+        folder = self.folder(event.job_id, event.run)
         if folder.exists():  # started or finished already: it has or will have its outcome
             return
         folder.mkdir(parents=True)
         message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
-        self._report(event.job_id, ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message))
+        failed = ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message, run=event.run)
+        self._report(event.job_id, failed)
 
     async def cancel_requested(self, job_id: int) -> bool:
         """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
@@ -303,23 +340,38 @@ class Executor:
             raise ValueError(f"stream sequence {job_id} is a {event.type}, not a JobSubmitted")
         return event
 
-    async def start(self, placement: ev.JobPlaced) -> None:
-        job_id = placement.job_id
-        folder = self.settings.jobs_dir / str(job_id)
-        if folder.exists():
-            log.info("placement redelivered; not starting the job again", extra={"job_id": job_id})
+    def _superseded(self, placement: ev.JobPlaced, seq: int) -> str | None:
+        """Why a placement is a run that is over already, or None: its folder exists (a redelivery),
+        a NodeLost came after it, or a later run of the job was placed here."""
+        job_id, run = placement.job_id, placement.run
+        if self.folder(job_id, run).exists():
+            return "placement redelivered; not starting the job again"
+        if self.liveness.stale(seq):
+            return "placement from before the node was declared lost: the scheduler ended that run"
+        later = (sv.parse_folder_name(path.name) for path in self.settings.jobs_dir.glob(f"{job_id}.*"))
+        if any(key is not None and key[0] == job_id and key[1] > run for key in later):
+            return "placement of an earlier run of a job that ran here again since"
+        return None
+
+    async def start(self, placement: ev.JobPlaced, seq: int = 0) -> None:
+        job_id, run = placement.job_id, placement.run
+        folder = self.folder(job_id, run)
+        why = self._superseded(placement, seq)
+        if why is not None:
+            log.info(why, extra={"job_id": job_id, "run": run, "seq": seq})
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
         folder.mkdir(parents=True)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
+        self._supersede(job_id, run)
         if cancelled:
-            self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node))
+            self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node, run=run))
             return
         why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
         if why is not None:
             message = f"placement does not fit this node: {why}"
-            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run))
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
         try:
@@ -327,12 +379,13 @@ class Executor:
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
             message = f"could not start the job: {_short(err)}"
-            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message))
+            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run))
             log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
             return
+        process.run, process.placed_seq, process.requeue = run, seq or None, job.requeue
         self.running[job_id] = process
         self.placements[job_id] = placement
-        started = self._started(job_id, process.pid)
+        started = self._started(job_id, process.pid, None, run)
         # In the outbox before the record that says so; if the disk refuses, the job's monitor
         # keeps trying while the job runs (and a restart finds it owed in the record).
         try:
@@ -349,6 +402,8 @@ class Executor:
             cores=placement.cores,
             announced=announced,
             supervised=True,
+            placed_seq=process.placed_seq,
+            requeue=job.requeue,
         )
         try:
             sv.write_process(folder, record)
@@ -409,9 +464,19 @@ class Executor:
             raise
         if queued is not None:
             await queued
-        self.running.pop(job_id, None)
-        self.placements.pop(job_id, None)
-        event = outcome_event(job_id, self.node, outcome.exit_code, outcome.reasons, outcome.ended_at, LOST_SUPERVISOR)
+        if self.running.get(job_id) is process:
+            del self.running[job_id]
+        if (held := self.placements.get(job_id)) is not None and held.run == process.run:
+            del self.placements[job_id]
+        if process.lost:  # the scheduler ended this run: nothing to report, nothing to take over
+            self.outbox.discard(job_id, process.run)
+            with contextlib.suppress(OSError):
+                (process.folder / "done").write_text(sv.LOST)
+            log.info("job killed: its node was declared lost", extra={"job_id": job_id, "run": process.run})
+            return
+        event = outcome_event(
+            job_id, self.node, outcome.exit_code, outcome.reasons, outcome.ended_at, LOST_SUPERVISOR, process.run
+        )
         # Its output goes to the object store from the outbox, right before this outcome is published.
         await self.finish(job_id, event)
         JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
@@ -472,7 +537,7 @@ class Executor:
             await _settle(msg.term())
             return
         try:
-            await self.handle(event)
+            await self.handle(event, seq)
         except Exception as err:
             if transient(err) or deliveries < self.settings.max_deliveries:
                 log.warning(
@@ -487,7 +552,7 @@ class Executor:
                 extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
             )
             try:
-                self.give_up(event, err, deliveries)
+                self.give_up(event, err, deliveries, seq)
             except Exception:
                 log.exception("could not report the job of a message given up", extra={"seq": seq})
             await _settle(msg.term())
@@ -508,6 +573,10 @@ class Executor:
                 await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
 
 
+def _run(event: ev.Event) -> int:
+    return int(getattr(event, "run", 0))
+
+
 async def _settle(reply: Awaitable[None]) -> None:
     """Ack, nak or term; if NATS is away the message is simply delivered again later."""
     try:
@@ -522,6 +591,20 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
+    # From the start, before NATS answers: a silence as long as node_lost_after_s fences the node.
+    heartbeat = Heartbeat(
+        executor.registration, settings.heartbeat_s, settings.node_lost_after_s, executor.liveness.fence
+    )
+    beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, stop))
+    try:
+        await _run_connected(settings, executor, stop)
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+
+
+async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: asyncio.Event) -> None:
     bus = await retrying(
         "connecting to NATS",
         lambda: connect(

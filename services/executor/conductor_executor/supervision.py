@@ -21,9 +21,15 @@ number; an empty or malformed one counts as missing):
 
 - ``pgid``   by the supervisor: the job's process group (= its pid), as soon as it is forked;
 - ``exit``   by the supervisor: the job's exit status (128 + n for signal n); its mtime is the end;
-- ``kill``   by the executor, before it signals the job: why (``cancelled``, ``timeout``, ``oom``),
-  so that an executor restarted mid-kill reports the right state;
-- ``process.json`` by the executor: the supervisor's pid and start time, the job's limits.
+- ``kill``   by the executor, before it signals the job: why (``cancelled``, ``timeout``, ``oom``;
+  ``lost``: the scheduler declared the node lost and ended this run, nothing is reported for it;
+  ``fenced``: killed because the executor could not heartbeat, see ``liveness.py``), so that an
+  executor restarted mid-kill reports the right state;
+- ``process.json`` by the executor: the supervisor's pid and start time, the job's limits, the
+  stream sequence of its placement and whether it asked to be requeued.
+
+A job's folder is per run (``folder_name``): a job requeued and placed on the same node again runs in
+a folder of its own, so the records of the run the scheduler ended never stand for the new one.
 """
 
 from __future__ import annotations
@@ -57,7 +63,29 @@ kill -9 -"$j"
 echo "$c" >"$d/exit"
 """
 
-KILL_REASONS = ("cancelled", "timeout", "oom")
+KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced")
+# The run of a job that the scheduler ended (NodeLost): killed, and nothing is reported for it.
+LOST = "lost"
+# Killed by its own executor after a silence it could not end (``liveness.py``).
+FENCED = "fenced"
+
+
+def folder_name(job_id: int, run: int) -> str:
+    """``<job>`` for its first run (the name folders had before runs, so an executor upgraded under a
+    running job still finds it), ``<job>.<run>`` for the runs after a requeue."""
+    return str(job_id) if run == 0 else f"{job_id}.{run}"
+
+
+def parse_folder_name(name: str) -> tuple[int, int] | None:
+    """``(job, run)`` of a job folder's name, or None for anything else in the jobs folder."""
+    job, dot, run = name.partition(".")
+    if not job.isascii() or not job.isdigit() or len(job) > 20:
+        return None
+    if not dot:
+        return int(job), 0
+    if not run.isascii() or not run.isdigit() or len(run) > 10 or run.startswith("0"):
+        return None
+    return int(job), int(run)
 
 
 def _number(text: str) -> int | None:
@@ -141,6 +169,10 @@ class ProcessRecord:
     cores: tuple[int, ...] = ()
     announced: bool = True  # its JobStarted is in the outbox
     supervised: bool = False  # False: an older executor's record, of a job that was its own child
+    # The stream sequence of the placement: a NodeLost stored after it ended this run (None: an older
+    # executor's record, which no NodeLost kills: the job ends as it ends).
+    placed_seq: int | None = None
+    requeue: bool = False  # the job asked to be requeued: killed when the executor fences itself
 
     def to_json(self) -> str:
         return json.dumps(
@@ -153,6 +185,8 @@ class ProcessRecord:
                 "cores": list(self.cores),
                 "announced": self.announced,
                 "supervised": self.supervised,
+                "placed_seq": self.placed_seq,
+                "requeue": self.requeue,
             }
         )
 
@@ -185,6 +219,8 @@ def parse_process(text: str) -> ProcessRecord | None:
             cores=cores,
             announced=data.get("announced", True) is True,
             supervised=data.get("supervised", False) is True,
+            placed_seq=_opt_int(data.get("placed_seq")),
+            requeue=data.get("requeue", False) is True,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

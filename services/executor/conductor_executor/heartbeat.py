@@ -1,0 +1,123 @@
+"""The node's heartbeat: its key in the heartbeats bucket, rewritten every ``heartbeat_s``.
+
+The scheduler declares a node lost (NodeLost) after ``node_lost_after_s`` without one. The executor
+cannot know whether it has been: so while it cannot write its key it counts the silence itself
+(``Silence``), and past the same bound it fences itself (``liveness.py``): the jobs that the
+scheduler would have requeued elsewhere are killed here, so that no job runs twice.
+
+Nothing here ends the executor: a failed write is logged once per outage, and tried again every beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from nats.js.kv import KeyValue
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus
+from conductor_platform.retry import pause
+
+log = logging.getLogger("conductor.executor.heartbeat")
+
+
+class Silence:
+    """How long the heartbeat has failed, and whether that is long enough to fence (pure: the clock is
+    given, so a test can move it). Fencing happens once per silence; a beat that gets through ends it."""
+
+    def __init__(self, lost_after_s: float, now: float) -> None:
+        self.lost_after_s = lost_after_s
+        self.last_ok = now  # a start counts as a beat: the silence of a previous process is not known
+        self.failing = False
+        self.fenced = False
+
+    def ok(self, now: float) -> float | None:
+        """A beat got through; how long the silence it ends lasted, if there was one."""
+        silent = now - self.last_ok if self.failing else None
+        self.last_ok, self.failing, self.fenced = now, False, False
+        return silent
+
+    def failed(self, now: float) -> bool:
+        """A beat failed; True once when the silence has just become long enough to fence."""
+        self.failing = True
+        if self.fenced or now - self.last_ok <= self.lost_after_s:
+            return False
+        self.fenced = True
+        return True
+
+    def silent_for(self, now: float) -> float:
+        return now - self.last_ok
+
+
+def value(registration: ev.NodeRegistered, now: float) -> bytes:
+    """What the key holds: when it was written and what the node registered (small: a KV value)."""
+    return json.dumps(
+        {
+            "node": registration.node,
+            "at": now,
+            "cpus": registration.cpus,
+            "memory_mb": registration.memory_mb,
+            "partitions": list(registration.partitions),
+            "pid": os.getpid(),
+        }
+    ).encode()
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        registration: Callable[[], ev.NodeRegistered],
+        every_s: float,
+        lost_after_s: float,
+        on_silence: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registration = registration
+        self.every_s = every_s
+        self._on_silence = on_silence
+        self._clock = clock
+        self.silence = Silence(lost_after_s, clock())
+        self._kv: KeyValue | None = None
+        self._kv_of: Bus | None = None
+
+    async def _write(self, bus: Bus | None) -> None:
+        # While disconnected nats-py would buffer the put and wait out the JetStream timeout: a beat
+        # must fail at once and be counted as silence instead.
+        if bus is None or not bus.nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        if self._kv is None or self._kv_of is not bus:
+            self._kv = await bus.heartbeats()
+            self._kv_of = bus
+        registration = self._registration()
+        await self._kv.put(subjects.heartbeat_key(registration.node), value(registration, time.time()))
+
+    async def beat_once(self, bus: Bus | None) -> None:
+        try:
+            await asyncio.wait_for(self._write(bus), max(1.0, self.every_s))
+        except Exception as err:
+            self._kv = None  # looked up again: the bucket may have been recreated meanwhile
+            first = not self.silence.failing
+            if self.silence.failed(self._clock()):
+                self._on_silence(self.silence.silent_for(self._clock()))
+            # Once per outage, not every beat; before the first connection, connecting says it.
+            if first and bus is not None:
+                log.warning("heartbeat failed; retrying every beat", extra={"error": str(err) or type(err).__name__})
+            return
+        silent = self.silence.ok(self._clock())
+        if silent is not None:
+            log.info("heartbeat written again", extra={"silent_s": round(silent, 1)})
+
+    async def run(self, bus: Callable[[], Bus | None], stop: asyncio.Event) -> None:
+        """Until ``stop`` (or cancelled); ``bus``: the executor's connection, None until it has one."""
+        while not stop.is_set():
+            try:
+                await self.beat_once(bus())
+            except Exception:  # a bug in a beat must not end the beating
+                log.exception("heartbeat failed unexpectedly")
+            await pause(stop, self.every_s)

@@ -1,0 +1,140 @@
+"""What an executor does when its node is, or may have been, declared lost: nothing runs twice.
+
+- **NodeLost** (the scheduler's, on ``conductor.sched.node.<node>.lost``, read by the executor's own
+  consumer in stream order with its placements): in the fold, every job placed on the node before the
+  NodeLost and still running then has ended (NODE_FAIL, or requeued to run again, maybe elsewhere).
+  So the executor kills exactly those runs: the ones whose placement's stream sequence is below the
+  NodeLost's. It reports nothing for them (their outcome is decided), drops what it still owed about
+  them, marks them (``kill`` record ``lost``) so that a restart finishes the kill and reports nothing,
+  and once they are gone registers again so the node takes work. A placement below the highest
+  NodeLost seen (a redelivery) is not started: that run is over too. The mark survives restarts.
+  Counting by sequence, not "since my registration", is what makes an old NodeLost read after a
+  restart right: it ends the runs placed before it (the fold did) and no run placed after.
+- **Self-fencing**: an executor that could not write its heartbeat for ``node_lost_after_s`` cannot
+  know whether it was declared lost; it kills its jobs that asked to be requeued (they may run
+  elsewhere by now) and lets the others run (if the node was declared lost they are NODE_FAIL in the
+  log whatever they do; if not, they finish normally). A fenced job ends NODE_FAIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from conductor_contracts import events as ev
+from conductor_executor import supervision as sv
+from conductor_executor.process import JobProcess
+
+if TYPE_CHECKING:
+    from conductor_executor.service import Executor
+
+log = logging.getLogger("conductor.executor")
+
+_MARK = "lost"
+
+
+def ended_by_loss(placed_seq: int | None, lost_seq: int) -> bool:
+    """Did a NodeLost at ``lost_seq`` end the run placed at ``placed_seq``? Unknown placements (an
+    older executor's record) are left to end as they end: killing a run the fold still counts as
+    running would leave it RUNNING forever, as nothing would be reported for it."""
+    return placed_seq is not None and 0 < placed_seq < lost_seq
+
+
+def read_mark(path: Path) -> int:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else 0
+
+
+def write_mark(path: Path, seq: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{seq}\n")
+    tmp.replace(path)
+
+
+class Liveness:
+    def __init__(self, executor: Executor) -> None:
+        self.ex = executor
+        self.mark = executor.settings.state_dir / executor.node / _MARK
+        # The highest NodeLost of this node handled: placements below it are runs already ended.
+        self.lost_seq = read_mark(self.mark)
+
+    def stale(self, placed_seq: int) -> bool:
+        return ended_by_loss(placed_seq, self.lost_seq)
+
+    # -- NodeLost --------------------------------------------------------------------------------
+    def node_lost(self, event: ev.NodeLost, seq: int) -> None:
+        """Synchronous: handled in the consumer's order, before the next placement."""
+        if seq <= self.lost_seq:
+            return  # handled already (a redelivery)
+        self.lost_seq = seq
+        try:
+            write_mark(self.mark, seq)
+        except OSError as err:  # only a restart needs it, for a placement redelivered after it
+            log.warning("could not record the node's loss", extra={"seq": seq, "error": str(err)})
+        victims = [p for p in self.ex.running.values() if ended_by_loss(p.placed_seq, seq)]
+        for process in victims:
+            process.kill(lost=True)
+            # No longer this node's job as far as cancels and limits go; its cores stay taken until
+            # it is gone (``monitor`` frees them), and the registration waits for that.
+            self.ex.running.pop(process.job_id, None)
+            self.ex.outbox.discard(process.job_id, process.run)
+        dropped = self._drop_owed(seq)
+        log.warning(
+            "node declared lost by the scheduler: killing the jobs it ended, reporting nothing for them",
+            extra={
+                "node": self.ex.node,
+                "seq": seq,
+                "reason": event.reason,
+                "jobs": [p.job_id for p in victims],
+                "reports_dropped": dropped,
+            },
+        )
+        task = asyncio.create_task(self._register_after(victims, seq))
+        self.ex.monitors.add(task)
+        task.add_done_callback(self.ex.monitors.discard)
+
+    def _drop_owed(self, seq: int) -> int:
+        """Reports still in the outbox about runs placed before the loss (a job that ended while NATS
+        was away): the fold ended those runs at the NodeLost, whatever they say."""
+        dropped = 0
+        for name in self.ex.outbox.owed():
+            if name.job_id is None:
+                continue
+            record = sv.read_process(self.ex.folder(name.job_id, name.run))
+            if record is not None and ended_by_loss(record.placed_seq, seq):
+                dropped += self.ex.outbox.discard(name.job_id, name.run)
+        return dropped
+
+    async def _register_after(self, victims: list[JobProcess], seq: int) -> None:
+        # Once the killed jobs are gone: a placement on their cores before that would be refused.
+        waits = [asyncio.shield(p.exited) for p in victims]
+        if waits:
+            with contextlib.suppress(Exception):
+                await asyncio.wait(waits, timeout=2 * self.ex.settings.kill_grace_s + 5)
+        if self.ex.registered_seq > seq:
+            return  # the node registered after that loss already (an old NodeLost, read late)
+        if await self.ex.outbox.keep(self.ex.registration(), self.ex.stop):
+            log.info("node registered again after being declared lost", extra={"node": self.ex.node, "seq": seq})
+
+    # -- self-fencing ----------------------------------------------------------------------------
+    def fence(self, silent_s: float) -> None:
+        """No heartbeat got through for ``silent_s``: kill the jobs the scheduler would requeue."""
+        victims = [p for p in self.ex.running.values() if p.requeue and not p.reasons]
+        for process in victims:
+            process.kill(fenced=True)
+        log.warning(
+            "no heartbeat for longer than node_lost_after_s: the node may be declared lost; "
+            "killing the jobs that would be requeued, letting the others run",
+            extra={
+                "node": self.ex.node,
+                "silent_s": round(silent_s, 1),
+                "killed": [p.job_id for p in victims],
+                "kept": [p.job_id for p in self.ex.running.values() if all(p is not v for v in victims)],
+            },
+        )

@@ -1,0 +1,246 @@
+"""An executor declared lost (NodeLost) kills what the scheduler ended, reports nothing for it, and
+registers again; a job requeued onto the same node runs again as its next run, reported as such."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_executor import supervision as sv
+from conductor_executor.placements import ensure_consumer
+from conductor_executor.service import Executor
+from conductor_executor.settings import ExecutorSettings
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually, read_log
+from tests.integration.test_executor import NODE, executor_settings, running
+from tests.unit.scheduling import submitted
+
+# Runs until the test lets it end (a file in its working directory): the first run is the one the
+# node loss kills, the second the one that completes.
+_SCRIPT = "until [ -e go ]; do sleep 0.1; done\n"
+
+
+async def _submit(bus: Bus, work: Path, *, requeue: bool = False) -> int:
+    job = submitted().model_copy(
+        update={"working_directory": str(work), "script": _SCRIPT, "time_limit_s": 120, "requeue": requeue}
+    )
+    return await bus.publish(job)
+
+
+async def _place(bus: Bus, job_id: int, run: int = 0) -> int:
+    placed = ev.JobPlaced(job_id=job_id, node=NODE, cores=(1,), memory_mb=100, run=run)
+    return await bus.publish(placed, by_scheduler=True)
+
+
+async def _of(bus: Bus, job_id: int) -> list[tuple[int, ev.Event]]:
+    return [(seq, e) for seq, _, e in await read_log(bus) if getattr(e, "job_id", None) == job_id]
+
+
+async def _started(bus: Bus, job_id: int, run: int = 0) -> bool:
+    return any(isinstance(e, ev.JobStarted) and e.run == run for _, e in await _of(bus, job_id))
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _group(settings: ExecutorSettings, job_id: int, run: int = 0) -> int:
+    async def probe() -> int | None:
+        return sv.read_pgid(settings.jobs_dir / sv.folder_name(job_id, run))
+
+    return await eventually(probe, what="the job's process group recorded")
+
+
+async def _registered_after(bus: Bus, seq: int) -> bool:
+    return any(isinstance(e, ev.NodeRegistered) and s > seq for s, _, e in await read_log(bus))
+
+
+async def test_a_node_declared_lost_kills_its_jobs_reports_nothing_and_registers_again(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    async with running(bus, executor_settings(nats_url, tmp_path)) as settings:
+        job_id = await _submit(bus, work)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+        pgid = await _group(settings, job_id)
+        assert _alive(pgid)
+
+        lost = await bus.publish(ev.NodeLost(node=NODE, reason="silent"), by_scheduler=True)
+
+        async def gone() -> bool:
+            return not _alive(pgid)
+
+        await eventually(gone, what="the job's process group killed")
+        await eventually(lambda: _registered_after(bus, lost), what="the node registered again")
+        await asyncio.sleep(0.5)  # an outcome would be right behind
+        kinds = [e.type for _, e in await _of(bus, job_id)]
+        assert kinds == ["JobPlaced", "JobStarted"], kinds
+        # Marked so that a restart neither takes it over nor reports it.
+        assert (settings.jobs_dir / str(job_id) / "done").read_text() == sv.LOST
+        assert sv.LOST in sv.read_kill(settings.jobs_dir / str(job_id))
+
+        # The node takes work again.
+        other = await _submit(bus, work)
+        (work / "go").touch()
+        await _place(bus, other)
+        await eventually(lambda: _started(bus, other), what="a job placed after the loss started")
+        outcomes = [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+        assert not outcomes
+
+
+async def test_a_requeued_job_runs_again_on_the_same_node_as_its_next_run(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    async with running(bus, executor_settings(nats_url, tmp_path)) as settings:
+        job_id = await _submit(bus, work, requeue=True)
+        await _place(bus, job_id, run=0)
+        await eventually(lambda: _started(bus, job_id, 0), what="run 0 started")
+        first = await _group(settings, job_id, 0)
+
+        lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+        await eventually(lambda: _registered_after(bus, lost), what="the node registered again")
+
+        async def gone() -> bool:
+            # Polled: its last process may be a zombie for a moment after its supervisor exited.
+            return not _alive(first)
+
+        await eventually(gone, what="run 0 killed")
+        await bus.publish(ev.JobRequeued(job_id=job_id, node=NODE, run=0), by_scheduler=True)
+        (work / "go").touch()
+        await _place(bus, job_id, run=1)
+
+        async def ended() -> list[ev.Event]:
+            return [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+        [outcome] = await eventually(ended, what="run 1's outcome")
+        assert isinstance(outcome, ev.JobCompleted) and outcome.run == 1 and outcome.node == NODE
+        started = [e for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)]
+        assert [s.run for s in started] == [0, 1]
+        assert (settings.jobs_dir / f"{job_id}.1" / "done").read_text() == "JobCompleted"
+        assert (settings.jobs_dir / str(job_id) / "done").read_text() == sv.LOST
+
+
+async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    """Handled after the NodeLost (a placement nak'd and delivered again later): that run is over."""
+    work = tmp_path / "work"
+    work.mkdir()
+    async with running(bus, executor_settings(nats_url, tmp_path)) as settings:
+        job_id = await _submit(bus, work)
+        placed = ev.JobPlaced(job_id=job_id, node=NODE, cores=(1,), memory_mb=100)
+        lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+        await eventually(lambda: _registered_after(bus, lost), what="the node registered again")
+    # The same executor's state, as a restarted one finds it: the loss is remembered.
+    again = Executor(settings)
+    assert again.liveness.lost_seq == lost
+    await again.start(placed, seq=lost - 1)
+    assert not (settings.jobs_dir / str(job_id)).exists()
+
+
+async def test_an_older_consumer_is_updated_to_read_node_losses(bus: Bus) -> None:
+    durable = f"executor-{NODE}"
+    await bus.js.add_consumer(
+        bus.stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subjects=[subjects.placements_for(NODE), subjects.CANCEL_ALL],
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+        ),
+    )
+    await ensure_consumer(bus, NODE)
+    info = await bus.js.consumer_info(bus.stream, durable)
+    assert subjects.subject_for(ev.NodeLost(node=NODE)) in (info.config.filter_subjects or [])
+
+
+def _leaving_jobs(nats_url: str, tmp_path: Path) -> ExecutorSettings:
+    """An executor whose stop leaves its jobs running, for the next one to take over."""
+    return executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False)
+
+
+async def test_a_restarted_executor_reports_the_run_it_took_over(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work, requeue=True)
+        await _place(bus, job_id, run=2)
+        await eventually(lambda: _started(bus, job_id, 2), what="run 2 started")
+    group = await _group(settings, job_id, 2)
+    assert _alive(group)  # left running by the stop
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+        (work / "go").touch()
+
+        async def ended() -> list[ev.Event]:
+            return [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+        [outcome] = await eventually(ended, what="the outcome of the run taken over")
+        assert isinstance(outcome, ev.JobCompleted) and outcome.run == 2
+        assert [e.run for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)] == [2]
+
+
+async def test_a_loss_read_after_a_restart_kills_the_runs_placed_before_it(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """The executor was down when its node was declared lost: the run it takes over at its next
+    start was ended by that NodeLost, which its consumer delivers after the start; a run placed after
+    the node registered again is not touched by it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work, requeue=True)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+    group = await _group(settings, job_id)
+    lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+
+        async def gone() -> bool:
+            return not _alive(group)
+
+        await eventually(gone, what="the run the loss ended killed")
+        await eventually(lambda: _registered_after(bus, lost), what="registered after the loss")
+        await asyncio.sleep(0.5)
+        assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+
+async def test_a_run_killed_as_lost_is_not_taken_over_as_a_job(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    """An executor stopped right after marking a run lost (before it was dead): the next one finishes
+    the kill and reports nothing for it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+    group = await _group(settings, job_id)
+    folder = settings.jobs_dir / str(job_id)
+    sv.write_kill(folder, frozenset({sv.LOST}))
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+
+        async def gone() -> bool:
+            return not _alive(group)
+
+        await eventually(gone, what="the lost run killed")
+
+        async def marked() -> bool:
+            return (folder / "done").exists()
+
+        await eventually(marked, what="the lost run marked done")
+        await asyncio.sleep(0.5)
+        assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+        assert (folder / "done").read_text() == sv.LOST
