@@ -331,11 +331,20 @@ class Faults:
                 return self._crash_loop()
             if holder == STANDBY_ID and self.up.standby is not None:
                 # The standby leads: kill it, and be its supervisor (conductor up does not know it).
-                started = time.monotonic()
+                led, started = self.up.standby_leaderships(), time.monotonic()
                 self.up.standby.kill()
                 self.up.standby.wait()
                 self.up.start_standby(self.nats_url)
-                return time.monotonic() - started, "standby (leader)"
+
+                def leads_again() -> bool:  # the new standby (its stable id) or conductor up's
+                    holder = asyncio.run(_lease_holder(self.nats_url))
+                    return self.up.standby_leaderships() > led or holder not in (None, STANDBY_ID)
+
+                try:
+                    _wait(leads_again, self.timeout_s, "a scheduler leading again")
+                except TimeoutError:
+                    return None, "standby (leader): no scheduler led again"
+                return time.monotonic() - started, "standby (leader), back when a scheduler leads again"
             detail = "conductor up's (leader)" if holder else "conductor up's (no leader seen)"
         victims = self.up.find(kind)
         if len(victims) != 1:
