@@ -37,8 +37,11 @@ e2e: $(STAMP)
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
 
+# The chaos tests, then the long randomized run: CHAOS_ARGS='--seed 123' replays one.
+CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/pytest tests/chaos -q
+	$(BIN)/python -m tests.chaos.randomized --rounds 12 --jobs 400 $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
