@@ -48,7 +48,11 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.localservers import free_port
 
-FAULTS = ("gateway", "scheduler", "projector", "executor", "nats-server", "postgres")
+# "node-lost": the executor frozen (SIGSTOP) past the silence after which the scheduler declares its
+# node lost, then thawed: its jobs end NODE_FAIL or are requeued, and the executor, seeing the loss,
+# kills what it still runs of them and registers again.
+FAULTS = ("gateway", "scheduler", "projector", "executor", "nats-server", "postgres", "node-lost")
+NODE_LOST_AFTER_S = 3.0
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"})
 TABLES = {  # table -> its key, for ordering rows
     "jobs": "job_id",
@@ -113,6 +117,7 @@ class Report:
     completed_without_running: list[int] = field(default_factory=list)
     duplicate_submissions: list[str] = field(default_factory=list)
     duplicate_outcomes: list[str] = field(default_factory=list)
+    late_reports: int = 0  # an executor's outcome of a run already ended NODE_FAIL by a node loss
     standby_led: int = 0
     rebuild_diffs: dict[str, list[str]] = field(default_factory=dict)
     rows_compared: dict[str, int] = field(default_factory=dict)
@@ -157,7 +162,7 @@ class Report:
             f"lost {len(self.lost)}",
             f"run twice {len(self.run_twice)} (requeued jobs apart: {len(self.requeued)} jobs, "
             f"{self.requeued_runs} runs in the ledger, two runs at once {len(self.overlapping)})",
-            f"NODE_FAIL {self.states['NODE_FAIL']}",
+            f"NODE_FAIL {self.states['NODE_FAIL']} (late reports of their executor, ignored: {self.late_reports})",
             f"submitted twice {len(self.duplicate_submissions)}, two outcomes for one run "
             f"{len(self.duplicate_outcomes)}, COMPLETED without running {len(self.completed_without_running)}",
             "read models vs rebuild from the log: "
@@ -184,7 +189,7 @@ class Up:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
-        self.env = env | {"CONDUCTOR_KILL_GRACE_S": "2"}
+        self.env = env | {"CONDUCTOR_KILL_GRACE_S": "2", "CONDUCTOR_NODE_LOST_AFTER_S": str(NODE_LOST_AFTER_S)}
         argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(self.var), "--port", str(self.port)]
         argv += ["--node", NODE, "--cpus", str(cpus), "--memory", "4G"]
         with open(root / "conductor-up.log", "ab") as log:
@@ -323,8 +328,37 @@ class Faults:
             time.sleep(0.3)
         return None, f"crash loop: {kills} kills, the standby never led"
 
+    def _freeze_executor(self) -> tuple[float | None, str]:
+        """SIGSTOP the executor past the node's silence, SIGCONT it; back when the log holds a NodeLost
+        and the node is UP again (registered after it)."""
+        victims = self.up.find("executor")
+        if len(victims) != 1:
+            return None, f"{len(victims)} executors found"
+        lost_before = asyncio.run(_node_losses(self.nats_url))
+        started = time.monotonic()
+        victims[0].suspend()
+        time.sleep(NODE_LOST_AFTER_S + 2.0)
+        victims[0].resume()
+
+        def back() -> bool:
+            if asyncio.run(_node_losses(self.nats_url)) <= lost_before:
+                return False
+            try:
+                nodes = self.up.http.get("/nodes", timeout=2).json()["nodes"]
+            except (httpx.HTTPError, ValueError, KeyError):
+                return False
+            return any(n["name"] == NODE and n["state"] == "UP" for n in nodes)
+
+        try:
+            _wait(back, self.timeout_s, "the node lost and back")
+        except TimeoutError:
+            return None, "frozen: no NodeLost, or the node never came back"
+        return time.monotonic() - started, f"frozen {NODE_LOST_AFTER_S + 2.0:.0f}s: declared lost, registered again"
+
     def inject(self, kind: str) -> tuple[float | None, str]:
         detail = ""
+        if kind == "node-lost":
+            return self._freeze_executor()
         if kind == "scheduler":
             holder = asyncio.run(_lease_holder(self.nats_url))
             if holder != STANDBY_ID and not self.failed_over:
@@ -613,6 +647,17 @@ async def _position(dsn: str) -> int:
         await conn.close()
 
 
+async def _node_losses(nats_url: str) -> int:
+    """How many NodeLost the log holds, counted by the server per subject (no message read)."""
+    nc = await nats.connect(nats_url)
+    try:
+        lost = subjects.subject_for(ev.NodeLost(node="*"))
+        info = await nc.jetstream().stream_info(subjects.STREAM, subjects_filter=lost)
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
 async def _last_seq(nats_url: str) -> int:
     nc = await nats.connect(nats_url)
     try:
@@ -726,10 +771,25 @@ def account(
             report.states[state] += 1
     names = Counter(e.name for e in submitted_at.values())
     report.duplicate_submissions = sorted(name for name, n in names.items() if n > 1)
-    outcomes = Counter(
-        (getattr(e, "job_id", None), getattr(e, "run", 0)) for _, _, e in log if isinstance(e, ev.TERMINAL_JOB_EVENTS)
-    )
-    report.duplicate_outcomes = [f"job {j} run {r}: {n}" for (j, r), n in outcomes.items() if n > 1]
+    # One outcome per run. The exception: a run the scheduler ended NODE_FAIL because its node was
+    # declared lost, whose executor, back, reported its real end before it read of the loss: a late
+    # report, which the fold and the read models ignore (the first outcome stands).
+    first: dict[tuple[int, int], tuple[str, ev.Event]] = {}
+    again: Counter[tuple[int, int]] = Counter()
+    for _, subject, e in log:
+        if not isinstance(e, ev.TERMINAL_JOB_EVENTS):
+            continue
+        key = (e.job_id, e.run)
+        if key not in first:
+            first[key] = (subject, e)
+            continue
+        by, decided = first[key]
+        lost = isinstance(decided, ev.JobFailed) and decided.node_fail and subjects.is_scheduler_subject(by)
+        if lost and not subjects.is_scheduler_subject(subject):
+            report.late_reports += 1
+        else:
+            again[key] += 1
+    report.duplicate_outcomes = [f"job {j} run {r}: {n + 1}" for (j, r), n in again.items()]
     ledger_runs = read_ledger(ledger)
     for job_id, lines in sorted(ledger_runs.items()):
         starts = sum(1 for what, _ in lines if what == "start")

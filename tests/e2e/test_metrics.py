@@ -71,6 +71,11 @@ def test_each_service_counts_what_it_did_on_its_own_port(system: System, ports: 
     gateway = wait_for(lambda: counted("gateway", "conductor_gateway_submits_total"), what="a submit")
 
     assert value(scheduler, "conductor_scheduler_fencing_rejections_total") == 0
+    # The cluster as the scheduler's fold knows it: gauges, the same after a replay.
+    assert value(scheduler, "conductor_nodes", state="up") == 1
+    assert value(scheduler, "conductor_node_cpus", node="metrics") == 2
+    assert value(scheduler, "conductor_partition_cpus", partition="default") == 2
+    assert (value(scheduler, "conductor_submit_to_placed_seconds_count") or 0) >= 1
     assert value(scheduler, "conductor_scheduler_skipped_events_total") == 0
     assert value(projector, "conductor_projector_dead_letters_total") == 0
     assert value(projector, "conductor_projector_retries_total") is not None

@@ -84,7 +84,8 @@ def test_job_events_update_only_jobs_still_in_the_right_state(
     event: ev.Event, values: dict[str, object], only_in: tuple[str, ...]
 ) -> None:
     run = None if getattr(event, "node", None) is None else getattr(event, "run", None)
-    assert to_operations(5, event) == [UpdateJob(1, values, only_in, run=run)]
+    requeues = isinstance(event, ev.JobFailed) and event.node_fail
+    assert to_operations(5, event) == [UpdateJob(1, values, only_in, run=run, unless_requeue=requeues)]
 
 
 def test_node_events() -> None:
@@ -213,3 +214,20 @@ def test_bytes_that_are_no_event_decode_to_undecodable_and_print_escaped() -> No
     assert printable(b"\x00\xffok", 100) == "\\x00\\xffok"
     assert printable("a\ud800", 100) == "a\\ud800"
     assert printable("x" * 20, 5) == "xxxxx... (20 characters)"
+
+
+def test_a_requeue_job_whose_node_failed_waits_for_its_requeue() -> None:
+    rows: dict[int, dict[str, object]] = {}
+    columns = (*COLUMNS, "cpus", "memory_mb", "restarts", "requeue", "cores", "pid", "start_time", "reason_detail")
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted(requeue=True)),
+        (2, submitted()),
+        (3, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100)),
+        (4, ev.JobPlaced(job_id=2, node="n", cores=(1,), memory_mb=100)),
+        (5, ev.JobFailed(job_id=1, node="n", exit_code=None, node_fail=True, message="fenced")),
+        (6, ev.JobFailed(job_id=2, node="n", exit_code=None, node_fail=True, message="fenced")),
+    ]
+    fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], columns)
+    assert (rows[1]["state"], rows[2]["state"]) == ("RUNNING", "NODE_FAIL")
+    fold_jobs(rows, to_operations(7, ev.JobRequeued(job_id=1, node="n", run=0)), columns)
+    assert (rows[1]["state"], rows[1]["restarts"]) == ("PENDING", 1)

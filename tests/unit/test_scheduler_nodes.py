@@ -87,3 +87,17 @@ def test_losing_an_unknown_or_already_lost_node_changes_nothing() -> None:
     assert log.schedule() == []
     assert replay(log.events) == log.state
     assert job not in log.state.running
+
+
+def test_a_requeue_job_whose_node_failed_under_it_is_requeued() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    again = log.append(submitted(requeue=True))
+    plain = log.append(submitted())
+    log.schedule()
+    for job in (again, plain):  # e.g. its executor fenced it off, or its supervisor vanished
+        log.append(ev.JobFailed(job_id=job, node="n0", exit_code=None, node_fail=True, message="fenced"))
+    assert plain not in log.state.running and again in log.state.running
+    decisions = [d for d in log.schedule() if not isinstance(d, ev.JobReasonChanged)]
+    assert [(d.type, d.job_id) for d in decisions][:1] == [("JobRequeued", again)]
+    assert [(d.type, d.job_id, getattr(d, "run", None)) for d in log.schedule()] == [("JobPlaced", again, 1)]

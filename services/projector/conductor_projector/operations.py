@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, String, Table
@@ -33,6 +33,8 @@ class UpdateJob:
     only_in: tuple[str, ...] = ACTIVE
     # Applies only to this run of the job (its ``restarts``): a report of an earlier run changes nothing.
     run: int | None = None
+    # Not to a job submitted with requeue: its node failing requeues it (JobRequeued follows).
+    unless_requeue: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ def fold_jobs(
             if row is None or row["state"] not in op.only_in:
                 continue
             if op.run is not None and (row.get("restarts") or 0) != op.run:
+                continue
+            if op.unless_requeue and row.get("requeue"):
                 continue
             before, node_before = row["state"], row["node"]
             row.update(op.values)
@@ -177,7 +181,8 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
             }
             return [UpdateJob(event.job_id, requeued, only_in=(JobState.RUNNING.value,), run=event.run)]
         case ev.JobFailed():
-            return [_ended(event, ev.final_state(event), message=event.message or None)]
+            ended = _ended(event, ev.final_state(event), message=event.message or None)
+            return [replace(ended, unless_requeue=event.node_fail)]
         case ev.JobCancelled(reason=reason) if reason:
             return [_ended(event, ev.final_state(event), reason=reason, reason_detail=event.detail or None)]
         case ev.JobCompleted() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():

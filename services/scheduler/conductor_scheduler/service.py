@@ -19,16 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from nats.js import JetStreamContext
-from prometheus_client import Counter
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
+from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
+from conductor_scheduler.liveness import Liveness, connection_of, watch
 from conductor_scheduler.policy import decide
 from conductor_scheduler.settings import SchedulerSettings
 from conductor_scheduler.state import ClusterState, evolve
@@ -40,23 +43,35 @@ SKIPPED_EVENTS = Counter(
 )
 # Decisions this process published, never those it folds from the log (a restart replays them all).
 PLACEMENTS = Counter("conductor_scheduler_placements", "Jobs placed on a node by this scheduler")
+SUBMIT_TO_PLACED = Histogram(
+    "conductor_submit_to_placed_seconds",
+    "From a job's submission to its placement by this scheduler",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+DECIDE_SECONDS = Histogram("conductor_scheduler_decide_seconds", "Time to decide from the folded state")
+LAG = Gauge("conductor_scheduler_lag_events", "Events in the log this scheduler has not folded yet")
 FENCING_REJECTIONS = Counter(
     "conductor_scheduler_fencing_rejections",
     "Decisions of this scheduler the log refused because another scheduler had decided meanwhile",
 )
 _NAME = "conductor-scheduler"
+CLUSTER = Cluster()
+REGISTRY.register(CLUSTER)
 
 
 class Scheduler:
     def __init__(self, bus: Bus, settings: SchedulerSettings, lease: Lease | None) -> None:
         self.bus, self.settings, self.lease = bus, settings, lease
         self.state = ClusterState()
+        self.liveness = Liveness(settings.node_lost_after_s, time.monotonic)
         self.awaiting_seq = 0  # our newest published decision, not yet folded back
         self.placed = 0
         self.skipped = 0
 
     def fold(self, seq: int, subject: str, event: ev.Event) -> None:
         evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject))
+        if isinstance(event, ev.NodeRegistered):  # a node that registers is alive, heartbeat or not yet
+            self.liveness.heard_from(event.node)
 
     def fold_message(self, seq: int, subject: str, data: bytes) -> None:
         """Fold one message of the stream; one that cannot be decoded or folded is skipped."""
@@ -94,7 +109,9 @@ class Scheduler:
     async def decide_and_publish(self) -> None:
         if self.state.last_seq < self.awaiting_seq:
             return
-        decisions = decide(self.state, queue_depth=self.settings.queue_depth)
+        lost = self.liveness.silent(self.state, connection_of(self.bus))
+        with DECIDE_SECONDS.time():
+            decisions = [*lost, *decide(self.state, queue_depth=self.settings.queue_depth)]
         expected = self.state.last_scheduler_seq
         for decision in decisions:
             try:
@@ -104,9 +121,14 @@ class Scheduler:
                 log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
                 break
             self.awaiting_seq = expected
+            if isinstance(decision, ev.NodeLost):
+                log.warning("node lost", extra={"node": decision.node, "reason": decision.reason})
             if isinstance(decision, ev.JobPlaced):
                 self.placed += 1
                 PLACEMENTS.inc()
+                job = self.state.pending.get(decision.job_id)  # our decisions are not folded back yet
+                if job is not None and job.submitted_at:
+                    SUBMIT_TO_PLACED.observe(max(0.0, time.time() - job.submitted_at))
                 log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
 
     async def follow(self) -> JetStreamContext.PushSubscription:
@@ -149,6 +171,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         return None
     bus, lease = started
     scheduler = Scheduler(bus, settings, lease)
+    heartbeats = asyncio.create_task(
+        watch(lambda: scheduler.bus, scheduler.liveness, stop, Backoff(settings.retry_first_s, settings.retry_max_s))
+    )
     sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
     log.info("scheduler started; replaying the log")
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
@@ -172,6 +197,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             backoff.reset()
             for msg in msgs:
                 scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data)
+            CLUSTER.refresh(scheduler.state)
+            if msgs:
+                LAG.set(msgs[-1].metadata.num_pending)
             if msgs and msgs[-1].metadata.num_pending > 0:
                 continue  # not caught up: decide only from the whole log
             try:
@@ -182,6 +210,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 await asyncio.sleep(1)
     finally:
         # Each step on its own: NATS may be the reason we stop, and the rest must still be let go.
+        heartbeats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeats
         if lease is not None:
             await lease.release()  # logs its own failure
         if sub is not None:

@@ -50,6 +50,7 @@ class PendingJob:
     noop: bool = False
     requeue: bool = False
     run: int = 0  # how many times it was requeued
+    submitted_at: float = 0.0  # the submission's time (a Unix time), for the oldest pending job's age
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,15 @@ def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
 
 
 def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
-    job = PendingJob(seq, event.partition, event.cpus, event.memory_mb, noop=event.noop, requeue=event.requeue)
+    job = PendingJob(
+        seq,
+        event.partition,
+        event.cpus,
+        event.memory_mb,
+        noop=event.noop,
+        requeue=event.requeue,
+        submitted_at=event.occurred_at.timestamp(),
+    )
     _enqueue(state, job)
     state.holds.submitted(seq, (event.account, event.name))
     dependency = event.dependency
@@ -175,6 +184,11 @@ def _of_current_run(state: ClusterState, event: ev.TerminalJobEvent) -> bool:
         return event.run == allocation.run
     # Pending: only the scheduler ends it (a cancel, a dependency); a node's report is of an old run.
     return event.node is None or event.job_id not in state.pending
+
+
+def _requeues(state: ClusterState, event: ev.JobFailed) -> bool:
+    allocation = state.running.get(event.job_id)
+    return allocation is not None and allocation.job.requeue and event.run == allocation.run
 
 
 def _release(state: ClusterState, job_id: int, final: JobState) -> None:
@@ -237,6 +251,10 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
         case ev.JobReasonChanged(job_id=job_id, reason=reason):
             if job_id in state.pending:
                 state.reasons[job_id] = reason
+        case ev.JobFailed(node_fail=True, job_id=job_id) if _requeues(state, event):
+            # Its node failed under it (its supervisor vanished, or its executor fenced it off): a
+            # job that asked to be requeued is, as if its node had been declared lost.
+            state.orphans[job_id] = event.node
         case ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
             if _of_current_run(state, event):
                 _release(state, event.job_id, ev.final_state(event))

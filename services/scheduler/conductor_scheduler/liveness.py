@@ -1,0 +1,107 @@
+"""Which nodes have gone silent: the one decision of the scheduler that depends on time.
+
+Each executor rewrites its key in the heartbeats bucket every few seconds; the scheduler watches the
+bucket and notes, on its own clock, when it last heard from each node (clocks of other machines are
+not compared). A node not heard from for ``lost_after_s`` is declared lost by a NodeLost in the log,
+a decision like any other: fenced, folded, and replayed as it was. Every (re)start of the watch gives
+every node a full ``lost_after_s`` again, so a scheduler that has just started, or that was cut off
+from NATS with everyone else, declares nobody lost before hearing from them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus
+from conductor_platform.retry import Backoff
+from conductor_scheduler.state import ClusterState
+
+log = logging.getLogger("conductor.scheduler")
+
+
+class Liveness:
+    def __init__(self, lost_after_s: float, clock: Callable[[], float]) -> None:
+        self.lost_after_s = lost_after_s
+        self.clock = clock
+        self.since = clock()  # nobody is silent for longer than we have been listening
+        self.heard: dict[str, float] = {}
+        self.revisions: dict[str, int] = {}
+        # The connection (its count of reconnects) on which the current watch delivered every key.
+        # Nobody is declared lost on another one: heartbeats written meanwhile may not be heard yet.
+        self.watched_on: int | None = None
+
+    def listening(self) -> None:
+        self.since = self.clock()
+
+    def heard_from(self, node: str, revision: int | None = None) -> None:
+        """A heartbeat (a new ``revision`` of the node's key), or a registration (no revision)."""
+        if revision is not None:
+            if self.revisions.get(node) == revision:
+                return  # the value we saw already, delivered again by a new watch
+            self.revisions[node] = revision
+        self.heard[node] = self.clock()
+
+    def silent(self, state: ClusterState, connection: int) -> list[ev.NodeLost]:
+        if self.watched_on != connection:
+            return []
+        now = self.clock()
+        lost = []
+        for name in sorted(state.nodes):
+            if state.nodes[name].lost:
+                continue
+            silence = now - max(self.heard.get(name, self.since), self.since)
+            if silence > self.lost_after_s:
+                reason = f"no heartbeat for {silence:.0f} s (the limit is {self.lost_after_s:g} s)"
+                lost.append(ev.NodeLost(node=name, reason=reason))
+        return lost
+
+
+def connection_of(bus: Bus) -> int:
+    """Which connection this is: nats-py counts its reconnects."""
+    return int(bus.nc.stats.get("reconnects", 0))
+
+
+# A watch is started anew this often: a watch that stalled without an error (its consumer lost in a
+# NATS restart) must not look like silent nodes. A new watch delivers every key's current revision,
+# and only a revision not seen before counts as a heartbeat.
+REWATCH_S = 10.0
+
+
+async def watch(bus: Callable[[], Bus], liveness: Liveness, stop: asyncio.Event, retry: Backoff) -> None:
+    """Follow the heartbeats bucket until ``stop``; a failure (NATS away) starts the watch again and
+    gives every node its full silence again."""
+    while not stop.is_set():
+        watcher = None
+        try:
+            connection = connection_of(bus())
+            watcher = await (await bus().heartbeats()).watchall()
+            retry.reset()
+            until = liveness.clock() + REWATCH_S
+            while not stop.is_set() and liveness.clock() < until and connection_of(bus()) == connection:
+                try:
+                    entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                except (TimeoutError, NatsTimeoutError):
+                    continue
+                if entry is None:  # every key's current value delivered
+                    if liveness.watched_on != connection:
+                        liveness.listening()  # a new connection: everyone gets a full silence again
+                        liveness.watched_on = connection
+                elif entry.key:
+                    liveness.heard_from(subjects.node_of_heartbeat_key(entry.key), entry.revision)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            liveness.watched_on = None
+            log.warning("watching node heartbeats failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
+            await retry.wait(stop)
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()  # type: ignore[no-untyped-call]

@@ -1,0 +1,74 @@
+"""A silent node declared lost by a real scheduler on a real JetStream: its jobs end NODE_FAIL, or are
+requeued and placed elsewhere as their next run; a node that keeps its heartbeat is left alone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus
+from conductor_scheduler.service import run
+from conductor_scheduler.settings import SchedulerSettings
+from tests.integration.helpers import eventually, read_log
+from tests.unit.scheduling import node, submitted
+
+
+@contextlib.asynccontextmanager
+async def beating(bus: Bus, name: str) -> AsyncIterator[None]:
+    """Writes the node's heartbeat every 0.2 s while inside."""
+    kv = await bus.heartbeats()
+
+    async def beat() -> None:
+        while True:
+            await kv.put(subjects.heartbeat_key(name), b"{}")
+            await asyncio.sleep(0.2)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_silent_node_is_lost_and_its_jobs_failed_or_requeued(bus: Bus, nats_url: str) -> None:
+    settings = SchedulerSettings(nats_url=nats_url, node_lost_after_s=1.5, use_lease=False)
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(run(settings, stop))
+    try:
+        async with beating(bus, "keeps"):
+            await bus.publish(node("dies", 2, 4000))
+            plain = await bus.publish(submitted())
+            again = await bus.publish(submitted(requeue=True))
+
+            async def placed_on_dies() -> bool:
+                log = await read_log(bus)
+                return {e.job_id for _, _, e in log if isinstance(e, ev.JobPlaced) and e.node == "dies"} == {
+                    plain,
+                    again,
+                }
+
+            await eventually(placed_on_dies, what="both jobs placed on the node that will die")
+            await bus.publish(node("keeps", 1, 4000))
+
+            async def requeued_and_placed_again() -> list[ev.Event] | None:
+                log = [e for _, _, e in await read_log(bus)]
+                again_placed = [e for e in log if isinstance(e, ev.JobPlaced) and e.job_id == again]
+                return log if len(again_placed) == 2 else None
+
+            log = await eventually(requeued_and_placed_again, timeout=30, what="the requeued job placed again")
+    finally:
+        stop.set()
+        await scheduler
+    lost = [e for e in log if isinstance(e, ev.NodeLost)]
+    assert [e.node for e in lost] == ["dies"], "only the silent node is lost"
+    [failed] = [e for e in log if isinstance(e, ev.JobFailed)]
+    assert (failed.job_id, failed.node_fail, failed.node) == (plain, True, "dies")
+    [requeued] = [e for e in log if isinstance(e, ev.JobRequeued)]
+    assert (requeued.job_id, requeued.run) == (again, 0)
+    second = [e for e in log if isinstance(e, ev.JobPlaced) and e.job_id == again][-1]
+    assert (second.node, second.run) == ("keeps", 1)

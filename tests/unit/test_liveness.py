@@ -1,0 +1,66 @@
+"""Which nodes the scheduler finds silent, on a clock the test moves."""
+
+from __future__ import annotations
+
+from conductor_scheduler.liveness import Liveness
+from tests.unit.scheduling import Log, node
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _setup() -> tuple[Clock, Liveness, Log]:
+    clock = Clock()
+    liveness = Liveness(30, clock)
+    liveness.watched_on = 0
+    log = Log()
+    log.append(node("a", 1))
+    log.append(node("b", 1))
+    return clock, liveness, log
+
+
+def test_a_node_silent_for_too_long_is_lost_the_others_not() -> None:
+    clock, liveness, log = _setup()
+    clock.now += 20
+    liveness.heard_from("a", revision=1)
+    clock.now += 15  # b: 35 s since we started listening; a: 15 s since its heartbeat
+    lost = liveness.silent(log.state, connection=0)
+    assert [(e.node, "35 s" in e.reason) for e in lost] == [("b", True)]
+
+
+def test_the_same_revision_delivered_again_is_no_heartbeat() -> None:
+    clock, liveness, log = _setup()
+    liveness.heard_from("a", revision=7)
+    liveness.heard_from("b", revision=3)
+    clock.now += 25
+    liveness.heard_from("a", revision=7)  # a new watch delivers the value we saw
+    liveness.heard_from("b", revision=4)
+    clock.now += 10
+    assert [e.node for e in liveness.silent(log.state, connection=0)] == ["a"]
+
+
+def test_a_registration_counts_and_a_lost_node_is_not_lost_twice() -> None:
+    clock, liveness, log = _setup()
+    clock.now += 31
+    liveness.heard_from("a")
+    lost = liveness.silent(log.state, connection=0)
+    assert [e.node for e in lost] == ["b"]
+    log.append(lost[0], by_scheduler=True)
+    assert liveness.silent(log.state, connection=0) == []
+
+
+def test_nobody_is_lost_before_a_watch_on_this_connection_heard_every_key() -> None:
+    clock, liveness, log = _setup()
+    clock.now += 60
+    assert liveness.silent(log.state, connection=1) == []  # reconnected: the watch must start again
+    liveness.watched_on = None
+    assert liveness.silent(log.state, connection=0) == []
+    liveness.watched_on = 1
+    liveness.listening()
+    clock.now += 29
+    assert liveness.silent(log.state, connection=1) == []
