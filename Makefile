@@ -41,7 +41,7 @@ test: lint typecheck $(STAMP)
 CHAOS_ARGS ?=
 chaos: $(STAMP)
 	$(BIN)/pytest tests/chaos -q
-	$(BIN)/python -m tests.chaos.randomized --rounds 12 --jobs 400 $(CHAOS_ARGS)
+	$(BIN)/python -m tests.chaos.randomized --rounds 16 --jobs 400 $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

@@ -71,7 +71,7 @@ NODE = "chaos"
 
 @dataclass
 class Config:
-    rounds: int = 12
+    rounds: int = 16
     jobs: int = 400
     seed: int = 0
     root: Path = Path("var/chaos")

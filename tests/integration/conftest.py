@@ -11,7 +11,7 @@ from nats.js.errors import NotFoundError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from conductor_contracts import subjects
+from conductor_contracts import public, subjects
 from conductor_platform.bus import Bus, connect
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate
@@ -24,6 +24,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     bus = await connect(nats_url, name="tests")
     with contextlib.suppress(NotFoundError):
         await bus.js.delete_stream(subjects.STREAM)
+    with contextlib.suppress(NotFoundError):
+        await bus.js.delete_stream(public.STREAM)
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_key_value(subjects.LEASES_BUCKET)
     # Job ids start over with the stream: an earlier test's output stored for the same id must go too.

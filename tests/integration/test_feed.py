@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
+from conductor_contracts import public, subjects
 from conductor_contracts.catalogue import EVENT_TYPES, subject_patterns
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
@@ -235,6 +235,7 @@ async def test_asyncapi_lists_every_event_with_its_schema_and_subjects(client: h
             message = doc["components"]["messages"][ref["$ref"].rsplit("/", 1)[1]]
             schema = schemas[message["payload"]["$ref"].rsplit("/", 1)[1]]
             addresses.setdefault(schema["properties"]["type"]["const"], set()).add(channel["address"])
-    assert addresses == {name: set(subject_patterns(cls)) for name, cls in EVENT_TYPES.items()}
+    assert addresses == {name: {*subject_patterns(cls), public.pattern(cls)} for name, cls in EVENT_TYPES.items()}
+    assert doc["x-jetstream"]["public"]["stream"] == public.STREAM
     assert doc["channels"]["JobPlaced"]["parameters"] == {"node": {"description": "the node's name"}}
     assert "openapi" in (await client.get("/openapi.json")).json()

@@ -13,7 +13,7 @@ def submitted(cpus: int = 1, memory_mb: int = 100, partition: str = "default", *
     """A small job; ``extra`` sets other fields (dependency, workflow_index, noop, name...)."""
     return ev.JobSubmitted(
         name=extra.pop("name", "j"),
-        account="u",
+        account=extra.pop("account", "u"),
         partition=partition,
         ntasks_per_node=1,
         cpus_per_task=cpus,

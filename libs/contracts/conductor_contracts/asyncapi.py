@@ -14,7 +14,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.specification import AsyncAPI
 
-from conductor_contracts import subjects
+from conductor_contracts import public, subjects
 from conductor_contracts.catalogue import EVENT_TYPES, subject_patterns
 
 _PARAMETER = re.compile(r"\{(\w+)\}")
@@ -23,6 +23,8 @@ _MEANING = {
     "node": "the node's name",
     "workflow_id": "the workflow's id (a UUID)",
     "user_id": "the user's id (a UUID)",
+    "account": "the job's account, as a subject token (conductor_contracts.public.token)",
+    "owner": "the workflow's owner (its user's name), as a subject token",
 }
 
 
@@ -36,6 +38,9 @@ def document(server: str = "localhost:4222", version: str = "0.1.0") -> dict[str
             # event has two subjects (the name is part of JSON pointers: no braces, no slashes).
             title = type_name if len(patterns) == 1 else f"{type_name}:{subject.split('.')[1]}"
             broker.publisher(subject, schema=cls, title=title, description=(cls.__doc__ or "").strip() or None)
+        # The same event again on its public subject (public.py), in the public stream.
+        described = "On the public subjects: " + ((cls.__doc__ or "").strip() or type_name)
+        broker.publisher(public.pattern(cls), schema=cls, title=f"{type_name}:public", description=described)
     spec = AsyncAPI(
         broker,
         title="SCNS-Conductor event log",
@@ -54,5 +59,8 @@ def document(server: str = "localhost:4222", version: str = "0.1.0") -> dict[str
         "subjects": list(subjects.STREAM_SPEC.subjects),
         "duplicate_window_s": subjects.STREAM_SPEC.duplicate_window_s,
         "max_msg_size": subjects.STREAM_SPEC.max_msg_size,
+        # Every event again, on subjects naming its type, account, workflow and job (filter with
+        # wildcards); each message's Conductor-Seq header is its sequence in the log.
+        "public": {"stream": public.STREAM, "subjects": [public.ALL], "sequence_header": public.SEQ_HEADER},
     }
     return doc

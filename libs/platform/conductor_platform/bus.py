@@ -273,3 +273,18 @@ async def connect(url: str, *, name: str, attempts: int = 60, replicas: int = 1)
         await Bus(nc=nc, js=js).close()
         raise
     return Bus(nc=nc, js=js, replicas=replicas)
+
+
+async def submission(bus: Bus, job_id: int) -> ev.JobSubmitted | None:
+    """A job's submission, from the log: its id is the stream sequence of its JobSubmitted."""
+    try:
+        raw = await bus.js.get_msg(bus.stream, seq=job_id)
+    except NotFoundError:
+        return None
+    if raw.subject != subjects.SUBMITTED:
+        return None
+    try:
+        event = ev.decode(raw.data or b"")
+    except ValueError:  # not written by a gateway (the consumers skip it too): no job
+        return None
+    return event if isinstance(event, ev.JobSubmitted) else None

@@ -12,30 +12,17 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conductor_contracts import api, subjects
+from conductor_contracts import api
 from conductor_contracts import events as ev
 from conductor_gateway import queries
-from conductor_platform.bus import Bus
+from conductor_platform.bus import Bus, submission
+
+__all__ = ["State", "job_submitted", "last_on", "missing_jobs", "submission"]
 
 
 class State:
     bus: Bus
     engine: AsyncEngine
-
-
-async def submission(bus: Bus, job_id: int) -> ev.JobSubmitted | None:
-    """The job's submission, from the log: its id is the stream sequence of its JobSubmitted."""
-    try:
-        raw = await bus.js.get_msg(bus.stream, seq=job_id)
-    except NotFoundError:
-        return None
-    if raw.subject != subjects.SUBMITTED:
-        return None
-    try:
-        event = ev.decode(raw.data or b"")
-    except ValidationError:  # not written by a gateway (the consumers skip it too): no job
-        return None
-    return event if isinstance(event, ev.JobSubmitted) else None
 
 
 async def last_on(bus: Bus, subject: str) -> tuple[int, ev.Event] | None:

@@ -27,7 +27,7 @@ from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
-from conductor_projector import migrate, sink
+from conductor_projector import migrate, republish, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import RETRIES
 from conductor_projector.operations import decode
@@ -51,6 +51,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         return
     engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)
     bus: Bus | None = None
+    republishing: asyncio.Task[None] | None = None
     try:
         bus = await _retrying(
             stop,
@@ -65,6 +66,9 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             if stop.is_set():
                 return
             log.info("read models dropped; replaying the log")
+        if settings.public_subjects and not rebuild:  # a rebuild would publish the whole log again
+            retry = Backoff(settings.retry_first_s, settings.retry_max_s)
+            republishing = asyncio.create_task(republish.run(bus, stop, retry, settings.public_retention_s))
         while not stop.is_set():
             try:
                 await _follow(engine, bus, settings, stop, backoff)
@@ -75,6 +79,10 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
                 await backoff.wait(stop)
     finally:
         # Each on its own: the server that is gone may be why we stop, and the other must still go.
+        if republishing is not None:
+            republishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await republishing
         if bus is not None:
             try:
                 await bus.close()

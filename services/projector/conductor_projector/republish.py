@@ -1,0 +1,129 @@
+"""The public subjects (``conductor_contracts.public``): every event of the log published again into
+the ``CONDUCTOR_PUBLIC`` stream, on a subject that names its type, account, workflow and job.
+
+Its only cursor is the public stream itself: it starts after the log sequence of the newest message
+stored there (its ``Conductor-Seq``), so a crash, a NATS restart or a lost publish is followed by
+publishing again from what is really stored. Each message's ``Nats-Msg-Id`` is its log sequence, so
+two republishers (two projector replicas) or an overlap after a restart store each event once (within
+the duplicate window). Publishes are not awaited one by one: a batch is sent, then flushed; messages
+on one connection arrive in order, so nothing later can be stored past one that was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+
+from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+from prometheus_client import Counter
+
+from conductor_contracts import events as ev
+from conductor_contracts import public
+from conductor_platform.bus import Bus, next_batch, read_from, submission
+from conductor_platform.retry import Backoff
+
+log = logging.getLogger("conductor.projector")
+
+REPUBLISHED = Counter("conductor_public_events", "Events this process published on the public subjects")
+DUPLICATE_WINDOW_S = 2 * 3600.0
+
+
+async def ensure_stream(bus: Bus, retention_s: float) -> None:
+    config = StreamConfig(
+        name=public.STREAM,
+        subjects=[public.ALL],
+        storage=StorageType.FILE,
+        max_age=retention_s,
+        duplicate_window=min(DUPLICATE_WINDOW_S, retention_s),  # the server refuses a window past max_age
+        num_replicas=bus.replicas,
+    )
+    try:
+        await bus.js.add_stream(config)
+    except BadRequestError:
+        await bus.js.update_stream(config)
+
+
+async def published_up_to(bus: Bus) -> int:
+    """The log sequence of the newest event in the public stream (0: none)."""
+    info = await bus.js.stream_info(public.STREAM)
+    if not info.state.last_seq:
+        return 0
+    try:
+        last = await bus.js.get_msg(public.STREAM, seq=info.state.last_seq)
+    except NotFoundError:
+        return 0
+    return int((last.headers or {}).get(public.SEQ_HEADER, 0))
+
+
+class Jobs:
+    """Each job's account and workflow, read from its JobSubmitted in the log; a bounded LRU."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.known: OrderedDict[int, public.JobContext | None] = OrderedDict()
+
+    def remember(self, job_id: int, context: public.JobContext | None) -> None:
+        self.known[job_id] = context
+        self.known.move_to_end(job_id)
+        while len(self.known) > self.capacity:
+            self.known.popitem(last=False)
+
+    async def of(self, bus: Bus, job_id: int) -> public.JobContext | None:
+        if job_id in self.known:
+            self.known.move_to_end(job_id)
+            return self.known[job_id]
+        submitted = await submission(bus, job_id)
+        context = None if submitted is None else public.job_context(submitted)
+        self.remember(job_id, context)
+        return context
+
+
+async def _subject(bus: Bus, jobs: Jobs, seq: int, event: ev.Event) -> str:
+    if isinstance(event, ev.JobSubmitted):
+        jobs.remember(seq, public.job_context(event))
+    job_id = public.job_id_of(seq, event)
+    context = await jobs.of(bus, job_id) if job_id is not None else None
+    return public.subject(seq, event, context)
+
+
+async def _follow(bus: Bus, jobs: Jobs, stop: asyncio.Event, retry: Backoff) -> None:
+    start = await published_up_to(bus) + 1
+    sub = await read_from(bus, start)
+    log.info("publishing on the public subjects", extra={"from_seq": start})
+    try:
+        while not stop.is_set():
+            msgs = await next_batch(sub, 500, wait_s=1.0)
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                try:
+                    event = ev.decode(msg.data)
+                except Exception:  # what no consumer can read is not published either
+                    continue
+                headers = {"Nats-Msg-Id": str(seq), public.SEQ_HEADER: str(seq)}
+                await bus.nc.publish(await _subject(bus, jobs, seq, event), msg.data, headers=headers)
+            if msgs:
+                await bus.nc.flush(timeout=10)
+                REPUBLISHED.inc(len(msgs))
+                retry.reset()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def run(bus: Bus, stop: asyncio.Event, retry: Backoff, retention_s: float) -> None:
+    """Until ``stop``; any failure (NATS away) is followed by starting again from what is stored."""
+    jobs = Jobs()
+    while not stop.is_set():
+        try:
+            await ensure_stream(bus, retention_s)
+            await _follow(bus, jobs, stop, retry)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.warning(
+                "publishing on the public subjects failed; retrying", extra={"error": f"{type(err).__name__}: {err}"}
+            )
+            await retry.wait(stop)
