@@ -76,6 +76,17 @@ def test_each_service_counts_what_it_did_on_its_own_port(system: System, ports: 
     assert value(scheduler, "conductor_node_cpus", node="metrics") == 2
     assert value(scheduler, "conductor_partition_cpus", partition="default") == 2
     assert (value(scheduler, "conductor_submit_to_placed_seconds_count") or 0) >= 1
+    projected = wait_for(lambda: counted("projector", "conductor_start_to_end_seconds_count"), what="a job's run")
+    assert (value(projected, "conductor_submit_to_start_seconds_count") or 0) >= 1
+    assert value(projected, "conductor_projector_lag_events") is not None
+    assert (value(projected, "conductor_projector_batch_events_count") or 0) >= 1
+    assert value(projected, "conductor_nats_reconnects_total") == 0
+    submits = wait_for(lambda: metrics_of(ports, "gateway"), what="the gateway's metrics")
+    labels = {"route": "/jobs/submit", "method": "POST", "status": "200"}
+    assert (value(submits, "conductor_http_requests_total", **labels) or 0) >= 1
+    assert (
+        value(submits, "conductor_http_request_duration_seconds_count", route="/jobs/submit", method="POST") or 0
+    ) >= 1
     assert value(scheduler, "conductor_scheduler_skipped_events_total") == 0
     assert value(projector, "conductor_projector_dead_letters_total") == 0
     assert value(projector, "conductor_projector_retries_total") is not None

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
@@ -277,3 +278,14 @@ async def test_a_body_that_never_completes_is_408(
     async with gateway(settings) as client:
         answer = await client.post("/jobs/submit", content=trickle(), headers={"Content-Type": "application/json"})
     assert answer.status_code == 408 and "not received within" in answer.json()["detail"]
+
+
+async def test_requests_are_counted_by_route_template_and_status(client: httpx.AsyncClient) -> None:
+    def count(route: str, status: str) -> float:
+        labels = {"route": route, "method": "GET", "status": status}
+        return REGISTRY.get_sample_value("conductor_http_requests_total", labels) or 0.0
+
+    before = count("/jobs/query/{job_id}", "404"), count("unmatched", "404")
+    assert (await client.get("/jobs/query/987654")).status_code == 404
+    assert (await client.get("/no/such/path/42")).status_code == 404
+    assert (count("/jobs/query/{job_id}", "404"), count("unmatched", "404")) == (before[0] + 1, before[1] + 1)

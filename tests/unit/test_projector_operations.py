@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from conductor_projector.operations import (
     UpsertNode,
     decode,
     fold_jobs,
+    latencies,
     sanitize,
     sanitized_submission,
     to_operations,
@@ -231,3 +232,21 @@ def test_a_requeue_job_whose_node_failed_waits_for_its_requeue() -> None:
     assert (rows[1]["state"], rows[2]["state"]) == ("RUNNING", "NODE_FAIL")
     fold_jobs(rows, to_operations(7, ev.JobRequeued(job_id=1, node="n", run=0)), columns)
     assert (rows[1]["state"], rows[1]["restarts"]) == ("PENDING", 1)
+
+
+def test_latencies_of_the_jobs_a_batch_started_and_ended() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    rows: dict[int, dict[str, object]] = {}
+    columns = (*COLUMNS, "cpus", "memory_mb", "submit_time", "start_time", "end_time", "restarts", "pid")
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted(occurred_at=t0)),
+        (2, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100)),
+        (3, ev.JobStarted(job_id=1, node="n", pid=5, occurred_at=t0 + timedelta(seconds=2))),
+    ]
+    changed, _ = fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], columns)
+    assert latencies({}, rows, changed) == [("wait", 2.0)]
+    before = {1: (rows[1]["start_time"], rows[1]["end_time"])}
+    ended = ev.JobCompleted(job_id=1, node="n", occurred_at=t0 + timedelta(seconds=7))
+    changed, _ = fold_jobs(rows, to_operations(4, ended), columns)
+    assert latencies(before, rows, changed) == [("run", 5.0)]
+    assert latencies({1: (rows[1]["start_time"], rows[1]["end_time"])}, rows, changed) == []

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import nats
@@ -25,6 +27,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+from prometheus_client import Counter
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
@@ -32,6 +35,26 @@ from conductor_contracts import subjects
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
+
+# Of this process's connections (each service exports its own).
+DISCONNECTS = Counter("conductor_nats_disconnects", "Times a NATS connection of this process was lost")
+RECONNECTS = Counter("conductor_nats_reconnects", "Times a NATS connection of this process came back")
+PUBLISH_FAILURES = Counter(
+    "conductor_nats_publish_failures", "Publishes of this process that failed (refused, timed out, NATS away)"
+)
+
+
+@contextlib.contextmanager
+def _counting_failures() -> Iterator[None]:
+    try:
+        yield
+    except APIError as err:
+        if err.err_code != WRONG_LAST_SEQUENCE:  # an expectation that did not hold is an answer
+            PUBLISH_FAILURES.inc()
+        raise
+    except Exception:
+        PUBLISH_FAILURES.inc()
+        raise
 
 
 class BatchRefused(Exception):
@@ -65,18 +88,23 @@ class Bus:
     ) -> PubAck:
         """Publish with extra ``headers``; the whole ack, which says whether the stream had the
         message id already (``duplicate``)."""
-        return await self.js.publish(
-            subjects.subject_for(event, by_scheduler=by_scheduler),
-            ev.encode(event),
-            headers={"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)} | (headers or {}),
-            stream=self.stream,
-        )
+        with _counting_failures():
+            return await self.js.publish(
+                subjects.subject_for(event, by_scheduler=by_scheduler),
+                ev.encode(event),
+                headers={"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)} | (headers or {}),
+                stream=self.stream,
+            )
 
     async def publish_batch(self, events: list[ev.Event], timeout_s: float = 10.0) -> int:
         """Publish ``events`` as one atomic batch (at most 1,000): the stream stores all of them, with
         consecutive sequences, or none (a batch never committed is dropped). Returns the last one's
         sequence. Raises ``BatchRefused`` when the server refuses it, ``TimeoutError`` when it does
         not answer (then the batch may or may not be stored: nothing of it, or all of it)."""
+        with _counting_failures():
+            return await self._publish_batch(events, timeout_s)
+
+    async def _publish_batch(self, events: list[ev.Event], timeout_s: float) -> int:
         if not self.nc.is_connected:
             # nats-py would buffer the batch and send it on reconnect, committing it after the caller
             # was told it failed.
@@ -114,7 +142,11 @@ class Bus:
             )
         except APIError as err:
             if err.err_code == WRONG_LAST_SEQUENCE:
-                raise FencedOut(str(err)) from err
+                raise FencedOut(str(err)) from err  # a decision refused by fencing: no failure
+            PUBLISH_FAILURES.inc()
+            raise
+        except Exception:
+            PUBLISH_FAILURES.inc()
             raise
         return int(ack.seq)
 
@@ -233,10 +265,12 @@ async def _on_error(err: Exception) -> None:
 
 
 async def _on_disconnected() -> None:
+    DISCONNECTS.inc()
     log.warning("disconnected from NATS; reconnecting")
 
 
 async def _on_reconnected() -> None:
+    RECONNECTS.inc()
     log.info("reconnected to NATS")
 
 

@@ -30,6 +30,7 @@ from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import bus_spec, errors, feed, queries, views, workflows
 from conductor_gateway.backends import State, job_submitted, missing_jobs, submission
+from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
@@ -108,6 +109,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # times what it holds. What it holds is checked once parsed (the script's own limit, in UTF-8).
     body_max = 6 * (settings.max_script_bytes + api.MAX_ENV_BYTES) + 64 * 1024
     app.add_middleware(BodyLimit, max_bytes=body_max, timeout_s=settings.body_timeout_s)
+    app.add_middleware(HttpMetrics, routes_of=app)  # outermost: a 413 or 408 is counted too
 
     async def find_job(job_id: int) -> api.JobView:
         row = await queries.job(state.engine, job_id)

@@ -376,3 +376,21 @@ def unstorable(op: Operation) -> str | None:
         if bounds is not None and value is not None and (problem := _problem(bounds, name, value)) is not None:
             return problem
     return None
+
+
+Times = tuple[Any, Any]  # a job's (start_time, end_time)
+
+
+def latencies(before: dict[int, Times], rows: dict[int, Row], changed: set[int]) -> list[tuple[str, float]]:
+    """What a batch's changes took: ("wait", submit -> start) for each job it started, ("run",
+    start -> end) for each job it ended after a start; ``before`` holds the rows' times before it."""
+    out: list[tuple[str, float]] = []
+    for job_id in sorted(changed):
+        row = rows[job_id]
+        start, end = row.get("start_time"), row.get("end_time")
+        was_start, was_end = before.get(job_id, (None, None))
+        if start is not None and was_start is None and row.get("submit_time") is not None:
+            out.append(("wait", max(0.0, (start - row["submit_time"]).total_seconds())))
+        if end is not None and was_end is None and start is not None:
+            out.append(("run", max(0.0, (end - start).total_seconds())))
+    return out

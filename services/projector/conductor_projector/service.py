@@ -29,7 +29,7 @@ from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, republish, sink
 from conductor_projector.faults import Fault, classify
-from conductor_projector.metrics import RETRIES
+from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
 from conductor_projector.settings import ProjectorSettings
 
@@ -118,6 +118,8 @@ async def _follow(
                 sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
                 continue
             EVENTS_APPLIED.inc(len(batch))
+            BATCH_SIZE.observe(len(batch))
+            LAG.set(msgs[-1].metadata.num_pending)
             fresh_read = None
             backoff.reset()
             log.debug("applied", extra={"events": len(batch), "position": reached})

@@ -18,7 +18,7 @@ from conductor_contracts.subjects import SUBMITTED, subject_for
 from conductor_contracts.text import printable
 from conductor_projector import tables as t
 from conductor_projector.faults import EventError, Fault, classify
-from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS
+from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS, START_TO_END, SUBMIT_TO_START
 from conductor_projector.operations import (
     InsertJob,
     InsertRow,
@@ -28,6 +28,7 @@ from conductor_projector.operations import (
     UpdateNode,
     UpsertNode,
     fold_jobs,
+    latencies,
     sanitized_submission,
     to_operations,
     unstorable,
@@ -41,10 +42,11 @@ async def position(conn: AsyncConnection, name: str) -> int:
     return int(value or 0)
 
 
-async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
+async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tuple[str, float]]:
     """Node registrations first (in the log they precede any placement on the node), then the job
     operations as one read of the rows they touch, one upsert of those that changed and one update
-    of the nodes' allocations: a few statements a batch instead of one per event."""
+    of the nodes' allocations: a few statements a batch instead of one per event. Returns the
+    latencies of the jobs it started and ended (``operations.latencies``)."""
     for op in ops:
         match op:
             case UpsertNode():
@@ -63,9 +65,10 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
     job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
     touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
     if not touched:
-        return
+        return []
     result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(touched)))
     rows = {int(r["job_id"]): dict(r) for r in result.mappings()}
+    before = {job_id: (row["start_time"], row["end_time"]) for job_id, row in rows.items()}
     changed, allocations = fold_jobs(rows, job_ops, _JOB_COLUMNS)
     if changed:
         stmt = insert(t.jobs)
@@ -88,6 +91,7 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> None:
             ),
             moves,
         )
+    return latencies(before, rows, changed)
 
 
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
@@ -127,6 +131,7 @@ class _Recorded:
 
     dead: list[DeadLetter] = field(default_factory=list)
     altered: list[tuple[int, str]] = field(default_factory=list)
+    latencies: list[tuple[str, float]] = field(default_factory=list)
 
 
 async def apply_batch(
@@ -189,7 +194,7 @@ async def _apply(
                 await _apply_one(conn, name, seq, item, subjects.get(seq), recorded)
         else:
             events = [(seq, item) for seq, item in fresh if not isinstance(item, Undecodable)]
-            await _execute(conn, [op for seq, event in events for op in _operations(seq, event)])
+            recorded.latencies += await _execute(conn, [op for seq, event in events for op in _operations(seq, event)])
             for seq, item in fresh:
                 if isinstance(item, Undecodable):  # no need to try what could not even be read
                     await _dead_letter(conn, name, _letter(seq, item, subjects.get(seq), item.error), recorded)
@@ -218,7 +223,7 @@ async def _apply_one(
         return
     try:
         async with conn.begin_nested():
-            await _execute(conn, _operations(seq, item))
+            recorded.latencies += await _execute(conn, _operations(seq, item))
         return
     except Exception as err:
         if classify(err) is not Fault.DATA:
@@ -229,7 +234,7 @@ async def _apply_one(
             if (problem := unstorable(row)) is not None:
                 raise EventError(problem)
             async with conn.begin_nested():
-                await _execute(conn, [row])
+                recorded.latencies += await _execute(conn, [row])
             recorded.altered.append((seq, str(row.values["message"])))
             return
         except Exception as err:
@@ -301,6 +306,8 @@ async def _dead_letter(conn: AsyncConnection, name: str, letter: DeadLetter, rec
 
 
 def _report(name: str, recorded: _Recorded) -> None:
+    for kind, seconds in recorded.latencies:
+        (SUBMIT_TO_START if kind == "wait" else START_TO_END).observe(seconds)
     for letter in recorded.dead:
         DEAD_LETTERS.inc()
         log.error(
