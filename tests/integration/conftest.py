@@ -15,6 +15,7 @@ from conductor_contracts import public, subjects
 from conductor_platform.bus import Bus, connect
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate
+from conductor_scheduler import snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +27,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
         await bus.js.delete_stream(subjects.STREAM)
     with contextlib.suppress(NotFoundError):
         await bus.js.delete_stream(public.STREAM)
+    with contextlib.suppress(NotFoundError, Exception):
+        await bus.js.delete_object_store(snapshot.BUCKET)
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_key_value(subjects.LEASES_BUCKET)
     # Job ids start over with the stream: an earlier test's output stored for the same id must go too.

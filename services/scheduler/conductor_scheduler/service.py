@@ -29,6 +29,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
+from conductor_scheduler import snapshot
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -65,8 +66,12 @@ class Scheduler:
         self.state = ClusterState()
         self.liveness = Liveness(settings.node_lost_after_s, time.monotonic)
         self.awaiting_seq = 0  # our newest published decision, not yet folded back
+        self.snapshot_seq, self.snapshot_at = 0, 0.0
+        self.log_identity = ""  # the stream's creation time: a snapshot says which log it folded
+        self.uploading: asyncio.Task[None] | None = None
         self.placed = 0
         self.skipped = 0
+        self.folded = 0  # messages this process read from the log (after its snapshot, if any)
 
     def fold(self, seq: int, subject: str, event: ev.Event) -> None:
         evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject))
@@ -75,6 +80,7 @@ class Scheduler:
 
     def fold_message(self, seq: int, subject: str, data: bytes) -> None:
         """Fold one message of the stream; one that cannot be decoded or folded is skipped."""
+        self.folded += 1
         try:
             event = ev.decode(data)
         except Exception as err:
@@ -131,6 +137,43 @@ class Scheduler:
                     SUBMIT_TO_PLACED.observe(max(0.0, time.time() - job.submitted_at))
                 log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
 
+    async def restore(self) -> None:
+        """Start from the newest snapshot, if there is a good one (else the whole log is replayed)."""
+        try:
+            restored = await snapshot.restore(self.bus)
+        except Exception as err:
+            log.warning(
+                "reading the snapshot failed; replaying the log", extra={"error": f"{type(err).__name__}: {err}"}
+            )
+            return
+        if restored is not None:
+            self.state = restored
+            self.snapshot_seq = restored.last_seq
+            log.info("started from a snapshot", extra={"seq": restored.last_seq})
+
+    def maybe_snapshot(self) -> None:
+        """Encode a snapshot now (the state does not change while we do) and upload it meanwhile."""
+        settings, now = self.settings, time.monotonic()
+        if self.state.last_seq - self.snapshot_seq < settings.snapshot_every_events:
+            return
+        if now - self.snapshot_at < settings.snapshot_min_interval_s or self.uploading is not None:
+            return
+        self.snapshot_at = now
+        seq = self.state.last_seq
+        data = snapshot.dump(self.state, self.log_identity)
+
+        async def upload() -> None:
+            try:
+                await snapshot.upload(self.bus, data)
+                self.snapshot_seq = seq
+                log.info("snapshot stored", extra={"seq": seq, "bytes": len(data)})
+            except Exception as err:
+                log.warning("storing a snapshot failed", extra={"error": f"{type(err).__name__}: {err}"})
+            finally:
+                self.uploading = None
+
+        self.uploading = asyncio.create_task(upload())
+
     async def follow(self) -> JetStreamContext.PushSubscription:
         """A subscription from the sequence after the last one folded; a new connection first if the
         old one is closed for good (nats-py otherwise reconnects by itself)."""
@@ -175,7 +218,10 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         watch(lambda: scheduler.bus, scheduler.liveness, stop, Backoff(settings.retry_first_s, settings.retry_max_s))
     )
     sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
-    log.info("scheduler started; replaying the log")
+    with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
+        scheduler.log_identity = await snapshot.log_identity(bus)
+    await scheduler.restore()
+    log.info("scheduler started; replaying the log", extra={"from_seq": scheduler.state.last_seq + 1})
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
     try:
         while not stop.is_set():
@@ -205,6 +251,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             try:
                 if await scheduler.leads():
                     await scheduler.decide_and_publish()
+                    scheduler.maybe_snapshot()
             except Exception:  # NATS away or slow: keep the state, try again shortly
                 log.exception("deciding failed; retrying")
                 await asyncio.sleep(1)
@@ -213,6 +260,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         heartbeats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
+        if scheduler.uploading is not None:  # a snapshot half stored is never used: let it finish
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(scheduler.uploading, 10)
         if lease is not None:
             await lease.release()  # logs its own failure
         if sub is not None:

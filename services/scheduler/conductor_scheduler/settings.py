@@ -11,3 +11,7 @@ class SchedulerSettings(CommonSettings):
     # Off only in tests that prove fencing alone keeps two deciding schedulers from double-placing.
     use_lease: bool = True
     queue_depth: int = 100
+    # A snapshot of the fold (with the sequence it covers) once this many events were folded since the
+    # last one, at most every snapshot_min_interval_s: a starting scheduler replays only what follows.
+    snapshot_every_events: int = 10_000
+    snapshot_min_interval_s: float = 30.0
