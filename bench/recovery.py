@@ -89,11 +89,18 @@ async def main() -> None:
             print(
                 f"SCNS-Conductor recovery benchmark: {events} events in the log ({time.perf_counter() - t0:.1f} s to publish)"
             )
-            never = SchedulerSettings(nats_url=server.url, snapshot_every_events=10**12, use_lease=False)
+            # Nobody heartbeats here: no node may be declared lost while a scheduler replays.
+            never = SchedulerSettings(
+                nats_url=server.url, snapshot_every_events=10**12, use_lease=False, node_lost_after_s=1e9
+            )
             full, replayed = await time_to_place(bus, never)
             print(f"replay from zero:    placing again after {full:6.2f} s ({replayed.folded} events folded)")
             keep = SchedulerSettings(
-                nats_url=server.url, snapshot_every_events=1, snapshot_min_interval_s=0, use_lease=False
+                nats_url=server.url,
+                snapshot_every_events=1,
+                snapshot_min_interval_s=0,
+                use_lease=False,
+                node_lost_after_s=1e9,
             )
             _, saver = await time_to_place(bus, keep)
             stored = await (await bus.js.object_store(snapshot.BUCKET)).get(snapshot.NAME)

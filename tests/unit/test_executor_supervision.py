@@ -167,7 +167,8 @@ def test_the_job_has_a_group_and_session_of_its_own(tmp_path: Path) -> None:
 
 def test_a_job_killed_by_a_signal_is_recorded_as_128_plus_it_and_its_leftovers_go(tmp_path: Path) -> None:
     supervisor = _supervise(tmp_path, "sleep 300 & echo $! > child\nsleep 300\n")
-    while sv.read_pgid(tmp_path) is None or not (tmp_path / "child").exists():
+    # The shell creates the file before it writes the pid into it: wait for the whole line.
+    while sv.read_pgid(tmp_path) is None or not _text(tmp_path / "child").endswith("\n"):
         time.sleep(0.01)
     pgid = sv.read_pgid(tmp_path)
     assert pgid is not None
@@ -283,3 +284,10 @@ def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_pa
     finally:
         supervisor.kill()
         supervisor.wait()
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
+from asyncpg.exceptions import InterfaceError as PostgresInterfaceError
+from asyncpg.exceptions import PostgresError
 from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -21,7 +23,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
 from pydantic import AfterValidator
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import api, subjects
@@ -91,7 +93,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return Response(encoder(REGISTRY), media_type=content_type)
 
     @app.exception_handler(NatsError)
-    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SQLAlchemyError)  # DBAPIError, and a pool that timed out under load
+    @app.exception_handler(PostgresError)  # asyncpg's own, when a connection breaks outside a statement
+    @app.exception_handler(PostgresInterfaceError)
     @app.exception_handler(TimeoutError)
     @app.exception_handler(OSError)
     async def unavailable(_: Request, err: Exception) -> JSONResponse:
@@ -100,6 +104,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return JSONResponse(
             {"detail": "the job log or the read models are unavailable; retry shortly"}, status_code=503
         )
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, err: Exception) -> JSONResponse:
+        # A bug: said in one line to the client (never a traceback), logged whole here.
+        log.exception("request failed", extra={"error": f"{type(err).__name__}: {err}"[:500]})
+        return JSONResponse({"detail": "internal error: the gateway failed on this request"}, status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
