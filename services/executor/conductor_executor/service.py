@@ -462,10 +462,11 @@ class Executor:
 
     def _monitor_done(self, task: asyncio.Task[None]) -> None:
         self.monitors.discard(task)
-        for job_id in [j for j, watcher in self.watchers.items() if watcher is task]:
+        watched = [j for j, watcher in self.watchers.items() if watcher is task]
+        for job_id in watched:
             del self.watchers[job_id]
         if not task.cancelled() and (err := task.exception()) is not None:
-            log.error("job monitor failed", exc_info=err)
+            log.error("job monitor failed", exc_info=err, extra={"job_id": watched[0] if watched else None})
 
     async def monitor(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
         """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued;
@@ -566,22 +567,22 @@ class Executor:
         try:
             await self.handle(event, seq, traceparent)
         except Exception as err:
+            about = {"seq": seq, "subject": msg.subject, "job_id": getattr(event, "job_id", None)}
             if transient(err) or deliveries < self.settings.max_deliveries:
                 log.warning(
-                    "handling failed; will retry",
-                    extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+                    "handling failed; will retry", extra=about | {"error": _short(err), "deliveries": deliveries}
                 )
                 delay = min(self.settings.retry_max_s, self.settings.retry_first_s * 2 ** min(deliveries - 1, 30))
                 await _settle(msg.nak(delay=delay))
                 return
             log.error(
                 "message failed every delivery; giving up",
-                extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+                extra=about | {"error": _short(err), "deliveries": deliveries},
             )
             try:
                 self.give_up(event, err, deliveries, seq, traceparent)
             except Exception:
-                log.exception("could not report the job of a message given up", extra={"seq": seq})
+                log.exception("could not report the job of a message given up", extra=about)
             await _settle(msg.term())
             return
         await _settle(msg.ack())
