@@ -24,7 +24,7 @@ class Stream:
         self.failures, self.tries = failures, 0
         self.events: list[ev.Event] = []
 
-    async def publish(self, event: ev.Event) -> None:
+    async def publish(self, event: ev.Event, headers: dict[str, str] | None = None) -> None:
         self.tries += 1
         if self.tries <= self.failures:
             raise ConnectionError("not connected to NATS")

@@ -18,10 +18,12 @@ from tests.unit.scheduling import node, submitted
 
 
 def test_what_cannot_be_decoded_or_folded_is_skipped_and_the_fold_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False) -> ClusterState:
+    def evolve(
+        state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False, traceparent: str | None = None
+    ) -> ClusterState:
         if seq == 2:
             raise KeyError("a fold that cannot take this event")
-        return state_evolve(state, seq, event, by_scheduler=by_scheduler)
+        return state_evolve(state, seq, event, by_scheduler=by_scheduler, traceparent=traceparent)
 
     monkeypatch.setattr(service, "evolve", evolve)
     scheduler = service.Scheduler(cast(Bus, None), SchedulerSettings(), None)

@@ -12,7 +12,7 @@ from conductor_scheduler import snapshot
 from conductor_scheduler.state import ClusterState, evolve
 from tests.unit import test_dependency_properties as dependencies
 from tests.unit import test_scheduling_properties as scheduling
-from tests.unit.scheduling import Log
+from tests.unit.scheduling import Log, submitted
 
 
 def _restored_at(log: Log, cut: int) -> ClusterState:
@@ -51,3 +51,11 @@ def test_anything_but_a_whole_snapshot_of_this_format_is_refused() -> None:
     assert snapshot.load(data.replace(b'"format": 1', b'"format": 0')) is None  # another format
     assert snapshot.load(b"conductor-scheduler-snapshot {}\n") is None
     assert snapshot.load(b"\x80\x04pickle") is None
+
+
+def test_a_submission_s_trace_is_kept() -> None:
+    log = Log()
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    evolve(log.state, 1, submitted(), traceparent=parent)
+    restored = snapshot.load(snapshot.dump(log.state))
+    assert restored is not None and restored.pending[1].traceparent == parent

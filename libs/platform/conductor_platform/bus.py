@@ -74,9 +74,17 @@ class Bus:
     replicas: int = 1
     _outputs: ObjectStore | None = field(default=None, repr=False)
 
-    async def publish(self, event: ev.Event, *, by_scheduler: bool = False, msg_id: str | None = None) -> int:
-        """Publish and wait for the stream's ack; returns the stream sequence."""
-        return int((await self.publish_acked(event, by_scheduler=by_scheduler, msg_id=msg_id)).seq)
+    async def publish(
+        self,
+        event: ev.Event,
+        *,
+        by_scheduler: bool = False,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """Publish and wait for the stream's ack; returns the stream sequence. ``headers``: more
+        headers (a ``traceparent``); they never replace the Nats-Msg-Id."""
+        return int((await self.publish_acked(event, by_scheduler=by_scheduler, msg_id=msg_id, headers=headers)).seq)
 
     async def publish_acked(
         self,
@@ -87,24 +95,27 @@ class Bus:
         headers: dict[str, str] | None = None,
     ) -> PubAck:
         """Publish with extra ``headers``; the whole ack, which says whether the stream had the
-        message id already (``duplicate``)."""
+        message id already (``duplicate``). The Nats-Msg-Id is ours: headers cannot change dedupe."""
         with _counting_failures():
             return await self.js.publish(
                 subjects.subject_for(event, by_scheduler=by_scheduler),
                 ev.encode(event),
-                headers={"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)} | (headers or {}),
+                headers=(headers or {}) | {"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)},
                 stream=self.stream,
             )
 
-    async def publish_batch(self, events: list[ev.Event], timeout_s: float = 10.0) -> int:
+    async def publish_batch(
+        self, events: list[ev.Event], timeout_s: float = 10.0, headers: dict[str, str] | None = None
+    ) -> int:
         """Publish ``events`` as one atomic batch (at most 1,000): the stream stores all of them, with
         consecutive sequences, or none (a batch never committed is dropped). Returns the last one's
-        sequence. Raises ``BatchRefused`` when the server refuses it, ``TimeoutError`` when it does
-        not answer (then the batch may or may not be stored: nothing of it, or all of it)."""
+        sequence. ``headers`` (a ``traceparent``) go on every message. Raises ``BatchRefused`` when
+        the server refuses it, ``TimeoutError`` when it does not answer (then the batch may or may not
+        be stored: nothing of it, or all of it)."""
         with _counting_failures():
-            return await self._publish_batch(events, timeout_s)
+            return await self._publish_batch(events, timeout_s, headers)
 
-    async def _publish_batch(self, events: list[ev.Event], timeout_s: float) -> int:
+    async def _publish_batch(self, events: list[ev.Event], timeout_s: float, headers: dict[str, str] | None) -> int:
         if not self.nc.is_connected:
             # nats-py would buffer the batch and send it on reconnect, committing it after the caller
             # was told it failed.
@@ -113,13 +124,13 @@ class Bus:
         last = len(events)
         for number, event in enumerate(events, start=1):
             subject = subjects.subject_for(event)
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+            batch = (headers or {}) | {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
             if number < last:
-                await self.nc.publish(subject, ev.encode(event), headers=headers)
+                await self.nc.publish(subject, ev.encode(event), headers=batch)
                 continue
-            headers["Nats-Batch-Commit"] = "1"
+            batch["Nats-Batch-Commit"] = "1"
             try:
-                reply = await self.nc.request(subject, ev.encode(event), headers=headers, timeout=timeout_s)
+                reply = await self.nc.request(subject, ev.encode(event), headers=batch, timeout=timeout_s)
             except NatsTimeoutError as err:
                 raise TimeoutError("no answer to the batch's commit") from err
             answer = json.loads(reply.data or b"{}")
@@ -129,9 +140,12 @@ class Bus:
             return int(answer["seq"])
         raise ValueError("an empty batch")
 
-    async def publish_fenced(self, event: ev.Event, expected_last_scheduler_seq: int) -> int:
-        """Publish a scheduler decision only if no other decision was stored since ``expected``."""
-        headers = {
+    async def publish_fenced(
+        self, event: ev.Event, expected_last_scheduler_seq: int, headers: dict[str, str] | None = None
+    ) -> int:
+        """Publish a scheduler decision only if no other decision was stored since ``expected``.
+        ``headers``: more headers (a ``traceparent``); the fencing and dedupe ones always win."""
+        headers = (headers or {}) | {
             "Nats-Msg-Id": subjects.dedupe_id(event),
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_scheduler_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": subjects.SCHEDULER_ALL,

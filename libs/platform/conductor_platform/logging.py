@@ -1,4 +1,6 @@
-"""Structured JSON logs on stderr, one object per line, with whatever ids a record carries."""
+"""Structured JSON logs on stderr, one object per line, with whatever ids a record carries, and the
+ids of the trace and span active where it was logged (``trace_id``, ``span_id``): a log line about a
+job can be found from its trace and the other way round."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from conductor_platform import tracing
 
 # Record attributes that are not the caller's extras (uvicorn adds an ANSI-coloured copy of each message).
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"color_message"}
@@ -25,6 +29,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        ids = tracing.current_ids()
+        if ids is not None:
+            payload["trace_id"], payload["span_id"] = ids
         payload.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)

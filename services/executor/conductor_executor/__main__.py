@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import logging as logs
-from conductor_platform import metrics
+from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
 
 
@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValidationError as err:
         sys.exit(f"conductor executor: {err}")
     logs.setup("executor", settings.log_level)
+    tracing.setup("executor")
     metrics.serve("executor", settings.metrics_port)
 
     async def _main(stop: asyncio.Event) -> None:

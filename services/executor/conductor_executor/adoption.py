@@ -135,6 +135,7 @@ def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
             run=run,
             placed_seq=record.placed_seq,
             requeue=record.requeue,
+            traceparent=record.traceparent,
         )
         return Running(process, record)
     # Gone: the record it wrote on its way out, if any, was written before it exited.

@@ -8,6 +8,10 @@ One publisher drains the files in ``seq`` order, which keeps the order the rest 
 (a job's JobStarted before its outcome). Every event carries a Nats-Msg-Id (``subjects.dedupe_id``),
 so a publish whose ack was lost and is sent again is stored once.
 
+A file holds the event's JSON on its first line and, on a second line when there is one, a JSON
+object of the headers it is published with (its ``traceparent``: the trace of the job goes on through
+the disk, across NATS outages and restarts). A file without that line is published without them.
+
 Nothing in the folder stops the executor: a file without that shape is set aside (``.bad``) at start,
 and a file of that shape that cannot be read is replaced, in its place in the order, by what its name
 says it was owed (``substitute``), so that a damaged outcome still ends its job.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conductor_contracts import events as ev
+from conductor_platform import tracing
 from conductor_platform.retry import Backoff, pause
 
 log = logging.getLogger("conductor.executor.outbox")
@@ -40,6 +46,28 @@ _NAME = re.compile(r"(\d{1,20})-(?:(\d{1,20})(?:r([1-9]\d{0,9}))?|node)-([A-Za-z
 Substitute = Callable[[int | None, int, str, str], ev.Event | None]
 # Called before an event is published; an exception is a failed publish (backed off, tried again).
 BeforePublish = Callable[[ev.Event], Awaitable[None]]
+# Publishes an event with its headers.
+Publish = Callable[[ev.Event, dict[str, str]], Awaitable[object]]
+
+
+def encode(event: ev.Event, traceparent: str | None = None) -> bytes:
+    """A file's content: the event, then its headers (one JSON line each; the event's JSON never
+    holds a raw newline)."""
+    data = ev.encode(event)
+    return data if traceparent is None else data + b"\n" + json.dumps(tracing.headers(traceparent)).encode()
+
+
+def decode(data: bytes) -> tuple[ev.Event, dict[str, str]]:
+    """The event of a file and its headers; headers that cannot be read are dropped (a trace is not
+    worth an outcome). Raises ValueError when the event cannot be read."""
+    first, _, rest = data.partition(b"\n")
+    event = ev.decode(first)
+    try:
+        headers = json.loads(rest) if rest.strip() else {}
+    except ValueError:
+        return event, {}
+    traceparent = tracing.of_headers(headers) if isinstance(headers, dict) else None
+    return event, tracing.headers(traceparent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -78,7 +106,7 @@ class Outbox:
     def __init__(
         self,
         folder: Path,
-        publish: Callable[[ev.Event], Awaitable[object]],
+        publish: Publish,
         backoff: Backoff,
         *,
         substitute: Substitute | None = None,
@@ -178,22 +206,22 @@ class Outbox:
             raise
         _fsync_dir(self.folder)
 
-    def put(self, event: ev.Event) -> None:
+    def put(self, event: ev.Event, traceparent: str | None = None) -> None:
         """Durable when it returns; raises OSError when the folder cannot take it. Synchronous on
         purpose: a caller that writes its ``done`` marker right after cannot be interleaved with the
-        publisher deleting the file."""
+        publisher deleting the file. ``traceparent``: published with the event."""
         seq = self._seq + 1
-        self._write(file_name(seq, event), ev.encode(event))
+        self._write(file_name(seq, event), encode(event, traceparent))
         self._seq = seq
         self._wake.set()
 
-    async def keep(self, event: ev.Event, stop: asyncio.Event) -> bool:
+    async def keep(self, event: ev.Event, stop: asyncio.Event, traceparent: str | None = None) -> bool:
         """``put`` until it is written (True) or ``stop`` is set (False): a full or read-only disk
         delays what the executor owes, it does not drop it. At least one try, even when stopping."""
         backoff = Backoff(self._backoff.low_s, self._backoff.high_s)
         while True:
             try:
-                self.put(event)
+                self.put(event, traceparent)
             except OSError as err:
                 if stop.is_set():
                     log.error(
@@ -235,12 +263,12 @@ class Outbox:
             if not await self._send(path):
                 return
 
-    def _read(self, path: Path) -> tuple[ev.Event | None, bool]:
-        """The event in ``path``, or its substitute; and whether the file was unreadable."""
+    def _read(self, path: Path) -> tuple[ev.Event | None, dict[str, str], bool]:
+        """The event in ``path`` and its headers, or its substitute; and whether the file was unreadable."""
         try:
-            return ev.decode(path.read_bytes()), False
+            return *decode(path.read_bytes()), False
         except FileNotFoundError:
-            return None, False
+            return None, {}, False
         except (OSError, ValueError) as err:
             # Atomic writes do not leave such a file; a damaged disk or a hand in the folder does.
             name = parse_name(path.name) or Name(0, None, 0, "")
@@ -249,10 +277,10 @@ class Outbox:
                 "outbox: unreadable event; publishing its substitute" if event else "outbox: unreadable event",
                 extra={"file": path.name, "error": str(err), "substitute": event.type if event else None},
             )
-            return event, True
+            return event, {}, True
 
     async def _send(self, path: Path) -> bool:
-        event, damaged = self._read(path)
+        event, headers, damaged = self._read(path)
         if event is None:
             if damaged:
                 self._set_aside(path, "unreadable")
@@ -260,7 +288,7 @@ class Outbox:
         try:
             if self._before_publish is not None:
                 await self._before_publish(event)
-            await self._publish(event)
+            await self._publish(event, headers)
         except Exception as err:
             delay = self._backoff.next()
             log.warning(

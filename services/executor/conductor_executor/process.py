@@ -48,6 +48,7 @@ class JobProcess:
     run: int = 0  # which run of the job (``JobPlaced.run``): every event about it says so
     placed_seq: int | None = None  # its placement's stream sequence (None: unknown, an older record)
     requeue: bool = False  # submitted with requeue: true
+    traceparent: str | None = None  # its placement's: the outcome's span is a child of it
     _killer: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property

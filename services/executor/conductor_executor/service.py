@@ -43,6 +43,7 @@ from conductor_contracts import subjects
 from conductor_contracts.text import printable
 from conductor_executor import environment as envs
 from conductor_executor import supervision as sv
+from conductor_executor import traces
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
@@ -54,6 +55,7 @@ from conductor_executor.output import open_outputs, record_files, recorded_files
 from conductor_executor.placements import subscribe
 from conductor_executor.process import JobProcess, spawn
 from conductor_executor.settings import ExecutorSettings
+from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
 from conductor_platform.retry import Backoff, pause, retrying, transient
 
@@ -119,12 +121,12 @@ class Executor:
         return Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
 
     # -- reporting -------------------------------------------------------------------------------
-    async def _publish(self, event: ev.Event) -> None:
+    async def _publish(self, event: ev.Event, headers: dict[str, str]) -> None:
         # While disconnected nats-py would buffer the request and wait out the JetStream timeout;
         # failing at once keeps the outbox's pacing its own.
         if self._bus is None or not self._bus.nc.is_connected:
             raise ConnectionError("not connected to NATS")
-        seq = await self._bus.publish(event)
+        seq = await self._bus.publish(event, headers=headers)
         if isinstance(event, ev.TERMINAL_JOB_EVENTS):
             self._uploaded.discard((event.job_id, event.run))
         elif isinstance(event, ev.NodeRegistered):
@@ -171,11 +173,14 @@ class Executor:
         message = f"the executor's record of this job's outcome was damaged: {_short(ValueError(error))}"
         return ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, node_fail=True, run=run)
 
-    async def finish(self, job_id: int, event: ev.Event, *, queued: bool = False) -> None:
+    async def finish(
+        self, job_id: int, event: ev.Event, *, queued: bool = False, traceparent: str | None = None
+    ) -> None:
         """The outcome is durable in the outbox before the marker says the job is done: a disk that
         refuses it is tried again until it takes it or the executor stops (then no marker, and the
-        next start reports the job NODE_FAIL). ``queued``: the outcome is in the outbox already."""
-        if not queued and not await self.outbox.keep(event, self.stop):
+        next start reports the job NODE_FAIL). ``queued``: the outcome is in the outbox already.
+        ``traceparent``: published with the outcome."""
+        if not queued and not await self.outbox.keep(event, self.stop, traceparent):
             return
         backoff = self.backoff()
         while True:
@@ -193,19 +198,19 @@ class Executor:
                 )
                 await pause(self.stop, delay)
 
-    def _report(self, job_id: int, event: ev.Event) -> None:
+    def _report(self, job_id: int, event: ev.Event, traceparent: str | None = None) -> None:
         """``finish`` for a job that ends as its placement is handled: at once, so that the outcome
         is on disk before the placement is acked; if the disk refuses, in a task of its own, so that
         it holds up this job and not the consumer (cancels of running jobs must still get through)."""
         queued = False
         try:
-            self.outbox.put(event)
+            self.outbox.put(event, traceparent)
             queued = True
             (self.folder(job_id, _run(event)) / "done").write_text(event.type)
             return
         except OSError as err:
             log.warning("could not record a job's outcome; retrying", extra={"job_id": job_id, "error": str(err)})
-        task = asyncio.create_task(self.finish(job_id, event, queued=queued))
+        task = asyncio.create_task(self.finish(job_id, event, queued=queued, traceparent=traceparent))
         self.monitors.add(task)
         task.add_done_callback(self._monitor_done)
 
@@ -217,12 +222,15 @@ class Executor:
         for running in stock.running:
             self._adopt(running.process, running.record)
         for (job_id, run), ended in stock.ended.items():
-            if ended.record is not None and not ended.record.announced:
-                started = self._started(job_id, ended.record.pid, ended.record.start, run)
-                await self.outbox.keep(started, self.stop)
+            record = ended.record
             event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended.exit.ended_at, "", run)
-            await self.finish(job_id, event)
-            log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
+            placed, started_at = (None, None) if record is None else (record.traceparent, record.start)
+            with traces.ending(job_id, run, self.node, placed, event.type, started_at) as carried:
+                if record is not None and not record.announced:
+                    started = self._started(job_id, record.pid, record.start, run)
+                    await self.outbox.keep(started, self.stop, placed)
+                await self.finish(job_id, event, traceparent=carried)
+                log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
         if stock.unrecorded:
             try:
                 await asyncio.to_thread(kill_unrecorded, stock.unrecorded)
@@ -290,18 +298,21 @@ class Executor:
         )
 
     # -- handling ----------------------------------------------------------------------------------
-    async def handle(self, event: ev.Event, seq: int = 0) -> None:
-        """``seq``: the event's stream sequence (0 when unknown)."""
+    async def handle(self, event: ev.Event, seq: int = 0, traceparent: str | None = None) -> None:
+        """``seq``: the event's stream sequence (0 when unknown); ``traceparent``: its message's."""
         match event:
             case ev.JobPlaced(node=node) if node == self.node:
-                await self.start(event, seq)
+                with traces.starting(event.job_id, event.run, node, traceparent) as carried:
+                    await self.start(event, seq, traceparent, carried)
             case ev.NodeLost(node=node) if node == self.node:
                 self.liveness.node_lost(event, seq)
             case ev.JobCancelRequested(job_id=job_id) if job_id in self.running:
                 log.info("cancelling", extra={"job_id": job_id})
                 self.running[job_id].kill(cancelled=True)
 
-    def give_up(self, event: ev.Event, err: BaseException, deliveries: int, seq: int = 0) -> None:
+    def give_up(
+        self, event: ev.Event, err: BaseException, deliveries: int, seq: int = 0, traceparent: str | None = None
+    ) -> None:
         """A placement that failed every delivery: its job must still end, visibly."""
         if not (isinstance(event, ev.JobPlaced) and event.node == self.node) or self.liveness.stale(seq):
             return
@@ -311,7 +322,7 @@ class Executor:
         folder.mkdir(parents=True)
         message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
         failed = ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message, run=event.run)
-        self._report(event.job_id, failed)
+        self._report(event.job_id, failed, traceparent)
 
     async def cancel_requested(self, job_id: int) -> bool:
         """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
@@ -353,7 +364,11 @@ class Executor:
             return "placement of an earlier run of a job that ran here again since"
         return None
 
-    async def start(self, placement: ev.JobPlaced, seq: int = 0) -> None:
+    async def start(
+        self, placement: ev.JobPlaced, seq: int = 0, placed: str | None = None, carried: str | None = None
+    ) -> None:
+        """``placed``: the placement's traceparent (the outcome's span is its child, also after a
+        restart); ``carried``: the one the events published from here carry."""
         job_id, run = placement.job_id, placement.run
         folder = self.folder(job_id, run)
         why = self._superseded(placement, seq)
@@ -366,12 +381,13 @@ class Executor:
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         self._supersede(job_id, run)
         if cancelled:
-            self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node, run=run))
+            self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node, run=run), carried)
             return
         why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
         if why is not None:
             message = f"placement does not fit this node: {why}"
-            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run))
+            failed = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run)
+            self._report(job_id, failed, carried)
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
         try:
@@ -379,17 +395,19 @@ class Executor:
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
             message = f"could not start the job: {_short(err)}"
-            self._report(job_id, ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run))
+            failed = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run)
+            self._report(job_id, failed, carried)
             log.warning("job failed to start", extra={"job_id": job_id, "error": str(err)})
             return
         process.run, process.placed_seq, process.requeue = run, seq or None, job.requeue
+        process.traceparent = placed
         self.running[job_id] = process
         self.placements[job_id] = placement
         started = self._started(job_id, process.pid, None, run)
         # In the outbox before the record that says so; if the disk refuses, the job's monitor
         # keeps trying while the job runs (and a restart finds it owed in the record).
         try:
-            self.outbox.put(started)
+            self.outbox.put(started, carried)
             announced = True
         except OSError:
             announced = False
@@ -404,6 +422,7 @@ class Executor:
             supervised=True,
             placed_seq=process.placed_seq,
             requeue=job.requeue,
+            traceparent=placed,
         )
         try:
             sv.write_process(folder, record)
@@ -443,10 +462,11 @@ class Executor:
 
     def _monitor_done(self, task: asyncio.Task[None]) -> None:
         self.monitors.discard(task)
-        for job_id in [j for j, watcher in self.watchers.items() if watcher is task]:
+        watched = [j for j, watcher in self.watchers.items() if watcher is task]
+        for job_id in watched:
             del self.watchers[job_id]
         if not task.cancelled() and (err := task.exception()) is not None:
-            log.error("job monitor failed", exc_info=err)
+            log.error("job monitor failed", exc_info=err, extra={"job_id": watched[0] if watched else None})
 
     async def monitor(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
         """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued;
@@ -454,7 +474,12 @@ class Executor:
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
-        queued = asyncio.ensure_future(self.outbox.keep(started, self.stop)) if started is not None else None
+        # (Late, so in no span of its own: it carries the placement's trace.)
+        queued = (
+            asyncio.ensure_future(self.outbox.keep(started, self.stop, process.traceparent))
+            if started is not None
+            else None
+        )
         try:
             outcome = await process.wait(deadline)
         except asyncio.CancelledError:  # the executor stops and leaves the job running
@@ -477,10 +502,12 @@ class Executor:
         event = outcome_event(
             job_id, self.node, outcome.exit_code, outcome.reasons, outcome.ended_at, LOST_SUPERVISOR, process.run
         )
-        # Its output goes to the object store from the outbox, right before this outcome is published.
-        await self.finish(job_id, event)
-        JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
-        log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
+        ending = traces.ending(job_id, process.run, self.node, process.traceparent, event.type, process.start)
+        with ending as carried:
+            # Its output goes to the object store from the outbox, right before this outcome is published.
+            await self.finish(job_id, event, traceparent=carried)
+            JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
+            log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
@@ -536,25 +563,26 @@ class Executor:
             log.error("message on another event's subject dropped", extra={"seq": seq, "subject": msg.subject})
             await _settle(msg.term())
             return
+        traceparent = tracing.of_headers(msg.headers)
         try:
-            await self.handle(event, seq)
+            await self.handle(event, seq, traceparent)
         except Exception as err:
+            about = {"seq": seq, "subject": msg.subject, "job_id": getattr(event, "job_id", None)}
             if transient(err) or deliveries < self.settings.max_deliveries:
                 log.warning(
-                    "handling failed; will retry",
-                    extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+                    "handling failed; will retry", extra=about | {"error": _short(err), "deliveries": deliveries}
                 )
                 delay = min(self.settings.retry_max_s, self.settings.retry_first_s * 2 ** min(deliveries - 1, 30))
                 await _settle(msg.nak(delay=delay))
                 return
             log.error(
                 "message failed every delivery; giving up",
-                extra={"seq": seq, "subject": msg.subject, "error": _short(err), "deliveries": deliveries},
+                extra=about | {"error": _short(err), "deliveries": deliveries},
             )
             try:
-                self.give_up(event, err, deliveries, seq)
+                self.give_up(event, err, deliveries, seq, traceparent)
             except Exception:
-                log.exception("could not report the job of a message given up", extra={"seq": seq})
+                log.exception("could not report the job of a message given up", extra=about)
             await _settle(msg.term())
             return
         await _settle(msg.ack())

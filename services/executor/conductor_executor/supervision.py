@@ -39,6 +39,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from conductor_platform import tracing
+
 PGID = "pgid"
 EXIT = "exit"
 KILL = "kill"
@@ -173,6 +175,8 @@ class ProcessRecord:
     # executor's record, which no NodeLost kills: the job ends as it ends).
     placed_seq: int | None = None
     requeue: bool = False  # the job asked to be requeued: killed when the executor fences itself
+    # Its placement's W3C traceparent: a restarted executor reports the outcome in the job's trace.
+    traceparent: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -187,6 +191,7 @@ class ProcessRecord:
                 "supervised": self.supervised,
                 "placed_seq": self.placed_seq,
                 "requeue": self.requeue,
+                "traceparent": self.traceparent,
             }
         )
 
@@ -221,6 +226,7 @@ def parse_process(text: str) -> ProcessRecord | None:
             supervised=data.get("supervised", False) is True,
             placed_seq=_opt_int(data.get("placed_seq")),
             requeue=data.get("requeue", False) is True,
+            traceparent=tracing.valid(tp) if isinstance(tp := data.get("traceparent"), str) else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

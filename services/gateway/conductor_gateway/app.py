@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
 from pydantic import AfterValidator
@@ -36,6 +37,7 @@ from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform import tracing
 from conductor_platform.bus import connect
 from conductor_platform.settings import async_database_url
 
@@ -51,6 +53,8 @@ NodeName = Annotated[str, Path(min_length=1, max_length=api.MAX_LABEL_CHARS, des
 
 # The first submission's hash, kept on its message, so that a retry can be told from a reuse.
 REQUEST_HASH_HEADER = "Conductor-Request-Hash"
+SUBMIT_SPAN = "conductor.gateway.submit"
+CANCEL_SPAN = "conductor.gateway.cancel"
 
 
 def _filter_text(value: str | None) -> str | None:
@@ -135,6 +139,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @app.post("/jobs/submit", response_model=api.SubmitResponse, responses=errors.documented(413, 503))
     async def submit(
+        request: Request,
         body: api.SubmitRequest,
         idempotency_key: Annotated[
             str | None,
@@ -158,22 +163,31 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             # Not reachable while the body limit is under the message size (the event is the body and
             # a few hundred bytes); kept so that raising one limit cannot make submits fail as a 503.
             raise HTTPException(413, "the job (script and environment) is over the size limit of one message")
-        job_id = await publish_submission(event, body, idempotency_key)
-        SUBMITS.inc()
-        log.info("submitted", extra={"job_id": job_id, "account": spec.account})
+        # The job's trace begins here (or goes on from the client's, if it sent a traceparent), and
+        # its JobSubmitted carries it to the scheduler.
+        with tracing.span(SUBMIT_SPAN, tracing.of_request(request.headers), kind=SpanKind.SERVER) as traceparent:
+            job_id = await publish_submission(event, body, idempotency_key, traceparent)
+            tracing.annotate(**{tracing.JOB_ID: job_id})
+            SUBMITS.inc()
+            log.info("submitted", extra={"job_id": job_id, "account": spec.account})
         return api.SubmitResponse(job_id=str(job_id))
 
-    async def publish_submission(event: ev.JobSubmitted, body: api.SubmitRequest, key: str | None) -> int:
+    async def publish_submission(
+        event: ev.JobSubmitted, body: api.SubmitRequest, key: str | None, traceparent: str | None
+    ) -> int:
         """Publish; with an Idempotency-Key, the stream's deduplication answers a retry with the first
         job, and the request hash kept on that job's message tells a retry from a reuse of the key.
         The log is the only state: any gateway answers any retry the same way."""
+        trace_headers = tracing.headers(traceparent)
         if key is None:
-            return await state.bus.publish(event)
+            return await state.bus.publish(event, headers=trace_headers)
         fingerprint = body.fingerprint()
         # Scoped by account: two accounts may pick the same key. Hashed: a plain, bounded header value
         # whatever the account's characters, and no ambiguity where the account ends and the key begins.
         scope = hashlib.sha256(f"{event.account}\n{key}".encode()).hexdigest()
-        ack = await state.bus.publish_acked(event, msg_id=f"submit:{scope}", headers={REQUEST_HASH_HEADER: fingerprint})
+        ack = await state.bus.publish_acked(
+            event, msg_id=f"submit:{scope}", headers=trace_headers | {REQUEST_HASH_HEADER: fingerprint}
+        )
         if not ack.duplicate:
             return int(ack.seq)
         try:
@@ -195,11 +209,17 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return await find_job(job_id)
 
     @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse, responses=errors.documented(404, 409, 503))
-    async def cancel(job_id: JobId) -> api.CancelResponse:
+    async def cancel(request: Request, job_id: JobId) -> api.CancelResponse:
         job = await find_job(job_id)
         if JobState(job.state).is_terminal:
             raise HTTPException(409, f"job {job_id} already ended as {job.state}; nothing to cancel")
-        await state.bus.publish(ev.JobCancelRequested(job_id=job_id), msg_id=f"cancel:{job_id}")
+        attributes = {tracing.JOB_ID: job_id}
+        with tracing.span(
+            CANCEL_SPAN, tracing.of_request(request.headers), attributes, kind=SpanKind.SERVER
+        ) as traceparent:
+            await state.bus.publish(
+                ev.JobCancelRequested(job_id=job_id), msg_id=f"cancel:{job_id}", headers=tracing.headers(traceparent)
+            )
         CANCELS.inc()
         return api.CancelResponse(job_id=str(job_id), state=job.state, detail="cancel requested")
 

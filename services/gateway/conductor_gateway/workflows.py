@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from nats.js.errors import APIError
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from conductor_contracts import api_workflows as wf
@@ -18,11 +19,14 @@ from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views
 from conductor_gateway.backends import State, job_submitted, last_on, submission
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform import tracing
 from conductor_platform.bus import WRONG_LAST_SEQUENCE, BatchRefused
 
 # All of a workflow's events together; below what a batch of the stream's messages may hold.
 MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
 USER_RESPONSES = errors.documented(404, 503)
+WORKFLOW_SPAN = "conductor.gateway.workflow"
+WORKFLOW_ID = "conductor.workflow_id"
 
 
 def _job_error(index: int, err: ValidationError) -> str:
@@ -76,7 +80,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         responses=errors.documented(404, 413, 503),
         tags=["workflows"],
     )
-    async def submit_workflow(body: wf.WorkflowRequest) -> wf.WorkflowResponse:
+    async def submit_workflow(request: Request, body: wf.WorkflowRequest) -> wf.WorkflowResponse:
         user = await find_user(body.user_id)
         workflow_id = str(uuid.uuid4())
         events: list[ev.Event] = [
@@ -110,10 +114,15 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         sizes = [len(ev.encode(e)) for e in events]
         if max(sizes) > subjects.STREAM_SPEC.max_msg_size - 4096 or sum(sizes) > MAX_WORKFLOW_BYTES:
             raise HTTPException(413, f"the workflow is over the size limit ({MAX_WORKFLOW_BYTES} bytes in all)")
-        try:
-            last = await state.bus.publish_batch(events)
-        except BatchRefused as err:
-            raise HTTPException(503, f"the job log refused the workflow: {printable(str(err), 300)}; retry") from None
+        # One trace for the whole workflow: every job's JobSubmitted carries the submit's traceparent.
+        attributes = {WORKFLOW_ID: workflow_id}
+        with tracing.span(WORKFLOW_SPAN, tracing.of_request(request.headers), attributes, kind=SpanKind.SERVER) as tp:
+            try:
+                last = await state.bus.publish_batch(events, headers=tracing.headers(tp))
+            except BatchRefused as err:
+                raise HTTPException(
+                    503, f"the job log refused the workflow: {printable(str(err), 300)}; retry"
+                ) from None
         first = last - len(body.jobs) + 1
         return wf.WorkflowResponse(
             workflow_id=workflow_id, job_count=len(body.jobs), job_ids=[str(first + i) for i in range(len(body.jobs))]

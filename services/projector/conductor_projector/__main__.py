@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from conductor_platform import logging as logs
-from conductor_platform import metrics
+from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
 from conductor_projector.service import run
 from conductor_projector.settings import ProjectorSettings
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = ProjectorSettings()
     logs.setup("projector", settings.log_level)
+    tracing.setup("projector")
     metrics.serve("projector", settings.metrics_port)
     run_until_signalled(lambda stop: run(settings, rebuild=args.rebuild, stop=stop))
 

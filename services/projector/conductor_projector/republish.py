@@ -22,6 +22,7 @@ from prometheus_client import Counter
 
 from conductor_contracts import events as ev
 from conductor_contracts import public
+from conductor_platform import tracing
 from conductor_platform.bus import Bus, next_batch, read_from, submission
 from conductor_platform.retry import Backoff
 
@@ -102,7 +103,9 @@ async def _follow(bus: Bus, jobs: Jobs, stop: asyncio.Event, retry: Backoff) -> 
                     event = ev.decode(msg.data)
                 except Exception:  # what no consumer can read is not published either
                     continue
-                headers = {"Nats-Msg-Id": str(seq), public.SEQ_HEADER: str(seq)}
+                # The event's trace goes along: a subscriber can continue the job's trace.
+                headers = tracing.headers(tracing.of_headers(msg.headers))
+                headers |= {"Nats-Msg-Id": str(seq), public.SEQ_HEADER: str(seq)}
                 await bus.nc.publish(await _subject(bus, jobs, seq, event), msg.data, headers=headers)
             if msgs:
                 await bus.nc.flush(timeout=10)

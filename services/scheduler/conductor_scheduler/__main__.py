@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from conductor_platform import logging as logs
-from conductor_platform import metrics
+from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
 from conductor_scheduler.service import run
 from conductor_scheduler.settings import SchedulerSettings
@@ -14,6 +14,7 @@ from conductor_scheduler.settings import SchedulerSettings
 def main(argv: list[str] | None = None) -> None:
     settings = SchedulerSettings()
     logs.setup("scheduler", settings.log_level)
+    tracing.setup("scheduler")
     metrics.serve("scheduler", settings.metrics_port)
 
     async def _main(stop: asyncio.Event) -> None:

@@ -27,9 +27,10 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_platform import tracing
 from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
-from conductor_scheduler import snapshot
+from conductor_scheduler import snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -73,13 +74,14 @@ class Scheduler:
         self.skipped = 0
         self.folded = 0  # messages this process read from the log (after its snapshot, if any)
 
-    def fold(self, seq: int, subject: str, event: ev.Event) -> None:
-        evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject))
+    def fold(self, seq: int, subject: str, event: ev.Event, traceparent: str | None = None) -> None:
+        evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject), traceparent=traceparent)
         if isinstance(event, ev.NodeRegistered):  # a node that registers is alive, heartbeat or not yet
             self.liveness.heard_from(event.node)
 
-    def fold_message(self, seq: int, subject: str, data: bytes) -> None:
-        """Fold one message of the stream; one that cannot be decoded or folded is skipped."""
+    def fold_message(self, seq: int, subject: str, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Fold one message of the stream; one that cannot be decoded or folded is skipped. Of its
+        ``headers`` only a valid traceparent is kept (a plain string: the fold knows no tracing)."""
         self.folded += 1
         try:
             event = ev.decode(data)
@@ -87,7 +89,7 @@ class Scheduler:
             self._skip(seq, subject, "decoded", err)
             return
         try:
-            self.fold(seq, subject, event)
+            self.fold(seq, subject, event, tracing.of_headers(headers))
         except Exception as err:
             # ``evolve`` changes the state in place, so this event may be half applied: we do not
             # try to undo it (the fold keeps its own invariants), we say so.
@@ -120,22 +122,28 @@ class Scheduler:
             decisions = [*lost, *decide(self.state, queue_depth=self.settings.queue_depth)]
         expected = self.state.last_scheduler_seq
         for decision in decisions:
-            try:
-                expected = await self.bus.publish_fenced(decision, expected)
-            except FencedOut:
-                FENCING_REJECTIONS.inc()
-                log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
-                break
-            self.awaiting_seq = expected
-            if isinstance(decision, ev.NodeLost):
-                log.warning("node lost", extra={"node": decision.node, "reason": decision.reason})
-            if isinstance(decision, ev.JobPlaced):
-                self.placed += 1
-                PLACEMENTS.inc()
-                job = self.state.pending.get(decision.job_id)  # our decisions are not folded back yet
-                if job is not None and job.submitted_at:
-                    SUBMIT_TO_PLACED.observe(max(0.0, time.time() - job.submitted_at))
-                log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
+            # Each decision about a job continues the trace of the job's submission.
+            span = traces.span_of(self.state, decision)
+            with tracing.span(span.name, span.parent, span.attributes) as traceparent:
+                try:
+                    expected = await self.bus.publish_fenced(decision, expected, tracing.headers(traceparent))
+                except FencedOut:
+                    FENCING_REJECTIONS.inc()
+                    log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
+                    break
+                self.awaiting_seq = expected
+                self._published(decision)
+
+    def _published(self, decision: ev.Event) -> None:
+        if isinstance(decision, ev.NodeLost):
+            log.warning("node lost", extra={"node": decision.node, "reason": decision.reason})
+        if isinstance(decision, ev.JobPlaced):
+            self.placed += 1
+            PLACEMENTS.inc()
+            job = self.state.pending.get(decision.job_id)  # our decisions are not folded back yet
+            if job is not None and job.submitted_at:
+                SUBMIT_TO_PLACED.observe(max(0.0, time.time() - job.submitted_at))
+            log.info("placed", extra={"job_id": decision.job_id, "node": decision.node, "cores": decision.cores})
 
     async def restore(self) -> None:
         """Start from the newest snapshot, if there is a good one (else the whole log is replayed)."""
@@ -242,7 +250,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 continue
             backoff.reset()
             for msg in msgs:
-                scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data)
+                scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data, msg.headers)
             CLUSTER.refresh(scheduler.state)
             if msgs:
                 LAG.set(msgs[-1].metadata.num_pending)

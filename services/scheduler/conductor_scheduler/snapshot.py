@@ -32,11 +32,14 @@ MAGIC = b"conductor-scheduler-snapshot"
 
 
 def _job(j: PendingJob) -> list[Any]:
-    return [j.job_id, j.partition, j.cpus, j.memory_mb, j.noop, j.requeue, j.run, j.submitted_at]
+    return [j.job_id, j.partition, j.cpus, j.memory_mb, j.noop, j.requeue, j.run, j.submitted_at, j.traceparent]
 
 
 def _job_from(v: list[Any]) -> PendingJob:
-    return PendingJob(int(v[0]), str(v[1]), int(v[2]), int(v[3]), bool(v[4]), bool(v[5]), int(v[6]), float(v[7]))
+    traceparent = None if v[8] is None else str(v[8])
+    return PendingJob(
+        int(v[0]), str(v[1]), int(v[2]), int(v[3]), bool(v[4]), bool(v[5]), int(v[6]), float(v[7]), traceparent
+    )
 
 
 def _holds(h: Holds) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class PendingJob:
     requeue: bool = False
     run: int = 0  # how many times it was requeued
     submitted_at: float = 0.0  # the submission's time (a Unix time), for the oldest pending job's age
+    # The W3C traceparent its JobSubmitted carried, as a plain string: the scheduler's decisions about
+    # the job continue the trace of its submission (None: the submission was not traced).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
         # A job let go keeps the reason Dependency until the policy gives it its new one.
 
 
-def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
+def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted, traceparent: str | None) -> None:
     job = PendingJob(
         seq,
         event.partition,
@@ -141,6 +144,7 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted) -> None:
         noop=event.noop,
         requeue=event.requeue,
         submitted_at=event.occurred_at.timestamp(),
+        traceparent=traceparent,
     )
     _enqueue(state, job)
     state.holds.submitted(seq, (event.account, event.name))
@@ -220,8 +224,11 @@ def _lose(state: ClusterState, name: str) -> None:
             state.orphans[job_id] = name
 
 
-def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False) -> ClusterState:
-    """Apply one event found at stream sequence ``seq``; ``by_scheduler`` marks a scheduler subject."""
+def evolve(
+    state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool = False, traceparent: str | None = None
+) -> ClusterState:
+    """Apply one event found at stream sequence ``seq``; ``by_scheduler`` marks a scheduler subject;
+    ``traceparent``: the message's header, kept with a submitted job (never read: only carried)."""
     if seq <= state.last_seq:
         return state  # already folded: redelivery or an overlapping snapshot
     state.last_seq = seq
@@ -229,7 +236,7 @@ def evolve(state: ClusterState, seq: int, event: ev.Event, *, by_scheduler: bool
         state.last_scheduler_seq = seq
     match event:
         case ev.JobSubmitted():
-            _submitted(state, seq, event)
+            _submitted(state, seq, event, traceparent)
         case ev.JobCancelRequested(job_id=job_id):
             if job_id in state.pending:
                 state.cancel_requested.add(job_id)
