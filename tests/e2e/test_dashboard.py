@@ -27,6 +27,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "conductor.json"
+CHART = ROOT / "deploy" / "k8s" / "scns-conductor"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 EXAMPLE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 DATASOURCE = "${datasource}"
@@ -78,6 +79,15 @@ def test_dashboard_asks_for_a_prometheus_data_source_everywhere() -> None:
     for variable in dashboard["templating"]["list"]:
         if variable["type"] == "query":
             assert variable["datasource"] == {"type": "prometheus", "uid": DATASOURCE}, variable["name"]
+
+
+def test_the_chart_ships_the_same_dashboard() -> None:
+    # Helm reads no file outside the chart, so the chart holds a copy: it must not drift.
+    assert (CHART / "dashboards" / "conductor.json").read_bytes() == DASHBOARD.read_bytes()
+    template = (CHART / "templates" / "grafana-dashboard.yaml").read_text()
+    assert '.Files.Get "dashboards/conductor.json"' in template
+    assert 'grafana_dashboard: "1"' in template
+    assert re.search(r"^grafanaDashboard:\n  enabled: (true|false)$", (CHART / "values.yaml").read_text(), re.M)
 
 
 @pytest.fixture(scope="module")
