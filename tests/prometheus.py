@@ -71,8 +71,6 @@ def _fetch(arch: str) -> Tools:
         )
     version, expected = _choose(arch)
     with tempfile.TemporaryDirectory(prefix="prometheus-deb-") as tmp:
-        # A world-readable folder, so that apt may download as its own unprivileged user.
-        os.chmod(tmp, 0o755)
         _run(["apt-get", "download", "-q", f"{PACKAGE}={version}"], cwd=tmp)
         [deb] = Path(tmp).glob("*.deb")
         digest = hashlib.sha256(deb.read_bytes()).hexdigest()
