@@ -76,6 +76,8 @@ def test_each_service_counts_what_it_did_on_its_own_port(system: System, ports: 
     assert value(scheduler, "conductor_node_cpus", node="metrics") == 2
     assert value(scheduler, "conductor_partition_cpus", partition="default") == 2
     assert (value(scheduler, "conductor_submit_to_placed_seconds_count") or 0) >= 1
+    assert value(scheduler, "conductor_scheduler_leader") == 1
+    assert value(scheduler, "conductor_scheduler_lease_changes_total", change="acquired") == 1
     projected = wait_for(lambda: counted("projector", "conductor_start_to_end_seconds_count"), what="a job's run")
     assert (value(projected, "conductor_submit_to_start_seconds_count") or 0) >= 1
     assert value(projected, "conductor_projector_lag_events") is not None

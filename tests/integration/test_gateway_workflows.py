@@ -9,13 +9,15 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.errors import MaxPayloadError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
 from conductor_gateway.settings import GatewaySettings
-from conductor_platform.bus import Bus
+from conductor_platform.bus import BatchRefused, Bus
 from tests.integration.helpers import eventually, read_log
 from tests.integration.test_gateway import JOB, body, gateway, projector
+from tests.unit.scheduling import submitted
 
 __all__ = ["projector"]  # a fixture, used by name
 
@@ -176,3 +178,26 @@ async def test_projected_workflow_and_cancel(
     log = await read_log(bus)
     asked = [e.job_id for _, _, e in log if isinstance(e, ev.JobCancelRequested)]
     assert asked == [int(j) for j in created["job_ids"]]
+
+
+async def test_a_batch_cut_short_or_refused_stores_nothing_of_it(bus: Bus) -> None:
+    """A workflow is one atomic batch: a publish that fails halfway (a message the connection will
+    not send) or a batch the stream refuses (here, a message id it has seen) leaves nothing of it."""
+    workflow = str(uuid.uuid4())
+
+    def batch(**middle: Any) -> list[ev.Event]:
+        return [
+            ev.WorkflowSubmitted(workflow_id=workflow, user_id=str(uuid.uuid4()), owner="u", job_count=3),
+            submitted(workflow_id=workflow, workflow_index=0),
+            submitted(workflow_id=workflow, workflow_index=1, **middle),
+            submitted(workflow_id=workflow, workflow_index=2),
+        ]
+
+    with pytest.raises(MaxPayloadError):  # the third message: two were sent, never committed
+        await bus.publish_batch(batch(environment={"BIG": "x" * 1_100_000}))
+    first = await bus.publish(submitted(), msg_id="seen")
+    with pytest.raises(BatchRefused, match="duplicate message id"):
+        await bus.publish_batch(batch(), headers={"Nats-Msg-Id": "seen"})
+    await bus.publish(submitted())  # the stream goes on: the uncommitted batch never lands in it
+    await asyncio.sleep(0.5)
+    assert [seq for seq, _, _ in await read_log(bus)] == [first, first + 1]

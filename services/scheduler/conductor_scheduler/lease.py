@@ -11,8 +11,15 @@ import time
 
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
+from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("conductor.scheduler.lease")
+
+# What this process did with the lease (a standby's become-leader shows as one here).
+LEASE_CHANGES = Counter(
+    "conductor_scheduler_lease_changes", "Times this scheduler became or stopped being the leader", ["change"]
+)
+LEADER = Gauge("conductor_scheduler_leader", "1 while this scheduler holds the lease")
 
 
 class Lease:
@@ -32,18 +39,23 @@ class Lease:
         try:
             if self.revision is None:
                 self.revision = await self._acquire()
+                LEASE_CHANGES.labels("acquired").inc()
                 log.info("became leader", extra={"holder": self.holder})
             else:
                 self.revision = await self.kv.update(self.key, self.holder.encode(), last=self.revision)
             self.renewed_at = time.monotonic()
         except (KeyWrongLastSequenceError, NotFoundError):
             if self.revision is not None:
+                LEASE_CHANGES.labels("lost").inc()
                 log.warning("lost the lease", extra={"holder": self.holder})
             self.revision = None
         except Exception as err:  # NATS unavailable: we cannot prove we lead
             log.warning("lease check failed", extra={"error": str(err)})
             if not self.held:
+                if self.revision is not None:
+                    LEASE_CHANGES.labels("lost").inc()
                 self.revision = None
+        LEADER.set(1 if self.held else 0)
         return self.held
 
     async def _acquire(self) -> int:
@@ -63,4 +75,6 @@ class Lease:
                 await self.kv.delete(self.key, last=self.revision)
             except Exception as err:
                 log.info("lease release failed", extra={"error": str(err)})
+            LEASE_CHANGES.labels("released").inc()
+            LEADER.set(0)
             self.revision = None
