@@ -80,6 +80,7 @@ def test_each_service_counts_what_it_did_on_its_own_port(system: System, ports: 
     assert value(scheduler, "conductor_scheduler_lease_changes_total", change="acquired") == 1
     projected = wait_for(lambda: counted("projector", "conductor_start_to_end_seconds_count"), what="a job's run")
     assert (value(projected, "conductor_submit_to_start_seconds_count") or 0) >= 1
+    assert (value(projected, "conductor_placed_to_start_seconds_count") or 0) >= 1
     assert value(projected, "conductor_projector_lag_events") is not None
     assert (value(projected, "conductor_projector_batch_events_count") or 0) >= 1
     assert value(projected, "conductor_nats_reconnects_total") == 0

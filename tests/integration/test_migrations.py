@@ -24,5 +24,5 @@ async def test_concurrent_upgrades_from_an_empty_database(engine: AsyncEngine, d
     results = [await p.communicate() for p in upgrades]
     assert [err.decode() for p, (_, err) in zip(upgrades, results, strict=True) if p.returncode != 0] == []
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0005"
+        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
         assert await conn.scalar(text("SELECT count(*) FROM nodes")) == 0

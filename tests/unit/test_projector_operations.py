@@ -38,8 +38,15 @@ def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
     [
         (ev.JobCancelRequested(job_id=1), {"cancel_requested": True}, ACTIVE),
         (
-            ev.JobPlaced(job_id=1, node="n", cores=(0, 1), memory_mb=5),
-            {"state": "RUNNING", "node": "n", "cores": [0, 1], "reason": None, "reason_detail": None},
+            ev.JobPlaced(job_id=1, node="n", cores=(0, 1), memory_mb=5, occurred_at=T),
+            {
+                "state": "RUNNING",
+                "node": "n",
+                "cores": [0, 1],
+                "reason": None,
+                "reason_detail": None,
+                "placed_time": T,
+            },
             ("PENDING",),
         ),
         (
@@ -237,14 +244,14 @@ def test_a_requeue_job_whose_node_failed_waits_for_its_requeue() -> None:
 def test_latencies_of_the_jobs_a_batch_started_and_ended() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rows: dict[int, dict[str, object]] = {}
-    columns = (*COLUMNS, "cpus", "memory_mb", "submit_time", "start_time", "end_time", "restarts", "pid")
+    columns = (*COLUMNS, "cpus", "memory_mb", "submit_time", "placed_time", "start_time", "end_time", "restarts", "pid")
     events: list[tuple[int, ev.Event]] = [
         (1, submitted(occurred_at=t0)),
-        (2, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100)),
+        (2, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100, occurred_at=t0 + timedelta(seconds=1.5))),
         (3, ev.JobStarted(job_id=1, node="n", pid=5, occurred_at=t0 + timedelta(seconds=2))),
     ]
     changed, _ = fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], columns)
-    assert latencies({}, rows, changed) == [("wait", 2.0)]
+    assert latencies({}, rows, changed) == [("wait", 2.0), ("start", 0.5)]
     before = {1: (rows[1]["start_time"], rows[1]["end_time"])}
     ended = ev.JobCompleted(job_id=1, node="n", occurred_at=t0 + timedelta(seconds=7))
     changed, _ = fold_jobs(rows, to_operations(4, ended), columns)

@@ -21,6 +21,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 SUBMIT_TO_START = Histogram(
     "conductor_submit_to_start_seconds", "From a job's submission to its start on a node", buckets=_LATENCY_BUCKETS
 )
+PLACED_TO_START = Histogram(
+    "conductor_placed_to_start_seconds", "From a job's placement to its start on the node", buckets=_LATENCY_BUCKETS
+)
 START_TO_END = Histogram("conductor_start_to_end_seconds", "From a job's start to its end", buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram(
     "conductor_projector_batch_events", "Events per batch the projector applied", buckets=(1, 5, 10, 50, 100, 250, 500)

@@ -161,6 +161,7 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 "cores": list(event.cores),
                 "reason": None,
                 "reason_detail": None,
+                "placed_time": event.occurred_at,
             }
             return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,), run=event.run)]
         case ev.JobReasonChanged():
@@ -175,6 +176,7 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 "node": None,
                 "cores": None,
                 "pid": None,
+                "placed_time": None,
                 "start_time": None,
                 "reason": "Requeued",
                 "reason_detail": event.reason or None,
@@ -382,8 +384,9 @@ Times = tuple[Any, Any]  # a job's (start_time, end_time)
 
 
 def latencies(before: dict[int, Times], rows: dict[int, Row], changed: set[int]) -> list[tuple[str, float]]:
-    """What a batch's changes took: ("wait", submit -> start) for each job it started, ("run",
-    start -> end) for each job it ended after a start; ``before`` holds the rows' times before it."""
+    """What a batch's changes took: ("wait", submit -> start) and ("start", placed -> start) for each
+    job it started, ("run", start -> end) for each job it ended after a start; ``before`` holds the
+    rows' times before it."""
     out: list[tuple[str, float]] = []
     for job_id in sorted(changed):
         row = rows[job_id]
@@ -391,6 +394,8 @@ def latencies(before: dict[int, Times], rows: dict[int, Row], changed: set[int])
         was_start, was_end = before.get(job_id, (None, None))
         if start is not None and was_start is None and row.get("submit_time") is not None:
             out.append(("wait", max(0.0, (start - row["submit_time"]).total_seconds())))
+        if start is not None and was_start is None and row.get("placed_time") is not None:
+            out.append(("start", max(0.0, (start - row["placed_time"]).total_seconds())))
         if end is not None and was_end is None and start is not None:
             out.append(("run", max(0.0, (end - start).total_seconds())))
     return out

@@ -18,7 +18,13 @@ from conductor_contracts.subjects import SUBMITTED, subject_for
 from conductor_contracts.text import printable
 from conductor_projector import tables as t
 from conductor_projector.faults import EventError, Fault, classify
-from conductor_projector.metrics import ALTERED_SUBMISSIONS, DEAD_LETTERS, START_TO_END, SUBMIT_TO_START
+from conductor_projector.metrics import (
+    ALTERED_SUBMISSIONS,
+    DEAD_LETTERS,
+    PLACED_TO_START,
+    START_TO_END,
+    SUBMIT_TO_START,
+)
 from conductor_projector.operations import (
     InsertJob,
     InsertRow,
@@ -306,8 +312,9 @@ async def _dead_letter(conn: AsyncConnection, name: str, letter: DeadLetter, rec
 
 
 def _report(name: str, recorded: _Recorded) -> None:
+    histograms = {"wait": SUBMIT_TO_START, "start": PLACED_TO_START, "run": START_TO_END}
     for kind, seconds in recorded.latencies:
-        (SUBMIT_TO_START if kind == "wait" else START_TO_END).observe(seconds)
+        histograms[kind].observe(seconds)
     for letter in recorded.dead:
         DEAD_LETTERS.inc()
         log.error(

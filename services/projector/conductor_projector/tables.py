@@ -47,6 +47,7 @@ jobs = Table(
     Column("environment", JSON, nullable=False),
     Column("script", Text, nullable=False),
     Column("submit_time", DateTime(timezone=True), nullable=False),
+    Column("placed_time", DateTime(timezone=True)),
     Column("start_time", DateTime(timezone=True)),
     Column("end_time", DateTime(timezone=True)),
     Column("cancel_requested", Boolean, nullable=False, server_default="false"),
