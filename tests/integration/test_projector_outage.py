@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from conductor_platform.bus import Bus, connect, next_batch
+from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.settings import async_database_url
 from conductor_projector import service
 from conductor_projector import tables as t
@@ -85,7 +84,7 @@ async def test_a_failure_to_read_the_stream_is_retried_from_the_position(
     projector: it reads again from its stored position."""
     calls = 0
 
-    async def failing_once(sub: JetStreamContext.PushSubscription, limit: int, **kwargs: float) -> list[Msg]:
+    async def failing_once(sub: LogReader, limit: int, **kwargs: float) -> list[Msg]:
         nonlocal calls
         calls += 1
         if calls == 1:

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
-from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
-from conductor_platform.bus import Bus, connect, next_batch
+from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.localservers import _nats_binary, free_port, start_nats
 from conductor_scheduler import service
 from conductor_scheduler.settings import SchedulerSettings
@@ -64,7 +63,7 @@ async def test_a_failed_read_of_the_stream_is_followed_by_a_new_read(
 ) -> None:
     calls = 0
 
-    async def failing_once(sub: JetStreamContext.PushSubscription, limit: int, **kwargs: float) -> list[Msg]:
+    async def failing_once(sub: LogReader, limit: int, **kwargs: float) -> list[Msg]:
         nonlocal calls
         calls += 1
         if calls == 2:  # after the node was read: the new read must start past it, not fold it twice

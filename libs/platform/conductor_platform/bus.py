@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
@@ -215,40 +216,89 @@ class Bus:
                 log.info("NATS connection closed uncleanly: %s", err or type(err).__name__)
 
 
-async def read_from(bus: Bus, start_seq: int) -> JetStreamContext.PushSubscription:
-    """Follow the whole stream in order from ``start_seq``: an ordered consumer (no acks, no gaps)."""
+class LogReader:
+    """The whole stream in order from a sequence, fetched as the reader asks (a pull consumer, no
+    acks): the server sends no more than one batch ahead, so a reader slower than the log (a
+    scheduler replaying a million events) holds one batch, where a push consumer would overflow the
+    client's buffer and drop messages. Gap-free: one fetcher, messages in stream order; each batch is
+    checked to follow the last one, and any gap, or a consumer the server lost (a restart), raises,
+    and the caller reads again from the sequence after the last one it took."""
+
+    def __init__(self, bus: Bus, sub: JetStreamContext.PullSubscription, start_seq: int, name: str) -> None:
+        self.bus, self.sub, self.name = bus, sub, name
+        self.next_seq = start_seq  # the sequence the next message must have (or more, after deletions)
+        self.idle_since = 0.0
+
+    async def next_batch(self, limit: int, wait_s: float, linger_s: float = 0.0) -> list[Msg]:
+        loop = asyncio.get_running_loop()
+        batch = await self._fetch(limit, wait_s)
+        if not batch:
+            await self._still_there(loop.time())
+            return []
+        self.idle_since = 0.0
+        until = loop.time() + linger_s
+        while len(batch) < limit and (left := until - loop.time()) > 0:
+            more = await self._fetch(limit - len(batch), left)
+            if not more:
+                break
+            batch += more
+        return batch
+
+    async def _fetch(self, limit: int, wait_s: float) -> list[Msg]:
+        try:
+            msgs = await self.sub.fetch(limit, timeout=max(wait_s, 0.01))
+        except (NatsTimeoutError, TimeoutError):
+            return []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            if seq < self.next_seq:
+                raise ConnectionError(f"the log went back: sequence {seq} after {self.next_seq - 1}")
+            self.next_seq = seq + 1
+        return msgs
+
+    async def _still_there(self, now: float) -> None:
+        """After a few idle seconds, make sure the consumer exists: a server that restarted may have
+        lost it, and fetches from a lost consumer only time out."""
+        if not self.idle_since:
+            self.idle_since = now
+        elif now - self.idle_since > 3.0:
+            self.idle_since = now
+            await self.sub.consumer_info()  # raises NotFoundError when it is gone
+
+    @property
+    def pending_msgs(self) -> int:
+        return 0
+
+    async def unsubscribe(self) -> None:
+        """Let the consumer go now rather than when the server finds it inactive."""
+        try:
+            await self.sub.unsubscribe()
+        finally:
+            await self.bus.js.delete_consumer(self.bus.stream, self.name)
+
+
+async def read_from(bus: Bus, start_seq: int) -> LogReader:
+    """Follow the whole stream in order from ``start_seq`` (see ``LogReader``)."""
+    start_seq = max(start_seq, 1)
     policy = DeliverPolicy.ALL if start_seq <= 1 else DeliverPolicy.BY_START_SEQUENCE
-    config = ConsumerConfig(deliver_policy=policy, opt_start_seq=None if start_seq <= 1 else start_seq)
-    # The ordered consumer is recreated (from the next sequence) after two missed heartbeats, so this
-    # bounds how long a reader stalls after a nats-server restart: ~2 s instead of nats-py's 10-20 s.
-    return await bus.js.subscribe(
-        subjects.ALL, stream=bus.stream, ordered_consumer=True, config=config, idle_heartbeat=1.0
+    name = f"reader-{uuid.uuid4().hex}"
+    config = ConsumerConfig(
+        name=name,
+        deliver_policy=policy,
+        opt_start_seq=None if start_seq <= 1 else start_seq,
+        ack_policy=AckPolicy.NONE,
+        # Gone by itself a minute after its reader: a crashed service leaves nothing for long.
+        inactive_threshold=60.0,
     )
+    await bus.js.add_consumer(bus.stream, config=config)
+    sub = await bus.js.pull_subscribe_bind(consumer=name, stream=bus.stream)
+    return LogReader(bus, sub, start_seq, name)
 
 
-async def next_batch(
-    sub: JetStreamContext.PushSubscription, limit: int, wait_s: float, linger_s: float = 0.0
-) -> list[Msg]:
+async def next_batch(sub: LogReader, limit: int, wait_s: float, linger_s: float = 0.0) -> list[Msg]:
     """Up to ``limit`` messages: waits ``wait_s`` for the first, then takes what has arrived, and
     for ``linger_s`` more what arrives meanwhile (bigger batches under load, for a little latency)."""
-    try:
-        batch = [await sub.next_msg(timeout=wait_s)]
-    except (NatsTimeoutError, TimeoutError):
-        return []
-    loop = asyncio.get_running_loop()
-    until = loop.time() + linger_s
-    while len(batch) < limit:
-        if sub.pending_msgs > 0:
-            batch.append(await sub.next_msg(timeout=wait_s))
-            continue
-        left = until - loop.time()
-        if left <= 0:
-            break
-        try:
-            batch.append(await sub.next_msg(timeout=left))
-        except (NatsTimeoutError, TimeoutError):
-            break
-    return batch
+    return await sub.next_batch(limit, wait_s, linger_s)
 
 
 async def ensure_stream(

@@ -2,7 +2,7 @@
 
 Cycle: read a batch, apply it in one transaction together with the stream position it reaches,
 commit. The position in Postgres is the projector's only cursor: on start it reads it and follows
-the stream from the next sequence with an ordered consumer. A crash loses at most an uncommitted
+the stream from the next sequence with a pull consumer (bus.LogReader). A crash loses at most an uncommitted
 batch, which is read again; nothing is applied twice and nothing is skipped. (A durable consumer with
 acks would redeliver a crashed batch *after* newer messages, and an ack of those would cover the gap:
 see docs/decisions.md.)

@@ -1,6 +1,6 @@
 """The scheduler service around the pure core. One cycle:
 
-    load   - an ordered consumer replays the whole stream from the start, then follows it;
+    load   - a pull consumer (bus.LogReader) replays the stream from its snapshot or the start, then follows it;
     fold   - every event goes through ``evolve`` into ``ClusterState``;
     decide - once caught up (nothing pending) and while holding the lease, ``decide(state)``;
     publish- each decision fenced on the last scheduler decision folded; a rejection means another
@@ -22,13 +22,12 @@ import logging
 import time
 import uuid
 
-from nats.js import JetStreamContext
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform import tracing
-from conductor_platform.bus import Bus, FencedOut, connect, next_batch, read_from
+from conductor_platform.bus import Bus, FencedOut, LogReader, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
 from conductor_scheduler import snapshot, traces
 from conductor_scheduler.gauges import Cluster
@@ -182,7 +181,7 @@ class Scheduler:
 
         self.uploading = asyncio.create_task(upload())
 
-    async def follow(self) -> JetStreamContext.PushSubscription:
+    async def follow(self) -> LogReader:
         """A subscription from the sequence after the last one folded; a new connection first if the
         old one is closed for good (nats-py otherwise reconnects by itself)."""
         if self.bus.nc.is_closed:
@@ -225,7 +224,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     heartbeats = asyncio.create_task(
         watch(lambda: scheduler.bus, scheduler.liveness, stop, Backoff(settings.retry_first_s, settings.retry_max_s))
     )
-    sub: JetStreamContext.PushSubscription | None = None  # subscribed in the loop, so also retried there
+    sub: LogReader | None = None  # subscribed in the loop, so also retried there
     with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
         scheduler.log_identity = await snapshot.log_identity(bus)
     await scheduler.restore()
