@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from conductor.supervisor import SERVICES
 from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
 
 T = TypeVar("T")
@@ -92,6 +93,19 @@ def conductor_up(root: Path, node: str, memory: str = "2G", **env: str) -> Itera
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.wait(90)
+
+
+def metrics_ports() -> dict[str, int]:
+    """A free metrics port per service, for ``conductor up``'s ``CONDUCTOR_<SERVICE>_METRICS_PORT``."""
+    return {service: free_port() for service in SERVICES}
+
+
+@contextmanager
+def conductor_up_with_metrics(root: Path, node: str, ports: dict[str, int]) -> Iterator[System]:
+    """``conductor up`` with each service's metrics on the given port."""
+    env = {f"CONDUCTOR_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()}
+    with conductor_up(root, node=node, **env) as system:
+        yield system
 
 
 class OwnServers:

@@ -18,10 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conductor.supervisor import SERVICES
 from conductor_platform.localservers import free_port
 from tests.prometheus import Tools, tools
-from tests.system import System, conductor_up, wait_for
+from tests.system import System, conductor_up_with_metrics, metrics_ports, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -116,13 +115,12 @@ def test_alert_rules_their_unit_tests_and_the_example_config_pass_promtool(prome
 
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {service: free_port() for service in SERVICES}
+    return metrics_ports()
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> Iterator[System]:
-    env = {f"CONDUCTOR_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()}
-    with conductor_up(tmp_path_factory.mktemp("dashboard"), node="grafana", **env) as system:
+    with conductor_up_with_metrics(tmp_path_factory.mktemp("dashboard"), "grafana", ports) as system:
         yield system
 
 

@@ -10,9 +10,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conductor.supervisor import SERVICES
-from conductor_platform.localservers import free_port
-from tests.system import System, conductor_up, wait_for
+from tests.system import System, conductor_up_with_metrics, metrics_ports, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -21,13 +19,12 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 @pytest.fixture(scope="module")
 def ports() -> dict[str, int]:
-    return {service: free_port() for service in SERVICES}
+    return metrics_ports()
 
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory, ports: dict[str, int]) -> Iterator[System]:
-    env = {f"CONDUCTOR_{service.upper()}_METRICS_PORT": str(port) for service, port in ports.items()}
-    with conductor_up(tmp_path_factory.mktemp("metrics"), node="metrics", **env) as system:
+    with conductor_up_with_metrics(tmp_path_factory.mktemp("metrics"), "metrics", ports) as system:
         yield system
 
 

@@ -59,3 +59,18 @@ async def test_a_requeued_job_shows_its_restarts(client: httpx.AsyncClient, bus:
     assert (job["state"], job["reason"], job["node"]) == ("PENDING", "Requeued", None)
     nodes = (await client.get("/nodes")).json()["nodes"]
     assert nodes[0]["cpus_alloc"] == 0
+
+
+async def test_bad_drain_requests_are_clear(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
+    assert (await client.post("/nodes/nope/resume")).status_code == 404
+    await bus.publish(node("n1", 4, 2048))
+    await eventually(lambda: _node(client, "UP"), what="node projected")
+    too_long = await client.post("/nodes/n1/drain", json={"reason": "x" * 201})
+    assert too_long.status_code == 422 and too_long.json()["detail"]
+    nul = await client.post(
+        "/nodes/n1/drain", content=b'{"reason": "a\\u0000b"}', headers={"content-type": "application/json"}
+    )
+    assert nul.status_code == 422
+    unknown_field = await client.post("/nodes/n1/drain", json={"why": "x"})
+    assert unknown_field.status_code == 422
+    assert (await client.post("/nodes/n1/drain")).status_code == 200  # no body: no reason

@@ -171,6 +171,17 @@ async def test_projected_workflow_and_cancel(
 
     summary = await eventually(projected, what="the workflow in the read model")
     assert summary["workflow_id"] == created["workflow_id"] and summary["owner"] == "bob"
+    newer = (await client.post("/workflows/", json={"user_id": user, "jobs": SEED_WORKFLOW_JOBS})).json()
+
+    async def both_projected() -> dict[str, Any] | None:
+        page = dict((await client.get("/workflows", params={"user_id": user, "limit": 1})).json())
+        return page if page["next_cursor"] and page["workflows"][0]["workflow_id"] == newer["workflow_id"] else None
+
+    first_page = await eventually(both_projected, what="the second workflow in the read model")
+    second_page = (
+        await client.get("/workflows", params={"user_id": user, "limit": 1, "cursor": first_page["next_cursor"]})
+    ).json()
+    assert [w["workflow_id"] for w in second_page["workflows"]] == [created["workflow_id"]]
     users = (await client.get("/users")).json()["users"]
     assert [u["username"] for u in users] == ["bob"]
     cancelled = (await client.post(f"/workflows/{created['workflow_id']}/cancel")).json()

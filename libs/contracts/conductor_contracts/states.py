@@ -40,3 +40,5 @@ class PendingReason(StrEnum):
     DEPENDENCY_NEVER_SATISFIED = "DependencyNeverSatisfied"
     PARTITION_DOWN = "PartitionDown"
     RESOURCES_NEVER_SATISFIABLE = "ResourcesNeverSatisfiable"
+    # Back in the queue after its node was lost (Slurm shows BeginTime / "Requeued" in its history).
+    REQUEUED = "Requeued"

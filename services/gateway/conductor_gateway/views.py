@@ -75,21 +75,9 @@ def workflow_state(states: list[str]) -> str:
 
 
 def workflow_job(index: int, job: api.JobView, parent_indices: list[int]) -> api_workflows.WorkflowJobView:
-    return api_workflows.WorkflowJobView(
-        job_id=job.job_id,
-        index=index,
-        name=job.name,
-        job_type=job.job_type,
-        branch_id=job.branch_id,
-        parent_indices=parent_indices,
-        parents=job.parents,
-        state=job.state,
-        reason=job.reason,
-        reason_detail=job.reason_detail,
-        exit_code=job.exit_code,
-        node=job.node,
-        start_time=job.start_time,
-        end_time=job.end_time,
+    """A workflow's job: what its job view says, with its place in the list."""
+    return api_workflows.WorkflowJobView.model_validate(
+        job.model_dump() | {"index": index, "parent_indices": parent_indices}
     )
 
 

@@ -4,6 +4,7 @@ and from the log for what is not projected yet."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -35,18 +36,22 @@ def _job_error(index: int, err: ValidationError) -> str:
     return printable(f"job {index}: {where + ': ' if where else ''}{first.get('msg', '')}", 1000)
 
 
+def _user(user_id: str, username: str, created_at: datetime) -> wf.UserView:
+    return wf.UserView(id=user_id, username=username, created_at=created_at)
+
+
 def router(state: State, settings: GatewaySettings) -> APIRouter:
     routes = APIRouter()
 
     async def find_user(user_id: uuid.UUID) -> wf.UserView:
         row = await queries.user(state.engine, str(user_id))
         if row is not None:
-            return wf.UserView(id=row["user_id"], username=row["username"], created_at=row["created_at"])
+            return _user(row["user_id"], row["username"], row["created_at"])
         found = await last_on(state.bus, subjects.user_subject(str(user_id)))
         if found is None or not isinstance(found[1], ev.UserCreated):
             raise HTTPException(404, f"user {user_id} not found")
         created = found[1]
-        return wf.UserView(id=created.user_id, username=created.username, created_at=created.occurred_at)
+        return _user(created.user_id, created.username, created.occurred_at)
 
     @routes.post(
         "/users/", response_model=wf.UserView, status_code=200, responses=errors.documented(409, 503), tags=["users"]
@@ -61,7 +66,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             if err.err_code == WRONG_LAST_SEQUENCE:
                 raise HTTPException(409, f"a user named {body.username!r} already exists") from None
             raise
-        return wf.UserView(id=event.user_id, username=event.username, created_at=event.occurred_at)
+        return _user(event.user_id, event.username, event.occurred_at)
 
     @routes.get("/users/{user_id}", response_model=wf.UserView, responses=USER_RESPONSES, tags=["users"])
     async def get_user(user_id: uuid.UUID) -> wf.UserView:
@@ -70,9 +75,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
     @routes.get("/users", response_model=wf.UserList, tags=["users"])
     async def list_users(limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> wf.UserList:
         rows = await queries.users(state.engine, limit)
-        return wf.UserList(
-            users=[wf.UserView(id=r["user_id"], username=r["username"], created_at=r["created_at"]) for r in rows]
-        )
+        return wf.UserList(users=[_user(r["user_id"], r["username"], r["created_at"]) for r in rows])
 
     @routes.post(
         "/workflows/",
@@ -131,14 +134,8 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
     async def find_workflow(workflow_id: uuid.UUID) -> wf.WorkflowView:
         row = await queries.workflow(state.engine, str(workflow_id))
         if row is not None:
-            submitted = ev.WorkflowSubmitted(
-                workflow_id=row["workflow_id"],
-                user_id=row["user_id"],
-                owner=row["owner"],
-                name=row["name"],
-                job_count=row["job_count"],
-                occurred_at=row["submit_time"],
-            )
+            # The row holds the event's fields (and when it was submitted as submit_time).
+            submitted = ev.WorkflowSubmitted.model_validate(dict(row) | {"occurred_at": row["submit_time"]})
             first = int(row["first_job_id"])
         else:
             found = await last_on(state.bus, subjects.workflow_subject(str(workflow_id)))
@@ -178,17 +175,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         rows = await queries.workflows(
             state.engine, user_id=None if user_id is None else str(user_id), before=cursor, limit=limit
         )
-        page = [
-            wf.WorkflowSummary(
-                workflow_id=r["workflow_id"],
-                name=r["name"],
-                user_id=r["user_id"],
-                owner=r["owner"],
-                job_count=r["job_count"],
-                submit_time=r["submit_time"],
-            )
-            for r in rows
-        ]
+        page = [wf.WorkflowSummary.model_validate(dict(r)) for r in rows]  # the columns are its fields
         next_cursor = str(rows[-1]["first_job_id"]) if len(rows) == limit else None
         return wf.WorkflowList(workflows=page, next_cursor=next_cursor)
 

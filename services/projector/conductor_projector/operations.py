@@ -178,7 +178,7 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 "pid": None,
                 "placed_time": None,
                 "start_time": None,
-                "reason": "Requeued",
+                "reason": PendingReason.REQUEUED.value,
                 "reason_detail": event.reason or None,
             }
             return [UpdateJob(event.job_id, requeued, only_in=(JobState.RUNNING.value,), run=event.run)]
