@@ -29,9 +29,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
 from conductor_contracts import events as ev
-from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, context_of, item, job_of, notice, sse
-from conductor_gateway.job_directory import JobDirectory
+from conductor_contracts.public import job_context, job_id_of
+from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, item, notice, sse
 from conductor_platform.bus import Bus
+from conductor_platform.jobs import JobDirectory
 
 log = logging.getLogger("conductor.gateway.feed")
 
@@ -151,8 +152,8 @@ class ClientFeed:
         except ValidationError:  # not an event of this catalogue (every consumer skips it too)
             return None
         if isinstance(event, ev.JobSubmitted):
-            self._directory.remember(seq, context_of(event))
-        job_id = job_of(seq, event)
+            self._directory.remember(seq, job_context(event))
+        job_id = job_id_of(seq, event)
         return item(seq, event, await self._directory.of(self._bus, job_id) if job_id is not None else None)
 
     async def _enqueue(self, it: FeedItem) -> None:

@@ -18,8 +18,8 @@ from conductor_gateway.backends import State
 from conductor_gateway.client_feed import ClientFeed, FeedLimits
 from conductor_gateway.errors import documented
 from conductor_gateway.feed_items import FeedFilter, parse_types
-from conductor_gateway.job_directory import JobDirectory
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform.jobs import JobDirectory
 
 MAX_SEQ = 2**63 - 1
 LABEL = Query(max_length=200, description="exact match")

@@ -2,7 +2,7 @@
 
 An item is one event of the log with the ids a client filters on: its job (for JobSubmitted the job
 id is its own stream sequence), and the job's account and workflow, which most job events do not
-carry and are looked up from the job's JobSubmitted (``job_directory.py``).
+carry and are looked up from the job's JobSubmitted (``conductor_platform.jobs``).
 """
 
 from __future__ import annotations
@@ -14,29 +14,7 @@ from typing import Any
 
 from conductor_contracts import events as ev
 from conductor_contracts.catalogue import EVENT_TYPES
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What the feed knows of a job from its JobSubmitted; both None when that is not in the log."""
-
-    account: str | None = None
-    workflow_id: str | None = None
-
-
-UNKNOWN_JOB = JobContext()
-
-
-def context_of(submitted: ev.JobSubmitted) -> JobContext:
-    return JobContext(account=submitted.account, workflow_id=submitted.workflow_id)
-
-
-def job_of(seq: int, event: ev.Event) -> int | None:
-    """The job an event concerns: a JobSubmitted is the job whose id is its stream sequence."""
-    if isinstance(event, ev.JobSubmitted):
-        return seq
-    job_id = getattr(event, "job_id", None)
-    return job_id if isinstance(job_id, int) else None
+from conductor_contracts.public import JobContext, job_id_of
 
 
 @dataclass(frozen=True)
@@ -66,7 +44,7 @@ def item(seq: int, event: ev.Event, job: JobContext | None) -> FeedItem:
     return FeedItem(
         seq=seq,
         event=event,
-        job_id=job_of(seq, event),
+        job_id=job_id_of(seq, event),
         account=job.account if job else None,
         workflow_id=job.workflow_id if job else None,
     )

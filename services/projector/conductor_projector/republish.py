@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -23,7 +22,8 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import public
 from conductor_platform import tracing
-from conductor_platform.bus import Bus, next_batch, read_from, submission
+from conductor_platform.bus import Bus, next_batch, read_from
+from conductor_platform.jobs import JobDirectory
 from conductor_platform.retry import Backoff
 
 log = logging.getLogger("conductor.projector")
@@ -59,30 +59,7 @@ async def published_up_to(bus: Bus) -> int:
     return int((last.headers or {}).get(public.SEQ_HEADER, 0))
 
 
-class Jobs:
-    """Each job's account and workflow, read from its JobSubmitted in the log; a bounded LRU."""
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
-        self.known: OrderedDict[int, public.JobContext | None] = OrderedDict()
-
-    def remember(self, job_id: int, context: public.JobContext | None) -> None:
-        self.known[job_id] = context
-        self.known.move_to_end(job_id)
-        while len(self.known) > self.capacity:
-            self.known.popitem(last=False)
-
-    async def of(self, bus: Bus, job_id: int) -> public.JobContext | None:
-        if job_id in self.known:
-            self.known.move_to_end(job_id)
-            return self.known[job_id]
-        submitted = await submission(bus, job_id)
-        context = None if submitted is None else public.job_context(submitted)
-        self.remember(job_id, context)
-        return context
-
-
-async def _subject(bus: Bus, jobs: Jobs, seq: int, event: ev.Event) -> str:
+async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> str:
     if isinstance(event, ev.JobSubmitted):
         jobs.remember(seq, public.job_context(event))
     job_id = public.job_id_of(seq, event)
@@ -90,7 +67,7 @@ async def _subject(bus: Bus, jobs: Jobs, seq: int, event: ev.Event) -> str:
     return public.subject(seq, event, context)
 
 
-async def _follow(bus: Bus, jobs: Jobs, stop: asyncio.Event, retry: Backoff) -> None:
+async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff) -> None:
     start = await published_up_to(bus) + 1
     sub = await read_from(bus, start)
     log.info("publishing on the public subjects", extra={"from_seq": start})
@@ -118,7 +95,7 @@ async def _follow(bus: Bus, jobs: Jobs, stop: asyncio.Event, retry: Backoff) -> 
 
 async def run(bus: Bus, stop: asyncio.Event, retry: Backoff, retention_s: float) -> None:
     """Until ``stop``; any failure (NATS away) is followed by starting again from what is stored."""
-    jobs = Jobs()
+    jobs = JobDirectory()
     while not stop.is_set():
         try:
             await ensure_stream(bus, retention_s)

@@ -1,0 +1,34 @@
+"""A job's account and workflow, read from the log itself: its JobSubmitted is at stream sequence =
+job id. A bounded LRU in front, filled also by the JobSubmitted a reader goes by, so a job is looked
+up in NATS at most once while it is remembered. For readers of the log that must not wait for (or
+depend on) the read models: the event feed, the public subjects."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from conductor_contracts.public import JobContext, job_context
+from conductor_platform.bus import Bus, submission
+
+
+class JobDirectory:
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.known: OrderedDict[int, JobContext | None] = OrderedDict()
+
+    def remember(self, job_id: int, context: JobContext | None) -> None:
+        self.known[job_id] = context
+        self.known.move_to_end(job_id)
+        while len(self.known) > self.capacity:
+            self.known.popitem(last=False)
+
+    async def of(self, bus: Bus, job_id: int) -> JobContext | None:
+        """The job's context; None when no submission is at that sequence (remembered too: a job's
+        events come after its JobSubmitted, so one that is not there will not appear later)."""
+        if job_id in self.known:
+            self.known.move_to_end(job_id)
+            return self.known[job_id]
+        submitted = await submission(bus, job_id)
+        context = None if submitted is None else job_context(submitted)
+        self.remember(job_id, context)
+        return context
