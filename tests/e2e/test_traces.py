@@ -73,11 +73,17 @@ def test_a_workflow_is_one_trace_for_all_its_jobs(traced: tuple[System, Receiver
         return [s for s in found if s is not None] if None not in found else None
 
     ends = wait_for(completed, 60, "the scheduler's spans of the workflow's jobs")
-    [workflow] = [
-        s
-        for s in receiver.received()
-        if s.name == "conductor.gateway.workflow"
-        and s.attributes.get("conductor.workflow_id") == created["workflow_id"]
-    ]
+
+    def submitted() -> list[ReceivedSpan] | None:
+        # Each process sends its spans in its own batches: the gateway's may come after the scheduler's.
+        found = [
+            s
+            for s in receiver.received()
+            if s.name == "conductor.gateway.workflow"
+            and s.attributes.get("conductor.workflow_id") == created["workflow_id"]
+        ]
+        return found or None
+
+    [workflow] = wait_for(submitted, 60, "the gateway's span of the workflow")
     assert {s.trace_id for s in ends} == {workflow.trace_id}
     assert {s.parent_span_id for s in ends} == {workflow.span_id}
