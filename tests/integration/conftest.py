@@ -31,6 +31,8 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
         await bus.js.delete_object_store(snapshot.BUCKET)
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_key_value(subjects.LEASES_BUCKET)
+    with contextlib.suppress(NotFoundError, Exception):
+        await bus.js.delete_key_value(subjects.COMPACTION_BUCKET)
     # Job ids start over with the stream: an earlier test's output stored for the same id must go too.
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_object_store(subjects.OUTPUT_BUCKET)

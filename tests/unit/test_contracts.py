@@ -184,6 +184,27 @@ def test_every_event_round_trips_and_has_a_subject(event: ev.Event) -> None:
     assert subject.startswith("conductor.") and "*" not in subject and ">" not in subject
 
 
+def _matches(pattern: str, subject: str) -> bool:
+    want, have = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or token not in ("*", have[i]):
+            return False
+    return len(want) == len(have)
+
+
+@pytest.mark.parametrize("event", ALL_EVENTS, ids=lambda e: e.type)
+def test_compaction_covers_every_subject_but_users(event: ev.Event) -> None:
+    """A new event on a subject no filter covers would never leave the log; a user must never leave it."""
+    for by_scheduler in (False, True):
+        subject = subjects.subject_for(event, by_scheduler=by_scheduler)
+        compacted = [p for p in subjects.COMPACTED_SUBJECTS if _matches(p, subject)]
+        kept = [p for p in subjects.KEPT_SUBJECTS if _matches(p, subject)]
+        assert len(compacted) + len(kept) == 1, (subject, compacted, kept)
+        assert bool(kept) == isinstance(event, ev.UserCreated)
+
+
 def test_scheduler_decisions_live_under_the_fenced_subject() -> None:
     decisions: list[ev.Event] = [
         ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1),

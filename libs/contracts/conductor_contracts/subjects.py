@@ -44,6 +44,20 @@ class StreamSpec:
 
 STREAM_SPEC = StreamSpec()
 
+# `conductor compact` purges the log's oldest events per subject filter (after archiving them): all
+# of these, and never a user (a name is taken for ever: its check is "nothing on its subject yet").
+COMPACTED_SUBJECTS = (
+    SUBMITTED,
+    f"{ROOT}.gw.cancel.>",
+    f"{ROOT}.gw.workflow.>",
+    f"{ROOT}.gw.node.>",
+    SCHEDULER_ALL,
+    f"{ROOT}.exec.>",
+)
+KEPT_SUBJECTS = (f"{ROOT}.gw.user.>",)
+# Where `conductor compact` records the sequence below which the log lives in its archive.
+COMPACTION_BUCKET = "conductor_compaction"
+
 LEASES_BUCKET = "conductor_leases"
 SCHEDULER_LEASE_KEY = "scheduler"
 # Each executor's heartbeat: one key per node, rewritten every few seconds (not events: a thousand

@@ -49,15 +49,58 @@ def _up(argv: list[str]) -> None:
     sys.exit(Supervisor(options).run())
 
 
+def _duration(text: str) -> float:
+    """Seconds from '90s', '15m', '12h', '7d' or a plain number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (like 90s, 15m, 12h, 7d)") from None
+    if not 0 <= seconds < 100 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"out of range: {text!r}")
+    return seconds
+
+
+def _compact(argv: list[str]) -> None:
+    from conductor.compact import run
+    from conductor_projector.settings import ProjectorSettings
+
+    parser = argparse.ArgumentParser(
+        prog="conductor compact",
+        description="Move the log's oldest events, those no reader needs any longer, into an archive.",
+    )
+    parser.add_argument(
+        "--archive",
+        default=os.environ.get("CONDUCTOR_ARCHIVE_DIR", "var/archive"),
+        help="folder of the archive's segments (default ./var/archive, or CONDUCTOR_ARCHIVE_DIR); keep it "
+        "for as long as the read models may have to be rebuilt",
+    )
+    parser.add_argument("--keep", type=_duration, default=7 * 86400.0, help="keep events younger than this (7d)")
+    args = parser.parse_args(argv)
+    settings = ProjectorSettings()  # NATS_URL, DATABASE_URL and whether the public subjects are on
+    done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
+    mark = done.watermark
+    if done.segment is None:
+        print(f"nothing to compact: the log is kept from {done.first}, held back by {mark.limited_by()}")
+        return
+    print(
+        f"archived {done.archived} events (sequences {done.first}-{done.below - 1}) to {done.segment}; "
+        f"the log now starts at {done.below} (held back by {mark.limited_by()})"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("up", "gateway", "scheduler", "executor", "projector")
+    commands = ("up", "gateway", "scheduler", "executor", "projector", "compact")
     if not argv or argv[0] not in commands:
         print(f"usage: conductor {{{','.join(commands)}}} [options]", file=sys.stderr)
         sys.exit(2)
     command, rest = argv[0], argv[1:]
     if command == "up":
         _up(rest)
+    elif command == "compact":
+        _compact(rest)
     elif command == "gateway":
         from conductor_gateway.__main__ import main as run
 

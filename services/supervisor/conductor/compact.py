@@ -1,0 +1,213 @@
+"""``conductor compact``: bound the log by moving its oldest events into an archive.
+
+The log is the record, so nothing leaves it that a reader still needs. Everything below one sequence,
+the *watermark*, is written to a gzip'd JSON-lines archive (fsynced, then renamed into place) and only
+then purged from the stream. The watermark is the lowest of:
+
+- the scheduler's stored snapshot (it starts from there, and replays only what follows);
+- the read models' stored positions (the projectors go on from there);
+- the public subjects' position (the projector's republisher goes on from there);
+- the oldest job that has not ended (an executor, the gateway and the feed read a live job's
+  submission from the log by its id, which is its sequence);
+- the first event younger than ``--keep`` (the event feed and debugging read recent history).
+
+Two kinds of message stay whatever their age: users (a name is taken for good: the gateway's check is
+"no message on this user's subject yet") and the newest scheduler decision (the fencing token of the
+next one). The watermark reached is kept in a KV bucket, so a reader that would replay the whole log
+(a scheduler without a usable snapshot, ``conductor projector --rebuild``) knows that the log no longer
+starts at 1 and reads the archive first.
+
+Run it from cron or a Kubernetes CronJob; a crash at any point is mended by running it again (the
+archive of a range is rewritten whole, and a purge only removes what an archive already holds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from conductor_contracts import subjects
+from conductor_platform.archive import COMPACTION_KEY, compacted_below, compaction_bucket, encode_record, segment_name
+from conductor_platform.bus import Bus, next_batch, read_from
+from conductor_platform.settings import async_database_url
+from conductor_projector import tables
+from conductor_scheduler import snapshot
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """Each bound of the watermark, so an operator sees which one holds the log back."""
+
+    snapshot: int
+    read_models: int
+    public: int
+    oldest_live_job: int
+    keep: int
+    last_scheduler_decision: int
+
+    @property
+    def seq(self) -> int:
+        return min(self.snapshot, self.read_models, self.public, self.oldest_live_job, self.keep)
+
+    def limited_by(self) -> str:
+        bounds = {
+            "the scheduler's snapshot": self.snapshot,
+            "the read models' position": self.read_models,
+            "the public subjects' position": self.public,
+            "the oldest job not ended": self.oldest_live_job,
+            "--keep": self.keep,
+        }
+        return min(bounds, key=lambda name: bounds[name])
+
+
+async def _first_younger_than(bus: Bus, keep_s: float, after: int) -> int:
+    """The sequence of the first event stored less than ``keep_s`` ago (``after``: none is)."""
+    since = datetime.fromtimestamp(time.time() - keep_s).astimezone()
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        opt_start_time=since,
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=10.0,
+    )
+    info = await bus.js.add_consumer(bus.stream, config=config)
+    try:
+        sub = await bus.js.pull_subscribe_bind(consumer=info.name, stream=bus.stream)
+        try:
+            msgs = await sub.fetch(1, timeout=1.0)
+        except TimeoutError:
+            return after
+        finally:
+            await sub.unsubscribe()
+        return int(msgs[0].metadata.sequence.stream) if msgs else after
+    finally:
+        await bus.js.delete_consumer(bus.stream, info.name)
+
+
+async def watermark(bus: Bus, database_url: str, keep_s: float, public_subjects: bool = True) -> Watermark:
+    info = await bus.js.stream_info(bus.stream)
+    after = int(info.state.last_seq) + 1
+    state = await snapshot.restore(bus)
+    if state is None:  # no snapshot: a scheduler replays the whole log, so nothing may go
+        snapshot_bound, live, last_decision = 1, 1, 0
+    else:
+        snapshot_bound = state.last_seq + 1
+        live = min([*state.pending, *state.running, *state.orphans], default=snapshot_bound)
+        last_decision = state.last_scheduler_seq
+    engine = create_async_engine(async_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            positions = await conn.scalar(select(func.min(tables.positions.c.position)))
+    finally:
+        await engine.dispose()
+    public_bound = after
+    if public_subjects:
+        from conductor_projector.republish import published_up_to
+
+        try:
+            public_bound = await published_up_to(bus) + 1
+        except NotFoundError:
+            public_bound = 1
+    return Watermark(
+        snapshot=snapshot_bound,
+        read_models=int(positions or 0) + 1,
+        public=public_bound,
+        oldest_live_job=live,
+        keep=await _first_younger_than(bus, keep_s, after),
+        last_scheduler_decision=last_decision,
+    )
+
+
+async def write_archive(bus: Bus, archive: Path, first: int, below: int) -> tuple[Path, int]:
+    """Copy the log's messages in [first, below) into one segment; returns it and how many it holds."""
+    archive.mkdir(parents=True, exist_ok=True)
+    path = archive / segment_name(first, below)
+    partial = path.with_suffix(".partial")
+    count = 0
+    reader = await read_from(bus, first)
+    try:
+        with gzip.open(partial, "wt", encoding="utf-8") as out:
+            done = False
+            while not done:
+                msgs = await next_batch(reader, 1000, wait_s=2.0)
+                if not msgs:
+                    break
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq >= below:
+                        done = True
+                        break
+                    headers = dict(msg.headers) if msg.headers else None
+                    out.write(encode_record(seq, msg.subject, msg.data, headers))
+                    count += 1
+                done = done or msgs[-1].metadata.sequence.stream >= below - 1
+    finally:
+        await reader.unsubscribe()
+    with open(partial, "rb") as written:
+        os.fsync(written.fileno())
+    os.replace(partial, path)
+    directory = os.open(archive, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path, count
+
+
+async def purge(bus: Bus, below: int, last_scheduler_decision: int) -> None:
+    """Remove what lies below ``below``, save users and the newest scheduler decision."""
+    for subject in subjects.COMPACTED_SUBJECTS:
+        upto = below
+        if subject == subjects.SCHEDULER_ALL:
+            upto = min(below, max(last_scheduler_decision, 1))
+        if upto > 1:
+            await bus.js.purge_stream(bus.stream, seq=upto, subject=subject)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    watermark: Watermark
+    first: int
+    below: int
+    archived: int
+    segment: Path | None
+
+
+async def compact(
+    bus: Bus, database_url: str, archive: Path, keep_s: float, public_subjects: bool = True
+) -> Compaction:
+    mark = await watermark(bus, database_url, keep_s, public_subjects)
+    first = await compacted_below(bus)
+    below = mark.seq
+    if below <= first:
+        return Compaction(mark, first, below, 0, None)
+    segment, count = await write_archive(bus, archive, first, below)
+    # Recorded before the purge: a crash between the two leaves a log that still holds what the
+    # record says was archived, which readers handle (they read the archive and skip what follows).
+    kv = await compaction_bucket(bus)
+    await kv.put(COMPACTION_KEY, json.dumps({"below": below, "archive": str(archive)}).encode())
+    await purge(bus, below, mark.last_scheduler_decision)
+    return Compaction(mark, first, below, count, segment)
+
+
+def run(nats_url: str, database_url: str, archive: Path, keep_s: float, public_subjects: bool) -> Compaction:
+    from conductor_platform.bus import connect
+
+    async def main() -> Compaction:
+        bus = await connect(nats_url, name="conductor-compact", attempts=5)
+        try:
+            return await compact(bus, database_url, archive, keep_s, public_subjects)
+        finally:
+            await bus.close()
+
+    return asyncio.run(main())

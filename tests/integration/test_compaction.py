@@ -1,0 +1,130 @@
+"""`conductor compact` on a real JetStream and PostgreSQL: what no reader needs leaves the stream for
+the archive, whole and in order; what a reader still needs (a live job's submission, users, the
+fencing token, what the snapshot or the read models have not covered) stays; and the system goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from nats.js.errors import NotFoundError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor import compact
+from conductor_contracts import events as ev
+from conductor_platform.archive import compacted_below, read_archive, segments
+from conductor_platform.bus import Bus, next_batch, read_from
+from conductor_projector import tables as t
+from conductor_projector.service import run as project
+from conductor_projector.settings import ProjectorSettings
+from conductor_scheduler.service import run as schedule
+from conductor_scheduler.settings import SchedulerSettings
+from tests.integration.helpers import eventually
+from tests.unit.scheduling import node, submitted
+
+
+async def _placed(bus: Bus) -> list[int]:
+    """Placements in what the stream holds (``read_log`` reads every sequence; a compacted log has gaps)."""
+    reader = await read_from(bus, 1)
+    placed: list[int] = []
+    try:
+        while msgs := await next_batch(reader, 1000, wait_s=0.2):
+            placed += [e.job_id for m in msgs if isinstance(e := ev.decode(m.data), ev.JobPlaced)]
+    finally:
+        await reader.unsubscribe()
+    return placed
+
+
+async def _until(bus: Bus, nats_url: str, database_url: str, jobs: list[int]) -> None:
+    """Run a scheduler and a projector until ``jobs`` are placed and both have folded the whole log."""
+    stop = asyncio.Event()
+    scheduler_settings = SchedulerSettings(nats_url=nats_url, snapshot_every_events=1, snapshot_min_interval_s=0)
+    projector_settings = ProjectorSettings(
+        nats_url=nats_url, database_url=database_url, public_subjects=False, linger_s=0
+    )
+    tasks = [
+        asyncio.create_task(schedule(scheduler_settings, stop)),
+        asyncio.create_task(project(projector_settings, stop=stop)),
+    ]
+
+    async def placed() -> bool:
+        return set(jobs) <= set(await _placed(bus))
+
+    await eventually(placed, what="the jobs placed")
+    await asyncio.sleep(1.0)  # the placements folded back, a snapshot stored, the projector caught up
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def _position(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(select(t.positions.c.position)) or 0)
+
+
+async def test_compaction_archives_what_no_reader_needs(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    user = ev.UserCreated(user_id=str(uuid.uuid4()), username="alice")
+    await bus.publish(user)
+    await bus.publish(node("n1", 4, 4000))
+    jobs = [await bus.publish(submitted()) for _ in range(4)]
+    await _until(bus, nats_url, database_url, jobs)
+    # Three jobs end; the third of the four stays running (its submission must stay in the log).
+    for job in (jobs[0], jobs[1], jobs[3]):
+        await bus.publish(ev.JobStarted(job_id=job, node="n1", pid=1))
+        await bus.publish(ev.JobCompleted(job_id=job, node="n1"))
+    late = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [late])
+    last = (await bus.js.stream_info(bus.stream)).state.last_seq
+    assert await _position(engine) == last
+
+    done = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+
+    assert done.watermark.limited_by() == "the oldest job not ended"
+    assert done.below == jobs[2]
+    archived = list(read_archive(archive))
+    assert [seq for seq, *_ in archived] == list(range(1, jobs[2]))
+    assert ev.decode(archived[0][2]) == user
+    assert await compacted_below(bus) == jobs[2]
+    # Gone from the stream, save the user; the live job's submission is still there.
+    with pytest.raises(NotFoundError):
+        await bus.js.get_msg(bus.stream, seq=jobs[0])
+    assert str((await bus.js.get_msg(bus.stream, seq=1)).subject).startswith("conductor.gw.user.")
+    assert (await bus.js.get_msg(bus.stream, seq=jobs[2])).subject == "conductor.gw.submitted"
+
+    # Nothing more can go while that job runs: a second run archives nothing.
+    again = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert again.segment is None and len(segments(archive)) == 1
+
+    # The system goes on: a restarted scheduler (from its snapshot, the fencing token kept) places a
+    # new job once, and the projector follows.
+    newer = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [newer])
+    placed = await _placed(bus)
+    assert placed.count(newer) == 1 and placed.count(late) == 1
+
+
+async def test_without_a_snapshot_nothing_is_compacted(
+    bus: Bus, engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    await bus.publish(node("n1", 4, 4000))
+    await bus.publish(submitted())
+    done = await compact.compact(bus, database_url, tmp_path / "a", keep_s=0, public_subjects=False)
+    assert done.segment is None and done.watermark.limited_by() == "the scheduler's snapshot"
+    assert (await bus.js.stream_info(bus.stream)).state.messages == 2
+
+
+async def test_recent_events_are_kept(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    await bus.publish(node("n1", 4, 4000))
+    job = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [job])
+    await bus.publish(ev.JobCompleted(job_id=job, node="n1"))
+    await _until(bus, nats_url, database_url, [job])
+    done = await compact.compact(bus, database_url, tmp_path / "a", keep_s=3600, public_subjects=False)
+    assert done.segment is None and done.watermark.limited_by() == "--keep"
