@@ -52,6 +52,15 @@ def segments(archive: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def covers(archive: Path, from_seq: int, below: int) -> bool:
+    """Whether the archive's segments hold every sequence from ``from_seq`` up to ``below``."""
+    need = from_seq
+    for first, last, _ in segments(archive):
+        if first <= need <= last:
+            need = last + 1
+    return need >= below
+
+
 def read_archive(archive: Path, from_seq: int = 1) -> Iterator[Record]:
     """Every archived message from ``from_seq`` on, in order: (seq, subject, data, headers)."""
     for _, last, path in segments(archive):

@@ -32,6 +32,9 @@ class CommonSettings(BaseSettings):
     # executor that could not write one for that long stops the jobs that would be requeued.
     heartbeat_s: float = Field(default=2.0, gt=0)
     node_lost_after_s: float = Field(default=30.0, gt=0)
+    # CONDUCTOR_ARCHIVE_DIR: where `conductor compact` moves the log's oldest events; a reader that
+    # replays a compacted log from the start (a scheduler without a snapshot, a rebuild) reads it there.
+    archive_dir: str = "var/archive"
 
 
 def async_database_url(url: str) -> str:

@@ -70,15 +70,15 @@ def _compact(argv: list[str]) -> None:
         prog="conductor compact",
         description="Move the log's oldest events, those no reader needs any longer, into an archive.",
     )
+    settings = ProjectorSettings()  # NATS_URL, DATABASE_URL, the archive and whether the public subjects are on
     parser.add_argument(
         "--archive",
-        default=os.environ.get("CONDUCTOR_ARCHIVE_DIR", "var/archive"),
+        default=settings.archive_dir,
         help="folder of the archive's segments (default ./var/archive, or CONDUCTOR_ARCHIVE_DIR); keep it "
         "for as long as the read models may have to be rebuilt",
     )
     parser.add_argument("--keep", type=_duration, default=7 * 86400.0, help="keep events younger than this (7d)")
     args = parser.parse_args(argv)
-    settings = ProjectorSettings()  # NATS_URL, DATABASE_URL and whether the public subjects are on
     done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
     mark = done.watermark
     if done.segment is None:
