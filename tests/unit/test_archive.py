@@ -19,7 +19,7 @@ def _segment(folder: Path, first: int, below: int, records: list[tuple[int, str,
 
 
 def test_records_come_back_in_order_across_segments(tmp_path: Path) -> None:
-    events = [node("n1", 2), submitted(), submitted(name="strange \u2028 \x00 name")]
+    events: list[ev.Event] = [node("n1", 2), submitted(), submitted(name="strange \u2028 \x00 name")]
     _segment(tmp_path, 1, 3, [(1, "a", ev.encode(events[0])), (2, "b", ev.encode(events[1]))])
     _segment(tmp_path, 3, 5, [(4, "c", ev.encode(events[2]))])  # 3 was deleted from the stream
     assert [(first, last) for first, last, _ in segments(tmp_path)] == [(1, 2), (3, 4)]
