@@ -20,6 +20,7 @@ from conductor_platform.bus import Bus, next_batch, read_from
 from conductor_projector import tables as t
 from conductor_projector.service import run as project
 from conductor_projector.settings import ProjectorSettings
+from conductor_scheduler import snapshot
 from conductor_scheduler.service import run as schedule
 from conductor_scheduler.settings import SchedulerSettings
 from tests.integration.helpers import eventually
@@ -128,3 +129,47 @@ async def test_recent_events_are_kept(
     await _until(bus, nats_url, database_url, [job])
     done = await compact.compact(bus, database_url, tmp_path / "a", keep_s=3600, public_subjects=False)
     assert done.segment is None and done.watermark.limited_by() == "--keep"
+
+
+async def test_a_scheduler_without_a_snapshot_folds_the_archive(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    await bus.publish(node("n1", 2, 4000))
+    done_job, running_job = await bus.publish(submitted()), await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [done_job, running_job])
+    await bus.publish(ev.JobCompleted(job_id=done_job, node="n1"))
+    await _until(bus, nats_url, database_url, [])
+    compacted = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert compacted.below == running_job
+    # The snapshot is lost, and a second node registers: a scheduler that folded only what the stream
+    # holds would not know n1 nor the job running there, and would place on n2 as if nothing ran.
+    await (await bus.js.object_store(snapshot.BUCKET)).delete(snapshot.NAME)
+    await bus.publish(node("n2", 1, 4000))
+    new_job = await bus.publish(submitted(cpus=2))
+
+    stop = asyncio.Event()
+    blind = SchedulerSettings(nats_url=nats_url, archive_dir=str(tmp_path / "elsewhere"))
+    task = asyncio.create_task(schedule(blind, stop))
+    await asyncio.sleep(2.0)
+    assert new_job not in await _placed(bus), "placed from a log missing its compacted part"
+    stop.set()
+    await task
+
+    # With the archive: n1 has one core taken by the running job, so the two-core job waits; once
+    # that job ends it goes to n1, once.
+    settings = SchedulerSettings(nats_url=nats_url, archive_dir=str(archive))
+    stop = asyncio.Event()
+    task = asyncio.create_task(schedule(settings, stop))
+    await asyncio.sleep(1.5)
+    assert new_job not in await _placed(bus)
+    await bus.publish(ev.JobCompleted(job_id=running_job, node="n1"))
+
+    async def placed() -> bool:
+        return new_job in await _placed(bus)
+
+    await eventually(placed, what="the new job placed")
+    stop.set()
+    scheduler = await task
+    assert scheduler is not None and scheduler.state.running[new_job].node == "n1"
+    assert (await _placed(bus)).count(running_job) == 1, "the running job placed again"

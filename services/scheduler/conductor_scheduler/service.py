@@ -21,6 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
+from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
@@ -29,7 +30,7 @@ from conductor_contracts import subjects
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, FencedOut, LogReader, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
-from conductor_scheduler import snapshot, traces
+from conductor_scheduler import history, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -181,6 +182,24 @@ class Scheduler:
 
         self.uploading = asyncio.create_task(upload())
 
+    async def fold_archived(self, stop: asyncio.Event, backoff: Backoff) -> bool:
+        """On a compacted log, what the snapshot does not cover comes from the archive; until the
+        archive holds it (or a snapshot that covers it is stored), nothing is decided. False: stopped."""
+        while not stop.is_set():
+            try:
+                folded = await history.fold_archived(
+                    self.bus, Path(self.settings.archive_dir), self, self.state.last_seq
+                )
+            except Exception as err:
+                log.warning("reading the archive failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
+                folded = None
+            if folded is not None:
+                self.state.last_seq = max(self.state.last_seq, folded)
+                return True
+            await backoff.wait(stop)
+            await self.restore()
+        return False
+
     async def follow(self) -> LogReader:
         """A subscription from the sequence after the last one folded; a new connection first if the
         old one is closed for good (nats-py otherwise reconnects by itself)."""
@@ -228,8 +247,10 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
         scheduler.log_identity = await snapshot.log_identity(bus)
     await scheduler.restore()
-    log.info("scheduler started; replaying the log", extra={"from_seq": scheduler.state.last_seq + 1})
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
+    if not await scheduler.fold_archived(stop, backoff):
+        return scheduler
+    log.info("scheduler started; replaying the log", extra={"from_seq": scheduler.state.last_seq + 1})
     try:
         while not stop.is_set():
             try:
