@@ -270,7 +270,23 @@ def test_disruption_budgets() -> None:
 
 def test_optional_objects_are_off_by_default() -> None:
     kinds = {m["kind"] for m in render()}
-    assert not kinds & {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert not kinds & {"Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "CronJob", "PersistentVolumeClaim"}
+
+
+def test_compaction_runs_on_a_schedule_into_a_kept_volume() -> None:
+    manifests = render([CI / "full-values.yaml"])
+    cron = find(manifests, "CronJob", "compaction")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (job,) = pod["containers"]
+    assert job["args"] == ["compact", "--keep", "3d", "--archive", "/archive"]
+    assert {"NATS_URL", "DATABASE_URL"} <= set(env({"spec": {"template": {"spec": pod}}}))
+    claim = find(manifests, "PersistentVolumeClaim", "archive")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["archive"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    with pytest.raises(RenderError, match="schema"):
+        render(sets=["compaction.keep=a week"])
 
 
 def test_ingress_autoscaler_and_service_monitor() -> None:
