@@ -173,3 +173,42 @@ async def test_a_scheduler_without_a_snapshot_folds_the_archive(
     scheduler = await task
     assert scheduler is not None and scheduler.state.running[new_job].node == "n1"
     assert (await _placed(bus)).count(running_job) == 1, "the running job placed again"
+
+
+async def _jobs(engine: AsyncEngine) -> list[tuple[object, ...]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(select(t.jobs).order_by(t.jobs.c.job_id))
+        return [tuple(row) for row in rows]
+
+
+async def test_a_rebuild_reads_the_archive_then_the_stream(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    await bus.publish(ev.UserCreated(user_id=str(uuid.uuid4()), username="bob"))
+    await bus.publish(node("n1", 4, 4000))
+    jobs = [await bus.publish(submitted()) for _ in range(3)]
+    await _until(bus, nats_url, database_url, jobs)
+    for job in jobs[:2]:
+        await bus.publish(ev.JobCompleted(job_id=job, node="n1"))
+    await _until(bus, nats_url, database_url, [])
+    before = await _jobs(engine)
+    assert (await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)).below == jobs[2]
+
+    async def rebuilt(archive_dir: Path) -> None:
+        settings = ProjectorSettings(
+            nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive_dir)
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
+        await asyncio.sleep(2.0)
+        stop.set()
+        await task
+
+    # Without the archive the read models are not rebuilt from the stream's part alone.
+    await rebuilt(tmp_path / "elsewhere")
+    assert [row[0] for row in await _jobs(engine)] == []
+    await rebuilt(archive)
+    assert await _jobs(engine) == before
+    async with engine.connect() as conn:
+        assert await conn.scalar(select(t.users.c.username)) == "bob"

@@ -27,7 +27,7 @@ from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, connect, next_batch, read_from
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
-from conductor_projector import migrate, republish, sink
+from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
@@ -96,7 +96,7 @@ async def _follow(
 ) -> None:
     """Follow the stream from the stored position until stopped; raises on any failure, after which
     the caller starts again from the position, which is where the last committed batch left it."""
-    position = await _position(engine, settings.consumer)
+    position = await archived.apply_archived(engine, bus, settings, await _position(engine, settings.consumer))
     sub = await read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     log.info("projecting", extra={"from_seq": position + 1})
