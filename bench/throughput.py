@@ -152,6 +152,10 @@ async def main() -> None:
         cpu_submitted = cpu_by_process(up.pid, nats_server, postgres)
         # Per process while the submits went on (the pipeline works meanwhile): what bounds intake.
         submit_cpu = "CPU seconds during the submits: " + cpu_spent(cpu_before, cpu_submitted)
+        # The gateway's own ceiling, whatever else the machine is doing: submits per second it could
+        # answer on one core at its measured CPU cost (summed over its processes with --gateways).
+        gateway_cpu_ms = (cpu_submitted["gateway"] - cpu_before["gateway"]) * 1000 / len(ids)
+        gateway_cost = f"gateway CPU per submit:  {gateway_cpu_ms:8.3f} ms   ({1000 / gateway_cpu_ms:.0f} /s per core)"
         submit_latency = (
             f"submit latency:          p50 {percentile(load.latencies, 0.5) * 1000:7.1f} ms   "
             f"p99 {percentile(load.latencies, 0.99) * 1000:7.1f} ms"
@@ -162,6 +166,7 @@ async def main() -> None:
             )
             print(submit_latency)
             print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_submitted))
+            print(gateway_cost)
             print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
             return
         times = await follow(nats_server.url, set(ids), deadline_s=600)
@@ -186,6 +191,7 @@ async def main() -> None:
         )
         print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_by_process(up.pid, nats_server, postgres)))
         print(submit_cpu)
+        print(gateway_cost)
         print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
         print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
 
