@@ -4,8 +4,9 @@ Starts the embedded servers unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhe
 models, then runs gateway, scheduler, projector and one executor, restarting any that dies (with a
 back-off) with the same metrics port it had. ``--gateways N`` runs N gateway processes on the one
 port (SO_REUSEPORT: the kernel spreads connections over them); gateways are stateless, so this is
-how intake scales on one machine, as gateway replicas do on Kubernetes. An embedded server that dies is started again on the
-same port with the same data (with the same back-off); the services reconnect by themselves. Servers
+how intake scales on one machine, as gateway replicas do on Kubernetes. An embedded server that
+dies is started again on the same port with the same data (with the same back-off); the services
+reconnect by themselves. Servers
 named in ``NATS_URL`` / ``DATABASE_URL`` are someone else's: never started, stopped or restarted
 here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), then the servers.
 """
