@@ -1,12 +1,17 @@
 """Throughput benchmark (not a test): submits N trivial jobs over HTTP and prints what it measured.
 
-    python bench/throughput.py [--jobs 2000] [--concurrency 64] [--node-cpus 32]
+    python bench/throughput.py [--jobs 2000] [--concurrency 64] [--node-cpus 32] [--submit-only]
+                               [--client raw|aiohttp]
 
 It starts its own nats-server and PostgreSQL (the embedded default) and ``conductor up`` on them,
 submits ``true`` jobs with concurrency, follows the stream to time every JobStarted / outcome, and
 measures, in the same run, the raw ceilings of this machine: JetStream publish-with-ack one at a time
 and ``bash -c true`` spawns. The node offers ``--node-cpus`` cores (more than the machine has) so
 the pipeline, not the core count, is what gets measured.
+
+``--submit-only`` measures intake with the rest of the pipeline idle-ish: the jobs go to a partition
+no node serves, so nothing runs (the scheduler folds them and holds them PENDING, the projector
+writes their rows). It separates the gateway's own ceiling from the machine's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import aiohttp
 import nats
 import psutil
 from harness import conductor_up, follow, percentile
+from http_load import LoadResult, submit_load
 
 from conductor_platform.localservers import LocalServer
 
@@ -48,11 +54,12 @@ async def raw_spawn_rate(seconds: float = 2.0) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tuple[float, list[int]]:
-    body = {
+def submit_body(workdir: str, partition: str) -> dict[str, object]:
+    return {
         "job": {
             "name": "bench",
             "account": "bench",
+            "partition": partition,
             "memory_per_node": "10M",
             "time_limit": "5",
             "current_working_directory": workdir,
@@ -60,25 +67,32 @@ async def submit_all(url: str, jobs: int, concurrency: int, workdir: str) -> tup
         },
         "script": "true",
     }
+
+
+async def submit_aiohttp(url: str, body: dict[str, object], jobs: int, concurrency: int) -> LoadResult:
+    """The former load generator, kept for A/B: it costs about three times the gateway's CPU."""
     remaining = iter(range(jobs))
-    ids: list[int] = []
+    result = LoadResult(0.0)
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector) as session:
 
         async def worker() -> None:
             for _ in remaining:
+                sent = time.perf_counter()
                 async with session.post("/jobs/submit", json=body) as answer:
                     answer.raise_for_status()
-                    ids.append(int((await answer.json())["job_id"]))
+                    job_id = int((await answer.json())["job_id"])
+                result.latencies.append(time.perf_counter() - sent)
+                result.job_ids.append(job_id)
 
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return jobs / elapsed, ids
+        result.rate = jobs / (time.perf_counter() - start)
+    return result
 
 
-def cpu_by_process(up_pid: int, *servers: LocalServer) -> str:
-    """Where the machine's CPU went during the run: the figure to look at before optimising."""
+def cpu_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
+    """Where the machine's CPU went: the figure to look at before optimising."""
     names = {
         "conductor_gateway": "gateway",
         "conductor_scheduler": "scheduler",
@@ -89,11 +103,18 @@ def cpu_by_process(up_pid: int, *servers: LocalServer) -> str:
     for proc in psutil.Process(up_pid).children():
         name = next((v for k, v in names.items() if k in " ".join(proc.cmdline())), proc.name())
         times = proc.cpu_times()
-        spent[name] = times.user + times.system
+        spent[name] = spent.get(name, 0.0) + times.user + times.system  # --gateways: their sum
     for server in servers:
         procs = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
         spent[server.name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     spent["bench client"] = sum(psutil.Process().cpu_times()[:2])
+    return spent
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> str:
+    """CPU seconds of the run alone: start-up (imports, migrations) and the ceilings measured
+    before it are not counted."""
+    spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
     return ", ".join(f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
 
 
@@ -102,18 +123,52 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--node-cpus", type=int, default=32)
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes (conductor up --gateways)")
+    parser.add_argument(
+        "--submit-only", action="store_true", help="submit to a partition no node serves: intake alone, nothing runs"
+    )
+    parser.add_argument(
+        "--client", choices=("raw", "aiohttp"), default="raw", help="load generator (aiohttp: the former one)"
+    )
     args = parser.parse_args()
 
+    # conductor up reads it (--gateways); through the environment, as the harness passes it on.
+    os.environ["CONDUCTOR_GATEWAYS"] = str(args.gateways)
     async with conductor_up(args.node_cpus) as system:
         nats_server, postgres, up, url, tmp = system.nats, system.postgres, system.up, system.url, str(system.work)
         print(
             f"SCNS-Conductor benchmark: {args.jobs} jobs 'true', concurrency {args.concurrency}, "
-            f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine"
+            f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine, "
+            f"{args.gateways} gateway process(es), {args.client} client{', submit only' if args.submit_only else ''}"
         )
         publish_ceiling = await raw_publish_rate(nats_server.url)
-        spawn_ceiling = await raw_spawn_rate()
+        spawn_ceiling = 0.0 if args.submit_only else await raw_spawn_rate()
+        body = submit_body(tmp, "bench-idle" if args.submit_only else "default")
+        cpu_before = cpu_by_process(up.pid, nats_server, postgres)
         t0 = time.perf_counter()
-        submit_rate, ids = await submit_all(url, args.jobs, args.concurrency, tmp)
+        submit = submit_load if args.client == "raw" else submit_aiohttp
+        load = await submit(url, body, args.jobs, args.concurrency)
+        submit_rate, ids = load.rate, load.job_ids
+        cpu_submitted = cpu_by_process(up.pid, nats_server, postgres)
+        # Per process while the submits went on (the pipeline works meanwhile): what bounds intake.
+        submit_cpu = "CPU seconds during the submits: " + cpu_spent(cpu_before, cpu_submitted)
+        # The gateway's own ceiling, whatever else the machine is doing: submits per second it could
+        # answer on one core at its measured CPU cost (summed over its processes with --gateways).
+        gateway_cpu_ms = (cpu_submitted["gateway"] - cpu_before["gateway"]) * 1000 / len(ids)
+        gateway_cost = f"gateway CPU per submit:  {gateway_cpu_ms:8.3f} ms   ({1000 / gateway_cpu_ms:.0f} /s per core)"
+        submit_latency = (
+            f"submit latency:          p50 {percentile(load.latencies, 0.5) * 1000:7.1f} ms   "
+            f"p99 {percentile(load.latencies, 0.99) * 1000:7.1f} ms"
+        )
+        if args.submit_only:
+            print(
+                f"submits accepted:        {submit_rate:8.0f} /s   ({submit_rate / publish_ceiling:.0%} of raw publish)"
+            )
+            print(submit_latency)
+            print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_submitted))
+            print(gateway_cost)
+            print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
+            return
         times = await follow(nats_server.url, set(ids), deadline_s=600)
         submitted, placed, started, ended = times.submitted, times.placed, times.started, times.ended
         wall = time.perf_counter() - t0
@@ -126,6 +181,7 @@ async def main() -> None:
             f"jobs completed:          {completed_rate:8.0f} /s   ({completed_rate / spawn_ceiling:.0%} of raw spawn)"
             f"   {len(ended)}/{len(ids)} ended in {wall:.1f}s"
         )
+        print(submit_latency)
         print(
             f"submit->start latency:   p50 {percentile(latency, 0.5) * 1000:7.1f} ms   "
             f"p99 {percentile(latency, 0.99) * 1000:7.1f} ms"
@@ -133,7 +189,9 @@ async def main() -> None:
         print(
             f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
         )
-        print("CPU seconds spent, by process: " + cpu_by_process(up.pid, nats_server, postgres))
+        print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_by_process(up.pid, nats_server, postgres)))
+        print(submit_cpu)
+        print(gateway_cost)
         print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
         print(f"raw 'bash -c true' spawn, one at a time:  {spawn_ceiling:8.0f} /s")
 

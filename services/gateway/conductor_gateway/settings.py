@@ -8,6 +8,10 @@ from conductor_platform.settings import CommonSettings
 class GatewaySettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = 8000
+    # CONDUCTOR_REUSE_PORT: listen with SO_REUSEPORT, so that several gateway processes share the port
+    # (``conductor up --gateways N`` sets it). Off by default: a second gateway started by mistake on a
+    # port in use then fails at once instead of taking half the connections.
+    reuse_port: bool = False
     # Below NATS's 1 MiB message limit, with room for the job's other fields.
     max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
     # A request body must be complete within this (CONDUCTOR_BODY_TIMEOUT_S), or it is a 408.

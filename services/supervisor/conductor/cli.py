@@ -18,11 +18,23 @@ def _up(argv: list[str]) -> None:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
+    def gateway_count(value: str) -> int:
+        if not value.isdigit() or not 1 <= int(value) <= 64:
+            raise argparse.ArgumentTypeError(f"--gateways takes a number from 1 to 64, not {value!r}")
+        return int(value)
+
     parser = argparse.ArgumentParser(prog="conductor up", description="Start the whole system on this machine.")
     parser.add_argument(
         "--var-dir", default=os.environ.get("CONDUCTOR_VAR_DIR", "var"), help="data folder (default ./var)"
     )
     parser.add_argument("--port", type=int, help="gateway port (default 8000, or CONDUCTOR_PORT)")
+    parser.add_argument(
+        "--gateways",
+        type=gateway_count,
+        default=os.environ.get("CONDUCTOR_GATEWAYS", "1"),
+        help="gateway processes sharing the port (SO_REUSEPORT; default 1, or CONDUCTOR_GATEWAYS): "
+        "one process is about one core's worth of submits",
+    )
     parser.add_argument("--node", help="the executor's node name (default: host name)")
     parser.add_argument("--cpus", type=int, help="CPUs the executor offers (default: this machine's)")
     parser.add_argument("--memory", help="memory the executor offers, like 8G (default: this machine's)")
@@ -44,7 +56,11 @@ def _up(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s conductor up: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     options = UpOptions(
-        var_dir=Path(args.var_dir).resolve(), executor_args=executor_args, gateway_port=args.port, nats_sync=args.sync
+        var_dir=Path(args.var_dir).resolve(),
+        executor_args=executor_args,
+        gateway_port=args.port,
+        nats_sync=args.sync,
+        gateways=args.gateways,
     )
     sys.exit(Supervisor(options).run())
 

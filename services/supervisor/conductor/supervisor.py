@@ -2,8 +2,11 @@
 
 Starts the embedded servers unless ``NATS_URL`` / ``DATABASE_URL`` point elsewhere, migrates the read
 models, then runs gateway, scheduler, projector and one executor, restarting any that dies (with a
-back-off) with the same metrics port it had. An embedded server that dies is started again on the
-same port with the same data (with the same back-off); the services reconnect by themselves. Servers
+back-off) with the same metrics port it had. ``--gateways N`` runs N gateway processes on the one
+port (SO_REUSEPORT: the kernel spreads connections over them); gateways are stateless, so this is
+how intake scales on one machine, as gateway replicas do on Kubernetes. An embedded server that
+dies is started again on the same port with the same data (with the same back-off); the services
+reconnect by themselves. Servers
 named in ``NATS_URL`` / ``DATABASE_URL`` are someone else's: never started, stopped or restarted
 here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), then the servers.
 """
@@ -183,6 +186,7 @@ class UpOptions:
     executor_args: list[str]
     gateway_port: int | None = None
     nats_sync: str | None = None  # nats_sync_interval(): None is the server's default
+    gateways: int = 1  # gateway processes on the one port (SO_REUSEPORT)
 
 
 class Supervisor:
@@ -269,16 +273,34 @@ class Supervisor:
             self.children = [
                 Child(name, argv, env=env | {"CONDUCTOR_METRICS_PORT": str(ports[name])})
                 for name, argv in argvs.items()
+                if name != "gateway"
             ]
+            self.children += self._gateways(argvs["gateway"], env, ports)
             for child in self.children:
                 child.start()
             log.info("SCNS-Conductor is up: http://127.0.0.1:%s (Ctrl-C stops everything)", port)
             shown = _shown_host(env.get("CONDUCTOR_HOST", "127.0.0.1"))
-            log.info("metrics: %s", ", ".join(f"{name} http://{shown}:{ports[name]}/metrics" for name in SERVICES))
+            log.info("metrics: %s", ", ".join(f"{name} http://{shown}:{ports[name]}/metrics" for name in sorted(ports)))
             self._watch()
         finally:
             self._stop_all()
         return 0
+
+    def _gateways(self, argv: list[str], env: dict[str, str], ports: dict[str, int]) -> list[Child]:
+        """``--gateways N``: N gateway processes listening on the one port with SO_REUSEPORT (the
+        kernel spreads connections over them), each with its own metrics port. They share nothing
+        but NATS and PostgreSQL, like gateway pods behind a Service."""
+        count = self.options.gateways
+        if count == 1:
+            return [Child("gateway", argv, env=env | {"CONDUCTOR_METRICS_PORT": str(ports["gateway"])})]
+        children = []
+        for number in range(1, count + 1):
+            name = f"gateway-{number}"
+            # The first keeps the gateway's port (CONDUCTOR_GATEWAY_METRICS_PORT, when set).
+            ports[name] = ports.pop("gateway") if number == 1 else localservers.free_port()
+            extra = {"CONDUCTOR_METRICS_PORT": str(ports[name]), "CONDUCTOR_REUSE_PORT": "1"}
+            children.append(Child(name, argv, env=env | extra))
+        return children
 
     def _watch(self) -> None:
         while not self.stopping:
