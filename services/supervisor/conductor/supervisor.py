@@ -237,6 +237,8 @@ class Supervisor:
             )
             return 2
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
+        # Where `conductor compact` puts the log's oldest events, and the scheduler and a rebuild find them.
+        env.setdefault("CONDUCTOR_ARCHIVE_DIR", str(self.options.var_dir / "archive"))
         # Ctrl-C stops everything, jobs included; an executor that dies is restarted and takes its
         # jobs over (only a stop asks it to end them).
         env.setdefault("CONDUCTOR_STOP_JOBS_ON_EXIT", "1")
