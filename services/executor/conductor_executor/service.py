@@ -96,6 +96,10 @@ class Executor:
         self.registered_seq = 0
         # Resolved once: a job's output path is compared with it wherever the path's links lead.
         self._own_dir = settings.state_dir.resolve()
+        # The latest run (>= 1) of each requeued job with a folder here, read from the jobs folder at
+        # the first placement and kept up as folders are made: listing a folder that keeps every job
+        # ever run here, for every placement, cost more per job the longer the executor ran.
+        self._reruns: dict[int, int] | None = None
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -319,7 +323,7 @@ class Executor:
         folder = self.folder(event.job_id, event.run)
         if folder.exists():  # started or finished already: it has or will have its outcome
             return
-        folder.mkdir(parents=True)
+        self._make_folder(event.job_id, event.run)
         message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
         failed = ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message, run=event.run)
         self._report(event.job_id, failed, traceparent)
@@ -359,10 +363,28 @@ class Executor:
             return "placement redelivered; not starting the job again"
         if self.liveness.stale(seq):
             return "placement from before the node was declared lost: the scheduler ended that run"
-        later = (sv.parse_folder_name(path.name) for path in self.settings.jobs_dir.glob(f"{job_id}.*"))
-        if any(key is not None and key[0] == job_id and key[1] > run for key in later):
+        if self._latest_rerun(job_id) > run:
             return "placement of an earlier run of a job that ran here again since"
         return None
+
+    def _latest_rerun(self, job_id: int) -> int:
+        """The latest run of ``job_id`` with a folder here, 0 when none after its first. Raises
+        OSError when the jobs folder cannot be listed (the placement is delivered again)."""
+        if self._reruns is None:
+            reruns: dict[int, int] = {}
+            for path in self.settings.jobs_dir.iterdir():
+                key = sv.parse_folder_name(path.name)
+                if key is not None and key[1] > reruns.get(key[0], 0):
+                    reruns[key[0]] = key[1]
+            self._reruns = reruns
+        return self._reruns.get(job_id, 0)
+
+    def _make_folder(self, job_id: int, run: int) -> Path:
+        folder = self.folder(job_id, run)
+        folder.mkdir(parents=True)
+        if run > 0 and self._reruns is not None and run > self._reruns.get(job_id, 0):
+            self._reruns[job_id] = run
+        return folder
 
     async def start(
         self, placement: ev.JobPlaced, seq: int = 0, placed: str | None = None, carried: str | None = None
@@ -377,7 +399,7 @@ class Executor:
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
-        folder.mkdir(parents=True)
+        self._make_folder(job_id, run)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         self._supersede(job_id, run)
         if cancelled:
