@@ -14,8 +14,8 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,8 +166,18 @@ def watch_pidfd(fd: int) -> asyncio.Future[object]:
     return exited
 
 
-def _own_child(wait: Awaitable[int]) -> asyncio.Future[object]:
-    return asyncio.ensure_future(wait)
+def _own_child(child: subprocess.Popen[bytes]) -> asyncio.Future[object]:
+    """A future done when this process's child has exited, which it reaps. Through a pidfd: asyncio's
+    own subprocess wait starts a thread per child on this Python (its ThreadedChildWatcher), a
+    cost paid on every job."""
+    try:
+        fd = os.pidfd_open(child.pid)
+    except OSError:  # a kernel before 5.3: a thread waits for it
+        return asyncio.ensure_future(asyncio.to_thread(child.wait))
+    exited = watch_pidfd(fd)
+    # Reaped as soon as it ends, also when nobody waits any more (the executor stops watching).
+    exited.add_done_callback(lambda _: child.poll())
+    return exited
 
 
 @functools.cache
@@ -178,7 +188,7 @@ def setsid_program() -> str:
     return found
 
 
-async def spawn(
+def spawn(
     job_id: int,
     folder: Path,
     script: Path,
@@ -202,16 +212,11 @@ async def spawn(
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)
     try:
-        process = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            sv.WRAPPER,
-            sv.ARGV0,
-            str(script),
-            setsid,
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid],
             cwd=cwd,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=stdout_fd,
             stderr=stderr_fd,
             start_new_session=True,
@@ -220,4 +225,4 @@ async def spawn(
         if cpus:
             os.sched_setaffinity(0, previous)
     start = time.time()
-    return JobProcess(job_id, process.pid, folder, start, grace_s, memory_limit_mb, _own_child(process.wait()))
+    return JobProcess(job_id, process.pid, folder, start, grace_s, memory_limit_mb, _own_child(process))

@@ -467,7 +467,7 @@ class Executor:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
             record_files(folder, outputs.record)
-            return await spawn(
+            return spawn(
                 job_id,
                 folder,
                 script,
