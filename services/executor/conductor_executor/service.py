@@ -429,7 +429,7 @@ class Executor:
         # In the outbox before the record that says so; if the disk refuses, the job's monitor
         # keeps trying while the job runs (and a restart finds it owed in the record).
         try:
-            self.outbox.put(started, carried)
+            await self.outbox.write(started, carried)
             announced = True
         except OSError:
             announced = False
