@@ -408,3 +408,31 @@ def test_the_publisher_stops_at_an_event_still_being_written(tmp_path: Path) -> 
     outbox._writing.add(file_name(second.seq, ev.JobCompleted(job_id=2, node="n")))
     # Its writer writes the job's done marker when it gets it back: only then may it be published.
     assert [name.job_id for p in outbox._window() if (name := parse_name(p.name))] == [1]
+
+
+async def test_published_files_are_written_again_rather_than_created_and_deleted(tmp_path: Path) -> None:
+    stream = Stream()
+    folder, spares = tmp_path / "outbox", tmp_path / "spares"
+    outbox = Outbox(folder, stream.publish, Backoff(0.001, 0.002), spares=spares)
+    first = [ev.JobStarted(job_id=j, node="n", pid=j) for j in (1, 2, 3)]
+    await asyncio.gather(*(outbox.write(event) for event in first))
+    inodes = {p.stat().st_ino for p in folder.iterdir()}
+    await _drain(outbox)
+    await eventually(lambda: _async(len(list(spares.iterdir())) == 3), what="published files kept as spares")
+    assert not list(folder.iterdir()) and {p.stat().st_ino for p in spares.iterdir()} == inodes
+    # The next events go into those files, whole: nothing of what they held before is left.
+    later: list[ev.Event] = [
+        ev.JobCompleted(job_id=4, node="n"),
+        ev.JobFailed(job_id=5, node="n", exit_code=1, message="x" * 500),
+    ]
+    await outbox.write(later[0])
+    outbox.put(later[1])
+    assert {p.stat().st_ino for p in folder.iterdir()} <= inodes and len(list(spares.iterdir())) == 1
+    restarted = Outbox(folder, stream.publish, Backoff(0.001, 0.002), spares=spares)  # finds its spare again
+    assert len(restarted._spares) == 1
+    await _drain(restarted)
+    assert stream.events == first + later
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -15,6 +15,12 @@ publisher sends up to ``WINDOW`` events at once, each of another job (a job's ev
 the other, so its JobStarted is stored before its outcome even when a publish fails), with a node's
 own events alone; published files are removed by the same thread.
 
+Given a ``spares`` folder (the executor gives one), a published file is not deleted but moved there,
+and the next event is written into it: no file is created or deleted per event. On ext4 creating a
+file skips every inode deleted in the last minute (``find_inode_bit``/``recently_deleted``): on this
+machine, with two outbox files deleted per job, each file the executor created (a job's folder and
+records too) cost ~0.2-0.5 ms of kernel CPU, a third of the executor's CPU per job (``perf``).
+
 A file holds the event's JSON on its first line and, on a second line when there is one, a JSON
 object of the headers it is published with (its ``traceparent``: the trace of the job goes on through
 the disk, across NATS outages and restarts). A file without that line is published without them.
@@ -28,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import re
 import stat
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +57,8 @@ log = logging.getLogger("conductor.executor.outbox")
 # cannot make an absurd number.
 # Events published at once by the publisher: enough to fill a round trip to NATS under load.
 WINDOW = 64
+# Published files kept for reuse; beyond that they are deleted.
+MAX_SPARES = 256
 
 _NAME = re.compile(r"(\d{1,20})-(?:(\d{1,20})(?:r([1-9]\d{0,9}))?|node)-([A-Za-z]{1,64})\.json")
 
@@ -122,7 +132,10 @@ class Outbox:
         *,
         substitute: Substitute | None = None,
         before_publish: BeforePublish | None = None,
+        spares: Path | None = None,
     ) -> None:
+        """``spares``: a folder of the same file system where published files wait to be written
+        again (none: they are deleted)."""
         self.folder, self._publish, self._backoff = folder, publish, backoff
         self._substitute = substitute
         self._before_publish = before_publish
@@ -138,12 +151,43 @@ class Outbox:
         self._committer: asyncio.Task[None] | None = None
         # One thread does the outbox's disk work, in order.
         self._disk = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        self._spares_dir = spares
+        self._spares: deque[Path] = deque()  # taken and given back from both threads: deque is atomic
+        self._spare_names = itertools.count()
+        if spares is not None:
+            self._find_spares(spares)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._tidy()
         except OSError as err:  # every put retries; the executor must start and say why it waits
             log.error("outbox folder unusable", extra={"folder": str(folder), "error": str(err)})
         self._seq = max((seq for seq, _ in self._entries()), default=0)
+
+    def _find_spares(self, spares: Path) -> None:
+        try:
+            spares.mkdir(parents=True, exist_ok=True)
+            found = [path for path in spares.iterdir() if path.name.isdigit()]
+        except OSError as err:  # then files are created and deleted as without spares
+            log.warning("outbox spares folder unusable", extra={"folder": str(spares), "error": str(err)})
+            self._spares_dir = None
+            return
+        self._spares.extend(found[:MAX_SPARES])
+        self._spare_names = itertools.count(max((int(path.name) for path in found), default=0) + 1)
+
+    def _recycle(self, path: Path) -> None:
+        """A published file: kept as a spare, or deleted."""
+        if self._spares_dir is None or len(self._spares) >= MAX_SPARES:
+            path.unlink(missing_ok=True)
+            return
+        spare = self._spares_dir / str(next(self._spare_names))
+        try:
+            os.replace(path, spare)
+        except FileNotFoundError:  # discarded meanwhile
+            return
+        except OSError:
+            path.unlink(missing_ok=True)
+            return
+        self._spares.append(spare)
 
     def _tidy(self) -> None:
         for path in self.folder.iterdir():
@@ -217,8 +261,12 @@ class Outbox:
         _fsync_dir(self.folder)
 
     def _write_file(self, name: str, data: bytes) -> None:
-        """The file, synced and in place; the folder is still to be synced."""
-        tmp = self.folder / f".{name}.tmp"
+        """The file, synced and in place; the folder is still to be synced. Written into a spare when
+        there is one: what it held before is cut off first (``open`` truncates)."""
+        try:
+            tmp = self._spares.popleft()
+        except IndexError:
+            tmp = self.folder / f".{name}.tmp"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -379,7 +427,7 @@ class Outbox:
         def remove() -> None:
             for path in paths:
                 with contextlib.suppress(OSError):
-                    path.unlink(missing_ok=True)
+                    self._recycle(path)
 
         def removed(_: object) -> None:
             self._sent.difference_update(names)

@@ -110,6 +110,7 @@ class Executor:
             self.backoff(),
             substitute=self.substitute,
             before_publish=self._keep_output,
+            spares=settings.outbox_spares_dir,
         )
         self.liveness = Liveness(self)
 
