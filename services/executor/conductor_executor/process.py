@@ -188,25 +188,19 @@ def setsid_program() -> str:
     return found
 
 
-def spawn(
-    job_id: int,
-    folder: Path,
-    script: Path,
-    cwd: str,
-    env: dict[str, str],
-    stdout_fd: int,
-    stderr_fd: int,
-    cpus: set[int],
-    grace_s: float,
-    memory_limit_mb: int,
-) -> JobProcess:
-    """Start the job's supervisor with the output descriptors the executor opened and checked for it
+def start_supervisor(
+    script: Path, cwd: str, env: dict[str, str], stdout_fd: int, stderr_fd: int, cpus: set[int]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a job's supervisor with the output descriptors the executor opened and checked for it
     (``output.open_outputs``); the caller keeps and closes them. The supervisor has a session of its
-    own, stdin from /dev/null and only files for output: nothing ties it to the executor."""
+    own, stdin from /dev/null and only files for output: nothing ties it to the executor. Blocking
+    and thread-safe: the executor calls it from a worker thread. Returns the child and when it started
+    (wall clock)."""
     setsid = setsid_program()
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
-    # fork() of this process, where without one CPython starts the job with the cheaper vfork().
+    # fork() of this process, where without one CPython starts the job with the cheaper vfork(). In a
+    # worker thread, the thread that moves to the job's CPUs is not the event loop's.
     previous = os.sched_getaffinity(0)
     if cpus:
         with contextlib.suppress(OSError):
@@ -224,5 +218,11 @@ def spawn(
     finally:
         if cpus:
             os.sched_setaffinity(0, previous)
-    start = time.time()
-    return JobProcess(job_id, process.pid, folder, start, grace_s, memory_limit_mb, _own_child(process))
+    return process, time.time()
+
+
+def supervised(
+    job_id: int, folder: Path, child: subprocess.Popen[bytes], start: float, grace_s: float, memory_limit_mb: int
+) -> JobProcess:
+    """The job of a supervisor this executor started, watched from the running event loop."""
+    return JobProcess(job_id, child.pid, folder, start, grace_s, memory_limit_mb, _own_child(child))

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +54,7 @@ from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
 from conductor_executor.placements import subscribe
-from conductor_executor.process import JobProcess, spawn
+from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
@@ -458,6 +459,17 @@ class Executor:
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
     ) -> JobProcess:
+        env = envs.job_environment(os.environ, job_id, job, placement)
+        # The loop thread's own mask: the worker thread's is moved to the job's CPUs while it starts it.
+        cpus = envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0)))
+        # Files and the spawn in a worker thread: the event loop goes on with other jobs' ends and
+        # reports meanwhile (the spawn, its files and the move to the job's CPUs were a fifth of it).
+        child, start = await asyncio.to_thread(self._start_job, folder, job, files, env, cpus)
+        return supervised(job_id, folder, child, start, self.settings.kill_grace_s, placement.memory_mb)
+
+    def _start_job(
+        self, folder: Path, job: ev.JobSubmitted, files: envs.JobFiles, env: dict[str, str], cpus: set[int]
+    ) -> tuple[subprocess.Popen[bytes], float]:
         # Absolute: a restarted executor finds the job by this command line if it died before
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
@@ -468,18 +480,7 @@ class Executor:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
             record_files(folder, outputs.record)
-            return spawn(
-                job_id,
-                folder,
-                script,
-                job.working_directory,
-                envs.job_environment(os.environ, job_id, job, placement),
-                outputs.stdout_fd,
-                outputs.stderr_fd,
-                envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
-                self.settings.kill_grace_s,
-                placement.memory_mb,
-            )
+            return start_supervisor(script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus)
         finally:
             outputs.close()  # the child has its own copies
 
