@@ -268,7 +268,7 @@ class Executor:
         owed = not record.announced and not process.lost
         started = self._started(job_id, record.pid, record.start, process.run) if owed else None
         deadline = None if record.time_limit_s is None else record.start + record.time_limit_s
-        self._watch(process, started, deadline)
+        self._watch(process, started, deadline, record)
         log.info("job taken over from a previous executor", extra={"job_id": job_id, "pid": process.pid})
 
     def _supersede(self, job_id: int, run: int) -> None:
@@ -280,8 +280,15 @@ class Executor:
             older.kill(lost=True)
             del self.running[job_id]
 
-    def _watch(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
-        task = asyncio.create_task(self.monitor(process, started, deadline))
+    def _watch(
+        self,
+        process: JobProcess,
+        started: ev.JobStarted | None,
+        deadline: float | None,
+        record: sv.ProcessRecord | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        task = asyncio.create_task(self.monitor(process, started, deadline, record, traceparent))
         self.monitors.add(task)
         self.watchers[process.job_id] = task
         task.add_done_callback(self._monitor_done)
@@ -428,13 +435,10 @@ class Executor:
         self.running[job_id] = process
         self.placements[job_id] = placement
         started = self._started(job_id, process.pid, None, run)
-        # In the outbox before the record that says so; if the disk refuses, the job's monitor
-        # keeps trying while the job runs (and a restart finds it owed in the record).
-        try:
-            await self.outbox.write(started, carried)
-            announced = True
-        except OSError:
-            announced = False
+        # Its JobStarted goes into the outbox from the job's monitor, which waits for it before the
+        # outcome; the record says it is owed until then (a restart queues it again; a copy already
+        # in the outbox is stored once, by its Nats-Msg-Id). So the next placement does not wait on
+        # this one's disk sync.
         record = sv.ProcessRecord(
             pid=process.pid,
             started=start_time(process.pid),
@@ -442,19 +446,21 @@ class Executor:
             time_limit_s=job.time_limit_s,
             memory_mb=placement.memory_mb,
             cores=placement.cores,
-            announced=announced,
+            announced=False,
             supervised=True,
             placed_seq=process.placed_seq,
             requeue=job.requeue,
             traceparent=placed,
         )
+        written: sv.ProcessRecord | None = record
         try:
             sv.write_process(folder, record)
         except OSError as err:  # a restarted executor then finds the job by its command line
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
+            written = None
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
         deadline = None if job.time_limit_s is None else process.start + job.time_limit_s
-        self._watch(process, None if announced else started, deadline)
+        self._watch(process, started, deadline, written, carried)
 
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
@@ -492,15 +498,23 @@ class Executor:
         if not task.cancelled() and (err := task.exception()) is not None:
             log.error("job monitor failed", exc_info=err, extra={"job_id": watched[0] if watched else None})
 
-    async def monitor(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
-        """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued;
-        ``deadline``: the end of its time limit (wall clock)."""
+    async def monitor(
+        self,
+        process: JobProcess,
+        started: ev.JobStarted | None,
+        deadline: float | None,
+        record: sv.ProcessRecord | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued
+        (``record``: the job's process.json, marked announced once it is; ``traceparent``: the one
+        it is published with, the placement's by default); ``deadline``: the end of its time limit
+        (wall clock)."""
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
-        # (Late, so in no span of its own: it carries the placement's trace.)
         queued = (
-            asyncio.ensure_future(self.outbox.keep(started, self.stop, process.traceparent))
+            asyncio.ensure_future(self._announce(process, started, record, traceparent or process.traceparent))
             if started is not None
             else None
         )
@@ -532,6 +546,17 @@ class Executor:
             await self.finish(job_id, event, traceparent=carried)
             JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
             log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
+
+    async def _announce(
+        self, process: JobProcess, started: ev.JobStarted, record: sv.ProcessRecord | None, traceparent: str | None
+    ) -> None:
+        if not await self.outbox.keep(started, self.stop, traceparent):
+            return
+        if record is not None and not record.announced:
+            try:
+                sv.mark_announced(process.folder, record)
+            except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
+                log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
