@@ -16,6 +16,7 @@ import pytest
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import supervision as sv
 from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
@@ -107,6 +108,9 @@ async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: Execut
     assert "oops" in text  # no standard_error given: stderr joins stdout, as in Slurm
     [started] = await _has(bus, ev.JobStarted, job_id)
     assert isinstance(started, ev.JobStarted) and started.pid > 0
+    # Queued by the job's monitor, after the record: which then says so (a restart owes nothing).
+    record = sv.read_process(executor.jobs_dir / str(job_id))
+    assert record is not None and record.announced and record.pid == started.pid
 
 
 async def test_nonzero_exit_is_failed_with_its_code(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:

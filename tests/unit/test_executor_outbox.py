@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_executor.outbox import Outbox
+from conductor_executor.outbox import Outbox, file_name, parse_name
 from conductor_executor.service import Executor
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.retry import Backoff, transient
@@ -236,11 +236,11 @@ class BrokenDisk(Outbox):
     broken = True
     tries = 0
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write_file(self, name: str, data: bytes) -> None:
         self.tries += 1
         if self.broken:
             raise OSError(errno.ENOSPC, "No space left on device")
-        super()._write(name, data)
+        super()._write_file(name, data)
 
 
 def _broken_disk(executor: Executor) -> BrokenDisk:
@@ -334,3 +334,105 @@ async def test_a_job_ending_as_its_placement_is_handled_is_on_disk_at_once_or_re
     outbox.broken = False
     await _until(lambda: (settings.jobs_dir / "6" / "done").exists())
     assert outbox.holds_outcome(6)
+
+
+class FailingJobs(Stream):
+    """Fails the first publish of each job in ``jobs``."""
+
+    def __init__(self, jobs: set[int]) -> None:
+        super().__init__()
+        self.failing = set(jobs)
+
+    async def publish(self, event: ev.Event, headers: dict[str, str] | None = None) -> None:
+        job = getattr(event, "job_id", None)
+        if job in self.failing:
+            self.failing.discard(job)
+            raise ConnectionError("not connected to NATS")
+        await super().publish(event, headers)
+
+
+async def test_writes_in_flight_together_are_each_durable_and_keep_their_order(tmp_path: Path) -> None:
+    stream = Stream()
+    outbox = _outbox(tmp_path, stream)
+    sent: list[ev.Event] = [ev.JobStarted(job_id=j, node="n", pid=j) for j in range(1, 21)]
+    await asyncio.gather(*(outbox.write(event) for event in sent))  # committed in groups
+    assert [name.job_id for name in _outbox(tmp_path, Stream()).owed()] == list(range(1, 21))
+    await _drain(outbox)
+    assert stream.events == sent
+
+
+async def test_a_write_the_disk_refuses_fails_alone_in_its_group(tmp_path: Path) -> None:
+    class RefusesJob7(Outbox):
+        def _write_file(self, name: str, data: bytes) -> None:
+            if "-7-" in name:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super()._write_file(name, data)
+
+    outbox = RefusesJob7(tmp_path, Stream().publish, Backoff(0.001, 0.002))
+    results = await asyncio.gather(
+        *(outbox.write(ev.JobCompleted(job_id=j, node="n")) for j in (6, 7, 8)), return_exceptions=True
+    )
+    assert results[0] is None and isinstance(results[1], OSError) and results[2] is None
+    assert [name.job_id for name in outbox.owed()] == [6, 8]
+
+
+async def test_a_job_s_events_are_never_in_flight_together_so_a_failed_publish_cannot_reorder_them(
+    tmp_path: Path,
+) -> None:
+    # Published several at once: job 3's JobStarted fails while job 4's goes through. Job 3's outcome
+    # must still follow its JobStarted; a node's registration follows everything before it.
+    stream = FailingJobs({3})
+    outbox = _outbox(tmp_path, stream)
+    for event in (
+        ev.JobStarted(job_id=3, node="n", pid=10),
+        ev.JobStarted(job_id=4, node="n", pid=11),
+        ev.JobCompleted(job_id=3, node="n"),
+        ev.JobCompleted(job_id=4, node="n"),
+        ev.NodeRegistered(node="n", cpus=1, memory_mb=1),
+        ev.JobStarted(job_id=5, node="n", pid=12),
+    ):
+        outbox.put(event)
+    await _drain(outbox)
+    order = [(e.type, getattr(e, "job_id", None)) for e in stream.events]
+    assert order.index(("JobStarted", 3)) < order.index(("JobCompleted", 3))
+    assert order.index(("JobStarted", 4)) < order.index(("JobCompleted", 4))
+    assert order[-2:] == [("NodeRegistered", None), ("JobStarted", 5)]
+    assert len(order) == 6 and not list(tmp_path.iterdir())
+
+
+def test_the_publisher_stops_at_an_event_still_being_written(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, Stream())
+    for job_id in (1, 2, 3):
+        outbox.put(ev.JobCompleted(job_id=job_id, node="n"))
+    second = outbox.owed()[1]
+    outbox._writing.add(file_name(second.seq, ev.JobCompleted(job_id=2, node="n")))
+    # Its writer writes the job's done marker when it gets it back: only then may it be published.
+    assert [name.job_id for p in outbox._window() if (name := parse_name(p.name))] == [1]
+
+
+async def test_published_files_are_written_again_rather_than_created_and_deleted(tmp_path: Path) -> None:
+    stream = Stream()
+    folder, spares = tmp_path / "outbox", tmp_path / "spares"
+    outbox = Outbox(folder, stream.publish, Backoff(0.001, 0.002), spares=spares)
+    first = [ev.JobStarted(job_id=j, node="n", pid=j) for j in (1, 2, 3)]
+    await asyncio.gather(*(outbox.write(event) for event in first))
+    inodes = {p.stat().st_ino for p in folder.iterdir()}
+    await _drain(outbox)
+    await eventually(lambda: _async(len(list(spares.iterdir())) == 3), what="published files kept as spares")
+    assert not list(folder.iterdir()) and {p.stat().st_ino for p in spares.iterdir()} == inodes
+    # The next events go into those files, whole: nothing of what they held before is left.
+    later: list[ev.Event] = [
+        ev.JobCompleted(job_id=4, node="n"),
+        ev.JobFailed(job_id=5, node="n", exit_code=1, message="x" * 500),
+    ]
+    await outbox.write(later[0])
+    outbox.put(later[1])
+    assert {p.stat().st_ino for p in folder.iterdir()} <= inodes and len(list(spares.iterdir())) == 1
+    restarted = Outbox(folder, stream.publish, Backoff(0.001, 0.002), spares=spares)  # finds its spare again
+    assert len(restarted._spares) == 1
+    await _drain(restarted)
+    assert stream.events == first + later
+
+
+async def _async(value: bool) -> bool:
+    return value

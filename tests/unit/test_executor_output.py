@@ -128,6 +128,15 @@ def test_the_record_round_trips_and_an_older_executors_record_is_not_trusted(
     assert recorded_files(tmp_path) is None
 
 
+def test_a_job_whose_output_all_goes_to_dev_null_has_no_record_and_nothing_to_keep(
+    tmp_path: Path, opened: list[JobOutputs]
+) -> None:
+    outputs = open_outputs(JobFiles("/dev/null", "/dev/null"))
+    opened.append(outputs)
+    record_files(tmp_path, outputs.record)
+    assert not (tmp_path / RECORD).exists() and recorded_files(tmp_path) is None
+
+
 def _recorded(path: Path) -> OpenedFile:
     path.write_text("the job's\n")
     info = path.stat()

@@ -291,3 +291,19 @@ def _text(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_a_record_is_marked_announced_in_place_and_reads_back_whole(tmp_path: Path) -> None:
+    # The JobStarted goes into the outbox after the record is written; marking it announced then must
+    # never leave a moment without a readable record (no truncation), nor change anything else.
+    record = sv.ProcessRecord(
+        pid=4242, started=12.5, start=1000.25, time_limit_s=60, memory_mb=100, cores=(1, 3), announced=False,
+        supervised=True, placed_seq=77, requeue=True, traceparent=None,
+    )  # fmt: skip
+    sv.write_process(tmp_path, record)
+    size = (tmp_path / sv.PROCESS).stat().st_size
+    assert sv.read_process(tmp_path) == record
+    sv.mark_announced(tmp_path, record)
+    assert (tmp_path / sv.PROCESS).stat().st_size == size
+    again = sv.read_process(tmp_path)
+    assert again is not None and again.announced and again == sv.ProcessRecord(**(vars(record) | {"announced": True}))

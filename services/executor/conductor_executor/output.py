@@ -161,7 +161,11 @@ def _as_json(opened: OpenedFile | None) -> dict[str, object] | None:
 
 
 def record_files(folder: Path, record: Recorded) -> None:
-    """Written only once the files are open: a job whose start failed before has no output."""
+    """Written only once the files are open: a job whose start failed before has no output. Not
+    written when both streams go to /dev/null: there is nothing to keep, and a file is one create
+    less per job (``outbox.py`` says what a create costs)."""
+    if record.stdout is None and record.stderr is None:
+        return
     (folder / RECORD).write_text(json.dumps({"stdout": _as_json(record.stdout), "stderr": _as_json(record.stderr)}))
 
 

@@ -14,8 +14,8 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,8 +166,18 @@ def watch_pidfd(fd: int) -> asyncio.Future[object]:
     return exited
 
 
-def _own_child(wait: Awaitable[int]) -> asyncio.Future[object]:
-    return asyncio.ensure_future(wait)
+def _own_child(child: subprocess.Popen[bytes]) -> asyncio.Future[object]:
+    """A future done when this process's child has exited, which it reaps. Through a pidfd: asyncio's
+    own subprocess wait starts a thread per child on this Python (its ThreadedChildWatcher), a
+    cost paid on every job."""
+    try:
+        fd = os.pidfd_open(child.pid)
+    except OSError:  # a kernel before 5.3: a thread waits for it
+        return asyncio.ensure_future(asyncio.to_thread(child.wait))
+    exited = watch_pidfd(fd)
+    # Reaped as soon as it ends, also when nobody waits any more (the executor stops watching).
+    exited.add_done_callback(lambda _: child.poll())
+    return exited
 
 
 @functools.cache
@@ -178,40 +188,29 @@ def setsid_program() -> str:
     return found
 
 
-async def spawn(
-    job_id: int,
-    folder: Path,
-    script: Path,
-    cwd: str,
-    env: dict[str, str],
-    stdout_fd: int,
-    stderr_fd: int,
-    cpus: set[int],
-    grace_s: float,
-    memory_limit_mb: int,
-) -> JobProcess:
-    """Start the job's supervisor with the output descriptors the executor opened and checked for it
+def start_supervisor(
+    script: Path, cwd: str, env: dict[str, str], stdout_fd: int, stderr_fd: int, cpus: set[int]
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a job's supervisor with the output descriptors the executor opened and checked for it
     (``output.open_outputs``); the caller keeps and closes them. The supervisor has a session of its
-    own, stdin from /dev/null and only files for output: nothing ties it to the executor."""
+    own, stdin from /dev/null and only files for output: nothing ties it to the executor. Blocking
+    and thread-safe: the executor calls it from a worker thread. Returns the child and when it started
+    (wall clock)."""
     setsid = setsid_program()
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
-    # fork() of this process, where without one CPython starts the job with the cheaper vfork().
+    # fork() of this process, where without one CPython starts the job with the cheaper vfork(). In a
+    # worker thread, the thread that moves to the job's CPUs is not the event loop's.
     previous = os.sched_getaffinity(0)
     if cpus:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, cpus)
     try:
-        process = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            sv.WRAPPER,
-            sv.ARGV0,
-            str(script),
-            setsid,
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid],
             cwd=cwd,
             env=env,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
             stdout=stdout_fd,
             stderr=stderr_fd,
             start_new_session=True,
@@ -219,5 +218,11 @@ async def spawn(
     finally:
         if cpus:
             os.sched_setaffinity(0, previous)
-    start = time.time()
-    return JobProcess(job_id, process.pid, folder, start, grace_s, memory_limit_mb, _own_child(process.wait()))
+    return process, time.time()
+
+
+def supervised(
+    job_id: int, folder: Path, child: subprocess.Popen[bytes], start: float, grace_s: float, memory_limit_mb: int
+) -> JobProcess:
+    """The job of a supervisor this executor started, watched from the running event loop."""
+    return JobProcess(job_id, child.pid, folder, start, grace_s, memory_limit_mb, _own_child(child))

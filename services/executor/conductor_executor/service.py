@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import subprocess
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,7 +54,7 @@ from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
 from conductor_executor.placements import subscribe
-from conductor_executor.process import JobProcess, spawn
+from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
@@ -96,6 +97,10 @@ class Executor:
         self.registered_seq = 0
         # Resolved once: a job's output path is compared with it wherever the path's links lead.
         self._own_dir = settings.state_dir.resolve()
+        # The latest run (>= 1) of each requeued job with a folder here, read from the jobs folder at
+        # the first placement and kept up as folders are made: listing a folder that keeps every job
+        # ever run here, for every placement, cost more per job the longer the executor ran.
+        self._reruns: dict[int, int] | None = None
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -106,6 +111,7 @@ class Executor:
             self.backoff(),
             substitute=self.substitute,
             before_publish=self._keep_output,
+            spares=settings.outbox_spares_dir,
         )
         self.liveness = Liveness(self)
 
@@ -262,7 +268,7 @@ class Executor:
         owed = not record.announced and not process.lost
         started = self._started(job_id, record.pid, record.start, process.run) if owed else None
         deadline = None if record.time_limit_s is None else record.start + record.time_limit_s
-        self._watch(process, started, deadline)
+        self._watch(process, started, deadline, record)
         log.info("job taken over from a previous executor", extra={"job_id": job_id, "pid": process.pid})
 
     def _supersede(self, job_id: int, run: int) -> None:
@@ -274,8 +280,15 @@ class Executor:
             older.kill(lost=True)
             del self.running[job_id]
 
-    def _watch(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
-        task = asyncio.create_task(self.monitor(process, started, deadline))
+    def _watch(
+        self,
+        process: JobProcess,
+        started: ev.JobStarted | None,
+        deadline: float | None,
+        record: sv.ProcessRecord | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        task = asyncio.create_task(self.monitor(process, started, deadline, record, traceparent))
         self.monitors.add(task)
         self.watchers[process.job_id] = task
         task.add_done_callback(self._monitor_done)
@@ -319,7 +332,7 @@ class Executor:
         folder = self.folder(event.job_id, event.run)
         if folder.exists():  # started or finished already: it has or will have its outcome
             return
-        folder.mkdir(parents=True)
+        self._make_folder(event.job_id, event.run)
         message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
         failed = ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message, run=event.run)
         self._report(event.job_id, failed, traceparent)
@@ -359,10 +372,28 @@ class Executor:
             return "placement redelivered; not starting the job again"
         if self.liveness.stale(seq):
             return "placement from before the node was declared lost: the scheduler ended that run"
-        later = (sv.parse_folder_name(path.name) for path in self.settings.jobs_dir.glob(f"{job_id}.*"))
-        if any(key is not None and key[0] == job_id and key[1] > run for key in later):
+        if self._latest_rerun(job_id) > run:
             return "placement of an earlier run of a job that ran here again since"
         return None
+
+    def _latest_rerun(self, job_id: int) -> int:
+        """The latest run of ``job_id`` with a folder here, 0 when none after its first. Raises
+        OSError when the jobs folder cannot be listed (the placement is delivered again)."""
+        if self._reruns is None:
+            reruns: dict[int, int] = {}
+            for path in self.settings.jobs_dir.iterdir():
+                key = sv.parse_folder_name(path.name)
+                if key is not None and key[1] > reruns.get(key[0], 0):
+                    reruns[key[0]] = key[1]
+            self._reruns = reruns
+        return self._reruns.get(job_id, 0)
+
+    def _make_folder(self, job_id: int, run: int) -> Path:
+        folder = self.folder(job_id, run)
+        folder.mkdir(parents=True)
+        if run > 0 and self._reruns is not None and run > self._reruns.get(job_id, 0):
+            self._reruns[job_id] = run
+        return folder
 
     async def start(
         self, placement: ev.JobPlaced, seq: int = 0, placed: str | None = None, carried: str | None = None
@@ -377,7 +408,7 @@ class Executor:
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
-        folder.mkdir(parents=True)
+        self._make_folder(job_id, run)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         self._supersede(job_id, run)
         if cancelled:
@@ -404,13 +435,10 @@ class Executor:
         self.running[job_id] = process
         self.placements[job_id] = placement
         started = self._started(job_id, process.pid, None, run)
-        # In the outbox before the record that says so; if the disk refuses, the job's monitor
-        # keeps trying while the job runs (and a restart finds it owed in the record).
-        try:
-            self.outbox.put(started, carried)
-            announced = True
-        except OSError:
-            announced = False
+        # Its JobStarted goes into the outbox from the job's monitor, which waits for it before the
+        # outcome; the record says it is owed until then (a restart queues it again; a copy already
+        # in the outbox is stored once, by its Nats-Msg-Id). So the next placement does not wait on
+        # this one's disk sync.
         record = sv.ProcessRecord(
             pid=process.pid,
             started=start_time(process.pid),
@@ -418,23 +446,36 @@ class Executor:
             time_limit_s=job.time_limit_s,
             memory_mb=placement.memory_mb,
             cores=placement.cores,
-            announced=announced,
+            announced=False,
             supervised=True,
             placed_seq=process.placed_seq,
             requeue=job.requeue,
             traceparent=placed,
         )
+        written: sv.ProcessRecord | None = record
         try:
             sv.write_process(folder, record)
         except OSError as err:  # a restarted executor then finds the job by its command line
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
+            written = None
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
         deadline = None if job.time_limit_s is None else process.start + job.time_limit_s
-        self._watch(process, None if announced else started, deadline)
+        self._watch(process, started, deadline, written, carried)
 
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
     ) -> JobProcess:
+        env = envs.job_environment(os.environ, job_id, job, placement)
+        # The loop thread's own mask: the worker thread's is moved to the job's CPUs while it starts it.
+        cpus = envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0)))
+        # Files and the spawn in a worker thread: the event loop goes on with other jobs' ends and
+        # reports meanwhile (the spawn, its files and the move to the job's CPUs were a fifth of it).
+        child, start = await asyncio.to_thread(self._start_job, folder, job, files, env, cpus)
+        return supervised(job_id, folder, child, start, self.settings.kill_grace_s, placement.memory_mb)
+
+    def _start_job(
+        self, folder: Path, job: ev.JobSubmitted, files: envs.JobFiles, env: dict[str, str], cpus: set[int]
+    ) -> tuple[subprocess.Popen[bytes], float]:
         # Absolute: a restarted executor finds the job by this command line if it died before
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
@@ -445,18 +486,7 @@ class Executor:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
             record_files(folder, outputs.record)
-            return await spawn(
-                job_id,
-                folder,
-                script,
-                job.working_directory,
-                envs.job_environment(os.environ, job_id, job, placement),
-                outputs.stdout_fd,
-                outputs.stderr_fd,
-                envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0))),
-                self.settings.kill_grace_s,
-                placement.memory_mb,
-            )
+            return start_supervisor(script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus)
         finally:
             outputs.close()  # the child has its own copies
 
@@ -468,15 +498,23 @@ class Executor:
         if not task.cancelled() and (err := task.exception()) is not None:
             log.error("job monitor failed", exc_info=err, extra={"job_id": watched[0] if watched else None})
 
-    async def monitor(self, process: JobProcess, started: ev.JobStarted | None, deadline: float | None) -> None:
-        """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued;
-        ``deadline``: the end of its time limit (wall clock)."""
+    async def monitor(
+        self,
+        process: JobProcess,
+        started: ev.JobStarted | None,
+        deadline: float | None,
+        record: sv.ProcessRecord | None = None,
+        traceparent: str | None = None,
+    ) -> None:
+        """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued
+        (``record``: the job's process.json, marked announced once it is; ``traceparent``: the one
+        it is published with, the placement's by default); ``deadline``: the end of its time limit
+        (wall clock)."""
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
-        # (Late, so in no span of its own: it carries the placement's trace.)
         queued = (
-            asyncio.ensure_future(self.outbox.keep(started, self.stop, process.traceparent))
+            asyncio.ensure_future(self._announce(process, started, record, traceparent or process.traceparent))
             if started is not None
             else None
         )
@@ -508,6 +546,17 @@ class Executor:
             await self.finish(job_id, event, traceparent=carried)
             JOBS_FINISHED.labels(state=ev.final_state(event).value).inc()
             log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
+
+    async def _announce(
+        self, process: JobProcess, started: ev.JobStarted, record: sv.ProcessRecord | None, traceparent: str | None
+    ) -> None:
+        if not await self.outbox.keep(started, self.stop, traceparent):
+            return
+        if record is not None and not record.announced:
+            try:
+                sv.mark_announced(process.folder, record)
+            except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
+                log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""

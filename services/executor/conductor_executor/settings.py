@@ -65,3 +65,8 @@ class ExecutorSettings(CommonSettings):
     @property
     def outbox_dir(self) -> Path:
         return self.state_dir / self.node / "outbox"
+
+    @property
+    def outbox_spares_dir(self) -> Path:
+        """Published outbox files, kept to be written again (``outbox.py``)."""
+        return self.state_dir / self.node / "outbox-spares"

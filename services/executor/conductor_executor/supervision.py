@@ -34,6 +34,7 @@ a folder of its own, so the records of the run the scheduler ended never stand f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -239,3 +240,18 @@ def read_process(folder: Path) -> ProcessRecord | None:
 
 def write_process(folder: Path, record: ProcessRecord) -> None:
     (folder / PROCESS).write_text(record.to_json())
+
+
+def mark_announced(folder: Path, record: ProcessRecord) -> None:
+    """``record``, as ``write_process`` wrote it, now says its JobStarted is in the outbox. Written
+    over the old text in one ``pwrite`` of the same length (padded: JSON ignores the spaces), never
+    truncated first: an executor killed meanwhile leaves the old record or the new one, never none."""
+    old = record.to_json().encode()
+    new = dataclasses.replace(record, announced=True).to_json().encode()
+    if len(new) > len(old):  # not with these two texts ("false" -> "true"); never cut a record short
+        raise ValueError("the announced record is longer than the one it replaces")
+    fd = os.open(folder / PROCESS, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, new.ljust(len(old)), 0)
+    finally:
+        os.close(fd)
