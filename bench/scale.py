@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import bisect
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,6 +151,7 @@ async def main() -> None:
     parser.add_argument("--log-level", default="WARNING", help="the scheduler's (INFO logs every placement)")
     parser.add_argument("--scheduler-path", default="", help="a folder put first on the scheduler's PYTHONPATH (A/B)")
     parser.add_argument("--keep", default="", help="keep the scheduler's log in this file")
+    parser.add_argument("--profile", default="", help="py-spy's profile of the scheduler, in this file (raw format)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conductor-scale-") as tmp:
         server = start_nats(Path(tmp) / "nats")
@@ -165,6 +167,7 @@ async def main() -> None:
         log = open(args.keep or Path(tmp) / "scheduler.log", "wb")  # noqa: SIM115 - the child writes it
         scheduler = subprocess.Popen([sys.executable, "-m", "conductor_scheduler"], env=env, stdout=log, stderr=log)
         stop = asyncio.Event()
+        profiler: subprocess.Popen[bytes] | None = None
         try:
             bus = await connect(server.url, name="bench-scale")
             registrations = await register(bus, args.nodes, args.cores, memory_mb=args.cores * 4096)
@@ -172,11 +175,15 @@ async def main() -> None:
             await asyncio.sleep(3)  # the scheduler folds the registrations and idles
             pid = scheduler.pid
             cpu0, rss0 = cpu_s(pid), memory_mb(pid)
-            nats_cpu0 = cpu_s(server.process.pid)
+            nats_cpu0, own_cpu0 = cpu_s(server.process.pid), time.process_time()
             print(
                 f"SCNS-Conductor scale simulation: {args.nodes} nodes x {args.cores} cores, {args.jobs} one-CPU jobs "
                 f"of {args.run_s:g} s (± half), queue depth {args.queue_depth}"
             )
+            if args.profile:  # from here on: the jobs' part of the run, not the start
+                spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw"]
+                spy += ["-o", args.profile, "--rate", "50", "--nonblocking"]
+                profiler = subprocess.Popen(spy, stdout=subprocess.DEVNULL)
             executor = Executor(bus, args.run_s)
             following = asyncio.create_task(executor.follow(stop))
             submitter = Submitter(bus, executor, args.jobs)
@@ -201,7 +208,7 @@ async def main() -> None:
             await submitting
             cpu1, rss1 = cpu_s(pid), memory_mb(pid)
             peak = max(peak, memory_mb(pid, "VmHWM"))
-            nats_cpu1 = cpu_s(server.process.pid)
+            nats_cpu1, own_cpu1 = cpu_s(server.process.pid), time.process_time()
             async with httpx.AsyncClient() as client:
                 scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
             reasons = await count(bus, "conductor.sched.job.*.reason")
@@ -212,6 +219,9 @@ async def main() -> None:
             await bus.close()
         finally:
             stop.set()
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
             scheduler.terminate()
             scheduler.wait(30)
             log.close()
@@ -239,7 +249,9 @@ async def main() -> None:
     )
     print(f"  fencing rejections:        {metric(scraped, 'conductor_scheduler_fencing_rejections_total'):.0f}")
     print(f"scheduler RSS:               start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss1:.0f} MB")
-    print(f"nats-server CPU:             {nats_cpu1 - nats_cpu0:.1f} s")
+    print(
+        f"nats-server CPU:             {nats_cpu1 - nats_cpu0:.1f} s; this harness (nodes, executor, submits) {own_cpu1 - own_cpu0:.1f} s"
+    )
     print(
         f"log:                         {total} events, {decisions} by the scheduler, of which {reasons} reason changes ({reasons / total:.1%} of the log)"
     )
