@@ -1,15 +1,18 @@
-"""The policy's first fit resumes, per job size, where it last placed, and lists a node's free cores
-only to place on it: the decisions must be exactly those of the plain first fit it replaced
-(``policy_reference``), over arbitrary logs with many nodes and repeated job sizes."""
+"""The policy's first fit resumes, per job size, where it last placed, lists a node's free cores only
+to place on it, and walks the partitions' queues side by side: the decisions must be exactly those of
+the plain first fit over the whole queue it replaced (``policy_reference``), over arbitrary logs with
+many nodes shared by two partitions and repeated job sizes, and from a state restored from a snapshot."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conductor_scheduler import snapshot
 from conductor_scheduler.policy import Decision, decide
 from conductor_scheduler.state import ClusterState
 from tests.unit import policy_reference, scheduling
@@ -56,6 +59,9 @@ def test_the_policy_decides_what_the_plain_first_fit_decided(
         nonlocal compared
         ours = decide(state, queue_depth=queue_depth)
         assert _comparable(ours) == _comparable(policy_reference.decide(state, queue_depth=queue_depth))
+        # A state restored from a snapshot builds its queues again: the same decisions.
+        restored = snapshot.decode(json.loads(json.dumps(snapshot.encode(state))))
+        assert _comparable(decide(restored, queue_depth=queue_depth)) == _comparable(ours)
         compared += 1
         return ours
 

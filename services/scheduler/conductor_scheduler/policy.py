@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator
+
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
 from conductor_scheduler.state import ClusterState, Node, PendingJob
@@ -82,6 +85,35 @@ def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
     )
 
 
+def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
+    """The pending jobs in queue order, the partitions side by side; a partition found in ``done`` is
+    left: none of its jobs behind is even looked at."""
+    if len(state.queues) == 1:  # the usual case: no merge
+        [(partition, queue)] = state.queues.items()
+        for job_id in queue:
+            if partition in done:
+                return
+            yield state.pending[job_id]
+        return
+    heads = []
+    for partition, queue in state.queues.items():
+        line = iter(queue.items())
+        job_id, place = next(line)  # a queue is never empty: it goes with its last job
+        heads.append((place, partition, job_id, line))
+    heapq.heapify(heads)
+    while heads:
+        _, partition, job_id, line = heads[0]
+        if partition in done:
+            heapq.heappop(heads)
+            continue
+        yield state.pending[job_id]
+        following = next(line, None)
+        if following is None:
+            heapq.heappop(heads)
+        else:
+            heapq.heapreplace(heads, (following[1], partition, following[0], line))
+
+
 def _orphaned(state: ClusterState) -> list[Decision]:
     """The running jobs of lost nodes: requeued when they asked to be, NODE_FAIL otherwise."""
     decisions: list[Decision] = []
@@ -134,7 +166,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         if state.reasons.get(job.job_id) != code.value:
             decisions.append(ev.JobReasonChanged(job_id=job.job_id, reason=code.value, detail=detail))
 
-    for job in state.pending.values():
+    for job in _in_line(state, done):
         partition = job.partition
         if partition in done or job.job_id in state.cancel_requested or job.noop:
             continue
