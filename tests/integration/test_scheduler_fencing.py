@@ -218,3 +218,18 @@ async def _stored(bus: Bus, subject: str) -> int:
     )
     await bus.js.delete_consumer(bus.stream, name)
     return int(info.num_pending or 0)
+
+
+async def test_a_leader_catching_up_keeps_its_lease_and_a_standby_takes_none(bus: Bus, nats_url: str) -> None:
+    kv = await bus.leases()
+    settings = SchedulerSettings(nats_url=nats_url)
+    leader = Scheduler(bus, settings, Lease(kv, subjects.SCHEDULER_LEASE_KEY, "leader", 10))
+    standby = Scheduler(bus, settings, Lease(kv, subjects.SCHEDULER_LEASE_KEY, "standby", 10))
+    assert await leader.leads()
+    assert leader.lease is not None and standby.lease is not None
+    first = leader.lease.revision
+    leader.lease.renewed_at -= 5  # folding for a while: the renewal is due
+    await leader.keep_lease()
+    assert leader.lease.revision != first and leader.lease.held
+    await standby.keep_lease()  # catching up is no time to take a lease it does not hold
+    assert standby.lease.revision is None

@@ -136,6 +136,12 @@ class Scheduler:
     async def leads(self) -> bool:
         return True if self.lease is None else await self.lease.tick()
 
+    async def keep_lease(self) -> None:
+        """Renew a lease we hold while catching up: folding a burst (100k submissions) can outlast the
+        lease, and a leader that is only behind must not lose it (nor a standby take it) for that."""
+        if self.lease is not None and self.lease.held:
+            await self.lease.tick()
+
     async def decide_and_publish(self) -> None:
         if self.state.last_seq < self.awaiting_seq:
             return
@@ -300,6 +306,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             if msgs:
                 LAG.set(msgs[-1].metadata.num_pending)
             if msgs and msgs[-1].metadata.num_pending > 0:
+                await scheduler.keep_lease()
                 continue  # not caught up: decide only from the whole log
             try:
                 if await scheduler.leads():
