@@ -49,6 +49,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
+def runnable_wait_s(pid: int) -> float:
+    """How long the process was ready to run but waited for a core (the machine is shared)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def memory_mb(pid: int, key: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -177,7 +182,7 @@ async def main() -> None:
             beating = asyncio.create_task(heartbeats(bus, registrations, 5.0, stop))
             await asyncio.sleep(3)  # the scheduler folds the registrations and idles
             pid = scheduler.pid
-            cpu0, rss0 = cpu_s(pid), memory_mb(pid)
+            cpu0, rss0, wait0 = cpu_s(pid), memory_mb(pid), runnable_wait_s(pid)
             nats_cpu0, own_cpu0 = cpu_s(server.process.pid), time.process_time()
             print(
                 f"SCNS-Conductor scale simulation: {args.nodes} nodes x {args.cores} cores, {args.jobs} one-CPU jobs "
@@ -209,7 +214,7 @@ async def main() -> None:
                         flush=True,
                     )
             await submitting
-            cpu1, rss1 = cpu_s(pid), memory_mb(pid)
+            cpu1, rss1, wait1 = cpu_s(pid), memory_mb(pid), runnable_wait_s(pid)
             peak = max(peak, memory_mb(pid, "VmHWM"))
             nats_cpu1, own_cpu1 = cpu_s(server.process.pid), time.process_time()
             async with httpx.AsyncClient() as client:
@@ -248,7 +253,10 @@ async def main() -> None:
         f"  with ~{args.deep} pending:      {deep_rate:,.0f} /s over {deep_s:.0f} s ({deep_rate / shallow_rate - 1:+.0%})"
     )
     print(f"  the deep queue's burst:    placing again {caught_up - submitter.deep_at:.1f} s after it was all sent")
-    print(f"scheduler CPU:               {cpu:.1f} s = {1000 * cpu / len(placed_at):.3f} ms per placement")
+    print(
+        f"scheduler CPU:               {cpu:.1f} s = {1000 * cpu / len(placed_at):.3f} ms per placement "
+        f"({cpu / (last - first):.0%} of a core; ready but waiting for a core {wait1 - wait0:.1f} s)"
+    )
     cycles = metric(scraped, "conductor_scheduler_decide_seconds_count")
     decide_s = metric(scraped, "conductor_scheduler_decide_seconds_sum")
     print(
