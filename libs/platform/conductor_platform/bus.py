@@ -324,9 +324,8 @@ class LogReader:
             await self.bus.js.delete_consumer(self.bus.stream, self.name)
 
 
-async def read_from(bus: Bus, start_seq: int, only: Sequence[str] = ()) -> LogReader:
-    """Follow the whole stream in order from ``start_seq`` (see ``LogReader``); ``only``: just the
-    messages on these subjects (filtered by the server, which must not overlap), in the same order."""
+async def read_from(bus: Bus, start_seq: int) -> LogReader:
+    """Follow the whole stream in order from ``start_seq`` (see ``LogReader``)."""
     start_seq = max(start_seq, 1)
     policy = DeliverPolicy.ALL if start_seq <= 1 else DeliverPolicy.BY_START_SEQUENCE
     name = f"reader-{uuid.uuid4().hex}"
@@ -337,7 +336,6 @@ async def read_from(bus: Bus, start_seq: int, only: Sequence[str] = ()) -> LogRe
         ack_policy=AckPolicy.NONE,
         # Gone by itself a minute after its reader: a crashed service leaves nothing for long.
         inactive_threshold=60.0,
-        filter_subjects=list(only) or None,
     )
     await bus.js.add_consumer(bus.stream, config=config)
     sub = await bus.js.pull_subscribe_bind(consumer=name, stream=bus.stream)

@@ -1,7 +1,6 @@
 """The scheduler service around the pure core. One cycle:
 
-    load   - a pull consumer (bus.LogReader) replays the stream from its snapshot or the start, then follows it
-             (all but JobStarted: ``FOLDED_SUBJECTS``);
+    load   - a pull consumer (bus.LogReader) replays the stream from its snapshot or the start, then follows it;
     fold   - every event goes through ``evolve`` into ``ClusterState``;
     decide - once caught up (nothing pending) and while holding the lease, ``decide(state)``;
     publish- the decisions in atomic batches of up to 1,000, the first fenced on the last scheduler
@@ -69,16 +68,6 @@ FENCING_REJECTIONS = Counter(
     "Decisions of this scheduler the log refused because another scheduler had decided meanwhile",
 )
 _NAME = "conductor-scheduler"
-# What the fold reads: every subject but an executor's JobStarted, a quarter of a busy log that
-# changes nothing the scheduler decides from (a job holds its cores from its placement to its
-# outcome). The server filters, so those messages are never sent here, decoded nor skipped.
-# tests/unit/test_scheduler_subjects.py holds every event type to this list.
-FOLDED_SUBJECTS = (
-    f"{subjects.ROOT}.gw.>",
-    subjects.SCHEDULER_ALL,
-    f"{subjects.ROOT}.exec.*.node.>",
-    *(f"{subjects.ROOT}.exec.*.job.{end}" for end in ("completed", "failed", "timedout", "outofmemory", "cancelled")),
-)
 CLUSTER = Cluster()
 REGISTRY.register(CLUSTER)
 
@@ -240,7 +229,7 @@ class Scheduler:
             self.bus = await connect(self.settings.nats_url, name=_NAME, replicas=self.settings.stream_replicas)
             if self.lease is not None:
                 self.lease.kv = await self.bus.leases(self.settings.lease_ttl_s)
-        return await read_from(self.bus, self.state.last_seq + 1, FOLDED_SUBJECTS)
+        return await read_from(self.bus, self.state.last_seq + 1)
 
 
 async def _start(settings: SchedulerSettings, stop: asyncio.Event) -> tuple[Bus, Lease | None] | None:
