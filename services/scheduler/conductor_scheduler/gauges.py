@@ -3,8 +3,9 @@ view: jobs by state and partition, pending by reason, the oldest pending job's a
 CPUs and memory per node and partition).
 
 Gauges of the fold, not counters: a restarted scheduler that replays the log exports the same
-values. The loop takes a snapshot at most once a second (``Cluster.refresh``); a scrape reads the
-last snapshot from the metrics thread and never touches the state the loop is changing.
+values. The loop takes a snapshot at most once a second (``Cluster.refresh``), less often when it is
+large; a scrape reads the last snapshot from the metrics thread and never touches the state the loop
+is changing.
 """
 
 from __future__ import annotations
@@ -67,15 +68,21 @@ def snapshot(state: ClusterState) -> Snapshot:
 
 
 class Cluster(Collector):
-    def __init__(self, every_s: float = 1.0) -> None:
+    def __init__(self, every_s: float = 1.0, share: float = 0.05) -> None:
         self.every_s = every_s
+        # A snapshot reads every job not ended: with a million pending that takes a good part of a
+        # second, so the next waits until the last one's cost is at most ``share`` of the loop's time.
+        self.share = share
         self.taken_at = 0.0
+        self.wait_s = every_s
         self.last = Snapshot()
 
     def refresh(self, state: ClusterState) -> None:
         now = time.monotonic()
-        if now - self.taken_at >= self.every_s:
-            self.last, self.taken_at = snapshot(state), now
+        if now - self.taken_at >= self.wait_s:
+            self.last = snapshot(state)
+            self.taken_at = time.monotonic()
+            self.wait_s = max(self.every_s, (self.taken_at - now) / self.share)
 
     def collect(self) -> Iterator[Metric]:
         s = self.last

@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import heapq
+from collections.abc import Iterator
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
@@ -24,10 +25,54 @@ from conductor_scheduler.state import ClusterState, Node, PendingJob
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
 
 
-@dataclass
 class _Room:
-    cores: list[int]
-    memory_mb: int
+    """What a node still offers new placements in this cycle. Its free cores are listed (sorted) only
+    when a job is placed on it: a cycle costs nothing per idle core of the nodes it only looks at."""
+
+    __slots__ = ("_cores", "count", "memory_mb", "node")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.count = min(len(node.free_cores), max(0, node.cpus - node.alloc_cpus))  # len(usable_cores())
+        self.memory_mb = node.free_memory_mb
+        self._cores: list[int] | None = None
+
+    def fits(self, job: PendingJob) -> bool:
+        return self.count >= job.cpus and self.memory_mb >= job.memory_mb
+
+    def take(self, job: PendingJob) -> tuple[int, ...]:
+        """The lowest-numbered free cores for ``job``, and its memory."""
+        cores = self.node.usable_cores() if self._cores is None else self._cores
+        taken, self._cores = cores[: job.cpus], cores[job.cpus :]
+        self.count -= job.cpus
+        self.memory_mb -= job.memory_mb
+        return tuple(taken)
+
+
+class _FirstFit:
+    """First fit over a partition's nodes (by name), for many jobs in one cycle. Within a cycle a
+    node only loses room, so a node found too small for a job of some size stays too small for the
+    next job of that size: each size resumes where the last one of its size was placed, and a cycle
+    looks at each node about once per job size rather than once per job."""
+
+    def __init__(self, rooms: list[_Room]) -> None:
+        self.rooms = rooms
+        self.resume: dict[tuple[int, int], int] = {}  # (cpus, memory) -> the first node that may fit
+        self.never: dict[tuple[int, int], str | None] = {}
+
+    def place(self, job: PendingJob) -> _Room | None:
+        size = (job.cpus, job.memory_mb)
+        rooms, i = self.rooms, self.resume.get(size, 0)
+        while i < len(rooms) and not rooms[i].fits(job):
+            i += 1
+        self.resume[size] = i
+        return rooms[i] if i < len(rooms) else None
+
+    def never_fits(self, job: PendingJob) -> str | None:
+        size = (job.cpus, job.memory_mb)
+        if size not in self.never:
+            self.never[size] = _never_fits(job, [r.node for r in self.rooms])
+        return self.never[size]
 
 
 def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
@@ -38,6 +83,35 @@ def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
         f"asks {job.cpus} CPUs and {job.memory_mb}M of memory; the largest node of partition "
         f"'{job.partition}' ({biggest.name}) has {biggest.cpus} CPUs and {biggest.memory_mb}M"
     )
+
+
+def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
+    """The pending jobs in queue order, the partitions side by side; a partition found in ``done`` is
+    left: none of its jobs behind is even looked at."""
+    if len(state.queues) == 1:  # the usual case: no merge
+        [(partition, queue)] = state.queues.items()
+        for job_id in queue:
+            if partition in done:
+                return
+            yield state.pending[job_id]
+        return
+    heads = []
+    for partition, queue in state.queues.items():
+        line = iter(queue.items())
+        job_id, place = next(line)  # a queue is never empty: it goes with its last job
+        heads.append((place, partition, job_id, line))
+    heapq.heapify(heads)
+    while heads:
+        _, partition, job_id, line = heads[0]
+        if partition in done:
+            heapq.heappop(heads)
+            continue
+        yield state.pending[job_id]
+        following = next(line, None)
+        if following is None:
+            heapq.heappop(heads)
+        else:
+            heapq.heapreplace(heads, (following[1], partition, following[0], line))
 
 
 def _orphaned(state: ClusterState) -> list[Decision]:
@@ -74,15 +148,16 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             decisions.append(ev.JobCompleted(job_id=job_id))
 
     nodes = sorted(state.nodes.values(), key=lambda n: n.name)
-    room = {n.name: _Room(n.usable_cores(), n.free_memory_mb) for n in nodes if n.available}
-    partitions: dict[str, list[Node]] = {}  # the nodes that may take work now
+    room = {n.name: _Room(n) for n in nodes if n.available}  # shared by the partitions a node serves
+    members_of: dict[str, list[_Room]] = {}  # the nodes that may take work now
     unavailable: dict[str, list[str]] = {}  # the lost or drained ones, for the reason's detail
     for n in nodes:
         for partition in n.partitions:
             if n.available:
-                partitions.setdefault(partition, []).append(n)
+                members_of.setdefault(partition, []).append(room[n.name])
             else:
                 unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
+    partitions = {partition: _FirstFit(rooms) for partition, rooms in members_of.items()}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
     done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
     evaluated: dict[str, int] = {}
@@ -91,7 +166,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         if state.reasons.get(job.job_id) != code.value:
             decisions.append(ev.JobReasonChanged(job_id=job.job_id, reason=code.value, detail=detail))
 
-    for job in state.pending.values():
+    for job in _in_line(state, done):
         partition = job.partition
         if partition in done or job.job_id in state.cancel_requested or job.noop:
             continue
@@ -113,25 +188,20 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             else:
                 reason(job, PendingReason.PRIORITY, "waiting behind an earlier job of its partition")
             continue
-        too_big = _never_fits(job, members)
+        too_big = members.never_fits(job)
         if too_big is not None:
             if explain:
                 reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
             continue
-        target = next(
-            (n for n in members if len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb),
-            None,
-        )
+        target = members.place(job)
         if target is None:
             blocked.add(partition)
             if explain:
                 reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
             continue
-        free = room[target.name]
-        cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]
-        free.memory_mb -= job.memory_mb
+        cores = target.take(job)
         decisions.append(
-            ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb, run=job.run)
+            ev.JobPlaced(job_id=job.job_id, node=target.node.name, cores=cores, memory_mb=job.memory_mb, run=job.run)
         )
     # Placements first: they start work; reasons only inform.
     return sorted(decisions, key=lambda d: isinstance(d, ev.JobReasonChanged))

@@ -3,7 +3,8 @@
     load   - a pull consumer (bus.LogReader) replays the stream from its snapshot or the start, then follows it;
     fold   - every event goes through ``evolve`` into ``ClusterState``;
     decide - once caught up (nothing pending) and while holding the lease, ``decide(state)``;
-    publish- each decision fenced on the last scheduler decision folded; a rejection means another
+    publish- the decisions in atomic batches of up to 1,000, the first fenced on the last scheduler
+             decision folded, each next one on the last of the batch before; a rejection means another
              scheduler decided meanwhile, so we keep folding and decide again from the newer state.
 
 It does not decide again until its own decisions have come back through the fold, so the state it
@@ -21,6 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -28,7 +30,17 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform import tracing
-from conductor_platform.bus import Bus, FencedOut, LogReader, connect, next_batch, read_from
+from conductor_platform.bus import (
+    DUPLICATE_IN_BATCH,
+    MAX_BATCH,
+    BatchRefused,
+    Bus,
+    FencedOut,
+    LogReader,
+    connect,
+    next_batch,
+    read_from,
+)
 from conductor_platform.retry import Backoff
 from conductor_scheduler import history, snapshot, traces
 from conductor_scheduler.gauges import Cluster
@@ -114,6 +126,12 @@ class Scheduler:
     async def leads(self) -> bool:
         return True if self.lease is None else await self.lease.tick()
 
+    async def keep_lease(self) -> None:
+        """Renew a lease we hold while catching up: folding a burst (100k submissions) can outlast the
+        lease, and a leader that is only behind must not lose it (nor a standby take it) for that."""
+        if self.lease is not None and self.lease.held:
+            await self.lease.tick()
+
     async def decide_and_publish(self) -> None:
         if self.state.last_seq < self.awaiting_seq:
             return
@@ -121,18 +139,41 @@ class Scheduler:
         with DECIDE_SECONDS.time():
             decisions = [*lost, *decide(self.state, queue_depth=self.settings.queue_depth)]
         expected = self.state.last_scheduler_seq
-        for decision in decisions:
-            # Each decision about a job continues the trace of the job's submission.
-            span = traces.span_of(self.state, decision)
-            with tracing.span(span.name, span.parent, span.attributes) as traceparent:
-                try:
-                    expected = await self.bus.publish_fenced(decision, expected, tracing.headers(traceparent))
-                except FencedOut:
-                    FENCING_REJECTIONS.inc()
-                    log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
-                    break
-                self.awaiting_seq = expected
+        # A cycle's decisions go as atomic batches, each fenced on the decision stored last: one round
+        # trip per thousand decisions, and a batch is stored whole or refused whole.
+        for start in range(0, len(decisions), MAX_BATCH):
+            chunk = decisions[start : start + MAX_BATCH]
+            try:
+                expected = await self._publish_chunk(chunk, expected)
+            except FencedOut:
+                FENCING_REJECTIONS.inc()
+                log.info("fenced out: another scheduler decided; refolding", extra={"expected": expected})
+                return
+            self.awaiting_seq = expected
+            for decision in chunk:
                 self._published(decision)
+
+    async def _publish_chunk(self, chunk: Sequence[ev.Event], expected: int) -> int:
+        """Publish ``chunk`` in one fenced batch; the sequence of its last decision stored."""
+        with contextlib.ExitStack() as spans:
+            messages = []
+            for decision in chunk:
+                # Each decision about a job continues the trace of the job's submission; its span
+                # lasts until the batch that carries it is stored.
+                span = traces.span_of(self.state, decision)
+                traceparent = spans.enter_context(tracing.span(span.name, span.parent, span.attributes))
+                messages.append((decision, tracing.headers(traceparent)))
+            try:
+                return await self.bus.publish_fenced_batch(messages, expected)
+            except BatchRefused as err:
+                if err.err_code != DUPLICATE_IN_BATCH:
+                    raise
+                # A batch is refused whole for one message id the stream has already (where a single
+                # publish is acknowledged as a duplicate): one by one, as the stream takes them.
+                log.warning("a decision's id was stored already; publishing one by one", extra={"error": str(err)})
+            for decision, headers in messages:
+                expected = await self.bus.publish_fenced(decision, expected, headers)
+            return expected
 
     def _published(self, decision: ev.Event) -> None:
         if isinstance(decision, ev.NodeLost):
@@ -275,6 +316,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             if msgs:
                 LAG.set(msgs[-1].metadata.num_pending)
             if msgs and msgs[-1].metadata.num_pending > 0:
+                await scheduler.keep_lease()
                 continue  # not caught up: decide only from the whole log
             try:
                 if await scheduler.leads():

@@ -84,6 +84,19 @@ class ClusterState:
     last_seq: int = 0
     # The stream sequence of the newest scheduler decision folded: the fencing token for the next one.
     last_scheduler_seq: int = 0
+    # ``pending`` again, by partition: each job with its place in the whole queue (a number that only
+    # grows), so that the policy walks the partitions side by side in queue order and leaves one
+    # behind once nothing more can be decided there (a queue blocked behind a full partition costs
+    # nothing). Derived from ``pending`` (built again from it when a state is made with jobs, as a
+    # snapshot's is): the numbers themselves mean nothing and do not take part in comparisons.
+    queues: dict[str, dict[int, int]] = field(default_factory=dict, compare=False, repr=False)
+    enqueued: int = field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.pending and not self.queues:
+            for job in self.pending.values():
+                self.enqueued += 1
+                self.queues.setdefault(job.partition, {})[job.job_id] = self.enqueued
 
 
 def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
@@ -106,6 +119,8 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
 def _enqueue(state: ClusterState, job: PendingJob) -> None:
     state.pending[job.job_id] = job
     state.queued[job.partition] = state.queued.get(job.partition, 0) + 1
+    state.enqueued += 1
+    state.queues.setdefault(job.partition, {})[job.job_id] = state.enqueued
 
 
 def _dequeue(state: ClusterState, job_id: int) -> None:
@@ -118,8 +133,10 @@ def _dequeue(state: ClusterState, job_id: int) -> None:
     left = state.queued[job.partition] - 1
     if left:
         state.queued[job.partition] = left
+        del state.queues[job.partition][job_id]
     else:
         del state.queued[job.partition]
+        del state.queues[job.partition]
 
 
 def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
