@@ -25,13 +25,14 @@ from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts.text import printable
-from conductor_platform.bus import Bus, LogReader, connect, next_batch, read_from
+from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, republish, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
+from conductor_projector.reader import quick_read_from, stream_seq
 from conductor_projector.settings import ProjectorSettings
 from conductor_projector.sink import Item
 
@@ -107,7 +108,7 @@ async def _read(sub: LogReader, settings: ProjectorSettings) -> _Read:
     events: list[tuple[int, Item]] = []
     subjects: dict[int, str] = {}
     for m in msgs:
-        seq = m.metadata.sequence.stream
+        seq = stream_seq(m)
         events.append((seq, decode(m.subject, m.data)))
         subjects[seq] = m.subject
     return _Read(events, subjects, msgs[-1].metadata.num_pending if msgs else 0)
@@ -123,7 +124,7 @@ async def _follow(
     transaction while this process decodes, instead of each waiting for the other. At most one batch
     is read ahead, and it is only ever applied after the one before it committed."""
     position = await _position(engine, settings.consumer)
-    sub = await read_from(bus, position + 1)
+    sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     log.info("projecting", extra={"from_seq": position + 1})
     ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings))
@@ -142,7 +143,7 @@ async def _follow(
                 log.info("position moved back; reading again", extra={"from_seq": moved.position + 1})
                 await _cancelled(ahead)
                 await sub.unsubscribe()
-                sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
+                sub, fresh_read = await quick_read_from(bus, moved.position + 1), moved.position + 1
                 ahead = asyncio.create_task(_read(sub, settings))
                 continue
             EVENTS_APPLIED.inc(len(read.events))
