@@ -76,6 +76,17 @@ def rss_mb(pid: int) -> float:
         return 0.0
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The most the process ever held (VmHWM)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _job(i: int) -> ev.JobSubmitted:
     return ev.JobSubmitted(
         name=f"bench-{i % 100}", account=f"acct{i % 10}", partition="default", ntasks_per_node=1, cpus_per_task=1,
@@ -248,7 +259,10 @@ async def catch_up(
     print(
         f"  CPU seconds: projector {cpu:.1f} ({cpu / target * 1e6:.1f} us/event), nats {nats:.1f}, postgres {pg_cpu:.1f}"
     )
-    print(f"  projector RSS: {rss_first:.0f} MB after its first batch, {rss_mb(run.proc.pid):.0f} MB at the end")
+    print(
+        f"  projector RSS: {rss_first:.0f} MB after its first batch, {rss_mb(run.proc.pid):.0f} MB at the end"
+        f" (peak {peak_rss_mb(run.proc.pid):.0f} MB)"
+    )
 
 
 async def live(projector: Projector, filler: Filler, run: Run, pg: asyncpg.Pool, rate: float, seconds: float) -> None:
