@@ -84,10 +84,13 @@ class QuickLogReader(LogReader):
                 break
             if self._processable(first):
                 out.append(first)
-            elif JetStreamContext.is_status_msg(first) in _ENDS_REQUEST:
+            elif not until_drained and JetStreamContext.is_status_msg(first) in _ENDS_REQUEST:
                 break
             out, ended = self._take(limit, out)
-            if ended or (until_drained and out):
+            # A status may be the late end of an earlier request that timed out: only the request
+            # that asks for what the stream has now is taken to end with it; the one that waits for
+            # new messages ends with them, or at its deadline.
+            if (ended and not until_drained) or (until_drained and out):
                 break
         return out
 

@@ -74,7 +74,9 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
     log.info("publishing on the public subjects", extra={"from_seq": start})
     try:
         while not stop.is_set():
-            msgs = await next_batch(sub, 500, wait_s=1.0)
+            # Up to 2000 at a time while catching up; live, what arrives within 50 ms: one flush
+            # (a round trip to the server) for each batch, not for each trickle of events.
+            msgs = await next_batch(sub, 2000, wait_s=1.0, linger_s=0.05)
             for msg in msgs:
                 seq = stream_seq(msg)
                 try:

@@ -193,8 +193,11 @@ async def _apply(
     one_by_one: bool,
 ) -> int:
     async with engine.begin() as conn:
-        await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
-        current = await conn.scalar(select(t.positions.c.position).where(t.positions.c.name == name).with_for_update())
+        locked = select(t.positions.c.position).where(t.positions.c.name == name).with_for_update()
+        current = await conn.scalar(locked)
+        if current is None:  # the first batch ever (or of a rebuild): the row to lock, then lock it
+            await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
+            current = await conn.scalar(locked)
         current = int(current or 0)
         if batch and batch[0][0] > current + 1 and read_from != current + 1:
             raise PositionMovedBack(current)
