@@ -240,10 +240,12 @@ async def catch_up(
         await until(lambda: _below(pg, target), 0.01)
     first_at: float | None = None
     first_pos = 0
-    rss_first = 0.0
+    rss_first = rss_half = 0.0
     while (reached := await position(pg)) < target:
         if reached and first_at is None and reached < target:
             first_at, first_pos, rss_first = time.perf_counter(), reached, rss_mb(run.proc.pid)
+        if reached >= target // 2 and not rss_half:
+            rss_half = rss_mb(run.proc.pid)
         if run.proc.poll() is not None:
             raise RuntimeError(f"the projector exited with {run.proc.returncode}")
         await asyncio.sleep(0.05)
@@ -260,7 +262,8 @@ async def catch_up(
         f"  CPU seconds: projector {cpu:.1f} ({cpu / target * 1e6:.1f} us/event), nats {nats:.1f}, postgres {pg_cpu:.1f}"
     )
     print(
-        f"  projector RSS: {rss_first:.0f} MB after its first batch, {rss_mb(run.proc.pid):.0f} MB at the end"
+        f"  projector RSS: {rss_first:.0f} MB after its first batch, {rss_half:.0f} MB half-way,"
+        f" {rss_mb(run.proc.pid):.0f} MB at the end"
         f" (peak {peak_rss_mb(run.proc.pid):.0f} MB)"
     )
 
