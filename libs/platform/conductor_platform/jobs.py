@@ -15,8 +15,15 @@ class JobDirectory:
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self.known: OrderedDict[int, JobContext | None] = OrderedDict()
+        # One object per distinct context: a full directory of jobs of a few accounts then holds a
+        # few contexts, not one copy (with its strings) per job, about 150 bytes each.
+        self.shared: dict[JobContext, JobContext] = {}
 
     def remember(self, job_id: int, context: JobContext | None) -> None:
+        if context is not None:
+            if len(self.shared) >= self.capacity:
+                self.shared.clear()
+            context = self.shared.setdefault(context, context)
         self.known[job_id] = context
         self.known.move_to_end(job_id)
         while len(self.known) > self.capacity:

@@ -26,6 +26,8 @@ PLACED_TO_START = Histogram(
 )
 START_TO_END = Histogram("conductor_start_to_end_seconds", "From a job's start to its end", buckets=_LATENCY_BUCKETS)
 BATCH_SIZE = Histogram(
-    "conductor_projector_batch_events", "Events per batch the projector applied", buckets=(1, 5, 10, 50, 100, 250, 500)
+    "conductor_projector_batch_events",
+    "Events per batch the projector applied",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000),
 )
 LAG = Gauge("conductor_projector_lag_events", "Events in the log the projector has not read yet")

@@ -309,9 +309,9 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 def _target(op: Operation) -> Table:
-    if isinstance(op, InsertRow):
+    if type(op) is InsertRow:
         return op.table
-    return t.jobs if isinstance(op, InsertJob | UpdateJob) else t.nodes
+    return t.jobs if type(op) in (InsertJob, UpdateJob) else t.nodes
 
 
 def _keyed(op: Operation) -> dict[str, Any]:
@@ -374,9 +374,11 @@ def unstorable(op: Operation) -> str | None:
     folds a job's events in memory, where a later event could hide an earlier unstorable value)."""
     columns = _BOUNDS[_target(op).name]
     for name, value in _keyed(op).items():
-        bounds = columns.get(name)
-        if bounds is not None and value is not None and (problem := _problem(bounds, name, value)) is not None:
-            return problem
+        # Most values are neither text nor int (None, times, lists, booleans): nothing to check.
+        if isinstance(value, str | int):
+            bounds = columns.get(name)
+            if bounds is not None and (problem := _problem(bounds, name, value)) is not None:
+                return problem
     return None
 
 

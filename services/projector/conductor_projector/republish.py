@@ -22,9 +22,10 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import public
 from conductor_platform import tracing
-from conductor_platform.bus import Bus, next_batch, read_from
+from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
 from conductor_platform.retry import Backoff
+from conductor_projector.reader import quick_read_from, stream_seq
 
 log = logging.getLogger("conductor.projector")
 
@@ -69,13 +70,15 @@ async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> s
 
 async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff) -> None:
     start = await published_up_to(bus) + 1
-    sub = await read_from(bus, start)
+    sub = await quick_read_from(bus, start)
     log.info("publishing on the public subjects", extra={"from_seq": start})
     try:
         while not stop.is_set():
-            msgs = await next_batch(sub, 500, wait_s=1.0)
+            # Up to 2000 at a time while catching up; live, what arrives within 50 ms: one flush
+            # (a round trip to the server) for each batch, not for each trickle of events.
+            msgs = await next_batch(sub, 2000, wait_s=1.0, linger_s=0.05)
             for msg in msgs:
-                seq = msg.metadata.sequence.stream
+                seq = stream_seq(msg)
                 try:
                     event = ev.decode(msg.data)
                 except Exception:  # what no consumer can read is not published either

@@ -18,20 +18,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts.text import printable
-from conductor_platform.bus import Bus, connect, next_batch, read_from
+from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
+from conductor_projector.reader import quick_read_from, stream_seq
 from conductor_projector.settings import ProjectorSettings
+from conductor_projector.sink import Item
 
 log = logging.getLogger("conductor.projector")
 
@@ -91,42 +94,76 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         await engine.dispose()
 
 
+@dataclass(frozen=True)
+class _Read:
+    """A batch read from the log and decoded, ready to apply."""
+
+    events: list[tuple[int, Item]]
+    subjects: dict[int, str]
+    pending: int  # what the log held past it when it was read
+
+
+async def _read(sub: LogReader, settings: ProjectorSettings) -> _Read:
+    msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
+    events: list[tuple[int, Item]] = []
+    subjects: dict[int, str] = {}
+    for m in msgs:
+        seq = stream_seq(m)
+        events.append((seq, decode(m.subject, m.data)))
+        subjects[seq] = m.subject
+    return _Read(events, subjects, msgs[-1].metadata.num_pending if msgs else 0)
+
+
 async def _follow(
     engine: AsyncEngine, bus: Bus, settings: ProjectorSettings, stop: asyncio.Event, backoff: Backoff
 ) -> None:
     """Follow the stream from the stored position until stopped; raises on any failure, after which
-    the caller starts again from the position, which is where the last committed batch left it."""
+    the caller starts again from the position, which is where the last committed batch left it.
+
+    The next batch is read and decoded while the current one is written: PostgreSQL works on its
+    transaction while this process decodes, instead of each waiting for the other. At most one batch
+    is read ahead, and it is only ever applied after the one before it committed."""
     position = await archived.apply_archived(engine, bus, settings, await _position(engine, settings.consumer))
-    sub = await read_from(bus, position + 1)
+    sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     log.info("projecting", extra={"from_seq": position + 1})
+    ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings))
     try:
         while not stop.is_set():
-            msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
-            if not msgs:
+            read = await ahead
+            ahead = asyncio.create_task(_read(sub, settings))
+            if not read.events:
                 continue
-            batch = [(m.metadata.sequence.stream, decode(m.subject, m.data)) for m in msgs]
-            subjects = {m.metadata.sequence.stream: m.subject for m in msgs}
             try:
-                reached = await sink.apply_batch(
-                    engine, settings.consumer, batch, read_from=fresh_read, subjects=subjects
+                await sink.apply_batch(
+                    engine, settings.consumer, read.events, read_from=fresh_read, subjects=read.subjects
                 )
             except sink.PositionMovedBack as moved:
                 # Someone rebuilds the read models: join in, from where they are.
                 log.info("position moved back; reading again", extra={"from_seq": moved.position + 1})
+                await _cancelled(ahead)
                 await sub.unsubscribe()
-                sub, fresh_read = await read_from(bus, moved.position + 1), moved.position + 1
+                sub, fresh_read = await quick_read_from(bus, moved.position + 1), moved.position + 1
+                ahead = asyncio.create_task(_read(sub, settings))
                 continue
-            EVENTS_APPLIED.inc(len(batch))
-            BATCH_SIZE.observe(len(batch))
-            LAG.set(msgs[-1].metadata.num_pending)
+            EVENTS_APPLIED.inc(len(read.events))
+            BATCH_SIZE.observe(len(read.events))
+            LAG.set(read.pending)
             fresh_read = None
             backoff.reset()
-            log.debug("applied", extra={"events": len(batch), "position": reached})
     finally:
+        await _cancelled(ahead)
         # The connection may be the thing that failed; the subscription goes with it either way.
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _cancelled(task: asyncio.Task[_Read]) -> None:
+    """The read ahead, stopped and its outcome (a batch, or the failure it met) dropped: what it read
+    is read again from the position."""
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Callable[[], Awaitable[T]]) -> T | None:

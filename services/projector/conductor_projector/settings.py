@@ -6,7 +6,9 @@ from conductor_platform.settings import CommonSettings
 class ProjectorSettings(CommonSettings):
     # The name its position is stored under: two projectors with different names keep separate tables' cursors.
     consumer: str = "projector"
-    batch_size: int = 500
+    # Events per transaction at most: a catch-up or a rebuild commits this many at a time (the
+    # transactions, not the events, cost the most); live, a batch holds what arrived in linger_s.
+    batch_size: int = 2000
     # Under load, wait this long for more events before applying a batch: far fewer transactions.
     linger_s: float = 0.05
     # CONDUCTOR_PUBLIC_SUBJECTS: publish every event again on the public subjects (its type, account,

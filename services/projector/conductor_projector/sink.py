@@ -77,11 +77,7 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tupl
     before = {job_id: (row["start_time"], row["end_time"]) for job_id, row in rows.items()}
     changed, allocations = fold_jobs(rows, job_ops, _JOB_COLUMNS)
     if changed:
-        stmt = insert(t.jobs)
-        upsert = stmt.on_conflict_do_update(
-            index_elements=["job_id"], set_={c: stmt.excluded[c] for c in _JOB_COLUMNS if c != "job_id"}
-        )
-        await conn.execute(upsert, [rows[job_id] for job_id in sorted(changed)])
+        await conn.execute(_UPSERT_JOBS, [rows[job_id] for job_id in sorted(changed)])
     moves = [
         {"b_node": node, "b_cpus": a.cpus, "b_memory": a.memory_mb}
         for node, a in sorted(allocations.items())
@@ -101,6 +97,16 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tupl
 
 
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
+
+
+def _upsert_jobs() -> Any:
+    stmt = insert(t.jobs)
+    fresh = {c: stmt.excluded[c] for c in _JOB_COLUMNS if c != "job_id"}
+    return stmt.on_conflict_do_update(index_elements=["job_id"], set_=fresh)
+
+
+# Built once: building it (``excluded``'s column proxies) cost more than applying a batch's rows.
+_UPSERT_JOBS = _upsert_jobs()
 
 
 class PositionMovedBack(Exception):
@@ -187,8 +193,11 @@ async def _apply(
     one_by_one: bool,
 ) -> int:
     async with engine.begin() as conn:
-        await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
-        current = await conn.scalar(select(t.positions.c.position).where(t.positions.c.name == name).with_for_update())
+        locked = select(t.positions.c.position).where(t.positions.c.name == name).with_for_update()
+        current = await conn.scalar(locked)
+        if current is None:  # the first batch ever (or of a rebuild): the row to lock, then lock it
+            await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
+            current = await conn.scalar(locked)
         current = int(current or 0)
         if batch and batch[0][0] > current + 1 and read_from != current + 1:
             raise PositionMovedBack(current)
