@@ -1,4 +1,4 @@
-"""The projector's log reader (``reader.QuickLogReader``) on a real JetStream: every message once, in
+"""The log reader (``quick_reader.QuickLogReader``) on a real JetStream: every message once, in
 order, whatever the batch sizes, including what arrives while a fetch waits and what a request that
 timed out delivers late."""
 
@@ -9,7 +9,7 @@ import asyncio
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus, next_batch
-from conductor_projector.reader import QuickLogReader, quick_read_from, stream_seq
+from conductor_platform.quick_reader import QuickLogReader, quick_read_from, stream_seq
 
 
 async def _publish(bus: Bus, count: int) -> None:

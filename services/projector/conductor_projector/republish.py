@@ -24,8 +24,8 @@ from conductor_contracts import public
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
+from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
-from conductor_projector.reader import quick_read_from, stream_seq
 
 log = logging.getLogger("conductor.projector")
 

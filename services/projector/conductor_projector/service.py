@@ -26,13 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
+from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
-from conductor_projector.reader import quick_read_from, stream_seq
 from conductor_projector.settings import ProjectorSettings
 from conductor_projector.sink import Item
 

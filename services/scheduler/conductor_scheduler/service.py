@@ -1,6 +1,7 @@
 """The scheduler service around the pure core. One cycle:
 
-    load   - a pull consumer (bus.LogReader) replays the stream from its snapshot or the start, then follows it;
+    load   - a pull consumer (quick_reader.QuickLogReader) replays the stream from its snapshot or the
+             start, then follows it;
     fold   - every event goes through ``evolve`` into ``ClusterState``;
     decide - once caught up (nothing pending) and while holding the lease, ``decide(state)``;
     publish- the decisions in atomic batches of up to 1,000, the first fenced on the last scheduler
@@ -39,8 +40,8 @@ from conductor_platform.bus import (
     LogReader,
     connect,
     next_batch,
-    read_from,
 )
+from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_scheduler import history, snapshot, traces
 from conductor_scheduler.gauges import Cluster
@@ -248,7 +249,7 @@ class Scheduler:
             self.bus = await connect(self.settings.nats_url, name=_NAME, replicas=self.settings.stream_replicas)
             if self.lease is not None:
                 self.lease.kv = await self.bus.leases(self.settings.lease_ttl_s)
-        return await read_from(self.bus, self.state.last_seq + 1)
+        return await quick_read_from(self.bus, self.state.last_seq + 1)
 
 
 async def _start(settings: SchedulerSettings, stop: asyncio.Event) -> tuple[Bus, Lease | None] | None:
@@ -311,7 +312,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 continue
             backoff.reset()
             for msg in msgs:
-                scheduler.fold_message(msg.metadata.sequence.stream, msg.subject, msg.data, msg.headers)
+                scheduler.fold_message(stream_seq(msg), msg.subject, msg.data, msg.headers)
             CLUSTER.refresh(scheduler.state)
             if msgs:
                 LAG.set(msgs[-1].metadata.num_pending)
