@@ -47,6 +47,12 @@ class BatchBus:
         self.batches: list[tuple[int, list[tuple[ev.Event, dict[str, str]]]]] = []  # (expected, decisions)
         self.refuse_from = refuse_from
         self.last = 100
+        self.singles: list[tuple[int, ev.Event]] = []  # (expected, decision)
+
+    async def publish_fenced(self, event: ev.Event, expected: int, headers: dict[str, str] | None = None) -> int:
+        self.singles.append((expected, event))
+        self.last += 1
+        return self.last
 
     async def publish_fenced_batch(self, decisions: list[tuple[ev.Event, dict[str, str]]], expected: int) -> int:
         if len(self.batches) + 1 >= self.refuse_from:
@@ -81,6 +87,20 @@ async def test_a_cycle_goes_out_in_fenced_batches_each_fenced_on_the_one_before(
     assert scheduler.placed == 2500 and scheduler.awaiting_seq == 2600
 
 
+async def test_a_small_cycle_goes_out_one_fenced_publish_at_a_time() -> None:
+    """An atomic batch costs nats-server a file store of its own: not worth it for a few decisions."""
+    bus = BatchBus()
+    scheduler = service.Scheduler(cast(Bus, bus), SchedulerSettings(), None)
+    _queued(scheduler, service.BATCH_FROM - 1)
+    await scheduler.decide_and_publish()
+    assert bus.batches == []
+    assert [expected for expected, _ in bus.singles] == [2, *range(101, 100 + service.BATCH_FROM - 1)]
+    assert [d.job_id for _, d in bus.singles if isinstance(d, ev.JobPlaced)] == list(
+        range(3, 3 + service.BATCH_FROM - 1)
+    )
+    assert scheduler.awaiting_seq == 100 + service.BATCH_FROM - 1
+
+
 async def test_a_refused_batch_ends_the_cycle_and_keeps_what_was_stored() -> None:
     bus = BatchBus(refuse_from=2)
     scheduler = service.Scheduler(cast(Bus, bus), SchedulerSettings(), None)
@@ -90,3 +110,19 @@ async def test_a_refused_batch_ends_the_cycle_and_keeps_what_was_stored() -> Non
     assert scheduler.placed == 1000 and scheduler.awaiting_seq == 1100
     await scheduler.decide_and_publish()  # its own decisions are not folded back yet: no new cycle
     assert len(bus.batches) == 1
+
+
+async def test_decisions_stored_before_a_fenced_out_one_are_accounted_for() -> None:
+    """One by one, a cycle can be fenced out half-way: what was stored before counts as published."""
+
+    class FencedAtThird(BatchBus):
+        async def publish_fenced(self, event: ev.Event, expected: int, headers: dict[str, str] | None = None) -> int:
+            if len(self.singles) == 2:
+                raise FencedOut("another scheduler decided")
+            return await super().publish_fenced(event, expected, headers)
+
+    bus = FencedAtThird()
+    scheduler = service.Scheduler(cast(Bus, bus), SchedulerSettings(), None)
+    _queued(scheduler, 5)
+    await scheduler.decide_and_publish()
+    assert len(bus.singles) == 2 and scheduler.placed == 2 and scheduler.awaiting_seq == 102
