@@ -72,6 +72,21 @@ class FencedOut(Exception):
     """A fenced publish was rejected: someone else decided since the state we decided from."""
 
 
+@contextlib.contextmanager
+def _fenced() -> Iterator[None]:
+    """A decision refused by fencing is ``FencedOut`` (no failure); any other failure is counted."""
+    try:
+        yield
+    except (APIError, BatchRefused) as err:
+        if err.err_code == WRONG_LAST_SEQUENCE:
+            raise FencedOut(str(err)) from err
+        PUBLISH_FAILURES.inc()
+        raise
+    except Exception:
+        PUBLISH_FAILURES.inc()
+        raise
+
+
 @dataclass
 class Bus:
     nc: Client
@@ -177,16 +192,8 @@ class Bus:
         for number, (event, headers) in enumerate(decisions):
             ours = {"Nats-Msg-Id": subjects.dedupe_id(event)} | (fence if number == 0 else {})
             messages.append((subjects.subject_for(event, by_scheduler=True), ev.encode(event), headers | ours))
-        try:
+        with _fenced():
             return await self._publish_atomic(messages, timeout_s)
-        except BatchRefused as err:
-            if err.err_code == WRONG_LAST_SEQUENCE:
-                raise FencedOut(str(err)) from err  # a decision refused by fencing: no failure
-            PUBLISH_FAILURES.inc()
-            raise
-        except Exception:
-            PUBLISH_FAILURES.inc()
-            raise
 
     async def publish_fenced(
         self, event: ev.Event, expected_last_scheduler_seq: int, headers: dict[str, str] | None = None
@@ -198,18 +205,10 @@ class Bus:
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_scheduler_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": subjects.SCHEDULER_ALL,
         }
-        try:
+        with _fenced():
             ack = await self.js.publish(
                 subjects.subject_for(event, by_scheduler=True), ev.encode(event), headers=headers, stream=self.stream
             )
-        except APIError as err:
-            if err.err_code == WRONG_LAST_SEQUENCE:
-                raise FencedOut(str(err)) from err  # a decision refused by fencing: no failure
-            PUBLISH_FAILURES.inc()
-            raise
-        except Exception:
-            PUBLISH_FAILURES.inc()
-            raise
         return int(ack.seq)
 
     async def leases(self, ttl_s: float = 10.0) -> KeyValue:
