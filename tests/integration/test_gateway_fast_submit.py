@@ -105,3 +105,14 @@ async def test_a_short_path_submit_is_counted_under_its_route(client: httpx.Asyn
     before = REGISTRY.get_sample_value("conductor_http_requests_total", labels) or 0.0
     assert (await post(client, body(), SHORT)).status_code == 200
     assert REGISTRY.get_sample_value("conductor_http_requests_total", labels) == before + 1
+
+
+async def test_a_repeated_content_type_is_read_as_the_route_reads_it(client: httpx.AsyncClient) -> None:
+    # Starlette (and so the route) reads the first of repeated headers: text/plain first is not JSON
+    # to the route, which refuses it; the short path must not accept it by reading the last one.
+    data = json.dumps(body()).encode()
+    for first, last in (("text/plain", "application/json"), ("application/json", "text/plain")):
+        repeated = [("Content-Type", first), ("Content-Type", last)]
+        answer = await client.post("/jobs/submit", content=data, headers=repeated)
+        alone = await client.post("/jobs/submit", content=data, headers={"Content-Type": first})
+        assert answer.status_code == alone.status_code, (repeated, answer.text, alone.text)
