@@ -212,3 +212,57 @@ async def test_a_rebuild_reads_the_archive_then_the_stream(
     assert await _jobs(engine) == before
     async with engine.connect() as conn:
         assert await conn.scalar(select(t.users.c.username)) == "bob"
+
+
+async def test_a_compaction_that_failed_before_its_record_leaves_no_overlapping_segment(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that dies between the archive's write and the record of it (kill -9, NATS away), then a
+    # run with more of the log behind the watermark: the archive must still hold each event once, in
+    # order. Read twice, a job's submission after its end makes it pending again for a scheduler that
+    # folds the archive, which runs it a second time.
+    archive = tmp_path / "archive"
+    await bus.publish(node("n1", 4, 4000))
+    ended = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [ended])
+    await bus.publish(ev.JobCompleted(job_id=ended, node="n1"))
+    second = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [second])
+
+    async def dies(_: Bus) -> None:
+        raise ConnectionError("killed between the archive and its record")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(compact, "compaction_bucket", dies)
+        with pytest.raises(ConnectionError):
+            await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert await compacted_below(bus) == 1 and len(segments(archive)) == 1
+
+    await bus.publish(ev.JobCompleted(job_id=second, node="n1"))
+    live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [live])
+    before = await _jobs(engine)
+    done = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert done.below == live
+    seqs = [seq for seq, *_ in read_archive(archive)]
+    assert seqs == sorted(set(seqs)), "an event archived twice, or out of order"
+
+    # A scheduler without its snapshot folds the archive: the ended job stays ended.
+    await (await bus.js.object_store(snapshot.BUCKET)).delete(snapshot.NAME)
+    stop = asyncio.Event()
+    task = asyncio.create_task(schedule(SchedulerSettings(nats_url=nats_url, archive_dir=str(archive)), stop))
+    await asyncio.sleep(2.0)
+    stop.set()
+    scheduler = await task
+    assert scheduler is not None and ended not in scheduler.state.pending and ended not in scheduler.state.running
+    assert ended not in await _placed(bus), "an ended job placed again"
+
+    settings = ProjectorSettings(
+        nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
+    await asyncio.sleep(2.0)
+    stop.set()
+    await task
+    assert await _jobs(engine) == before
