@@ -266,3 +266,56 @@ async def test_a_compaction_that_failed_before_its_record_leaves_no_overlapping_
     stop.set()
     await task
     assert await _jobs(engine) == before
+
+
+async def test_two_compactions_then_a_rebuild_and_the_gateway_on_compacted_jobs(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    from conductor_gateway.settings import GatewaySettings
+    from tests.integration.test_gateway import body, gateway
+
+    archive = tmp_path / "archive"
+    await bus.publish(node("n1", 4, 4000))
+    gateway_settings = GatewaySettings(nats_url=nats_url, database_url=database_url)
+    async with gateway(gateway_settings) as client:
+        assert (await client.post("/users/", json={"username": "carol"})).status_code == 200
+    ok, failed = await bus.publish(submitted()), await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [ok, failed])
+    await bus.publish(ev.JobCompleted(job_id=ok, node="n1"))
+    await bus.publish(ev.JobFailed(job_id=failed, node="n1", exit_code=1, message="no"))
+    first_live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [first_live])
+    one = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert one.below == first_live
+
+    await bus.publish(ev.JobCompleted(job_id=first_live, node="n1"))
+    second_live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [second_live])
+    two = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
+    assert two.first == first_live and two.below == second_live
+    assert [(a, b) for a, b, _ in segments(archive)] == [(1, first_live - 1), (first_live, second_live - 1)]
+    assert [seq for seq, *_ in read_archive(archive)] == list(range(1, second_live))
+
+    async with gateway(gateway_settings) as client:
+        assert (await client.post("/users/", json={"username": "carol"})).status_code == 409
+        shown = await client.get(f"/jobs/query/{ok}")
+        assert shown.status_code == 200 and shown.json()["state"] == "COMPLETED"
+        after_ok = await client.post("/jobs/submit", json=body(dependency=f"afterok:{ok}"))
+        after_failed = await client.post("/jobs/submit", json=body(dependency=f"afterok:{failed}"))
+        assert after_ok.status_code == after_failed.status_code == 200, (after_ok.text, after_failed.text)
+    runs, never = int(after_ok.json()["job_id"]), int(after_failed.json()["job_id"])
+    await _until(bus, nats_url, database_url, [runs])
+    before = await _jobs(engine)
+    states = {row[0]: row for row in before}
+    assert never in states and runs in states
+    assert never not in await _placed(bus), "a job held by a failed, compacted job was placed"
+
+    settings = ProjectorSettings(
+        nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
+    await asyncio.sleep(2.0)
+    stop.set()
+    await task
+    assert await _jobs(engine) == before
