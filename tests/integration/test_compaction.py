@@ -319,3 +319,41 @@ async def test_two_compactions_then_a_rebuild_and_the_gateway_on_compacted_jobs(
     stop.set()
     await task
     assert await _jobs(engine) == before
+
+
+async def test_a_projector_that_joins_a_rebuild_on_a_compacted_log_keeps_the_archived_jobs(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    # A projector following the log sees its position move back when another one rebuilds, and reads
+    # again from there: on a compacted log that "there" may lie in the archive, which it must not skip.
+    archive = tmp_path / "archive"
+    await bus.publish(node("n1", 64, 64000))
+    jobs = [await bus.publish(submitted()) for _ in range(30)]
+    await _until(bus, nats_url, database_url, jobs)
+    for job in jobs[:-1]:
+        await bus.publish(ev.JobCompleted(job_id=job, node="n1"))
+    await _until(bus, nats_url, database_url, [])
+    before = await _jobs(engine)
+    assert (await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)).below == jobs[-1]
+
+    def settings(batch_size: int) -> ProjectorSettings:
+        return ProjectorSettings(
+            nats_url=nats_url,
+            database_url=database_url,
+            public_subjects=False,
+            archive_dir=str(archive),
+            linger_s=0,
+            batch_size=batch_size,
+        )
+
+    stop = asyncio.Event()
+    follower = asyncio.create_task(project(settings(2000), stop=stop))
+    await asyncio.sleep(1.0)
+    rebuilder = asyncio.create_task(project(settings(1), rebuild=True, stop=stop))
+    for _ in range(40):  # events keep coming while the archive is applied again
+        await bus.publish(node("n1", 64, 64000))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(2.0)
+    stop.set()
+    await asyncio.gather(follower, rebuilder)
+    assert [row[0] for row in await _jobs(engine)] == [row[0] for row in before]
