@@ -159,3 +159,38 @@ async def test_odd_but_valid_bodies_store_the_same_event_either_way(
     assert short.status_code == route.status_code, (short.text, route.text)
     if short.status_code == 200:
         assert await submitted(bus, short.json()["job_id"]) == await submitted(bus, route.json()["job_id"])
+
+
+async def test_a_client_that_leaves_mid_body_submits_nothing() -> None:
+    from fastapi import FastAPI
+
+    calls: list[str] = []
+    sent: list[object] = []
+
+    async def downstream(scope: object, receive: object, send: object) -> None:
+        calls.append("route")
+
+    async def accept(*_: object) -> object:
+        calls.append("accept")
+        raise AssertionError("accepted a body that never arrived")
+
+    whole = json.dumps(body()).encode()
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": whole[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "path": "/jobs/submit",
+        "method": "POST",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await fast_submit.FastSubmit(downstream, FastAPI(), accept)(scope, receive, send)  # type: ignore[arg-type]
+    assert calls == [] and sent == []
