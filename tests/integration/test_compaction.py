@@ -357,3 +357,31 @@ async def test_a_projector_that_joins_a_rebuild_on_a_compacted_log_keeps_the_arc
     stop.set()
     await asyncio.gather(follower, rebuilder)
     assert [row[0] for row in await _jobs(engine)] == [row[0] for row in before]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="published_up_to reads the public stream's newest message; once all aged out it says 0, and the "
+    "republisher's position is stored nowhere else (review finding, no small fix)",
+)
+async def test_public_subjects_that_aged_out_do_not_hold_the_log_back(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    # The public stream keeps public_retention_s: once a quiet cluster's public events aged out, the
+    # republisher is still caught up, and compaction should not read "nothing published".
+    await bus.publish(node("n1", 4, 4000))
+    job = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [job])
+    await bus.publish(ev.JobCompleted(job_id=job, node="n1"))
+    stop = asyncio.Event()
+    settings = ProjectorSettings(
+        nats_url=nats_url, database_url=database_url, public_subjects=True, public_retention_s=1.0, linger_s=0
+    )
+    await _until(bus, nats_url, database_url, [])
+    task = asyncio.create_task(project(settings, stop=stop))
+    await asyncio.sleep(1.5)  # all republished
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await asyncio.sleep(2.0)  # every public event aged out
+    done = await compact.compact(bus, database_url, tmp_path / "a", keep_s=0, public_subjects=True)
+    assert done.watermark.limited_by() != "the public subjects' position", done.watermark
