@@ -105,3 +105,92 @@ async def test_a_short_path_submit_is_counted_under_its_route(client: httpx.Asyn
     before = REGISTRY.get_sample_value("conductor_http_requests_total", labels) or 0.0
     assert (await post(client, body(), SHORT)).status_code == 200
     assert REGISTRY.get_sample_value("conductor_http_requests_total", labels) == before + 1
+
+
+async def test_a_repeated_content_type_is_read_as_the_route_reads_it(client: httpx.AsyncClient) -> None:
+    # Starlette (and so the route) reads the first of repeated headers: text/plain first is not JSON
+    # to the route, which refuses it; the short path must not accept it by reading the last one.
+    data = json.dumps(body()).encode()
+    for first, last in (("text/plain", "application/json"), ("application/json", "text/plain")):
+        repeated = [("Content-Type", first), ("Content-Type", last)]
+        answer = await client.post("/jobs/submit", content=data, headers=repeated)
+        alone = await client.post("/jobs/submit", content=data, headers={"Content-Type": first})
+        assert answer.status_code == alone.status_code, (repeated, answer.text, alone.text)
+
+
+def _raw(job_tail: bytes = b"", script: bytes = b"true") -> bytes:
+    job = json.dumps(body()["job"]).encode()[:-1] + job_tail + b"}"
+    return b'{"job": ' + job + b', "script": "' + script + b'"}'
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _raw(script=b"echo \xe9"),  # latin-1, not UTF-8
+        _raw(script=b"echo \xed\xa0\x80"),  # a surrogate as raw (CESU) bytes
+        _raw(script=b"echo \\ud800"),
+        _raw(script=b"echo \\u0000"),
+        _raw(b', "cpus_per_task": ' + b"9" * 5000),  # over Python's int digits limit
+        _raw(b', "cpus_per_task": NaN'),
+        _raw(b', "cpus_per_task": 1e400'),
+        _raw(b', "cpus_per_task": 01'),
+        _raw() + b" trailing",
+    ],
+)
+async def test_odd_bytes_get_the_same_error_either_way(client: httpx.AsyncClient, payload: bytes) -> None:
+    short, route = await post(client, payload, SHORT), await post(client, payload, ROUTE)
+    assert 400 <= short.status_code < 500, short.text
+    assert (short.status_code, short.json()) == (route.status_code, route.json())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xef\xbb\xbf" + _raw(),  # a UTF-8 BOM
+        _raw().decode().encode("utf-16"),
+        _raw(b', "name": "twice", "cpus_per_task": 2.0, "requeue": "yes"', b"echo \\ud83d\\ude00"),
+        _raw(b', "environment": {"A": "1", "A": "2"}, "cpus_per_task": "3"'),
+    ],
+)
+async def test_odd_but_valid_bodies_store_the_same_event_either_way(
+    client: httpx.AsyncClient, bus: Bus, payload: bytes
+) -> None:
+    short, route = await post(client, payload, SHORT), await post(client, payload, ROUTE)
+    assert short.status_code == route.status_code, (short.text, route.text)
+    if short.status_code == 200:
+        assert await submitted(bus, short.json()["job_id"]) == await submitted(bus, route.json()["job_id"])
+
+
+async def test_a_client_that_leaves_mid_body_submits_nothing() -> None:
+    from fastapi import FastAPI
+
+    calls: list[str] = []
+    sent: list[object] = []
+
+    async def downstream(scope: object, receive: object, send: object) -> None:
+        calls.append("route")
+
+    async def accept(*_: object) -> object:
+        calls.append("accept")
+        raise AssertionError("accepted a body that never arrived")
+
+    whole = json.dumps(body()).encode()
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": whole[:20], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: object) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "path": "/jobs/submit",
+        "method": "POST",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    await fast_submit.FastSubmit(downstream, FastAPI(), accept)(scope, receive, send)  # type: ignore[arg-type]
+    assert calls == [] and sent == []

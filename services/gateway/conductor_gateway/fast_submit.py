@@ -47,10 +47,10 @@ class FastSubmit:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        json_body, key, one_key = False, None, True
+        json_body, content_type_seen, key, one_key = False, False, None, True
         for name, value in scope["headers"]:
-            if name == b"content-type":
-                json_body = _content_type_is_json(value)
+            if name == b"content-type" and not content_type_seen:  # the first, as Starlette reads it
+                json_body, content_type_seen = _content_type_is_json(value), True
             elif name == b"idempotency-key":
                 one_key, key = key is None, value.decode("latin-1")
         chunks: list[bytes] = []

@@ -139,11 +139,13 @@ async def _follow(
                     engine, settings.consumer, read.events, read_from=fresh_read, subjects=read.subjects
                 )
             except sink.PositionMovedBack as moved:
-                # Someone rebuilds the read models: join in, from where they are.
+                # Someone rebuilds the read models: join in, from where they are. On a compacted log
+                # that may lie in the archive, which the stream no longer holds: that part first.
                 log.info("position moved back; reading again", extra={"from_seq": moved.position + 1})
                 await _cancelled(ahead)
                 await sub.unsubscribe()
-                sub, fresh_read = await quick_read_from(bus, moved.position + 1), moved.position + 1
+                position = await archived.apply_archived(engine, bus, settings, moved.position)
+                sub, fresh_read = await quick_read_from(bus, position + 1), position + 1
                 ahead = asyncio.create_task(_read(sub, settings))
                 continue
             EVENTS_APPLIED.inc(len(read.events))

@@ -38,7 +38,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import subjects
-from conductor_platform.archive import COMPACTION_KEY, compacted_below, compaction_bucket, encode_record, segment_name
+from conductor_platform.archive import (
+    COMPACTION_KEY,
+    compacted_below,
+    compaction_bucket,
+    encode_record,
+    segment_name,
+    segments,
+)
 from conductor_platform.bus import Bus, next_batch, read_from
 from conductor_platform.settings import async_database_url
 from conductor_projector import tables
@@ -191,6 +198,12 @@ async def compact(
     below = mark.seq
     if below <= first:
         return Compaction(mark, first, below, 0, None)
+    # A segment from ``first`` on is a run's that ended before its record (killed, NATS away): nothing
+    # was purged after it, and this run's segment holds it all again, so it goes (else readers would
+    # read those events twice, out of order).
+    for start, _, stale in segments(archive) if archive.is_dir() else []:
+        if start >= first:
+            stale.unlink()
     segment, count = await write_archive(bus, archive, first, below)
     # Recorded before the purge: a crash between the two leaves a log that still holds what the
     # record says was archived, which readers handle (they read the archive and skip what follows).
