@@ -359,11 +359,6 @@ async def test_a_projector_that_joins_a_rebuild_on_a_compacted_log_keeps_the_arc
     assert [row[0] for row in await _jobs(engine)] == [row[0] for row in before]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="published_up_to reads the public stream's newest message; once all aged out it says 0, and the "
-    "republisher's position is stored nowhere else (review finding, no small fix)",
-)
 async def test_public_subjects_that_aged_out_do_not_hold_the_log_back(
     bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
 ) -> None:

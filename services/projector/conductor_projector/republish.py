@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from conductor_contracts import events as ev
@@ -29,6 +30,10 @@ from conductor_platform.retry import Backoff
 
 log = logging.getLogger("conductor.projector")
 
+# Where the republisher notes how far it published, for when the public stream has aged out whole
+# (`conductor compact` and a restarted republisher would otherwise read "nothing published").
+POSITIONS_BUCKET = "conductor_public_position"
+POSITION_KEY = "published"
 REPUBLISHED = Counter("conductor_public_events", "Events this process published on the public subjects")
 DUPLICATE_WINDOW_S = 2 * 3600.0
 
@@ -48,11 +53,28 @@ async def ensure_stream(bus: Bus, retention_s: float) -> None:
         await bus.js.update_stream(config)
 
 
-async def published_up_to(bus: Bus) -> int:
-    """The log sequence of the newest event in the public stream (0: none)."""
-    info = await bus.js.stream_info(public.STREAM)
-    if not info.state.last_seq:
+async def _positions(bus: Bus) -> KeyValue:
+    try:
+        return await bus.js.key_value(POSITIONS_BUCKET)
+    except NotFoundError:
+        config = KeyValueConfig(bucket=POSITIONS_BUCKET, storage=StorageType.FILE, replicas=bus.replicas)
+        return await bus.js.create_key_value(config=config)
+
+
+async def _noted_position(bus: Bus) -> int:
+    try:
+        entry = await (await bus.js.key_value(POSITIONS_BUCKET)).get(POSITION_KEY)
+    except NotFoundError:
         return 0
+    return int(entry.value or b"0")
+
+
+async def published_up_to(bus: Bus) -> int:
+    """The log sequence of the newest event in the public stream; when every event there has aged out
+    (a quiet week), the position noted after the last batch (0: nothing ever published)."""
+    info = await bus.js.stream_info(public.STREAM)
+    if not info.state.messages:
+        return await _noted_position(bus) if info.state.last_seq else 0
     try:
         last = await bus.js.get_msg(public.STREAM, seq=info.state.last_seq)
     except NotFoundError:
@@ -69,6 +91,7 @@ async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> s
 
 
 async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff) -> None:
+    positions = await _positions(bus)
     start = await published_up_to(bus) + 1
     sub = await quick_read_from(bus, start)
     log.info("publishing on the public subjects", extra={"from_seq": start})
@@ -90,6 +113,8 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
             if msgs:
                 await bus.nc.flush(timeout=10)
                 REPUBLISHED.inc(len(msgs))
+                # Only read once the public stream is empty: its newest message says it otherwise.
+                await positions.put(POSITION_KEY, str(stream_seq(msgs[-1])).encode())
                 retry.reset()
     finally:
         with contextlib.suppress(Exception):
