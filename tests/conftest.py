@@ -14,6 +14,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+# Imported now, not by its pytest plugin's summary at the end of the session: on CPython 3.11.7 that
+# late import (an ast.parse for assertion rewriting) can fail with "AST constructor recursion depth
+# mismatch" after other threads compiled meanwhile (alembic's migrations run in a worker thread), and
+# a run of a few test files that all passed then exits with an error.
+import hypothesis  # noqa: F401
 import pytest
 
 from conductor_platform import localservers
