@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from conductor_contracts import public, subjects
 from conductor_platform.bus import Bus, connect
 from conductor_platform.settings import async_database_url
-from conductor_projector import migrate, republish
+from conductor_projector import migrate
 from conductor_scheduler import snapshot
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_key_value(subjects.COMPACTION_BUCKET)
     with contextlib.suppress(NotFoundError, Exception):
-        await bus.js.delete_key_value(republish.POSITIONS_BUCKET)
+        await bus.js.delete_key_value(subjects.PUBLIC_POSITION_BUCKET)
     # Job ids start over with the stream: an earlier test's output stored for the same id must go too.
     with contextlib.suppress(NotFoundError, Exception):
         await bus.js.delete_object_store(subjects.OUTPUT_BUCKET)

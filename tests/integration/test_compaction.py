@@ -60,6 +60,18 @@ async def _until(bus: Bus, nats_url: str, database_url: str, jobs: list[int]) ->
     await asyncio.gather(*tasks)
 
 
+async def _rebuild(nats_url: str, database_url: str, archive_dir: Path) -> None:
+    """``conductor projector --rebuild`` with the archive in ``archive_dir``, for two seconds."""
+    settings = ProjectorSettings(
+        nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive_dir)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
+    await asyncio.sleep(2.0)
+    stop.set()
+    await task
+
+
 async def _position(engine: AsyncEngine) -> int:
     async with engine.connect() as conn:
         return int(await conn.scalar(select(t.positions.c.position)) or 0)
@@ -195,20 +207,10 @@ async def test_a_rebuild_reads_the_archive_then_the_stream(
     before = await _jobs(engine)
     assert (await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)).below == jobs[2]
 
-    async def rebuilt(archive_dir: Path) -> None:
-        settings = ProjectorSettings(
-            nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive_dir)
-        )
-        stop = asyncio.Event()
-        task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
-        await asyncio.sleep(2.0)
-        stop.set()
-        await task
-
     # Without the archive the read models are not rebuilt from the stream's part alone.
-    await rebuilt(tmp_path / "elsewhere")
+    await _rebuild(nats_url, database_url, tmp_path / "elsewhere")
     assert [row[0] for row in await _jobs(engine)] == []
-    await rebuilt(archive)
+    await _rebuild(nats_url, database_url, archive)
     assert await _jobs(engine) == before
     async with engine.connect() as conn:
         assert await conn.scalar(select(t.users.c.username)) == "bob"
@@ -257,14 +259,7 @@ async def test_a_compaction_that_failed_before_its_record_leaves_no_overlapping_
     assert scheduler is not None and ended not in scheduler.state.pending and ended not in scheduler.state.running
     assert ended not in await _placed(bus), "an ended job placed again"
 
-    settings = ProjectorSettings(
-        nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive)
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
-    await asyncio.sleep(2.0)
-    stop.set()
-    await task
+    await _rebuild(nats_url, database_url, archive)
     assert await _jobs(engine) == before
 
 
@@ -310,14 +305,7 @@ async def test_two_compactions_then_a_rebuild_and_the_gateway_on_compacted_jobs(
     assert never in states and runs in states
     assert never not in await _placed(bus), "a job held by a failed, compacted job was placed"
 
-    settings = ProjectorSettings(
-        nats_url=nats_url, database_url=database_url, public_subjects=False, archive_dir=str(archive)
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(project(settings, rebuild=True, stop=stop))
-    await asyncio.sleep(2.0)
-    stop.set()
-    await task
+    await _rebuild(nats_url, database_url, archive)
     assert await _jobs(engine) == before
 
 

@@ -57,6 +57,9 @@ COMPACTED_SUBJECTS = (
 KEPT_SUBJECTS = (f"{ROOT}.gw.user.>",)
 # Where `conductor compact` records the sequence below which the log lives in its archive.
 COMPACTION_BUCKET = "conductor_compaction"
+# Where the republisher notes how far it published, for when the public stream has aged out whole
+# (`conductor compact` and a restarted republisher would otherwise read "nothing published").
+PUBLIC_POSITION_BUCKET = "conductor_public_position"
 
 LEASES_BUCKET = "conductor_leases"
 SCHEDULER_LEASE_KEY = "scheduler"

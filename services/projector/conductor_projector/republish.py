@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter
 
 from conductor_contracts import events as ev
-from conductor_contracts import public
+from conductor_contracts import public, subjects
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
@@ -30,9 +30,6 @@ from conductor_platform.retry import Backoff
 
 log = logging.getLogger("conductor.projector")
 
-# Where the republisher notes how far it published, for when the public stream has aged out whole
-# (`conductor compact` and a restarted republisher would otherwise read "nothing published").
-POSITIONS_BUCKET = "conductor_public_position"
 POSITION_KEY = "published"
 REPUBLISHED = Counter("conductor_public_events", "Events this process published on the public subjects")
 DUPLICATE_WINDOW_S = 2 * 3600.0
@@ -55,15 +52,15 @@ async def ensure_stream(bus: Bus, retention_s: float) -> None:
 
 async def _positions(bus: Bus) -> KeyValue:
     try:
-        return await bus.js.key_value(POSITIONS_BUCKET)
+        return await bus.js.key_value(subjects.PUBLIC_POSITION_BUCKET)
     except NotFoundError:
-        config = KeyValueConfig(bucket=POSITIONS_BUCKET, storage=StorageType.FILE, replicas=bus.replicas)
+        config = KeyValueConfig(bucket=subjects.PUBLIC_POSITION_BUCKET, storage=StorageType.FILE, replicas=bus.replicas)
         return await bus.js.create_key_value(config=config)
 
 
 async def _noted_position(bus: Bus) -> int:
     try:
-        entry = await (await bus.js.key_value(POSITIONS_BUCKET)).get(POSITION_KEY)
+        entry = await (await bus.js.key_value(subjects.PUBLIC_POSITION_BUCKET)).get(POSITION_KEY)
     except NotFoundError:
         return 0
     return int(entry.value or b"0")
