@@ -24,6 +24,7 @@ from conductor_scheduler import snapshot
 from conductor_scheduler.service import run as schedule
 from conductor_scheduler.settings import SchedulerSettings
 from tests.integration.helpers import eventually
+from tests.integration.served import take
 from tests.unit.scheduling import node, submitted
 
 
@@ -368,3 +369,30 @@ async def test_public_subjects_that_aged_out_do_not_hold_the_log_back(
     await asyncio.sleep(2.0)  # every public event aged out
     done = await compact.compact(bus, database_url, tmp_path / "a", keep_s=0, public_subjects=True)
     assert done.watermark.limited_by() != "the public subjects' position", done.watermark
+
+
+async def test_the_event_feed_says_when_a_position_was_compacted(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    from tests.integration.test_feed import feed, gateway
+
+    await bus.publish(node("n1", 4, 4000))
+    done = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [done])
+    await bus.publish(ev.JobCompleted(job_id=done, node="n1"))
+    live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [live])
+    below = (await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)).below
+    assert below == live
+
+    async with gateway(nats_url, database_url) as client:
+        async with feed(client, "?since=0") as stream:
+            told, first = await take(stream, 2)
+        assert told.event == "compacted" and told.id is None
+        assert told.data is not None and told.data["last_event_id"] == 0 and told.data["compacted_below"] == below
+        # The stream goes on with what it holds; the notice has no id, so Last-Event-ID stays the client's.
+        assert (first.id, first.event) == (live, "JobSubmitted")
+        # A position past the compacted part is sent its events and nothing else.
+        async with feed(client, "", **{"Last-Event-ID": str(below - 1)}) as stream:
+            (resumed,) = await take(stream, 1)
+        assert resumed.id == live and resumed.event == "JobSubmitted"

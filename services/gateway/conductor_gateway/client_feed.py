@@ -64,8 +64,10 @@ class ClientFeed:
         selected: FeedFilter,
         directory: JobDirectory,
         limits: FeedLimits,
+        preamble: bytes = b"",
     ) -> None:
         self._bus, self._sub, self._consumer = bus, sub, consumer
+        self._preamble = preamble
         self._filter, self._directory, self._limits = selected, directory, limits
         # None wakes the writer when the reader ends the feed.
         self._queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(maxsize=limits.buffer)
@@ -76,9 +78,16 @@ class ClientFeed:
 
     @classmethod
     async def open(
-        cls, bus: Bus, start_seq: int, selected: FeedFilter, directory: JobDirectory, limits: FeedLimits
+        cls,
+        bus: Bus,
+        start_seq: int,
+        selected: FeedFilter,
+        directory: JobDirectory,
+        limits: FeedLimits,
+        preamble: bytes = b"",
     ) -> ClientFeed:
-        """Create the consumer from ``start_seq`` (>= 1): a failure here is the request's 503."""
+        """Create the consumer from ``start_seq`` (>= 1): a failure here is the request's 503.
+        ``preamble`` is sent before the first event."""
         name = f"feed-{uuid.uuid4().hex}"
         config = ConsumerConfig(
             name=name,
@@ -91,11 +100,13 @@ class ClientFeed:
         )
         await bus.js.add_consumer(bus.stream, config=config)
         sub = await bus.js.pull_subscribe_bind(consumer=name, stream=bus.stream)
-        return cls(bus, sub, name, start_seq, selected, directory, limits)
+        return cls(bus, sub, name, start_seq, selected, directory, limits, preamble)
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The SSE body: events, keepalive comments while idle, and a last message if the feed ends."""
         self._reader = asyncio.create_task(self._read())
+        if self._preamble:
+            yield self._preamble
         while self._ending is None:
             try:
                 it = await asyncio.wait_for(self._queue.get(), self._limits.heartbeat_s)

@@ -2,7 +2,8 @@
 
 Each event is sent with ``id:`` its stream sequence, so a client that reconnects with Last-Event-ID
 (every EventSource does) or ``?since=<seq>`` gets exactly the events after it; without either, it
-gets the events from now on, and ``?since=0`` the whole log.
+gets the events from now on, and ``?since=0`` the whole log. A position inside the compacted part of
+the log (``conductor compact``) is first sent a ``compacted`` message naming where the stream resumes.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from starlette.types import Receive, Scope, Send
 from conductor_gateway.backends import State
 from conductor_gateway.client_feed import ClientFeed, FeedLimits
 from conductor_gateway.errors import documented
-from conductor_gateway.feed_items import FeedFilter, parse_types
+from conductor_gateway.feed_items import FeedFilter, compacted, parse_types
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform.archive import compacted_below
 from conductor_platform.jobs import JobDirectory
 
 MAX_SEQ = 2**63 - 1
@@ -61,7 +63,8 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 "content": {"text/event-stream": {}},
                 "description": "`id:` stream sequence, `event:` event type, `data:` the event's JSON with job_id "
                 "and, where known, account and workflow_id; `: keepalive` comments while idle; a last `overflow` "
-                "or `error` message (data: last_event_id) before the server ends the stream",
+                "or `error` message (data: last_event_id) before the server ends the stream; first a `compacted` "
+                "message (data: last_event_id, compacted_below) when the position asked for is in the archive",
             },
             **documented(503),
         },
@@ -87,8 +90,11 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             raise HTTPException(422, str(err)) from None
         selected = FeedFilter(job_id=job_id, workflow_id=workflow_id, account=account, types=types)
         after = last_event_id if last_event_id is not None else since
+        preamble = b""
         if after is None:  # from now: after what the log holds at this request
             after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
-        return FeedResponse(await ClientFeed.open(state.bus, after + 1, selected, directory, limits))
+        elif after + 1 < (below := await compacted_below(state.bus)):
+            preamble = compacted(after, below)
+        return FeedResponse(await ClientFeed.open(state.bus, after + 1, selected, directory, limits, preamble))
 
     return api

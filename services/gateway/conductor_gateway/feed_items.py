@@ -88,8 +88,18 @@ def sse(it: FeedItem) -> bytes:
     return f"id: {it.seq}\nevent: {it.type}\ndata: {json.dumps(it.data(), separators=(',', ':'))}\n\n".encode()
 
 
-def notice(kind: str, last_event_id: int, detail: str) -> bytes:
-    """An ``overflow`` or ``error`` message before the stream is closed; no id, so the client's
-    Last-Event-ID stays the last event it was sent."""
-    data = json.dumps({"last_event_id": last_event_id, "detail": detail})
+def notice(kind: str, last_event_id: int, detail: str, **more: int) -> bytes:
+    """A message that is not an event of the log (``overflow``, ``error``, ``compacted``); no id, so
+    the client's Last-Event-ID stays the last event it was sent."""
+    data = json.dumps({"last_event_id": last_event_id, "detail": detail, **more})
     return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+def compacted(last_event_id: int, below: int) -> bytes:
+    """Sent first to a client resuming inside the compacted part of the log: what it asked for is in
+    the archive, not the stream, and the feed goes on with what the stream holds."""
+    detail = (
+        f"events {last_event_id + 1} to {below - 1} were moved to the archive by compaction; "
+        "the feed goes on with the events the log still holds"
+    )
+    return notice("compacted", last_event_id, detail, compacted_below=below)
