@@ -99,11 +99,16 @@ def _compact(argv: list[str]) -> None:
     mark = done.watermark
     if done.segment is None:
         print(f"nothing to compact: the log is kept from {done.first}, held back by {mark.limited_by()}")
-        return
-    print(
-        f"archived {done.archived} events (sequences {done.first}-{done.below - 1}) to {done.segment}; "
-        f"the log now starts at {done.below} (held back by {mark.limited_by()})"
-    )
+    else:
+        print(
+            f"archived {done.archived} events (sequences {done.first}-{done.below - 1}) to {done.segment}; "
+            f"the log now starts at {done.below} (held back by {mark.limited_by()})"
+        )
+    if not done.purged:
+        print(
+            "a projector rebuild is reading the log behind the archived part, so nothing was purged from the "
+            "stream: run `conductor compact` again once it has caught up"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

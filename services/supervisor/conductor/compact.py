@@ -101,6 +101,16 @@ async def _first_younger_than(bus: Bus, keep_s: float, after: int) -> int:
         await bus.js.delete_consumer(bus.stream, info.name)
 
 
+async def _read_models_position(database_url: str) -> int:
+    """The lowest position of the read models (0 while a rebuild has just reset them)."""
+    engine = create_async_engine(async_database_url(database_url))
+    try:
+        async with engine.connect() as conn:
+            return int(await conn.scalar(select(func.min(tables.positions.c.position))) or 0)
+    finally:
+        await engine.dispose()
+
+
 async def watermark(bus: Bus, database_url: str, keep_s: float, public_subjects: bool = True) -> Watermark:
     info = await bus.js.stream_info(bus.stream)
     after = int(info.state.last_seq) + 1
@@ -111,12 +121,7 @@ async def watermark(bus: Bus, database_url: str, keep_s: float, public_subjects:
         snapshot_bound = state.last_seq + 1
         live = min([*state.pending, *state.running, *state.orphans], default=snapshot_bound)
         last_decision = state.last_scheduler_seq
-    engine = create_async_engine(async_database_url(database_url))
-    try:
-        async with engine.connect() as conn:
-            positions = await conn.scalar(select(func.min(tables.positions.c.position)))
-    finally:
-        await engine.dispose()
+    positions = await _read_models_position(database_url)
     public_bound = after
     if public_subjects:
         from conductor_projector.republish import published_up_to
@@ -127,7 +132,7 @@ async def watermark(bus: Bus, database_url: str, keep_s: float, public_subjects:
             public_bound = 1
     return Watermark(
         snapshot=snapshot_bound,
-        read_models=int(positions or 0) + 1,
+        read_models=positions + 1,
         public=public_bound,
         oldest_live_job=live,
         keep=await _first_younger_than(bus, keep_s, after),
@@ -188,6 +193,7 @@ class Compaction:
     below: int
     archived: int
     segment: Path | None
+    purged: bool = True
 
 
 async def compact(
@@ -197,7 +203,9 @@ async def compact(
     first = await compacted_below(bus)
     below = mark.seq
     if below <= first:
-        return Compaction(mark, first, below, 0, None)
+        # What a run recorded but did not purge (it crashed, or a rebuild held it back) goes now.
+        purged = await _purge_if_no_rebuild_behind(bus, database_url, first, mark)
+        return Compaction(mark, first, below, 0, None, purged)
     # A segment from ``first`` on is a run's that ended before its record (killed, NATS away): nothing
     # was purged after it, and this run's segment holds it all again, so it goes (else readers would
     # read those events twice, out of order).
@@ -209,8 +217,19 @@ async def compact(
     # record says was archived, which readers handle (they read the archive and skip what follows).
     kv = await compaction_bucket(bus)
     await kv.put(COMPACTION_KEY, json.dumps({"below": below, "archive": str(archive)}).encode())
+    purged = await _purge_if_no_rebuild_behind(bus, database_url, below, mark)
+    return Compaction(mark, first, below, count, segment, purged)
+
+
+async def _purge_if_no_rebuild_behind(bus: Bus, database_url: str, below: int, mark: Watermark) -> bool:
+    """Purge below ``below`` unless the read models' position moved back behind it since the
+    watermark was taken: a rebuild that reset then may have read the compaction record before this
+    run's, and reads from the stream what this run would purge. A rebuild that resets after this
+    check reads this run's record and takes those events from the archive."""
+    if await _read_models_position(database_url) + 1 < below:
+        return False
     await purge(bus, below, mark.last_scheduler_decision)
-    return Compaction(mark, first, below, count, segment)
+    return True
 
 
 def run(nats_url: str, database_url: str, archive: Path, keep_s: float, public_subjects: bool) -> Compaction:
