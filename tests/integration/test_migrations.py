@@ -26,3 +26,19 @@ async def test_concurrent_upgrades_from_an_empty_database(engine: AsyncEngine, d
     async with engine.connect() as conn:
         assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
         assert await conn.scalar(text("SELECT count(*) FROM nodes")) == 0
+
+
+async def test_concurrent_upgrades_in_threads_of_one_process(engine: AsyncEngine, database_url: str) -> None:
+    # Two projectors in one process (tests run them so) migrate from threads: Alembic's module-wide
+    # context must not be swapped between them.
+    from conductor_projector import migrate
+
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    results = await asyncio.gather(
+        *(asyncio.to_thread(migrate.upgrade, database_url) for _ in range(6)), return_exceptions=True
+    )
+    assert [repr(r) for r in results if r is not None] == []
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
