@@ -1,0 +1,37 @@
+"""Each event decoded once for the two readers of the log in a projector process.
+
+The live projector reads the log twice, for the read models and for the public subjects (republish),
+and decoding is most of what either spends on an event. Whichever reaches an event first decodes it
+and leaves it here; the other takes it (and so removes it). The events are frozen models, shared as
+they are. Only a few batches are kept: a reader far behind the other decodes for itself, as it
+would without this. An entry is only taken for the same subject and bytes, so what a reader gets is
+always ``operations.decode`` of what it read.
+"""
+
+from __future__ import annotations
+
+from conductor_contracts import events as ev
+from conductor_projector.operations import Undecodable, decode
+
+Item = ev.Event | Undecodable
+
+# Two of the projector's largest batches: enough for two readers a batch or so apart.
+DEFAULT_LIMIT = 4096
+
+
+class SharedDecoder:
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self._limit = limit
+        self._items: dict[int, tuple[str, bytes, Item]] = {}
+        self.hits = 0
+
+    def decode(self, seq: int, subject: str, data: bytes) -> Item:
+        kept = self._items.pop(seq, None)
+        if kept is not None and kept[0] == subject and kept[1] == data:
+            self.hits += 1
+            return kept[2]
+        item = decode(subject, data)
+        if len(self._items) >= self._limit:  # the oldest first: dicts keep their order of insertion
+            del self._items[next(iter(self._items))]
+        self._items[seq] = (subject, data, item)
+        return item
