@@ -7,7 +7,7 @@ being PENDING or RUNNING: an event that arrives for a finished job changes nothi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,6 +108,7 @@ def fold_jobs(
 
 def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
     stdout, stderr = output_files(seq, e)
+    parents = e.parent_ids(seq)
     return InsertJob(
         {
             "job_id": seq,
@@ -134,10 +135,10 @@ def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
             "workflow_index": e.workflow_index,
             "branch_id": e.branch_id,
             "job_type": e.job_type,
-            "parents": e.parent_ids(seq) if e.workflow_id else None,
+            "parents": parents if e.workflow_id else None,
             "dependency": None if e.dependency is None else str(e.dependency),
             # Held from the submission on: the scheduler says so only when the reason changes.
-            **({"reason": PendingReason.DEPENDENCY.value} if e.dependency is not None or e.parent_ids(seq) else {}),
+            **({"reason": PendingReason.DEPENDENCY.value} if e.dependency is not None or parents else {}),
         }
     )
 
@@ -148,27 +149,51 @@ def _ended(event: ev.TerminalJobEvent, state: JobState, **extra: Any) -> UpdateJ
     return UpdateJob(event.job_id, values | extra, run=None if event.node is None else event.run)
 
 
+def _placed(seq: int, event: ev.JobPlaced) -> list[Operation]:
+    values = {
+        "state": JobState.RUNNING.value,
+        "node": event.node,
+        "cores": list(event.cores),
+        "reason": None,
+        "reason_detail": None,
+        "placed_time": event.occurred_at,
+    }
+    return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,), run=event.run)]
+
+
+def _reason_changed(seq: int, event: ev.JobReasonChanged) -> list[Operation]:
+    values = {"reason": event.reason, "reason_detail": event.detail or None}
+    return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,))]
+
+
+def _started(seq: int, event: ev.JobStarted) -> list[Operation]:
+    return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid}, run=event.run)]
+
+
+# The events of every job, found by their type at once instead of down the match below.
+_BY_TYPE: dict[type[Any], Callable[[int, Any], list[Operation]]] = {
+    ev.JobSubmitted: lambda seq, event: [_submitted(seq, event)],
+    ev.JobPlaced: _placed,
+    ev.JobReasonChanged: _reason_changed,
+    ev.JobStarted: _started,
+    ev.JobCompleted: lambda seq, event: [_ended(event, JobState.COMPLETED)],
+}
+
+
 def to_operations(seq: int, event: ev.Event) -> list[Operation]:
+    if (quick := _BY_TYPE.get(type(event))) is not None:
+        return quick(seq, event)
     match event:
         case ev.JobSubmitted():
             return [_submitted(seq, event)]
         case ev.JobCancelRequested(job_id=job_id):
             return [UpdateJob(job_id, {"cancel_requested": True})]
         case ev.JobPlaced():
-            values = {
-                "state": JobState.RUNNING.value,
-                "node": event.node,
-                "cores": list(event.cores),
-                "reason": None,
-                "reason_detail": None,
-                "placed_time": event.occurred_at,
-            }
-            return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,), run=event.run)]
+            return _placed(seq, event)
         case ev.JobReasonChanged():
-            values = {"reason": event.reason, "reason_detail": event.detail or None}
-            return [UpdateJob(event.job_id, values, only_in=(JobState.PENDING.value,))]
+            return _reason_changed(seq, event)
         case ev.JobStarted():
-            return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid}, run=event.run)]
+            return _started(seq, event)
         case ev.JobRequeued():
             requeued: dict[str, Any] = {
                 "state": JobState.PENDING.value,
@@ -308,12 +333,6 @@ def sanitized_submission(seq: int, event: ev.JobSubmitted) -> InsertJob | None:
 _INT64 = (-(2**63), 2**63 - 1)
 
 
-def _target(op: Operation) -> Table:
-    if type(op) is InsertRow:
-        return op.table
-    return t.jobs if type(op) in (InsertJob, UpdateJob) else t.nodes
-
-
 def _keyed(op: Operation) -> dict[str, Any]:
     """The values an operation sends, its key included."""
     match op:
@@ -372,14 +391,49 @@ def unstorable(op: Operation) -> str | None:
     """Why PostgreSQL would refuse a value of this operation, or None. Checked on each event before
     any is written, so whether an event is stored does not depend on the batch it came in (a batch
     folds a job's events in memory, where a later event could hide an earlier unstorable value)."""
-    columns = _BOUNDS[_target(op).name]
-    for name, value in _keyed(op).items():
-        # Most values are neither text nor int (None, times, lists, booleans): nothing to check.
-        if isinstance(value, str | int):
-            bounds = columns.get(name)
-            if bounds is not None and (problem := _problem(bounds, name, value)) is not None:
-                return problem
+    table = op.table.name if isinstance(op, InsertRow) else _TABLES[type(op)]
+    columns, ints, texts = _BOUNDS[table], _INTS[table], _TEXTS[table]
+    # The key apart from the values: building the keyed dict (_keyed) cost more than the checks.
+    values = op.values
+    key: tuple[str, Any] | None = None
+    if isinstance(op, UpdateJob):
+        key = ("job_id", op.job_id)
+    elif isinstance(op, UpdateNode):
+        key = ("name", op.name)
+    if key is not None:
+        if key[0] in values:  # never made so, but then its value is the one sent, in the key's place
+            values = _keyed(op)
+        elif (bounds := columns.get(key[0])) is not None and (problem := _problem(bounds, *key)) is not None:
+            return problem
+    for name, value in values.items():
+        # Most values are neither text nor int (None, times, lists, booleans): nothing to check. A
+        # cheap test first, for the exact types events give; _problem says what is wrong, if anything.
+        kind = type(value)
+        if kind is str:
+            if (bounds := texts.get(name)) is None:
+                continue
+            if not (
+                (not value.isascii() and _UNSTORABLE.search(value) is not None)
+                or "\x00" in value
+                or (bounds.chars is not None and len(value) > bounds.chars)
+                or (bounds.text_bytes is not None and len(value) * 4 > bounds.text_bytes)
+            ):
+                continue
+        elif kind is int:
+            if (limits := ints.get(name)) is None or limits[0] <= value <= limits[1]:
+                continue
+        elif not isinstance(value, _STR_OR_INT):  # a subclass (a bool, an enum): _problem decides
+            continue
+        if (bounds := columns.get(name)) is not None and (problem := _problem(bounds, name, value)) is not None:
+            return problem
     return None
+
+
+# What _BOUNDS says of each table's integer and text columns, for unstorable's cheap test.
+_INTS = {table: {n: b.ints for n, b in columns.items() if b.ints is not None} for table, columns in _BOUNDS.items()}
+_TEXTS = {table: {n: b for n, b in columns.items() if b.text} for table, columns in _BOUNDS.items()}
+_TABLES = {InsertJob: t.jobs.name, UpdateJob: t.jobs.name, UpsertNode: t.nodes.name, UpdateNode: t.nodes.name}
+_STR_OR_INT = (str, int)  # not ``str | int``, which is built anew at each use
 
 
 Times = tuple[Any, Any]  # a job's (start_time, end_time)

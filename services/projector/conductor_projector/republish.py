@@ -27,6 +27,8 @@ from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
+from conductor_projector.decoded import SharedDecoder
+from conductor_projector.operations import Undecodable
 
 log = logging.getLogger("conductor.projector")
 
@@ -87,7 +89,7 @@ async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> s
     return public.subject(seq, event, context)
 
 
-async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff) -> None:
+async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff, decoder: SharedDecoder) -> None:
     positions = await _positions(bus)
     start = await published_up_to(bus) + 1
     sub = await quick_read_from(bus, start)
@@ -99,9 +101,8 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
             msgs = await next_batch(sub, 2000, wait_s=1.0, linger_s=0.05)
             for msg in msgs:
                 seq = stream_seq(msg)
-                try:
-                    event = ev.decode(msg.data)
-                except Exception:  # what no consumer can read is not published either
+                event = decoder.decode(seq, msg.subject, msg.data)
+                if isinstance(event, Undecodable):  # what no consumer can read is not published either
                     continue
                 # The event's trace goes along: a subscriber can continue the job's trace.
                 headers = tracing.headers(tracing.of_headers(msg.headers))
@@ -118,13 +119,17 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
             await sub.unsubscribe()
 
 
-async def run(bus: Bus, stop: asyncio.Event, retry: Backoff, retention_s: float) -> None:
-    """Until ``stop``; any failure (NATS away) is followed by starting again from what is stored."""
+async def run(
+    bus: Bus, stop: asyncio.Event, retry: Backoff, retention_s: float, *, decoder: SharedDecoder | None = None
+) -> None:
+    """Until ``stop``; any failure (NATS away) is followed by starting again from what is stored.
+    ``decoder``: shared with the projector's own reading of the log (each event decoded once)."""
     jobs = JobDirectory()
+    decoder = decoder or SharedDecoder()
     while not stop.is_set():
         try:
             await ensure_stream(bus, retention_s)
-            await _follow(bus, jobs, stop, retry)
+            await _follow(bus, jobs, stop, retry, decoder)
         except asyncio.CancelledError:
             raise
         except Exception as err:

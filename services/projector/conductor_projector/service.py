@@ -30,6 +30,7 @@ from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
 from conductor_projector import archived, migrate, republish, sink
+from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
@@ -54,6 +55,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         return
     engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)
     bus: Bus | None = None
+    decoder: SharedDecoder | None = None
     republishing: asyncio.Task[None] | None = None
     try:
         bus = await _retrying(
@@ -71,10 +73,13 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             log.info("read models dropped; replaying the log")
         if settings.public_subjects and not rebuild:  # a rebuild would publish the whole log again
             retry = Backoff(settings.retry_first_s, settings.retry_max_s)
-            republishing = asyncio.create_task(republish.run(bus, stop, retry, settings.public_retention_s))
+            decoder = SharedDecoder()  # the republisher reads the same events: each is decoded once
+            republishing = asyncio.create_task(
+                republish.run(bus, stop, retry, settings.public_retention_s, decoder=decoder)
+            )
         while not stop.is_set():
             try:
-                await _follow(engine, bus, settings, stop, backoff)
+                await _follow(engine, bus, settings, stop, backoff, decoder)
             except Exception as err:
                 if stop.is_set():
                     break
@@ -103,19 +108,24 @@ class _Read:
     pending: int  # what the log held past it when it was read
 
 
-async def _read(sub: LogReader, settings: ProjectorSettings) -> _Read:
+async def _read(sub: LogReader, settings: ProjectorSettings, decoder: SharedDecoder | None) -> _Read:
     msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
     events: list[tuple[int, Item]] = []
     subjects: dict[int, str] = {}
     for m in msgs:
         seq = stream_seq(m)
-        events.append((seq, decode(m.subject, m.data)))
+        events.append((seq, decode(m.subject, m.data) if decoder is None else decoder.decode(seq, m.subject, m.data)))
         subjects[seq] = m.subject
     return _Read(events, subjects, msgs[-1].metadata.num_pending if msgs else 0)
 
 
 async def _follow(
-    engine: AsyncEngine, bus: Bus, settings: ProjectorSettings, stop: asyncio.Event, backoff: Backoff
+    engine: AsyncEngine,
+    bus: Bus,
+    settings: ProjectorSettings,
+    stop: asyncio.Event,
+    backoff: Backoff,
+    decoder: SharedDecoder | None,
 ) -> None:
     """Follow the stream from the stored position until stopped; raises on any failure, after which
     the caller starts again from the position, which is where the last committed batch left it.
@@ -127,11 +137,11 @@ async def _follow(
     sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     log.info("projecting", extra={"from_seq": position + 1})
-    ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings))
+    ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings, decoder))
     try:
         while not stop.is_set():
             read = await ahead
-            ahead = asyncio.create_task(_read(sub, settings))
+            ahead = asyncio.create_task(_read(sub, settings, decoder))
             if not read.events:
                 continue
             try:
@@ -146,7 +156,7 @@ async def _follow(
                 await sub.unsubscribe()
                 position = await archived.apply_archived(engine, bus, settings, moved.position)
                 sub, fresh_read = await quick_read_from(bus, position + 1), position + 1
-                ahead = asyncio.create_task(_read(sub, settings))
+                ahead = asyncio.create_task(_read(sub, settings, decoder))
                 continue
             EVENTS_APPLIED.inc(len(read.events))
             BATCH_SIZE.observe(len(read.events))
