@@ -5,6 +5,7 @@ fencing token, what the snapshot or the read models have not covered) stays; and
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from pathlib import Path
 
@@ -195,7 +196,7 @@ async def _jobs(engine: AsyncEngine) -> list[tuple[object, ...]]:
 
 
 async def test_a_rebuild_reads_the_archive_then_the_stream(
-    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     archive = tmp_path / "archive"
     await bus.publish(ev.UserCreated(user_id=str(uuid.uuid4()), username="bob"))
@@ -209,8 +210,13 @@ async def test_a_rebuild_reads_the_archive_then_the_stream(
     assert (await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)).below == jobs[2]
 
     # Without the archive the read models are not rebuilt from the stream's part alone.
-    await _rebuild(nats_url, database_url, tmp_path / "elsewhere")
+    with caplog.at_level(logging.INFO, logger="conductor.projector"):
+        await _rebuild(nats_url, database_url, tmp_path / "elsewhere")
     assert [row[0] for row in await _jobs(engine)] == []
+    # Said plainly, how to mend it included, without a traceback every retry.
+    waits = [r for r in caplog.records if "waits for the archive" in r.getMessage()]
+    assert waits and all(r.levelno == logging.ERROR and r.exc_info is None for r in waits)
+    assert "CONDUCTOR_ARCHIVE_DIR" in str(getattr(waits[0], "error", ""))
     await _rebuild(nats_url, database_url, archive)
     assert await _jobs(engine) == before
     async with engine.connect() as conn:

@@ -195,7 +195,9 @@ async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Call
 def _failed(what: str, err: Exception, backoff: Backoff) -> None:
     RETRIES.inc()
     extra = {"error": printable(f"{type(err).__name__}: {err}", 500), "retry_in_s": backoff.next_s}
-    if classify(err) is Fault.TRANSIENT:
+    if isinstance(err, archived.ArchiveMissing):  # the operator's to mend: the message says how
+        log.error("%s waits for the archive; retrying", what, extra=extra)
+    elif classify(err) is Fault.TRANSIENT:
         log.warning("%s failed: PostgreSQL or NATS unavailable; retrying", what, extra=extra)
     else:  # not the servers: a bug or a schema out of step, worth its traceback
         log.exception("%s failed; retrying", what, extra=extra)
