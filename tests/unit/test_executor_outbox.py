@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
+from conductor_executor import supervision as sv
 from conductor_executor.outbox import Outbox, file_name, parse_name
 from conductor_executor.service import Executor
 from conductor_executor.settings import ExecutorSettings
@@ -260,17 +261,18 @@ async def test_an_outcome_the_disk_refuses_is_tried_until_written_and_only_then_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(tmp_path)
-    done = settings.jobs_dir / "5" / "done"
-    done.parent.mkdir(parents=True)
+    folder = settings.jobs_dir / "5"
+    folder.mkdir(parents=True)
+    sv.write_process(folder, sv.ProcessRecord(pid=4242, started=1.0, supervised=True))
     executor = _executor(settings, Stream())
     outbox = _broken_disk(executor)
     finishing = asyncio.create_task(executor.finish(5, ev.JobCompleted(job_id=5, node="n")))
     await _until(lambda: outbox.tries >= 5)
-    assert not finishing.done() and not done.exists() and not outbox.pending()
+    assert not finishing.done() and sv.read_done(folder) is None and not outbox.pending()
     assert any(r.getMessage() == "outbox: could not write an event; retrying" for r in caplog.records)
     outbox.broken = False
     await finishing
-    assert done.read_text() == "JobCompleted"
+    assert sv.read_done(folder) == "JobCompleted"
     assert [p.name.split("-", 1)[1] for p in outbox.pending()] == ["5-JobCompleted.json"]
 
 

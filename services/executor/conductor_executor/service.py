@@ -191,7 +191,7 @@ class Executor:
         backoff = self.backoff()
         while True:
             try:
-                (self.folder(job_id, _run(event)) / "done").write_text(event.type)
+                sv.mark_done(self.folder(job_id, _run(event)), event.type)
                 return
             except OSError as err:
                 # The outcome is safe in the outbox; a restart finds it there and writes the marker.
@@ -212,7 +212,7 @@ class Executor:
         try:
             self.outbox.put(event, traceparent)
             queued = True
-            (self.folder(job_id, _run(event)) / "done").write_text(event.type)
+            sv.mark_done(self.folder(job_id, _run(event)), event.type)
             return
         except OSError as err:
             log.warning("could not record a job's outcome; retrying", extra={"job_id": job_id, "error": str(err)})
@@ -534,7 +534,7 @@ class Executor:
         if process.lost:  # the scheduler ended this run: nothing to report, nothing to take over
             self.outbox.discard(job_id, process.run)
             with contextlib.suppress(OSError):
-                (process.folder / "done").write_text(sv.LOST)
+                sv.mark_done(process.folder, sv.LOST)
             log.info("job killed: its node was declared lost", extra={"job_id": job_id, "run": process.run})
             return
         event = outcome_event(
@@ -554,7 +554,7 @@ class Executor:
             return
         if record is not None and not record.announced:
             try:
-                sv.mark_announced(process.folder, record)
+                sv.mark_announced(process.folder)
             except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
                 log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
 
