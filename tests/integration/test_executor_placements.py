@@ -4,12 +4,16 @@ comes back as soon as it is there, in stream order, every message once."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_executor.placements import PlacementReader, subscribe
+from conductor_executor.placements import PlacementReader, ensure_consumer, subscribe
+from conductor_executor.service import Executor
 from conductor_platform.bus import Bus
+from tests.integration.test_executor import _outcome, executor_settings, running
+from tests.unit.scheduling import submitted
 
 NODE = "readernode"
 
@@ -64,3 +68,38 @@ async def test_nothing_stored_times_out_and_every_message_comes_once_in_order(bu
             continue
     await producing
     assert seen == list(range(1, 41))
+
+
+async def test_the_look_ups_of_a_batchs_placements_go_out_together(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = executor_settings(nats_url, tmp_path, cpus=4)
+    await ensure_consumer(bus, settings.node)  # all is stored before the executor's first fetch
+    workdir = str(tmp_path / "work")
+    ids = [await bus.publish(submitted().model_copy(update={"working_directory": workdir})) for _ in range(4)]
+    await bus.publish(ev.JobCancelRequested(job_id=ids[0]))
+    for core, job_id in enumerate(ids):
+        await bus.publish(
+            ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1), by_scheduler=True
+        )
+    in_flight, most = 0, 0
+    look_up = Executor.submission
+
+    async def slow(self: Executor, job_id: int) -> ev.JobSubmitted:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.1)  # a server slow to answer
+            return await look_up(self, job_id)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(Executor, "submission", slow)
+    async with running(bus, settings):
+        outcomes = [await _outcome(bus, job_id) for job_id in ids]
+    # Each placement waited for look-ups sent with the others', not for its own in turn.
+    assert most == len(ids)
+    # The cancel stored before its placement still wins; the others ran.
+    assert isinstance(outcomes[0], ev.JobCancelled)
+    assert all(isinstance(outcome, ev.JobCompleted) for outcome in outcomes[1:])
