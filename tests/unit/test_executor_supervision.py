@@ -338,6 +338,12 @@ def test_take_stock_sorts_folders_by_job_and_run_and_skips_the_done(tmp_path: Pa
         for file, text in files.items():
             (folder / file).write_text(text)
     (tmp_path / "9" / "script.sh").write_text("true\n")
+    # Done as this executor marks it: in its process record, beside a supervisor's exit record.
+    done = tmp_path / "11"
+    done.mkdir()
+    (done / sv.STATUS).write_text("pgid 4242\nexit 0\n")
+    sv.write_process(done, sv.ProcessRecord(pid=4242, started=1.0, supervised=True))
+    sv.mark_done(done, "JobCompleted")
     for junk in ("not-a-job", "7.01", "7.0", "x.1", "7.1.1"):
         (tmp_path / junk).mkdir()
     # Only run 2 of job 10 has its outcome in the outbox: run 0's folder is not marked done by it.
