@@ -51,6 +51,12 @@ def _cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _times(pid: int) -> tuple[float, float]:
+    """Kernel CPU of the process, and CPU of its reaped children (the supervisors and their jobs)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.system), float(times.children_user + times.children_system)
+
+
 async def _place_all(bus: Bus, ids: list[int], nodes: list[str], cpus: int) -> tuple[float, int]:
     """Place every job on a free core, as its predecessor on that core ends; (seconds, failures)."""
     free: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
@@ -130,9 +136,13 @@ async def main() -> None:
             await registered
             await asyncio.sleep(1.0)  # their consumers exist before the first placement
             cpu0 = [_cpu_s(p.pid) for p in executors]
+            times0 = [_times(p.pid) for p in executors]
             nats0 = _cpu_s(nats_server.process.pid)
             elapsed, failed = await _place_all(bus, ids, nodes, args.cpus)
             cpu = sum(_cpu_s(p.pid) for p in executors) - sum(cpu0)
+            times = [_times(p.pid) for p in executors]
+            kernel = sum(t[0] for t in times) - sum(t[0] for t in times0)
+            children = sum(t[1] for t in times) - sum(t[1] for t in times0)
             nats_cpu = _cpu_s(nats_server.process.pid) - nats0
             await bus.close()
         finally:
@@ -147,6 +157,8 @@ async def main() -> None:
     )
     print(f"jobs completed:        {args.jobs / elapsed:8.0f} /s   ({failed} not COMPLETED)")
     print(f"executor CPU per job:  {cpu / args.jobs * 1000:8.2f} ms   (all executors, {cpu:.1f} s)")
+    print(f"  of which in the kernel: {kernel / args.jobs * 1000:5.2f} ms")
+    print(f"supervisors and jobs:  {children / args.jobs * 1000:8.2f} ms   (the executors' reaped children)")
     print(f"nats-server CPU per job: {nats_cpu / args.jobs * 1000:6.2f} ms")
 
 

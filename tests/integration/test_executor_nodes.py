@@ -87,7 +87,7 @@ async def test_a_node_declared_lost_kills_its_jobs_reports_nothing_and_registers
         kinds = [e.type for _, e in await _of(bus, job_id)]
         assert kinds == ["JobPlaced", "JobStarted"], kinds
         # Marked so that a restart neither takes it over nor reports it.
-        assert (settings.jobs_dir / str(job_id) / "done").read_text() == sv.LOST
+        assert sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST
         assert sv.LOST in sv.read_kill(settings.jobs_dir / str(job_id))
 
         # The node takes work again.
@@ -129,8 +129,8 @@ async def test_a_requeued_job_runs_again_on_the_same_node_as_its_next_run(
         assert isinstance(outcome, ev.JobCompleted) and outcome.run == 1 and outcome.node == NODE
         started = [e for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)]
         assert [s.run for s in started] == [0, 1]
-        assert (settings.jobs_dir / f"{job_id}.1" / "done").read_text() == "JobCompleted"
-        assert (settings.jobs_dir / str(job_id) / "done").read_text() == sv.LOST
+        assert sv.read_done(settings.jobs_dir / f"{job_id}.1") == "JobCompleted"
+        assert sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST
 
 
 async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:
@@ -238,9 +238,9 @@ async def test_a_run_killed_as_lost_is_not_taken_over_as_a_job(bus: Bus, nats_ur
         await eventually(gone, what="the lost run killed")
 
         async def marked() -> bool:
-            return (folder / "done").exists()
+            return sv.read_done(folder) is not None
 
         await eventually(marked, what="the lost run marked done")
         await asyncio.sleep(0.5)
         assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
-        assert (folder / "done").read_text() == sv.LOST
+        assert sv.read_done(folder) == sv.LOST

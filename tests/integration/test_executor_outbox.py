@@ -15,6 +15,7 @@ from nats.js.errors import NotFoundError
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import supervision as sv
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
@@ -59,7 +60,7 @@ async def test_events_owed_while_nats_was_unreachable_are_delivered_by_the_next_
         assert isinstance(failed, ev.JobFailed) and failed.job_id == 7 and failed.node_fail
         assert isinstance(registered, ev.NodeRegistered) and registered.node == NODE
         assert [type(e) for e in events[2:]] == [ev.NodeRegistered]
-        assert (unreachable.jobs_dir / "7" / "done").exists()
+        assert sv.read_done(unreachable.jobs_dir / "7") is not None
     finally:
         stop.set()
         await second

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
+from conductor_executor import supervision as sv
 from conductor_executor.outbox import Outbox, file_name, parse_name
+from conductor_executor.outbox import encode as outbox_encode
 from conductor_executor.service import Executor
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.retry import Backoff, transient
@@ -260,17 +262,18 @@ async def test_an_outcome_the_disk_refuses_is_tried_until_written_and_only_then_
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(tmp_path)
-    done = settings.jobs_dir / "5" / "done"
-    done.parent.mkdir(parents=True)
+    folder = settings.jobs_dir / "5"
+    folder.mkdir(parents=True)
+    sv.write_process(folder, sv.ProcessRecord(pid=4242, started=1.0, supervised=True))
     executor = _executor(settings, Stream())
     outbox = _broken_disk(executor)
     finishing = asyncio.create_task(executor.finish(5, ev.JobCompleted(job_id=5, node="n")))
     await _until(lambda: outbox.tries >= 5)
-    assert not finishing.done() and not done.exists() and not outbox.pending()
+    assert not finishing.done() and sv.read_done(folder) is None and not outbox.pending()
     assert any(r.getMessage() == "outbox: could not write an event; retrying" for r in caplog.records)
     outbox.broken = False
     await finishing
-    assert done.read_text() == "JobCompleted"
+    assert sv.read_done(folder) == "JobCompleted"
     assert [p.name.split("-", 1)[1] for p in outbox.pending()] == ["5-JobCompleted.json"]
 
 
@@ -414,7 +417,8 @@ async def test_published_files_are_written_again_rather_than_created_and_deleted
     stream = Stream()
     folder, spares = tmp_path / "outbox", tmp_path / "spares"
     outbox = Outbox(folder, stream.publish, Backoff(0.001, 0.002), spares=spares)
-    first = [ev.JobStarted(job_id=j, node="n", pid=j) for j in (1, 2, 3)]
+    # Long ones first: what a spare held must not outlast the shorter event written into it.
+    first: list[ev.Event] = [ev.JobFailed(job_id=j, node="n", exit_code=1, message="x" * 900) for j in (1, 2, 3)]
     await asyncio.gather(*(outbox.write(event) for event in first))
     inodes = {p.stat().st_ino for p in folder.iterdir()}
     await _drain(outbox)
@@ -425,6 +429,7 @@ async def test_published_files_are_written_again_rather_than_created_and_deleted
         ev.JobCompleted(job_id=4, node="n"),
         ev.JobFailed(job_id=5, node="n", exit_code=1, message="x" * 500),
     ]
+    assert all(len(outbox_encode(event)) < len(outbox_encode(first[0])) for event in later)
     await outbox.write(later[0])
     outbox.put(later[1])
     assert {p.stat().st_ino for p in folder.iterdir()} <= inodes and len(list(spares.iterdir())) == 1

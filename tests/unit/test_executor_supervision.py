@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
@@ -47,6 +49,52 @@ def test_group_records_never_name_everything(text: str, pgid: int | None) -> Non
     assert sv.parse_pgid(text) == pgid
 
 
+@pytest.mark.parametrize(
+    ("text", "pgid", "code"),
+    [
+        ("", None, None),  # created, cut short before the write
+        ("pgid 1234\n", 1234, None),  # running
+        ("pgid 1234\nexit 0\n", 1234, 0),
+        ("pgid 1234\nexit 143\n", 1234, 143),
+        ("pgid 1234\nexit 14", 1234, None),  # the exit line unfinished: not known to be whole
+        ("pgid 12", None, None),
+        ("exit 3\n", None, 3),  # the pgid line was never written: the exit is no group to kill
+        ("pgid 1\nexit 0\n", None, 0),
+        ("pgid 0\n", None, None),
+        ("pgid 1234\nexit 256\n", 1234, None),
+        ("1234\n0\n", None, None),  # lines that do not say what they are
+        ("pgid  1234\n", None, None),
+        ("pgid 1234\npgid 99\nexit 1\nexit 2\n", 1234, 1),  # the first of each
+    ],
+)
+def test_status_records(text: str, pgid: int | None, code: int | None) -> None:
+    assert sv.parse_status(text) == (pgid, code)
+
+
+@given(st.text(alphabet="pgidext 0123456789\n\x00٣", max_size=40))
+def test_status_records_never_name_a_group_below_2_or_a_status_above_255(text: str) -> None:
+    pgid, code = sv.parse_status(text)
+    assert pgid is None or pgid > 1
+    assert code is None or 0 <= code <= 255
+
+
+def test_a_status_record_is_read_before_the_records_of_an_earlier_supervisor(tmp_path: Path) -> None:
+    # A supervisor started by an earlier executor writes ``pgid`` and ``exit``: read while there is no
+    # ``status`` (jobs running across an upgrade are taken over and reported with their real status).
+    (tmp_path / sv.PGID).write_text("4321\n")
+    (tmp_path / sv.EXIT).write_text("5\n")
+    assert sv.read_pgid(tmp_path) == 4321
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 5
+    (tmp_path / sv.STATUS).write_text("pgid 1234\n")
+    assert sv.read_pgid(tmp_path) == 1234 and sv.read_exit(tmp_path) is None
+    with (tmp_path / sv.STATUS).open("a") as status:
+        status.write("exit 9\n")
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 9
+    assert ended.ended_at == (tmp_path / sv.STATUS).stat().st_mtime
+
+
 def test_kill_records_keep_only_known_reasons(tmp_path: Path) -> None:
     assert sv.parse_kill("timeout cancelled bogus\n") == {"timeout", "cancelled"}
     assert sv.read_kill(tmp_path) == frozenset()
@@ -60,7 +108,9 @@ def test_missing_and_unreadable_records_are_none(tmp_path: Path) -> None:
     assert sv.read_pgid(tmp_path) is None
     assert sv.read_process(tmp_path) is None
     (tmp_path / sv.EXIT).mkdir()  # something, but not a file
+    (tmp_path / sv.STATUS).mkdir()
     assert sv.read_exit(tmp_path) is None
+    assert sv.read_pgid(tmp_path) is None
 
 
 def test_process_record_round_trip() -> None:
@@ -119,14 +169,28 @@ def test_no_exit_record_is_node_fail() -> None:
 # -- the wrapper itself, run by the real /bin/sh -------------------------------------------------------
 
 
-def _supervise(folder: Path, script: str) -> subprocess.Popen[bytes]:
+# The wrapper of the executors before ``status``: what supervisors of jobs running across an upgrade run.
+_WRAPPER_WITH_TWO_RECORDS = """\
+d=${1%/*}
+exec 3>&2 2>/dev/null
+"$2" /bin/bash "$1" 2>&3 3>&- &
+j=$!
+echo "$j" >"$d/pgid"
+wait "$j"
+c=$?
+kill -9 -"$j"
+echo "$c" >"$d/exit"
+"""
+
+
+def _supervise(folder: Path, script: str, wrapper: str = sv.WRAPPER) -> subprocess.Popen[bytes]:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "script.sh"
     path.write_text(script)
     out = open(folder / "out", "wb")  # noqa: SIM115 - the child has its own copy
     try:
         return subprocess.Popen(
-            ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(path), setsid_program()],
+            ["/bin/sh", "-c", wrapper, sv.ARGV0, str(path), setsid_program()],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -155,6 +219,8 @@ def test_the_wrapper_records_the_exit_and_keeps_its_own_noise_out(tmp_path: Path
     ended = sv.read_exit(tmp_path)
     assert ended is not None and ended.code == 7 and abs(ended.ended_at - time.time()) < 10
     assert (tmp_path / "out").read_text() == "out\nerr\n"
+    # One record for the group and the exit: the older two are not written any more.
+    assert not (tmp_path / sv.PGID).exists() and not (tmp_path / sv.EXIT).exists()
 
 
 def test_the_job_has_a_group_and_session_of_its_own(tmp_path: Path) -> None:
@@ -236,6 +302,27 @@ async def test_a_running_supervisor_is_taken_over_and_its_end_seen(tmp_path: Pat
         supervisor.wait()
 
 
+async def test_a_job_supervised_by_an_earlier_executors_wrapper_is_taken_over_killed_and_reported(
+    tmp_path: Path,
+) -> None:
+    # Started before an upgrade: its supervisor writes ``pgid`` and ``exit``, never ``status``. The
+    # new executor must still find its group to kill it and read how it ended.
+    supervisor = _supervise(tmp_path, "sleep 300\n", _WRAPPER_WITH_TWO_RECORDS)
+    try:
+        _until_written(tmp_path / sv.PGID)
+        record = sv.ProcessRecord(pid=supervisor.pid, started=start_time(supervisor.pid), supervised=True)
+        (tmp_path / sv.PROCESS).write_text(record.to_json())
+        found = survey(tmp_path, 1, 1.0)
+        assert isinstance(found, Running)
+        found.process.kill(cancelled=True)
+        outcome = await asyncio.wait_for(found.process.wait(None), 10)
+        assert outcome.exit_code == 128 + signal.SIGTERM and outcome.reasons == {"cancelled"}
+        assert not (tmp_path / sv.STATUS).exists()
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+
+
 def test_take_stock_sorts_folders_by_job_and_run_and_skips_the_done(tmp_path: Path) -> None:
     folders: dict[str, dict[str, str]] = {
         "7": {"done": "JobCompleted"},
@@ -251,6 +338,12 @@ def test_take_stock_sorts_folders_by_job_and_run_and_skips_the_done(tmp_path: Pa
         for file, text in files.items():
             (folder / file).write_text(text)
     (tmp_path / "9" / "script.sh").write_text("true\n")
+    # Done as this executor marks it: in its process record, beside a supervisor's exit record.
+    done = tmp_path / "11"
+    done.mkdir()
+    (done / sv.STATUS).write_text("pgid 4242\nexit 0\n")
+    sv.write_process(done, sv.ProcessRecord(pid=4242, started=1.0, supervised=True))
+    sv.mark_done(done, "JobCompleted")
     for junk in ("not-a-job", "7.01", "7.0", "x.1", "7.1.1"):
         (tmp_path / junk).mkdir()
     # Only run 2 of job 10 has its outcome in the outbox: run 0's folder is not marked done by it.
@@ -258,7 +351,7 @@ def test_take_stock_sorts_folders_by_job_and_run_and_skips_the_done(tmp_path: Pa
     assert list(stock.ended) == [(8, 0), (8, 1)] and list(stock.lost) == [(9, 0), (10, 0)] and not stock.running
     assert stock.ended[8, 1].exit.code == 3
     assert {job for job, _ in stock.unrecorded.values()} == {9}
-    assert (tmp_path / "10.2" / "done").exists() and not (tmp_path / "10" / "done").exists()
+    assert sv.read_done(tmp_path / "10.2") == "outbox" and sv.read_done(tmp_path / "10") is None
 
 
 def test_folder_names_are_per_run_and_parse_back() -> None:
@@ -286,6 +379,14 @@ def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_pa
         supervisor.wait()
 
 
+def _until_written(path: Path) -> None:
+    """The shell creates a record before it writes its line: until the whole line is there."""
+    deadline = time.monotonic() + 10
+    while not _text(path).endswith("\n"):
+        assert time.monotonic() < deadline, f"{path.name} never written"
+        time.sleep(0.01)
+
+
 def _text(path: Path) -> str:
     try:
         return path.read_text()
@@ -303,7 +404,36 @@ def test_a_record_is_marked_announced_in_place_and_reads_back_whole(tmp_path: Pa
     sv.write_process(tmp_path, record)
     size = (tmp_path / sv.PROCESS).stat().st_size
     assert sv.read_process(tmp_path) == record
-    sv.mark_announced(tmp_path, record)
+    sv.mark_announced(tmp_path)
     assert (tmp_path / sv.PROCESS).stat().st_size == size
     again = sv.read_process(tmp_path)
     assert again is not None and again.announced and again == sv.ProcessRecord(**(vars(record) | {"announced": True}))
+    assert sv.read_done(tmp_path) is None
+    # Done goes into the same record, in place, keeping what was marked before: no file is created.
+    sv.mark_done(tmp_path, "JobTimedOut")
+    assert (tmp_path / sv.PROCESS).stat().st_size == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sv.PROCESS]
+    assert sv.read_done(tmp_path) == "JobTimedOut"
+    assert sv.read_process(tmp_path) == sv.ProcessRecord(**(vars(again) | {"done": "JobTimedOut"}))
+
+
+def test_an_earlier_executors_record_is_marked_done_in_place_and_a_folder_without_one_by_a_file(
+    tmp_path: Path,
+) -> None:
+    # Written by an executor from before ``done`` was a field, with no room after it: the longer text
+    # is written over it whole, never truncated first.
+    older = '{"pid": 4242, "started": 12.5, "start": 1.0, "supervised": true, "announced": false}'
+    (tmp_path / sv.PROCESS).write_text(older)
+    sv.mark_announced(tmp_path)
+    sv.mark_done(tmp_path, "JobCompleted")
+    record = sv.read_process(tmp_path)
+    assert record is not None and record.announced and record.done == "JobCompleted" and record.pid == 4242
+    assert sv.read_done(tmp_path) == "JobCompleted" and not (tmp_path / sv.DONE).exists()
+    # No record (the job never started) or a damaged one: the marker is a file of its own.
+    for folder, text in ((tmp_path / "none", None), (tmp_path / "damaged", '{"pid": ')):
+        folder.mkdir()
+        if text is not None:
+            (folder / sv.PROCESS).write_text(text)
+        assert sv.read_done(folder) is None
+        sv.mark_done(folder, "JobCancelled")
+        assert sv.read_done(folder) == "JobCancelled" and (folder / sv.DONE).read_text() == "JobCancelled"

@@ -1,4 +1,4 @@
-"""What a starting executor makes of a job an earlier one left without a ``done`` marker.
+"""What a starting executor makes of a job an earlier one left not done (``supervision.mark_done``).
 
 - its supervisor still runs (the pid of ``process.json``, with the same start time): taken over,
   ``Running``; the job is watched, limited and reported as if this executor had started it;
@@ -182,11 +182,11 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
         log.error("cannot look for jobs of a previous executor", extra={"error": str(err)})
         return stock
     for (job_id, run), folder in folders:
-        if (folder / "done").exists():
+        if sv.read_done(folder) is not None:
             continue
         if holds_outcome(job_id, run):
             with contextlib.suppress(OSError):  # if not now, at the next start
-                (folder / "done").write_text("outbox")
+                sv.mark_done(folder, "outbox")
             continue
         match survey(folder, job_id, grace_s, run):
             case Running() as running:
@@ -197,7 +197,7 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
                 stock.lost[job_id, run] = lost
             case Dropped():
                 with contextlib.suppress(OSError):
-                    (folder / "done").write_text(sv.LOST)
+                    sv.mark_done(folder, sv.LOST)
             case Unrecorded():
                 stock.lost[job_id, run] = Lost(LOST_UNSUPERVISED)
                 script = folder / "script.sh"

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import json
 import logging
@@ -262,16 +263,25 @@ class Outbox:
 
     def _write_file(self, name: str, data: bytes) -> None:
         """The file, synced and in place; the folder is still to be synced. Written into a spare when
-        there is one: what it held before is cut off first (``open`` truncates)."""
+        there is one: over what it held, then cut to its new length. Not emptied first: a file
+        truncated to nothing gives its block back and takes another when written (ext4), which cost
+        as much as the write and its sync together here. What a spare holds counts for nothing until
+        it is renamed into the outbox, synced, with only the new event in it."""
+        flags = os.O_WRONLY | os.O_CLOEXEC
         try:
             tmp = self._spares.popleft()
         except IndexError:
             tmp = self.folder / f".{name}.tmp"
+            flags |= os.O_CREAT | os.O_TRUNC
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = os.open(tmp, flags, 0o666)
+            try:
+                if os.pwrite(fd, data, 0) != len(data):  # a regular file's write is short only when full
+                    raise OSError(errno.ENOSPC, "short write", str(tmp))
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, self.folder / name)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -53,7 +53,7 @@ from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
-from conductor_executor.placements import subscribe
+from conductor_executor.placements import PlacementReader, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
@@ -67,6 +67,8 @@ T = TypeVar("T")
 # A clean stop waits this long for the outbox to reach the stream; what is left goes out next start.
 _DRAIN_ON_STOP_S = 5.0
 _MAX_MESSAGE = 1000
+# Messages fetched at once: their look-ups go out together (``Executor._look_ahead``).
+_BATCH = 32
 # Jobs this process ran to their end, by the state their outcome gives them (Slurm's names).
 JOBS_FINISHED = Counter(
     "conductor_executor_jobs_finished", "Jobs this executor ran that ended, by the state they ended in", ["state"]
@@ -101,6 +103,8 @@ class Executor:
         # the first placement and kept up as folders are made: listing a folder that keeps every job
         # ever run here, for every placement, cost more per job the longer the executor ran.
         self._reruns: dict[int, int] | None = None
+        # The look-ups sent ahead for the placements of the batch being handled, by (job, run).
+        self._lookups: dict[tuple[int, int], asyncio.Future[tuple[bool, ev.JobSubmitted]]] = {}
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -191,7 +195,7 @@ class Executor:
         backoff = self.backoff()
         while True:
             try:
-                (self.folder(job_id, _run(event)) / "done").write_text(event.type)
+                sv.mark_done(self.folder(job_id, _run(event)), event.type)
                 return
             except OSError as err:
                 # The outcome is safe in the outbox; a restart finds it there and writes the marker.
@@ -212,7 +216,7 @@ class Executor:
         try:
             self.outbox.put(event, traceparent)
             queued = True
-            (self.folder(job_id, _run(event)) / "done").write_text(event.type)
+            sv.mark_done(self.folder(job_id, _run(event)), event.type)
             return
         except OSError as err:
             log.warning("could not record a job's outcome; retrying", extra={"job_id": job_id, "error": str(err)})
@@ -404,10 +408,13 @@ class Executor:
         folder = self.folder(job_id, run)
         why = self._superseded(placement, seq)
         if why is not None:
+            if (ahead := self._lookups.pop((job_id, run), None)) is not None:
+                ahead.cancel()
             log.info(why, extra={"job_id": job_id, "run": run, "seq": seq})
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
-        cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
+        ahead = self._lookups.pop((job_id, run), None)
+        cancelled, job = await (ahead if ahead is not None else self._lookup(job_id))
         self._make_folder(job_id, run)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         self._supersede(job_id, run)
@@ -534,7 +541,7 @@ class Executor:
         if process.lost:  # the scheduler ended this run: nothing to report, nothing to take over
             self.outbox.discard(job_id, process.run)
             with contextlib.suppress(OSError):
-                (process.folder / "done").write_text(sv.LOST)
+                sv.mark_done(process.folder, sv.LOST)
             log.info("job killed: its node was declared lost", extra={"job_id": job_id, "run": process.run})
             return
         event = outcome_event(
@@ -554,7 +561,7 @@ class Executor:
             return
         if record is not None and not record.announced:
             try:
-                sv.mark_announced(process.folder, record)
+                sv.mark_announced(process.folder)
             except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
                 log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
 
@@ -579,12 +586,14 @@ class Executor:
 
     # -- the consumer ------------------------------------------------------------------------------
     async def consume(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
-        """Until ``stop``: no NATS error ends this loop; it logs a line, backs off and goes on."""
+        """Until ``stop``: no NATS error ends this loop; it logs a line, backs off and goes on.
+        Messages come in batches and are handled and acked one by one, in stream order; the look-ups
+        of a batch's placements are sent together as it arrives (``_look_ahead``)."""
+        reader = PlacementReader(sub)
         backoff = self.backoff()
         while not stop.is_set():
             try:
-                # One at a time: a batch fetch waits out its whole timeout for the rest of the batch.
-                msgs = await sub.fetch(1, timeout=1)
+                msgs = await reader.fetch(_BATCH, 1.0)
             except (NatsTimeout, TimeoutError):
                 continue
             except Exception as err:
@@ -593,8 +602,37 @@ class Executor:
                 await pause(stop, delay)
                 continue
             backoff.reset()
-            for msg in msgs:
-                await self.take(msg)
+            self._look_ahead(msgs)
+            try:
+                for msg in msgs:
+                    await self.take(msg)
+            finally:
+                # What a placement handled otherwise (a redelivery, a stop) did not wait for.
+                for lookup in self._lookups.values():
+                    lookup.cancel()
+                self._lookups.clear()
+
+    def _look_ahead(self, msgs: list[Msg]) -> None:
+        """The cancel and submission look-ups of every placement of a batch, sent at once: each
+        placement then waits for answers that are on their way, not for two round trips of its own.
+        Sent after every message of the batch was stored, as when each is sent at its placement's
+        turn: a cancel stored after the look-up comes through the consumer after the placement."""
+        for msg in msgs:
+            try:
+                event = ev.decode(msg.data)
+            except Exception:  # ``take`` says why
+                continue
+            if not isinstance(event, ev.JobPlaced) or event.node != self.node:
+                continue
+            if msg.subject == subjects.subject_for(event):
+                lookup = asyncio.ensure_future(self._lookup(event.job_id))
+                lookup.add_done_callback(_retrieved)
+                self._lookups[event.job_id, event.run] = lookup
+
+    async def _lookup(self, job_id: int) -> tuple[bool, ev.JobSubmitted]:
+        """Is a cancel of the job stored, and its submission."""
+        cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
+        return cancelled, job
 
     async def take(self, msg: Msg) -> None:
         try:
@@ -648,6 +686,13 @@ class Executor:
         for task in list(self.monitors):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
+
+
+def _retrieved(lookup: asyncio.Future[tuple[bool, ev.JobSubmitted]]) -> None:
+    """A look-up nobody waited for (its placement was handled otherwise) fails silently: the one
+    that waits for it gets its error."""
+    if not lookup.cancelled():
+        lookup.exception()
 
 
 def _run(event: ev.Event) -> int:

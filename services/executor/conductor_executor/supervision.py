@@ -16,17 +16,23 @@ A shell rather than a Python supervisor: it costs ~1.2 ms of CPU per job here, a
 ~35 ms. ``/bin/sh`` (dash on Debian) starts faster than bash and needs only POSIX: ``setsid``
 gives the job its group because a shell without a terminal cannot (``set -m`` needs one in dash).
 
-Records, each one small ``write()`` (a process crash leaves it whole or empty, never half a
-number; an empty or malformed one counts as missing):
+Records, each line one small ``write()`` (a process crash leaves it whole or missing, never half
+a number; an empty, unfinished or malformed line counts as missing):
 
-- ``pgid``   by the supervisor: the job's process group (= its pid), as soon as it is forked;
-- ``exit``   by the supervisor: the job's exit status (128 + n for signal n); its mtime is the end;
+- ``status`` by the supervisor, two lines: ``pgid N``, the job's process group (= its pid), as soon
+  as it is forked; then, appended, ``exit N``, the job's exit status (128 + n for signal n); its mtime
+  is the end. One file where there were two (``pgid`` and ``exit``, which supervisors started by an
+  earlier executor still write, and which are read when there is no ``status``): a file created is
+  the dearest thing a job costs here (``outbox.py``);
 - ``kill``   by the executor, before it signals the job: why (``cancelled``, ``timeout``, ``oom``;
   ``lost``: the scheduler declared the node lost and ended this run, nothing is reported for it;
   ``fenced``: killed because the executor could not heartbeat, see ``liveness.py``), so that an
   executor restarted mid-kill reports the right state;
 - ``process.json`` by the executor: the supervisor's pid and start time, the job's limits, the
-  stream sequence of its placement and whether it asked to be requeued.
+  stream sequence of its placement and whether it asked to be requeued; later, rewritten in place,
+  that its JobStarted is in the outbox and then that the job is done (its outcome is in the outbox).
+- ``done`` by the executor, only for a job without a usable ``process.json`` (it never started, or
+  the record could not be written) and for folders of earlier executors: the job is done.
 
 A job's folder is per run (``folder_name``): a job requeued and placed on the same node again runs in
 a folder of its own, so the records of the run the scheduler ended never stand for the new one.
@@ -42,8 +48,11 @@ from pathlib import Path
 
 from conductor_platform import tracing
 
+STATUS = "status"
+# The supervisor's records before ``status``: still read, for jobs started by an earlier executor.
 PGID = "pgid"
 EXIT = "exit"
+DONE = "done"
 KILL = "kill"
 PROCESS = "process.json"
 # argv[0] of every supervisor: how a restarted executor recognises one in the process table.
@@ -59,12 +68,14 @@ d=${1%/*}
 exec 3>&2 2>/dev/null
 "$2" /bin/bash "$1" 2>&3 3>&- &
 j=$!
-echo "$j" >"$d/pgid"
+echo "pgid $j" >"$d/status"
 wait "$j"
 c=$?
 kill -9 -"$j"
-echo "$c" >"$d/exit"
+echo "exit $c" >>"$d/status"
 """
+# Room left after process.json's text for the rewrites that make it longer (``mark_done``).
+_ROOM = 40
 
 KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced")
 # The run of a job that the scheduler ended (NodeLost): killed, and nothing is reported for it.
@@ -118,11 +129,42 @@ def parse_kill(text: str) -> frozenset[str]:
     return frozenset(word for word in text.split() if word in KILL_REASONS)
 
 
+def parse_status(text: str) -> tuple[int | None, int | None]:
+    """``(pgid, exit status)`` of a ``status`` record, each None when its line is missing. Only
+    finished lines count: a supervisor killed amid a write leaves at worst an unfinished last one.
+    Each line says what it holds: an ``exit`` appended to a file whose ``pgid`` line was never
+    written must not be taken for a group to kill."""
+    pgid = code = None
+    for line in text.split("\n")[:-1]:
+        word, _, number = line.partition(" ")
+        if word == "pgid" and pgid is None:
+            pgid = parse_pgid(number + "\n")
+        elif word == "exit" and code is None:
+            code = parse_exit(number + "\n")
+    return pgid, code
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_bytes().decode("ascii", "replace")
     except OSError:
         return None
+
+
+def _read_status(folder: Path) -> tuple[str, float] | None:
+    """The ``status`` record's text and its mtime, None when there is none. Read before its mtime
+    is taken: a text that holds the exit line was read after the append that set that mtime."""
+    try:
+        fd = os.open(folder / STATUS, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+        return data.decode("ascii", "replace"), os.fstat(fd).st_mtime
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -133,6 +175,14 @@ class ExitRecord:
 
 def read_exit(folder: Path) -> ExitRecord | None:
     """The job's exit as its supervisor recorded it, or None (not ended, or no usable record)."""
+    status = _read_status(folder)
+    if status is not None:
+        code = parse_status(status[0])[1]
+        return None if code is None else ExitRecord(code, status[1])
+    return _read_legacy_exit(folder)
+
+
+def _read_legacy_exit(folder: Path) -> ExitRecord | None:
     path = folder / EXIT
     try:
         ended_at = path.stat().st_mtime
@@ -144,6 +194,9 @@ def read_exit(folder: Path) -> ExitRecord | None:
 
 
 def read_pgid(folder: Path) -> int | None:
+    status = _read_status(folder)
+    if status is not None:
+        return parse_status(status[0])[0]
     text = _read(folder / PGID)
     return parse_pgid(text) if text is not None else None
 
@@ -178,6 +231,9 @@ class ProcessRecord:
     requeue: bool = False  # the job asked to be requeued: killed when the executor fences itself
     # Its placement's W3C traceparent: a restarted executor reports the outcome in the job's trace.
     traceparent: str | None = None
+    # What the ``done`` marker held: the type of the outcome in the outbox (or ``lost``...); None: not
+    # done yet.
+    done: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -193,6 +249,7 @@ class ProcessRecord:
                 "placed_seq": self.placed_seq,
                 "requeue": self.requeue,
                 "traceparent": self.traceparent,
+                "done": self.done,
             }
         )
 
@@ -228,6 +285,7 @@ def parse_process(text: str) -> ProcessRecord | None:
             placed_seq=_opt_int(data.get("placed_seq")),
             requeue=data.get("requeue", False) is True,
             traceparent=tracing.valid(tp) if isinstance(tp := data.get("traceparent"), str) else None,
+            done=done if isinstance(done := data.get("done"), str) else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -239,19 +297,51 @@ def read_process(folder: Path) -> ProcessRecord | None:
 
 
 def write_process(folder: Path, record: ProcessRecord) -> None:
-    (folder / PROCESS).write_text(record.to_json())
+    """Followed by room for the rewrites that make it longer (``mark_done``): JSON ignores spaces,
+    and a rewrite within the file's blocks does not have to find the disk another one."""
+    (folder / PROCESS).write_text(record.to_json() + " " * _ROOM)
 
 
-def mark_announced(folder: Path, record: ProcessRecord) -> None:
-    """``record``, as ``write_process`` wrote it, now says its JobStarted is in the outbox. Written
-    over the old text in one ``pwrite`` of the same length (padded: JSON ignores the spaces), never
-    truncated first: an executor killed meanwhile leaves the old record or the new one, never none."""
-    old = record.to_json().encode()
-    new = dataclasses.replace(record, announced=True).to_json().encode()
-    if len(new) > len(old):  # not with these two texts ("false" -> "true"); never cut a record short
-        raise ValueError("the announced record is longer than the one it replaces")
-    fd = os.open(folder / PROCESS, os.O_WRONLY | os.O_CLOEXEC)
+def _update(folder: Path, **changes: object) -> bool:
+    """``process.json`` read back and written over in place with ``changes``, in one ``pwrite`` at
+    least as long as the old text (padded: JSON ignores spaces), never truncated first: a process
+    killed meanwhile leaves the old record or the new one, never none. Read back, not taken from
+    memory: it may have been rewritten since it was written. False when there is no usable record."""
+    fd = os.open(folder / PROCESS, os.O_RDWR | os.O_CLOEXEC)
     try:
+        old = os.read(fd, 65536)
+        record = parse_process(old.decode("ascii", "replace"))
+        if record is None:
+            return False
+        new = dataclasses.replace(record, **changes).to_json().encode()  # type: ignore[arg-type]
         os.pwrite(fd, new.ljust(len(old)), 0)
+        return True
     finally:
         os.close(fd)
+
+
+def mark_announced(folder: Path) -> None:
+    """The job's JobStarted is in the outbox (ValueError: its record is unusable)."""
+    if not _update(folder, announced=True):
+        raise ValueError("the job's process record is unusable")
+
+
+def mark_done(folder: Path, what: str) -> None:
+    """The job is done (``what``: its outcome's type, or why nothing is reported): said in its
+    ``process.json``, so that a job's end creates no file; in a ``done`` file when there is no usable
+    record to say it in (the job never started, or its record could not be written)."""
+    try:
+        if _update(folder, done=what):
+            return
+    except FileNotFoundError:
+        pass
+    (folder / DONE).write_text(what)
+
+
+def read_done(folder: Path) -> str | None:
+    """What the job's ``done`` marker says (``mark_done``), None while it is not done."""
+    text = _read(folder / DONE)
+    if text is not None:
+        return text
+    record = read_process(folder)
+    return None if record is None else record.done
