@@ -81,3 +81,18 @@ async def test_a_long_account_does_not_stop_the_projector(
     finally:
         stop.set()
         await task
+
+
+def test_the_shared_decoder_bounds_what_it_keeps_in_bytes_not_only_in_events() -> None:
+    """decoded.py says the 16384 events kept cost "at most some 25 MB (an event and its bytes take
+    about 1.5 KB)"; the bound is a count. With the republisher stalled (NATS refusing its publishes,
+    the public stream full) the projector keeps every event it decodes, up to 16384: with scripts at
+    the gateway's limit (up to 900 KB) that is over 10 GB held. Here 40 events of 900 KB, one reader."""
+    from conductor_projector.decoded import SharedDecoder
+
+    decoder = SharedDecoder()
+    for seq in range(1, 41):
+        data = submitted().model_copy(update={"script": "x" * 900 * 1024}).model_dump_json().encode()
+        decoder.decode(seq, subjects.SUBMITTED, data)
+    kept = sum(len(data) for _, data, _ in decoder._items.values())
+    assert kept <= 25 * 1024 * 1024, f"{kept / 2**20:.0f} MB kept for a reader that may never come"
