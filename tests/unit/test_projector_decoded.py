@@ -4,8 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.operations import Undecodable, decode
+from tests.unit.scheduling import submitted
 
 STARTED = ev.encode(ev.JobStarted(job_id=1, node="n", pid=2))
 PLACED = ev.encode(ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1))
@@ -45,3 +47,17 @@ def test_whatever_the_order_of_reads_each_gets_what_decode_gives(reads: list[tup
     shared = SharedDecoder(limit=3)
     for seq, subject, data in reads:
         assert shared.decode(seq, subject, data) == decode(subject, data)
+
+
+def test_the_shared_decoder_bounds_what_it_keeps_in_bytes_not_only_in_events() -> None:
+    """With the republisher stalled the projector keeps every event it decodes, up to the count's
+    limit: with scripts at the gateway's limit (900 KB) that was over 10 GB (found by review)."""
+    decoder = SharedDecoder()
+    for seq in range(1, 41):
+        data = submitted().model_copy(update={"script": "x" * 900 * 1024}).model_dump_json().encode()
+        decoder.decode(seq, subjects.SUBMITTED, data)
+    kept = sum(len(data) for _, data, _ in decoder._items.values())
+    assert kept <= 25 * 1024 * 1024, f"{kept / 2**20:.0f} MB kept for a reader that may never come"
+    assert decoder.kept_bytes == 2 * kept
+    # The newest are the ones kept, and a reader behind them still gets what decode gives.
+    assert max(decoder._items) == 40 and decoder.decode(1, subjects.SUBMITTED, data) == decode(subjects.SUBMITTED, data)

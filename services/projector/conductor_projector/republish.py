@@ -34,6 +34,13 @@ log = logging.getLogger("conductor.projector")
 
 POSITION_KEY = "published"
 REPUBLISHED = Counter("conductor_public_events", "Events this process published on the public subjects")
+NOT_PUBLISHED = Counter(
+    "conductor_public_events_too_large",
+    "Events left off the public subjects: their subject or their size with headers is past what NATS takes",
+)
+# nats-server refuses a control line ("HPUB <subject> <sizes>") past 4 KB and a message past its
+# max_payload by closing the connection, which nats-py does not reopen: the publish must not be sent.
+MAX_SUBJECT_BYTES = 4000
 DUPLICATE_WINDOW_S = 2 * 3600.0
 
 
@@ -89,6 +96,17 @@ async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> s
     return public.subject(seq, event, context)
 
 
+def too_large(subject: str, headers: dict[str, str], data: bytes, max_payload: int) -> str | None:
+    """Why NATS would refuse this publish (None: it would not)."""
+    if len(subject.encode()) > MAX_SUBJECT_BYTES:
+        return f"its subject takes {len(subject.encode())} bytes (at most {MAX_SUBJECT_BYTES})"
+    # As nats-py frames headers: "NATS/1.0\r\n", "key: value\r\n" each, "\r\n".
+    size = 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items()) + len(data)
+    if size > max_payload:
+        return f"it takes {size} bytes with its headers (the server takes at most {max_payload})"
+    return None
+
+
 async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff, decoder: SharedDecoder) -> None:
     positions = await _positions(bus)
     start = await published_up_to(bus) + 1
@@ -107,7 +125,12 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
                 # The event's trace goes along: a subscriber can continue the job's trace.
                 headers = tracing.headers(tracing.of_headers(msg.headers))
                 headers |= {"Nats-Msg-Id": str(seq), public.SEQ_HEADER: str(seq)}
-                await bus.nc.publish(await _subject(bus, jobs, seq, event), msg.data, headers=headers)
+                subject = await _subject(bus, jobs, seq, event)
+                if problem := too_large(subject, headers, msg.data, bus.nc.max_payload):
+                    NOT_PUBLISHED.inc()
+                    log.error("event left off the public subjects: %s", problem, extra={"seq": seq})
+                    continue
+                await bus.nc.publish(subject, msg.data, headers=headers)
             if msgs:
                 await bus.nc.flush(timeout=10)
                 REPUBLISHED.inc(len(msgs))
