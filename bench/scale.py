@@ -175,6 +175,20 @@ async def count(bus: Bus, subject: str) -> int:
     return int(info.num_pending or 0)
 
 
+async def settle(client: httpx.AsyncClient, port: int, idle_s: float = 3.0, limit_s: float = 120.0) -> float:
+    """Wait until the scheduler's gauges show no job left (every end folded), then ``idle_s`` more;
+    the seconds it took."""
+    started = time.time()
+    while time.time() - started < limit_s:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        jobs = [line for line in text.splitlines() if line.startswith("conductor_jobs{")]
+        if all(float(line.split()[-1]) == 0 for line in jobs):
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(idle_s)
+    return time.time() - started
+
+
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -270,6 +284,8 @@ async def main() -> None:
             nats_cpu1, own_cpu1 = cpu_s(server.process.pid), time.process_time()
             async with httpx.AsyncClient() as client:
                 scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                settled_s = await settle(client, metrics_port)
+            rss_settled = memory_mb(pid)
             reasons = await count(bus, "conductor.sched.job.*.reason")
             decisions = await count(bus, subjects.SCHEDULER_ALL)
             total = (await bus.js.stream_info(bus.stream)).state.last_seq
@@ -314,7 +330,10 @@ async def main() -> None:
         f"  deciding:                  {decide_s:.1f} s in {cycles:.0f} cycles ({1000 * decide_s / cycles:.2f} ms each)"
     )
     print(f"  fencing rejections:        {metric(scraped, 'conductor_scheduler_fencing_rejections_total'):.0f}")
-    print(f"scheduler RSS:               start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss1:.0f} MB")
+    print(
+        f"scheduler RSS:               start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss1:.0f} MB, "
+        f"{rss_settled:.0f} MB once it had folded every job's end and idled ({settled_s:.0f} s later)"
+    )
     if snapshots is not None:
         snapshots.report()
     print(
