@@ -276,9 +276,6 @@ async def main() -> None:
                         flush=True,
                     )
             await submitting
-            if snapshots is not None:
-                await asyncio.sleep(2)  # the last completions folded
-                await snapshots.take("end")
             cpu1, rss1, wait1 = cpu_s(pid), memory_mb(pid), runnable_wait_s(pid)
             peak = max(peak, memory_mb(pid, "VmHWM"))
             nats_cpu1, own_cpu1 = cpu_s(server.process.pid), time.process_time()
@@ -286,6 +283,8 @@ async def main() -> None:
                 scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
                 settled_s = await settle(client, metrics_port)
             rss_settled = memory_mb(pid)
+            if snapshots is not None:
+                await snapshots.take("end")
             reasons = await count(bus, "conductor.sched.job.*.reason")
             decisions = await count(bus, subjects.SCHEDULER_ALL)
             total = (await bus.js.stream_info(bus.stream)).state.last_seq
