@@ -175,9 +175,10 @@ async def count(bus: Bus, subject: str) -> int:
     return int(info.num_pending or 0)
 
 
-async def settle(client: httpx.AsyncClient, port: int, idle_s: float = 3.0, limit_s: float = 120.0) -> float:
-    """Wait until the scheduler's gauges show no job left (every end folded), then ``idle_s`` more;
-    the seconds it took."""
+async def settle(client: httpx.AsyncClient, port: int, idle_s: float = 12.0, limit_s: float = 120.0) -> float:
+    """Wait until the scheduler's gauges show no job left (every end folded), then ``idle_s`` more
+    (longer than the scheduler waits between two givings back of free memory: allocator.py); the
+    seconds it took."""
     started = time.time()
     while time.time() - started < limit_s:
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text

@@ -43,7 +43,7 @@ from conductor_platform.bus import (
 )
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
-from conductor_scheduler import decoding, history, shrink, snapshot, traces
+from conductor_scheduler import allocator, decoding, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -308,6 +308,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         watch(lambda: scheduler.bus, scheduler.liveness, stop, Backoff(settings.retry_first_s, settings.retry_max_s))
     )
     sub: LogReader | None = None  # subscribed in the loop, so also retried there
+    give_back = allocator.GiveBack()
     with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
         scheduler.log_identity = await snapshot.log_identity(bus)
     await scheduler.restore()
@@ -335,6 +336,9 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             backoff.reset()
             if not msgs:
                 scheduler.shrink()  # quiet: the last jobs that ended are followed by no event
+                give_back.quiet()
+            else:
+                give_back.busy()
             for msg in msgs:
                 scheduler.fold_message(stream_seq(msg), msg.subject, msg.data, msg.headers)
             CLUSTER.refresh(scheduler.state)
