@@ -28,8 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -40,6 +41,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus, connect
 from conductor_platform.localservers import free_port, start_nats
+from conductor_scheduler import memtrace
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -59,6 +61,39 @@ def memory_mb(pid: int, key: str = "VmRSS") -> float:
         if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+@dataclass
+class Snapshots:
+    """tracemalloc snapshots the scheduler writes on SIGUSR1 (memtrace.py), by label, in order."""
+
+    pid: int
+    folder: Path
+    labels: list[str] = field(default_factory=list)
+
+    async def take(self, label: str) -> None:
+        os.kill(self.pid, signal.SIGUSR1)
+        path = self.folder / f"scheduler-{len(self.labels) + 1}.tracemalloc"
+        for _ in range(3000):  # written whole when it has its name (memtrace renames it)
+            if path.exists():
+                break
+            await asyncio.sleep(0.2)
+        self.labels.append(label)
+        print(f"  tracemalloc snapshot '{label}': {path}", flush=True)
+
+    def report(self, top: int = 15) -> None:
+        loaded = [
+            tracemalloc.Snapshot.load(str(self.folder / f"scheduler-{i + 1}.tracemalloc"))
+            for i in range(len(self.labels))
+        ]
+        for label, snap in zip(self.labels, loaded, strict=True):
+            print(f"traced at '{label}': {sum(s.size for s in snap.statistics('filename')) / 1e6:.1f} MB")
+        for a, b in ((0, len(loaded) - 1), (1, len(loaded) - 1)):
+            if a >= b:
+                continue
+            print(f"grown from '{self.labels[a]}' to '{self.labels[b]}' (by line):")
+            for stat in loaded[b].compare_to(loaded[a], "lineno")[:top]:
+                print(f"  {stat}")
 
 
 def _job() -> ev.JobSubmitted:
@@ -140,6 +175,21 @@ async def count(bus: Bus, subject: str) -> int:
     return int(info.num_pending or 0)
 
 
+async def settle(client: httpx.AsyncClient, port: int, idle_s: float = 12.0, limit_s: float = 120.0) -> float:
+    """Wait until the scheduler's gauges show no job left (every end folded), then ``idle_s`` more
+    (longer than the scheduler waits between two givings back of free memory: allocator.py); the
+    seconds it took."""
+    started = time.time()
+    while time.time() - started < limit_s:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        jobs = [line for line in text.splitlines() if line.startswith("conductor_jobs{")]
+        if all(float(line.split()[-1]) == 0 for line in jobs):
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(idle_s)
+    return time.time() - started
+
+
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -160,6 +210,12 @@ async def main() -> None:
     parser.add_argument("--scheduler-path", default="", help="a folder put first on the scheduler's PYTHONPATH (A/B)")
     parser.add_argument("--keep", default="", help="keep the scheduler's log in this file")
     parser.add_argument("--profile", default="", help="py-spy's profile of the scheduler, in this file (raw format)")
+    parser.add_argument(
+        "--tracemalloc",
+        default="",
+        help="trace the scheduler's allocations (several times slower) and compare snapshots taken at the start, "
+        "when the deep queue begins and at the end; they are kept in this folder",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="conductor-scale-") as tmp:
         server = start_nats(Path(tmp) / "nats")
@@ -170,6 +226,8 @@ async def main() -> None:
             "CONDUCTOR_QUEUE_DEPTH": str(args.queue_depth),
             "CONDUCTOR_METRICS_PORT": str(metrics_port),
         }
+        if args.tracemalloc:
+            env[memtrace.ENV] = str(Path(args.tracemalloc).resolve())
         if args.scheduler_path:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (args.scheduler_path, env.get("PYTHONPATH", "")) if p)
         log = open(args.keep or Path(tmp) / "scheduler.log", "wb")  # noqa: SIM115 - the child writes it
@@ -183,6 +241,9 @@ async def main() -> None:
             await asyncio.sleep(3)  # the scheduler folds the registrations and idles
             pid = scheduler.pid
             cpu0, rss0, wait0 = cpu_s(pid), memory_mb(pid), runnable_wait_s(pid)
+            snapshots = Snapshots(pid, Path(args.tracemalloc)) if args.tracemalloc else None
+            if snapshots is not None:
+                await snapshots.take("start")
             nats_cpu0, own_cpu0 = cpu_s(server.process.pid), time.process_time()
             print(
                 f"SCNS-Conductor scale simulation: {args.nodes} nodes x {args.cores} cores, {args.jobs} one-CPU jobs "
@@ -204,6 +265,8 @@ async def main() -> None:
                 if scheduler.poll() is not None:
                     raise RuntimeError(f"the scheduler exited ({scheduler.returncode})")
                 peak = max(peak, memory_mb(pid))
+                if snapshots is not None and submitter.deep_from and "deep begins" not in snapshots.labels:
+                    await snapshots.take("deep begins")
                 if time.time() - last_print >= 15:
                     last_print = time.time()
                     placed = len(executor.placed_at)
@@ -219,6 +282,10 @@ async def main() -> None:
             nats_cpu1, own_cpu1 = cpu_s(server.process.pid), time.process_time()
             async with httpx.AsyncClient() as client:
                 scraped = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                settled_s = await settle(client, metrics_port)
+            rss_settled = memory_mb(pid)
+            if snapshots is not None:
+                await snapshots.take("end")
             reasons = await count(bus, "conductor.sched.job.*.reason")
             decisions = await count(bus, subjects.SCHEDULER_ALL)
             total = (await bus.js.stream_info(bus.stream)).state.last_seq
@@ -263,7 +330,12 @@ async def main() -> None:
         f"  deciding:                  {decide_s:.1f} s in {cycles:.0f} cycles ({1000 * decide_s / cycles:.2f} ms each)"
     )
     print(f"  fencing rejections:        {metric(scraped, 'conductor_scheduler_fencing_rejections_total'):.0f}")
-    print(f"scheduler RSS:               start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss1:.0f} MB")
+    print(
+        f"scheduler RSS:               start {rss0:.0f} MB, peak {peak:.0f} MB, end {rss1:.0f} MB, "
+        f"{rss_settled:.0f} MB once it had folded every job's end and idled ({settled_s:.0f} s later)"
+    )
+    if snapshots is not None:
+        snapshots.report()
     print(
         f"nats-server CPU:             {nats_cpu1 - nats_cpu0:.1f} s; this harness (nodes, executor, submits) {own_cpu1 - own_cpu0:.1f} s"
     )

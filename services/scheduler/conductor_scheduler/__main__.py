@@ -7,17 +7,20 @@ import asyncio
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
+from conductor_scheduler import memtrace
 from conductor_scheduler.service import run
 from conductor_scheduler.settings import SchedulerSettings
 
 
 def main(argv: list[str] | None = None) -> None:
+    memtrace.start()  # a debugging aid, off unless asked for
     settings = SchedulerSettings()
     logs.setup("scheduler", settings.log_level)
     tracing.setup("scheduler")
     metrics.serve("scheduler", settings.metrics_port)
 
     async def _main(stop: asyncio.Event) -> None:
+        memtrace.on_signal(asyncio.get_running_loop())
         await run(settings, stop)
 
     run_until_signalled(_main)

@@ -43,7 +43,7 @@ from conductor_platform.bus import (
 )
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
-from conductor_scheduler import history, snapshot, traces
+from conductor_scheduler import allocator, decoding, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -91,9 +91,13 @@ class Scheduler:
         self.placed = 0
         self.skipped = 0
         self.folded = 0  # messages this process read from the log (after its snapshot, if any)
+        self.until_shrink = shrink.EVERY  # events to fold before the fold's dicts are looked at
 
     def fold(self, seq: int, subject: str, event: ev.Event, traceparent: str | None = None) -> None:
         evolve(self.state, seq, event, by_scheduler=subjects.is_scheduler_subject(subject), traceparent=traceparent)
+        self.until_shrink -= 1
+        if not self.until_shrink:
+            self.shrink()
         if isinstance(event, ev.NodeRegistered):  # a node that registers is alive, heartbeat or not yet
             self.liveness.heard_from(event.node)
 
@@ -102,7 +106,7 @@ class Scheduler:
         ``headers`` only a valid traceparent is kept (a plain string: the fold knows no tracing)."""
         self.folded += 1
         try:
-            event = ev.decode(data)
+            event = decoding.decode(data)
         except Exception as err:
             self._skip(seq, subject, "decoded", err)
             return
@@ -112,6 +116,10 @@ class Scheduler:
             # ``evolve`` changes the state in place, so this event may be half applied: we do not
             # try to undo it (the fold keeps its own invariants), we say so.
             self._skip(seq, subject, "folded", err)
+
+    def shrink(self) -> None:
+        self.until_shrink = shrink.EVERY
+        shrink.shrink(self.state)
 
     def _skip(self, seq: int, subject: str, failed: str, err: Exception) -> None:
         self.skipped += 1
@@ -300,6 +308,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         watch(lambda: scheduler.bus, scheduler.liveness, stop, Backoff(settings.retry_first_s, settings.retry_max_s))
     )
     sub: LogReader | None = None  # subscribed in the loop, so also retried there
+    give_back = allocator.GiveBack()
     with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
         scheduler.log_identity = await snapshot.log_identity(bus)
     await scheduler.restore()
@@ -325,6 +334,11 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 await backoff.wait(stop)
                 continue
             backoff.reset()
+            if not msgs:
+                scheduler.shrink()  # quiet: the last jobs that ended are followed by no event
+                give_back.quiet()
+            else:
+                give_back.busy()
             for msg in msgs:
                 scheduler.fold_message(stream_seq(msg), msg.subject, msg.data, msg.headers)
             CLUSTER.refresh(scheduler.state)

@@ -41,7 +41,8 @@ class Node:
         return sorted(self.free_cores)[: max(0, self.cpus - self.alloc_cpus)]
 
 
-@dataclass(frozen=True)
+# Slots: a pending job is one object without a dict of its own (a 100k-deep queue is 100k of them).
+@dataclass(frozen=True, slots=True)
 class PendingJob:
     job_id: int
     partition: str
@@ -56,7 +57,7 @@ class PendingJob:
     traceparent: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Allocation:
     node: str
     cores: tuple[int, ...]

@@ -1,0 +1,54 @@
+"""The fold's dicts made small again once the jobs they held have left.
+
+A Python dict never shrinks when keys are deleted: after a 100k-deep queue drained, the tables of
+``pending`` and of the per-job dicts beside it stayed at their peak size (megabytes each, for a queue
+of a thousand). Copying a dict builds one sized for what it holds, in the same order; nothing reads
+a dict's size, so the fold's decisions are the same. Checked every few thousand events: a copy costs
+one pass over what is left, and only a dict at least ``_SPARE`` times too large for its keys is
+copied, so the copies cost less over a run than the deletions that made them worth it. The service
+also looks when the log is quiet: the last jobs of a drained queue end with no event after them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from conductor_scheduler.state import ClusterState
+
+EVERY = 4096  # events between two looks
+_SPARE = 8
+_ENTRY_BYTES = 40  # about what a key takes in a dict sized for it (index, hash, key, value; room to grow)
+_SMALL = 64 * 1024  # a table this small is left as it is
+# Jobs not ended have a dict per (account, name): one per job when every name differs. Looked at only
+# when they are few, so that a look stays cheap: a big one is one (account, name) with a deep queue.
+_FEW_KEYS = 1024
+
+
+def oversized(d: dict[Any, Any]) -> bool:
+    size = sys.getsizeof(d)
+    return size > _SMALL and size > _SPARE * _ENTRY_BYTES * len(d)
+
+
+def shrink(state: ClusterState) -> None:
+    """Copy every dict of the fold that has far more room than keys."""
+    if oversized(state.pending):
+        state.pending = dict(state.pending)
+    if oversized(state.running):
+        state.running = dict(state.running)
+    if oversized(state.reasons):
+        state.reasons = dict(state.reasons)
+    for partition, queue in state.queues.items():
+        if oversized(queue):
+            state.queues[partition] = dict(queue)
+    holds = state.holds
+    if oversized(holds.key_of):
+        holds.key_of = dict(holds.key_of)
+    if oversized(holds.waiting):
+        holds.waiting = dict(holds.waiting)
+    if oversized(holds.watchers):
+        holds.watchers = dict(holds.watchers)
+    if len(holds.active) <= _FEW_KEYS:
+        for key, jobs in holds.active.items():
+            if oversized(jobs):
+                holds.active[key] = dict(jobs)
