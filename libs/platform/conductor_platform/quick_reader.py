@@ -33,33 +33,32 @@ def stream_seq(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
-class QuickLogReader(LogReader):
-    def __init__(self, base: LogReader) -> None:
-        super().__init__(base.bus, base.sub, base.next_seq, base.name)
-        inner: Any = getattr(base.sub, "_sub", None)
-        self._queue: asyncio.Queue[Msg] | None = getattr(inner, "_pending_queue", None)
-        self._inner = inner
-        # nats-py's fetch, when this version keeps its queue elsewhere than where we look.
-        self._quick = self._queue is not None and hasattr(base.sub, "_nms") and hasattr(base.sub, "_deliver")
+class QuickPull:
+    """Pulls of a pull subscription at a lower cost than nats-py's ``fetch``: one request for what the
+    stream has now (``no_wait``, which the server ends with a status at once) and, only when that was
+    nothing, one that waits for the next messages and returns with the first ones; the messages are
+    taken straight from the subscription's queue. nats-py's ``fetch`` of more than one message waits
+    out its whole timeout when fewer are stored, and spends a task, a timer and a uuid4 per message."""
 
-    async def _fetch(self, limit: int, wait_s: float) -> list[Msg]:
-        if not self._quick:
-            return await super()._fetch(limit, wait_s)
-        msgs = await self._pull(limit, max(wait_s, 0.01))
-        for msg in msgs:
-            seq = stream_seq(msg)
-            if seq < self.next_seq:
-                raise ConnectionError(f"the log went back: sequence {seq} after {self.next_seq - 1}")
-            self.next_seq = seq + 1
-        return msgs
+    def __init__(self, sub: JetStreamContext.PullSubscription, inner: Any, queue: asyncio.Queue[Msg]) -> None:
+        self._sub, self._inner, self._queue = sub, inner, queue
+        self._nc: Any = sub._nc
 
-    async def _pull(self, limit: int, wait_s: float) -> list[Msg]:
+    @classmethod
+    def of(cls, sub: JetStreamContext.PullSubscription) -> QuickPull | None:
+        """None with a nats-py that keeps its queue elsewhere than where this looks."""
+        inner: Any = getattr(sub, "_sub", None)
+        queue = getattr(inner, "_pending_queue", None)
+        if queue is None or not all(hasattr(sub, name) for name in ("_nc", "_nms", "_deliver")):
+            return None
+        return cls(sub, inner, queue)
+
+    async def pull(self, limit: int, wait_s: float) -> list[Msg]:
+        """Up to ``limit`` messages in stream order, as soon as there are some; [] after ``wait_s``."""
         out, _ = self._take(limit, [])
         if len(out) == limit:
             return out
         deadline = time.monotonic() + wait_s
-        # What the stream has now (the server ends the request with a status when it runs out),
-        # then, if that was nothing, a request that waits for the next messages.
         await self._request({"batch": limit - len(out), "no_wait": True})
         out = await self._collect(limit, out, deadline, until_drained=False)
         if out:
@@ -68,12 +67,12 @@ class QuickLogReader(LogReader):
         return await self._collect(limit, out, deadline, until_drained=True)
 
     async def _request(self, request: dict[str, Any]) -> None:
-        await self.bus.nc.publish(self.sub._nms, json.dumps(request).encode(), self.sub._deliver)
+        sub: Any = self._sub
+        await self._nc.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
 
     async def _collect(self, limit: int, out: list[Msg], deadline: float, *, until_drained: bool) -> list[Msg]:
         """Until ``limit`` messages, a status that ends the request, the deadline, or (``until_drained``)
         as soon as some have come and no more are queued."""
-        assert self._queue is not None
         while len(out) < limit:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -96,7 +95,6 @@ class QuickLogReader(LogReader):
 
     def _take(self, limit: int, out: list[Msg]) -> tuple[list[Msg], bool]:
         """What is queued (up to ``limit``); and whether a status ended a request meanwhile."""
-        assert self._queue is not None
         queue = self._queue
         while len(out) < limit and not queue.empty():
             msg = queue.get_nowait()
@@ -113,7 +111,28 @@ class QuickLogReader(LogReader):
             return True
         if status in _ENDS_REQUEST or status == StatusCode.CONTROL_MESSAGE:
             return False
-        raise ConnectionError(f"the log's consumer answered {status}: {(msg.headers or {}).get('Description', '')}")
+        raise ConnectionError(f"the consumer answered {status}: {(msg.headers or {}).get('Description', '')}")
+
+
+class QuickLogReader(LogReader):
+    def __init__(self, base: LogReader) -> None:
+        super().__init__(base.bus, base.sub, base.next_seq, base.name)
+        self._puller = QuickPull.of(base.sub)
+
+    @property
+    def _quick(self) -> bool:
+        return self._puller is not None
+
+    async def _fetch(self, limit: int, wait_s: float) -> list[Msg]:
+        if self._puller is None:
+            return await super()._fetch(limit, wait_s)
+        msgs = await self._puller.pull(limit, max(wait_s, 0.01))
+        for msg in msgs:
+            seq = stream_seq(msg)
+            if seq < self.next_seq:
+                raise ConnectionError(f"the log went back: sequence {seq} after {self.next_seq - 1}")
+            self.next_seq = seq + 1
+        return msgs
 
 
 async def quick_read_from(bus: Bus, start_seq: int) -> QuickLogReader:
