@@ -3,8 +3,6 @@ projector stores what it can, records the rest as dead letters, and goes on to t
 
 from __future__ import annotations
 
-import asyncio
-
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -15,9 +13,8 @@ from conductor_platform.bus import Bus
 from conductor_projector import sink
 from conductor_projector import tables as t
 from conductor_projector.operations import Undecodable
-from conductor_projector.service import run
 from conductor_projector.settings import ProjectorSettings
-from tests.integration.helpers import eventually
+from tests.integration.projecting import projected_to, projector
 from tests.unit.scheduling import node, submitted
 
 
@@ -55,18 +52,8 @@ async def test_poison_events_are_stored_altered_or_dead_lettered_and_the_log_goe
     last = await bus.publish(ev.JobCompleted(job_id=good, node="n1"))
 
     settings = ProjectorSettings(nats_url=nats_url, database_url=database_url)  # all in one batch
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop=stop))
-    try:
-
-        async def at_the_end() -> bool:
-            async with engine.connect() as conn:
-                return await sink.position(conn, settings.consumer) == last
-
-        await eventually(at_the_end, what="the position at the end of the log")
-    finally:
-        stop.set()
-        await task
+    async with projector(settings):
+        await projected_to(engine, settings, last)
 
     done = await _job(engine, good)
     assert done is not None and done["state"] == "COMPLETED" and done["node"] == "n1"

@@ -1,9 +1,8 @@
-"""Review: strange values in submissions published straight to the stream go through the projector's
+"""Strange values in submissions published straight to the stream go through the projector's
 direct asyncpg upsert to the read models or to dead letters; the projector never stops."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -13,14 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus
-from conductor_projector import sink
 from conductor_projector import tables as t
-from conductor_projector.service import run
 from conductor_projector.settings import ProjectorSettings
-from tests.integration.helpers import eventually
+from tests.integration.projecting import projected_to, projector
 from tests.unit.scheduling import submitted
 
-MB = 500_000  # well under NATS's payload limit (see test_review_failures for one near it)
+MB = 500_000  # well under NATS's payload limit (see test_projector_nats_limits for one near it)
 SURROGATE = "\\ud800"  # a lone surrogate, as JSON writes it
 
 
@@ -47,7 +44,7 @@ def _variants() -> list[tuple[str, dict[str, Any] | str]]:
         ("workflow index 2**63", w(workflow_id="wf", workflow_index=2**63, parent_indices=[2**63])),
         ("script 1MB", w(script="x" * MB)),
         ("name 1MB", w(name="n" * MB)),
-        ("account nonascii", w(account="é" * 300)),  # a longer one: test_review_failures
+        ("account nonascii", w(account="é" * 300)),  # a longer one: test_projector_nats_limits
         ("stderr null", w(standard_error=None)),
         ("stderr missing", no_stderr),
         ("env missing", no_env),
@@ -82,18 +79,8 @@ async def test_strange_submissions_are_stored_or_dead_lettered_and_the_projector
         published[ack.seq] = what
     last = await bus.publish(submitted())
     settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, batch_size=batch_size)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run(settings, stop=stop))
-    try:
-
-        async def at_the_end() -> bool:
-            async with engine.connect() as conn:
-                return await sink.position(conn, settings.consumer) == last
-
-        await eventually(at_the_end, timeout=60, what="the position at the end of the log")
-    finally:
-        stop.set()
-        await task
+    async with projector(settings) as task:
+        await projected_to(engine, settings, last, timeout=60)
     assert not task.cancelled() and task.exception() is None
     letters = await _dead_letters(engine)
     unaccounted = []

@@ -1,4 +1,4 @@
-"""Review: an executor process SIGKILLed while a batch of placements is in flight, and a job's records
+"""An executor process SIGKILLed while a batch of placements is in flight, and a job's records
 left torn or garbage; the next executor accounts for every job, none runs twice."""
 
 from __future__ import annotations

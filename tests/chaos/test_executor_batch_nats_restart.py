@@ -1,4 +1,4 @@
-"""Review chaos: the executor's nats-server SIGKILLed while a batch of placements is being fetched and
+"""The executor's nats-server SIGKILLed while a batch of placements is being fetched and
 looked up (the cancel and submission look-ups of the batch in flight), then back on the same store:
 every job ends once, none runs twice, none is left without an outcome."""
 
