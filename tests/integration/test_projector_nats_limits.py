@@ -5,7 +5,9 @@ reopen. Found by review: before, such an event stopped the projector for good, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -62,3 +64,32 @@ async def test_a_long_account_does_not_stop_the_projector(
         await asyncio.sleep(2)
         await projected_to(engine, settings, await bus.publish(submitted()))
     assert republish.NOT_PUBLISHED._value.get() == left_off + 1
+
+
+async def test_a_connection_nats_py_closed_for_good_ends_the_projector(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any other -ERR of the server closes the connection for good too: the projector must not retry
+    on it forever, but end, for its supervisor to start it again."""
+    from conductor_platform.bus import connect as real_connect
+    from conductor_projector import service
+
+    made: list[Bus] = []
+
+    async def connect(*args: Any, **kwargs: Any) -> Bus:
+        made.append(await real_connect(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(service, "connect", connect)
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(settings, stop=stop))
+    try:
+        await projected_to(engine, settings, await bus.publish(submitted()))
+        await made[0].nc.close()  # what nats-py does on the server's -ERR
+        with pytest.raises(service.ConnectionClosedForGood):
+            await asyncio.wait_for(asyncio.shield(task), 20)
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task

@@ -83,6 +83,8 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             except Exception as err:
                 if stop.is_set():
                     break
+                if bus.nc.is_closed:
+                    raise ConnectionClosedForGood(f"{type(err).__name__}: {err}") from err
                 _failed("projecting", err, backoff)
                 await backoff.wait(stop)
     finally:
@@ -176,6 +178,12 @@ async def _cancelled(task: asyncio.Task[_Read]) -> None:
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
+
+
+class ConnectionClosedForGood(Exception):
+    """nats-py closed the connection and will not open it again (the server answered an error, such
+    as a permissions violation, with -ERR): retrying on it would wait forever, so the process ends
+    and its supervisor (`conductor up`, Kubernetes) starts it again."""
 
 
 async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Callable[[], Awaitable[T]]) -> T | None:
