@@ -43,7 +43,7 @@ from conductor_platform.bus import (
 )
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
-from conductor_scheduler import allocator, decoding, history, shrink, snapshot, traces
+from conductor_scheduler import allocator, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -106,7 +106,7 @@ class Scheduler:
         ``headers`` only a valid traceparent is kept (a plain string: the fold knows no tracing)."""
         self.folded += 1
         try:
-            event = decoding.decode(data)
+            event = ev.decode(data)
         except Exception as err:
             self._skip(seq, subject, "decoded", err)
             return
