@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -19,30 +18,11 @@ from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually, read_log
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
+from tests.integration.test_executor_restart import ExecutorProcess
 from tests.unit.scheduling import submitted
 
 CPUS = 16
 JOBS = 12
-
-
-class WideExecutor:
-    """``python -m conductor_executor`` with room for a whole batch of jobs at once."""
-
-    def __init__(self, settings: ExecutorSettings) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUCTOR_")}
-        env |= {
-            "NATS_URL": settings.nats_url,
-            "CONDUCTOR_STATE_DIR": str(settings.state_dir),
-            "CONDUCTOR_KILL_GRACE_S": str(settings.kill_grace_s),
-            "CONDUCTOR_RETRY_FIRST_S": "0.05",
-            "CONDUCTOR_RETRY_MAX_S": "0.2",
-        }
-        argv = [sys.executable, "-m", "conductor_executor", "--node", NODE, "--cpus", str(CPUS), "--memory", "8G"]
-        self.process = subprocess.Popen(argv, env=env)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
 
 
 async def _place_batch(bus: Bus, work: Path, scripts: list[str]) -> list[int]:
@@ -77,7 +57,7 @@ async def test_executor_killed_during_a_batch_of_placements_every_job_accounted_
     bus: Bus, nats_url: str, tmp_path: Path, kill_after_s: float
 ) -> None:
     wide = executor_settings(nats_url, tmp_path, cpus=CPUS, memory="8G")
-    executor = WideExecutor(wide)
+    executor = ExecutorProcess(wide, cpus=CPUS, memory="8G")
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
         # Each job appends to its own file, then ends with a code of its own after a short while.
@@ -116,7 +96,7 @@ GATED = "echo run >> {runs}\nuntil [ -e {gate} ]; do sleep 0.05; done\nexit {cod
 
 
 async def _started_then_killed(bus: Bus, settings: ExecutorSettings, tmp_path: Path, n: int) -> list[int]:
-    executor = WideExecutor(settings)
+    executor = ExecutorProcess(settings, cpus=CPUS, memory="8G")
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
         scripts = [GATED.format(runs=tmp_path / f"runs-{i}", gate=tmp_path / f"go-{i}", code=10 + i) for i in range(n)]

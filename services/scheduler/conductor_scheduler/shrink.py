@@ -12,7 +12,7 @@ also looks when the log is quiet: the last jobs of a drained queue end with no e
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from conductor_scheduler.state import ClusterState
 
@@ -23,6 +23,8 @@ _SMALL = 64 * 1024  # a table this small is left as it is
 # Jobs not ended have a dict per (account, name): one per job when every name differs. Looked at only
 # when they are few, so that a look stays cheap: a big one is one (account, name) with a deep queue.
 _FEW_KEYS = 1024
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def oversized(d: dict[Any, Any]) -> bool:
@@ -30,25 +32,18 @@ def oversized(d: dict[Any, Any]) -> bool:
     return size > _SMALL and size > _SPARE * _ENTRY_BYTES * len(d)
 
 
+def fitted(d: dict[K, V]) -> dict[K, V]:
+    """``d``, or a copy of it sized to its keys (in the same order) when it has far more room."""
+    return dict(d) if oversized(d) else d
+
+
 def shrink(state: ClusterState) -> None:
     """Copy every dict of the fold that has far more room than keys."""
-    if oversized(state.pending):
-        state.pending = dict(state.pending)
-    if oversized(state.running):
-        state.running = dict(state.running)
-    if oversized(state.reasons):
-        state.reasons = dict(state.reasons)
+    state.pending, state.running, state.reasons = fitted(state.pending), fitted(state.running), fitted(state.reasons)
     for partition, queue in state.queues.items():
-        if oversized(queue):
-            state.queues[partition] = dict(queue)
+        state.queues[partition] = fitted(queue)
     holds = state.holds
-    if oversized(holds.key_of):
-        holds.key_of = dict(holds.key_of)
-    if oversized(holds.waiting):
-        holds.waiting = dict(holds.waiting)
-    if oversized(holds.watchers):
-        holds.watchers = dict(holds.watchers)
+    holds.key_of, holds.waiting, holds.watchers = fitted(holds.key_of), fitted(holds.waiting), fitted(holds.watchers)
     if len(holds.active) <= _FEW_KEYS:
         for key, jobs in holds.active.items():
-            if oversized(jobs):
-                holds.active[key] = dict(jobs)
+            holds.active[key] = fitted(jobs)
