@@ -22,7 +22,8 @@ def test_a_job_that_does_not_fit_blocks_those_behind_it() -> None:
     small = log.append(submitted(cpus=1))
     log.schedule()
     assert [p[0] for p in log.placements()] == [first]
-    assert log.state.reasons == {big: PendingReason.RESOURCES.value, small: PendingReason.PRIORITY.value}
+    assert log.state.reasons == {big: PendingReason.RESOURCES.value}  # small waits its turn: no reason recorded
+    assert small not in log.state.reasons
     log.append(ev.JobCompleted(job_id=first, node="a"))
     log.schedule()
     assert [p[0] for p in log.placements()] == [first, big]
@@ -132,8 +133,25 @@ def test_reasons_stop_at_the_queue_depth() -> None:
     jobs = [log.append(submitted()) for _ in range(30)]
     lonely = [log.append(submitted(partition="down")) for _ in range(30)]
     reasons = [d for d in decide(log.state, queue_depth=5) if isinstance(d, ev.JobReasonChanged)]
-    # default: one placed, then 4 more explained; down: the first 5 explained; the rest stay quiet
-    assert [r.job_id for r in reasons] == jobs[1:5] + lonely[:5]
+    # default: one placed, the next waits for Resources, the 3 after it wait their turn (no reason
+    # recorded); down: the first 5 explained; the rest stay quiet
+    assert [r.job_id for r in reasons] == jobs[1:2] + lonely[:5]
+
+
+def test_priority_is_recorded_only_to_replace_another_reason() -> None:
+    log = Log()
+    waiting = [log.append(submitted(partition="late")) for _ in range(4)]
+    log.schedule()
+    assert {log.state.reasons[j] for j in waiting} == {PendingReason.PARTITION_DOWN.value}
+    log.append(node("a", 1, partitions=("late",)))
+    decisions = log.schedule()
+    assert [p[0] for p in log.placements()] == waiting[:1]
+    changed = {d.job_id: d.reason for d in decisions if isinstance(d, ev.JobReasonChanged)}
+    # the stale PartitionDown gives way: Resources for the next in line, Priority behind it
+    assert changed == {waiting[1]: "Resources", waiting[2]: "Priority", waiting[3]: "Priority"}
+    fresh = log.append(submitted(partition="late"))
+    assert not [d for d in log.schedule() if isinstance(d, ev.JobReasonChanged)]
+    assert fresh not in log.state.reasons
 
 
 def test_a_deep_queue_still_places_whatever_fits() -> None:

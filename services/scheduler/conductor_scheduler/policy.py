@@ -163,7 +163,11 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
     evaluated: dict[str, int] = {}
 
     def reason(job: PendingJob, code: PendingReason, detail: str = "") -> None:
-        if state.reasons.get(job.job_id) != code.value:
+        recorded = state.reasons.get(job.job_id)
+        # Waiting one's turn is what a pending job with no reason does: Priority is recorded only to
+        # replace another reason. In a busy cluster nearly every job enters the explained window, so
+        # recording it for each would add an event per job to the log.
+        if recorded != code.value and (recorded is not None or code is not PendingReason.PRIORITY):
             decisions.append(ev.JobReasonChanged(job_id=job.job_id, reason=code.value, detail=detail))
 
     for job in _in_line(state, done):
