@@ -4,7 +4,7 @@
                                [--client raw|aiohttp]
 
 It starts its own nats-server and PostgreSQL (the embedded default) and ``conductor up`` on them,
-submits ``true`` jobs with concurrency, follows the stream to time every JobStarted / outcome, and
+submits ``true`` jobs with concurrency, waits for their outcomes, reads the log to time each job, and
 measures, in the same run, the raw ceilings of this machine: JetStream publish-with-ack one at a time
 and ``bash -c true`` spawns. The node offers ``--node-cpus`` cores (more than the machine has) so
 the pipeline, not the core count, is what gets measured.
@@ -169,7 +169,7 @@ async def main() -> None:
             print(gateway_cost)
             print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
             return
-        times = await follow(nats_server.url, set(ids), deadline_s=600)
+        times = await follow(nats_server.url, set(ids), deadline_s=600, outcomes=len(ids))
         submitted, placed, started, ended = times.submitted, times.placed, times.started, times.ended
         wall = time.perf_counter() - t0
         first_submit = min(submitted.values())
