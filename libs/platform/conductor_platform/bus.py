@@ -284,11 +284,15 @@ class LogReader:
         self.idle_since = 0.0
         until = loop.time() + linger_s
         while len(batch) < limit and (left := until - loop.time()) > 0:
-            more = await self._fetch(limit - len(batch), left)
+            more = await self._fetch_within(limit - len(batch), left)
             if not more:
                 break
             batch += more
         return batch
+
+    async def _fetch_within(self, limit: int, wait_s: float) -> list[Msg]:
+        """More for a batch: what arrives within ``wait_s``, or as much of it as comes first."""
+        return await self._fetch(limit, wait_s)
 
     async def _fetch(self, limit: int, wait_s: float) -> list[Msg]:
         try:
