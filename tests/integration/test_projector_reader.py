@@ -68,3 +68,29 @@ async def test_what_a_timed_out_request_delivers_late_is_kept_for_the_next_fetch
         assert await _read_all(reader, 30, 7) == list(range(1, 31))
     finally:
         await reader.unsubscribe()
+
+
+async def test_a_linger_gathers_what_trickles_in_with_one_request(bus: Bus) -> None:
+    reader = await quick_read_from(bus, 1)
+    requests: list[str] = []
+
+    async def counted(msg: object) -> None:
+        requests.append(getattr(msg, "subject", ""))
+
+    watch = await bus.nc.subscribe("$JS.API.CONSUMER.MSG.NEXT.>", cb=counted)
+    try:
+        batch = asyncio.create_task(next_batch(reader, 100, wait_s=2.0, linger_s=1.0))
+        await asyncio.sleep(0.1)
+        await _publish(bus, 1)
+        await asyncio.sleep(0.1)  # the first message is in: the linger has begun
+        before = len(requests)
+        for _ in range(9):
+            await _publish(bus, 1)
+            await asyncio.sleep(0.02)
+        got = [stream_seq(m) for m in await batch]
+        # One batch of all ten; the linger asked the server once, not twice per message that came.
+        assert got == list(range(1, 11))
+        assert len(requests) - before <= 2, requests
+    finally:
+        await watch.unsubscribe()
+        await reader.unsubscribe()
