@@ -91,17 +91,23 @@ async def submit_aiohttp(url: str, body: dict[str, object], jobs: int, concurren
     return result
 
 
+_SERVICES = {
+    "conductor_gateway": "gateway",
+    "conductor_scheduler": "scheduler",
+    "conductor_executor": "executor",
+    "conductor_projector": "projector",
+}
+
+
+def _service(proc: psutil.Process) -> str:
+    return next((v for k, v in _SERVICES.items() if k in " ".join(proc.cmdline())), proc.name())
+
+
 def cpu_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
     """Where the machine's CPU went: the figure to look at before optimising."""
-    names = {
-        "conductor_gateway": "gateway",
-        "conductor_scheduler": "scheduler",
-        "conductor_executor": "executor",
-        "conductor_projector": "projector",
-    }
     spent: dict[str, float] = {}
     for proc in psutil.Process(up_pid).children():
-        name = next((v for k, v in names.items() if k in " ".join(proc.cmdline())), proc.name())
+        name = _service(proc)
         times = proc.cpu_times()
         spent[name] = spent.get(name, 0.0) + times.user + times.system  # --gateways: their sum
     for server in servers:
@@ -109,6 +115,21 @@ def cpu_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
         spent[server.name] = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
     spent["bench client"] = sum(psutil.Process().cpu_times()[:2])
     return spent
+
+
+def rss_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
+    """Resident memory (MB) of each service, summed over its processes (``--gateways``)."""
+    rss: dict[str, float] = {}
+    for proc in psutil.Process(up_pid).children():
+        name = _service(proc)
+        rss[name] = rss.get(name, 0.0) + proc.memory_info().rss / 2**20
+    for server in servers:
+        rss[server.name] = psutil.Process(server.process.pid).memory_info().rss / 2**20
+    return rss
+
+
+def rss_moved(before: dict[str, float], after: dict[str, float]) -> str:
+    return ", ".join(f"{k} {before.get(k, 0.0):.0f} -> {v:.0f}" for k, v in sorted(after.items()))
 
 
 def cpu_spent(before: dict[str, float], after: dict[str, float]) -> str:
@@ -145,6 +166,7 @@ async def main() -> None:
         spawn_ceiling = 0.0 if args.submit_only else await raw_spawn_rate()
         body = submit_body(tmp, "bench-idle" if args.submit_only else "default")
         cpu_before = cpu_by_process(up.pid, nats_server, postgres)
+        rss_before = rss_by_process(up.pid, nats_server, postgres)
         t0 = time.perf_counter()
         submit = submit_load if args.client == "raw" else submit_aiohttp
         load = await submit(url, body, args.jobs, args.concurrency)
@@ -190,6 +212,7 @@ async def main() -> None:
             f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
         )
         print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_by_process(up.pid, nats_server, postgres)))
+        print("RSS MB before -> after the run: " + rss_moved(rss_before, rss_by_process(up.pid, nats_server, postgres)))
         print(submit_cpu)
         print(gateway_cost)
         print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
