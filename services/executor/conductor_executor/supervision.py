@@ -41,6 +41,7 @@ a folder of its own, so the records of the run the scheduler ended never stand f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ KILL = "kill"
 PROCESS = "process.json"
 # argv[0] of every supervisor: how a restarted executor recognises one in the process table.
 ARGV0 = "conductor-job"
+# In the environment of every job (and so of its supervisor and of every process it starts that keeps
+# its environment): the job's folder, resolved (``mark_of``). What finds the job's processes when no
+# record of its supervisor's says where they are (``leftovers.kill_marked``); a folder is one job's
+# run on one node of one executor, so no process of another executor's job, on this machine, has it.
+MARK = "CONDUCTOR_JOB_DIR"
 
 # $1: the job's script, in the folder that holds its records; $2: the setsid program.
 # - stderr of the shell itself goes to /dev/null (its notices must not land in the job's file),
@@ -82,6 +88,17 @@ KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced")
 LOST = "lost"
 # Killed by its own executor after a silence it could not end (``liveness.py``).
 FENCED = "fenced"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(jobs_dir: Path) -> Path:
+    return jobs_dir.resolve()
+
+
+def mark_of(folder: Path) -> str:
+    """The value of ``MARK`` for the job of ``folder``: the same, whatever the spelling of the path
+    the executor was given (and from wherever it runs)."""
+    return str(_resolved(folder.parent) / folder.name)
 
 
 def folder_name(job_id: int, run: int) -> str:
