@@ -10,7 +10,10 @@ and process group of its own, waits for it and writes its exit status. So:
 - the supervisor is outside the job's group, so every kill (time limit, cancel, memory) goes to the
   whole job group and the supervisor lives on to record how the job ended;
 - a restarted executor finds the supervisor by ``process.json`` and waits for it, or finds the
-  ``exit`` record it left, and reports the job's real exit status and end time.
+  ``exit`` record it left, and reports the job's real exit status and end time;
+- every process of the job carries ``MARK`` (its folder) in its environment: a supervisor gone
+  without a record, even of the job's group (killed before it wrote it), leaves nothing running that
+  cannot be found (``leftovers.kill_marked``).
 
 A shell rather than a Python supervisor: it costs ~1.2 ms of CPU per job here, a Python interpreter
 ~35 ms. ``/bin/sh`` (dash on Debian) starts faster than bash and needs only POSIX: ``setsid``
