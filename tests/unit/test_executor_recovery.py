@@ -99,10 +99,13 @@ def _marked(spawned: list[subprocess.Popen[bytes]], mark: str | None, command: s
 
 
 def _children(pid: int, n: int) -> list[int]:
+    """The ``n`` sleeps ``pid`` starts, once they run (before its exec, a child is its parent's copy)."""
     deadline = time.monotonic() + 5
     while True:
         found = [child.pid for child in psutil.Process(pid).children(recursive=True)]
-        if len(found) >= n or time.monotonic() > deadline:
+        if (len(found) >= n and all(_cmdline(child)[:1] == ["sleep"] for child in found)) or (
+            time.monotonic() > deadline
+        ):
             return found
         time.sleep(0.01)
 
