@@ -51,7 +51,7 @@ def _runs(tmp_path: Path, job_id: int) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-# 0.0: before any placement is handled (the successor gets them after ack_wait).
+# 0.0: before any placement is handled (the successor gets them after ack_wait, 5 s).
 @pytest.mark.parametrize("kill_after_s", [0.0, 0.1, 0.3, 1.0])
 async def test_executor_killed_during_a_batch_of_placements_every_job_accounted_once(
     bus: Bus, nats_url: str, tmp_path: Path, kill_after_s: float

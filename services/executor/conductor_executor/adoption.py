@@ -4,9 +4,10 @@
   ``Running``; the job is watched, limited and reported as if this executor had started it;
 - its supervisor is gone but recorded the job's exit: ``Ended``, reported with that status and time;
 - its supervisor is gone without a record (killed with the job, or a reboot): ``Lost``, NODE_FAIL;
-  what may be left of the job's group is killed;
+  what may be left of the job is killed: its group if its ``status`` record names it, and, record or
+  not, every process with the job's mark in its environment (``leftovers.kill_marked``);
 - no usable ``process.json`` (the executor died between the spawn and the record): ``Unrecorded``,
-  looked for by command line, killed, NODE_FAIL (``leftovers.kill_unrecorded``);
+  looked for by command line and by its mark, killed, NODE_FAIL (``leftovers.kill_unrecorded``);
 - an older executor's record (the job was its child, without supervisor): killed, NODE_FAIL;
 - a run the scheduler ended (killed as ``lost`` after a NodeLost, see ``liveness.py``) whose
   supervisor is gone: ``Dropped``, marked done and reported nothing; still running, it is taken over
@@ -21,21 +22,15 @@ import contextlib
 import logging
 import os
 import select
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from conductor_executor import supervision as sv
-from conductor_executor.leftovers import kill_leftovers, script_forms, start_time
+from conductor_executor.leftovers import kill_group, kill_leftovers, kill_marked, script_forms, start_time
 from conductor_executor.process import JobProcess, watch_pidfd
 
 log = logging.getLogger("conductor.executor")
-
-# psutil derives a process's start time from the boot time, which /proc gives in whole seconds.
-_CLOCK_SLACK_S = 2.0
 
 LOST_UNSUPERVISED = "the executor stopped while the job ran; its outcome is unknown"
 LOST_SUPERVISOR = "the job's supervisor ended without recording the job's exit (killed?); its outcome is unknown"
@@ -96,18 +91,23 @@ def open_supervisor(record: sv.ProcessRecord) -> int | None:
 
 
 def kill_orphaned_job(folder: Path, record: sv.ProcessRecord) -> None:
-    """The job's group, if its supervisor died and left it: only a group whose leader started after
-    the supervisor did (a pid is reused only once its group is gone)."""
-    pgid = sv.read_pgid(folder)
-    if pgid is None or record.started is None:
-        return
+    """The job's group, if its supervisor died and left it and its ``status`` record names it: only a
+    group whose leader started after the supervisor did (a pid is reused only once its group is gone).
+    The processes of the job that no record names are found by their mark (``Stock.leftovers``)."""
+    if record.started is not None:
+        kill_group(sv.read_pgid(folder), record.started)
+
+
+def _floor(record: sv.ProcessRecord | None, folder: Path) -> float | None:
+    """The earliest a process of the job can have started (wall clock): its supervisor's start, or
+    without a record the time its script was written (before the supervisor started); None if
+    neither is known."""
+    if record is not None and (record.started or record.start):
+        return record.started or record.start
     try:
-        leader = psutil.Process(pgid)
-        if leader.create_time() < record.started - _CLOCK_SLACK_S or os.getpgid(pgid) != pgid:
-            return
-        os.killpg(pgid, signal.SIGKILL)
-    except (psutil.Error, ProcessLookupError, PermissionError):
-        return
+        return (folder / "script.sh").stat().st_mtime
+    except OSError:
+        return None
 
 
 def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
@@ -160,6 +160,9 @@ class Stock:
     lost: dict[Key, Lost] = field(default_factory=dict)
     # Command lines of the jobs without a record, for ``leftovers.kill_unrecorded``: (job, written).
     unrecorded: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # The marks of the jobs whose supervisor is gone (or was never recorded), and the earliest a
+    # process of each can have started: what is left of them is killed (``leftovers.kill_marked``).
+    leftovers: dict[str, float | None] = field(default_factory=dict)
 
 
 def _folders(jobs_dir: Path) -> list[tuple[Key, Path]]:
@@ -188,7 +191,10 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
             with contextlib.suppress(OSError):  # if not now, at the next start
                 sv.mark_done(folder, "outbox")
             continue
-        match survey(folder, job_id, grace_s, run):
+        found = survey(folder, job_id, grace_s, run)
+        if isinstance(found, Lost | Dropped | Unrecorded):
+            stock.leftovers[sv.mark_of(folder)] = _floor(sv.read_process(folder), folder)
+        match found:
             case Running() as running:
                 stock.running.append(running)
             case Ended() as ended:
@@ -204,4 +210,10 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
                 with contextlib.suppress(OSError):
                     written = script.stat().st_mtime
                     stock.unrecorded.update(dict.fromkeys(script_forms(script), (job_id, written)))
+    if stock.leftovers:
+        # One look at the process table for every such job, before any of them is reported.
+        try:
+            kill_marked(stock.leftovers)
+        except Exception:  # what can be reported still is
+            log.exception("looking for what is left of lost jobs failed")
     return stock

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from conductor_executor.supervision import ARGV0
+from conductor_executor.supervision import ARGV0, MARK, mark_of, read_pgid
 
 log = logging.getLogger("conductor.executor")
 
@@ -95,3 +95,157 @@ def script_forms(script: Path) -> set[str]:
     with contextlib.suppress(OSError, RuntimeError):
         forms.add(str(script.resolve()))
     return forms
+
+
+# -- a job's processes by the mark in their environment ---------------------------------------------
+# Every job's supervisor, and so every process of the job that keeps the environment it inherited,
+# has ``supervision.MARK=<the job's folder>`` in its environment (``/proc/<pid>/environ``, which is
+# what the process was started with: a process cannot take it back, only a program it starts with
+# another environment loses it). A process that dropped it is still found while it stays in the
+# session of a marked one (the job's bash leads the job's session). Only processes of this user are
+# read (nobody else's environment is readable, or killable).
+
+# Rounds of look-and-kill: a process forked between a look and its kill is found by the next look.
+_ROUNDS = 5
+
+
+def _ticks_per_s() -> int:
+    return int(os.sysconf("SC_CLK_TCK"))
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """``(session, start)`` of a process from ``/proc/<pid>/stat``, its start in clock ticks since
+    the boot (exact: what tells a process from a later one with the same pid); None when it is gone
+    or a zombie (dead already, waiting for its parent)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold anything: the fields are after its last ')'.
+    fields = text[text.rfind(b")") + 2 :].split()
+    try:
+        if fields[0] in (b"Z", b"X"):
+            return None
+        return int(fields[3]), int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _marks_of(pid: int, wanted: dict[bytes, str]) -> str | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            data = f.read()
+    except OSError:  # gone, or not this user's
+        return None
+    if _MARK_PREFIX not in data:
+        return None
+    for entry in data.split(b"\0"):
+        if entry in wanted:
+            return wanted[entry]
+    return None
+
+
+_MARK_PREFIX = f"{MARK}=".encode()
+
+
+def _victims(marks: dict[str, float | None]) -> dict[int, tuple[str, int]]:
+    """The processes of the jobs of ``marks`` (mark -> the earliest time a process of that job can
+    have started, wall clock; None: unknown), each with its mark and its start in ticks: the marked
+    ones that started late enough, and the members of their sessions that did."""
+    wanted = {_MARK_PREFIX + mark.encode(): mark for mark in marks}
+    me, own_session = os.getpid(), os.getsid(0)
+    boot, tick = psutil.boot_time(), _ticks_per_s()
+
+    def late_enough(mark: str, start: int) -> bool:
+        floor = marks[mark]
+        return floor is None or boot + start / tick >= floor - _CLOCK_SLACK_S
+
+    stats: dict[int, tuple[int, int]] = {}
+    marked: dict[int, str] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in entries:
+        if not name.isdigit() or (pid := int(name)) == me:
+            continue
+        stat = _stat(pid)
+        if stat is None:
+            continue
+        stats[pid] = stat
+        mark = _marks_of(pid, wanted)
+        if mark is not None and late_enough(mark, stat[1]):
+            marked[pid] = mark
+    found = {pid: (mark, stats[pid][1]) for pid, mark in marked.items()}
+    sessions: dict[int, str] = {}
+    for pid, mark in marked.items():
+        session = stats[pid][0]
+        # Never this executor's session, nor one whose leader runs and is not the job's (a session
+        # is created by its leader: a job's is created by a process of the job).
+        if session <= 1 or session == own_session or (session in stats and session not in marked):
+            continue
+        sessions.setdefault(session, mark)
+    for pid, (session, start) in stats.items():
+        mark = sessions.get(session)
+        if mark is not None and pid not in found and late_enough(mark, start):
+            found[pid] = (mark, start)
+    return found
+
+
+def kill_marked(marks: dict[str, float | None]) -> dict[str, list[int]]:
+    """SIGKILL every process left of the jobs of ``marks`` (``supervision.mark_of`` of each job's
+    folder -> the earliest time one of its processes can have started, wall clock, None when unknown),
+    found by the mark in their environment without any record of the job's (``_victims``). Each is
+    killed through a pidfd opened before its start time is checked again: a pid reused since it was
+    looked at is not signalled. Returns the pids killed, by mark."""
+    killed: dict[str, list[int]] = {}
+    if not marks:
+        return killed
+    # A process signalled may be found again before it is gone: it cannot fork any more, though.
+    signalled: set[tuple[int, int]] = set()
+    for _ in range(_ROUNDS):
+        victims = {pid: found for pid, found in _victims(marks).items() if (pid, found[1]) not in signalled}
+        if not victims:
+            break
+        for pid, (mark, start) in victims.items():
+            signalled.add((pid, start))
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                stat = _stat(pid)
+                if stat is None or stat[1] != start:
+                    continue
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed.setdefault(mark, []).append(pid)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+    for mark, pids in killed.items():
+        log.warning("killed what was left of a job without a supervisor", extra={"job": mark, "pids": pids})
+    return killed
+
+
+def kill_group(pgid: int | None, floor: float) -> None:
+    """SIGKILL the job's group of a record (``pgid``), if its leader started no earlier than ``floor``
+    (wall clock; a pid is reused only once its group is gone) and still leads that group."""
+    if pgid is None:
+        return
+    try:
+        leader = psutil.Process(pgid)
+        if leader.create_time() < floor - _CLOCK_SLACK_S or os.getpgid(pgid) != pgid:
+            return
+        os.killpg(pgid, signal.SIGKILL)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return
+
+
+def kill_job_leftovers(folder: Path, floor: float) -> None:
+    """What is left of a job whose supervisor is gone without recording its end: its group, if its
+    ``status`` record names it, and every process with its mark (``kill_marked``), record or not.
+    ``floor``: when its supervisor started (wall clock). Blocking: it reads ``/proc``."""
+    kill_group(read_pgid(folder), floor)
+    kill_marked({mark_of(folder): floor})

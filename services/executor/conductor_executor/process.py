@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -22,6 +23,9 @@ from pathlib import Path
 import psutil
 
 from conductor_executor import supervision as sv
+from conductor_executor.leftovers import kill_job_leftovers
+
+log = logging.getLogger("conductor.executor")
 
 # How often a kill looks again for the job's group while the supervisor has not recorded it yet
 # (it does so right after forking the job: this is a matter of microseconds).
@@ -126,6 +130,12 @@ class JobProcess:
             await self._killer
         record = sv.read_exit(self.folder)
         if record is None:
+            # The supervisor is gone without recording the job's end (killed, maybe before it recorded
+            # the job's group): the job may run on, on cores the scheduler will give to others.
+            try:
+                await asyncio.to_thread(kill_job_leftovers, self.folder, self.start)
+            except Exception:  # its outcome is reported all the same
+                log.exception("looking for what is left of a job failed", extra={"job_id": self.job_id})
             return Outcome(None, None, self.reasons)
         return Outcome(record.code, record.ended_at, self.reasons)
 

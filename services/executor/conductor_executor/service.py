@@ -473,6 +473,8 @@ class Executor:
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
     ) -> JobProcess:
         env = envs.job_environment(os.environ, job_id, job, placement)
+        # Last: no value of the job's own replaces it. What finds its processes without a record.
+        env[sv.MARK] = sv.mark_of(folder)
         # The loop thread's own mask: the worker thread's is moved to the job's CPUs while it starts it.
         cpus = envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0)))
         # Files and the spawn in a worker thread: the event loop goes on with other jobs' ends and

@@ -10,7 +10,10 @@ and process group of its own, waits for it and writes its exit status. So:
 - the supervisor is outside the job's group, so every kill (time limit, cancel, memory) goes to the
   whole job group and the supervisor lives on to record how the job ended;
 - a restarted executor finds the supervisor by ``process.json`` and waits for it, or finds the
-  ``exit`` record it left, and reports the job's real exit status and end time.
+  ``exit`` record it left, and reports the job's real exit status and end time;
+- every process of the job carries ``MARK`` (its folder) in its environment: a supervisor gone
+  without a record, even of the job's group (killed before it wrote it), leaves nothing running that
+  cannot be found (``leftovers.kill_marked``).
 
 A shell rather than a Python supervisor: it costs ~1.2 ms of CPU per job here, a Python interpreter
 ~35 ms. ``/bin/sh`` (dash on Debian) starts faster than bash and needs only POSIX: ``setsid``
@@ -41,6 +44,7 @@ a folder of its own, so the records of the run the scheduler ended never stand f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -57,6 +61,11 @@ KILL = "kill"
 PROCESS = "process.json"
 # argv[0] of every supervisor: how a restarted executor recognises one in the process table.
 ARGV0 = "conductor-job"
+# In the environment of every job (and so of its supervisor and of every process it starts that keeps
+# its environment): the job's folder, resolved (``mark_of``). What finds the job's processes when no
+# record of its supervisor's says where they are (``leftovers.kill_marked``); a folder is one job's
+# run on one node of one executor, so no process of another executor's job, on this machine, has it.
+MARK = "CONDUCTOR_JOB_DIR"
 
 # $1: the job's script, in the folder that holds its records; $2: the setsid program.
 # - stderr of the shell itself goes to /dev/null (its notices must not land in the job's file),
@@ -82,6 +91,17 @@ KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced")
 LOST = "lost"
 # Killed by its own executor after a silence it could not end (``liveness.py``).
 FENCED = "fenced"
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(jobs_dir: Path) -> Path:
+    return jobs_dir.resolve()
+
+
+def mark_of(folder: Path) -> str:
+    """The value of ``MARK`` for the job of ``folder``: the same, whatever the spelling of the path
+    the executor was given (and from wherever it runs)."""
+    return str(_resolved(folder.parent) / folder.name)
 
 
 def folder_name(job_id: int, run: int) -> str:
