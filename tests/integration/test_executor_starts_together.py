@@ -1,0 +1,112 @@
+"""The placements of one batch start together (a few at a time), yet a NodeLost in the batch is still
+handled after every placement stored before it: what it ends is killed and reported by no one."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_executor import service
+from conductor_executor import supervision as sv
+from conductor_executor.placements import ensure_consumer
+from conductor_executor.service import Executor
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually, read_log
+from tests.integration.test_executor import _outcome, executor_settings, running
+from tests.unit.scheduling import submitted
+
+
+class _SlowStarts:
+    """``Executor._start_job`` (it runs in a worker thread) made slow, counting the starts in flight."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay_s: float) -> None:
+        self.delay_s, self.in_flight, self.most = delay_s, 0, 0
+        self._lock = threading.Lock()
+        start_job = Executor._start_job
+
+        def slow(executor: Executor, *args: Any) -> Any:
+            with self._lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            try:
+                time.sleep(self.delay_s)  # a loaded machine's disk and fork
+                return start_job(executor, *args)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+
+        monkeypatch.setattr(Executor, "_start_job", slow)
+
+
+async def _submit(bus: Bus, work: Path, script: str = "true\n") -> int:
+    return await bus.publish(submitted().model_copy(update={"working_directory": str(work), "script": script}))
+
+
+async def test_the_placements_of_a_batch_start_together_a_few_at_a_time(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = executor_settings(nats_url, tmp_path, cpus=8)
+    await ensure_consumer(bus, settings.node)  # all is stored before the executor's first fetch
+    ids = [await _submit(bus, tmp_path / "work") for _ in range(6)]
+    for core, job_id in enumerate(ids):
+        placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1)
+        await bus.publish(placed, by_scheduler=True)
+    starts = _SlowStarts(monkeypatch, 0.3)
+    async with running(bus, settings):
+        outcomes = [await _outcome(bus, job_id) for job_id in ids]
+    assert all(isinstance(outcome, ev.JobCompleted) for outcome in outcomes)
+    assert starts.most == service._STARTS_AT_ONCE  # together, and never more than that at once
+    # A job's start time is its spawn's, whenever its placement's turn to report came.
+    log = await read_log(bus)
+    started = {e.job_id: e.occurred_at for _, _, e in log if isinstance(e, ev.JobStarted)}
+    assert all(started[o.job_id] <= o.occurred_at for o in outcomes if isinstance(o, ev.JobCompleted))
+
+
+async def test_placements_started_together_never_take_more_than_the_node_has(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = executor_settings(nats_url, tmp_path, cpus=2)
+    await ensure_consumer(bus, settings.node)
+    ids = [await _submit(bus, tmp_path / "work") for _ in range(2)]
+    # Both on core 0 (a scheduler that was wrong, or a node that came back smaller): one is refused.
+    for job_id in ids:
+        placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(0,), memory_mb=1)
+        await bus.publish(placed, by_scheduler=True)
+    _SlowStarts(monkeypatch, 0.3)
+    async with running(bus, settings):
+        outcomes = [await _outcome(bus, job_id) for job_id in ids]
+    assert isinstance(outcomes[0], ev.JobCompleted)
+    assert isinstance(outcomes[1], ev.JobFailed) and "does not fit" in (outcomes[1].message or "")
+
+
+async def test_a_node_lost_in_a_batch_is_handled_after_the_placements_before_it(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = executor_settings(nats_url, tmp_path, cpus=4)
+    await ensure_consumer(bus, settings.node)
+    work = tmp_path / "work"
+    work.mkdir()
+    ids = [await _submit(bus, work, "until [ -e go ]; do sleep 0.1; done\n") for _ in range(2)]
+    for core, job_id in enumerate(ids):
+        placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1)
+        await bus.publish(placed, by_scheduler=True)
+    await bus.publish(ev.NodeLost(node=settings.node, reason="silent"), by_scheduler=True)
+    _SlowStarts(monkeypatch, 0.3)
+    async with running(bus, settings):
+
+        async def both_marked_lost() -> bool:
+            return all(sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST for job_id in ids)
+
+        # Started, then ended by the NodeLost stored after them: not left running past it.
+        await eventually(both_marked_lost, what="both runs ended by the node's loss")
+        (work / "go").touch()  # a job that escaped the loss would now complete
+        await asyncio.sleep(1.0)
+        log = await read_log(bus)
+    outcomes = [e for _, _, e in log if isinstance(e, ev.TERMINAL_JOB_EVENTS) and e.job_id in ids]
+    assert outcomes == []
