@@ -1,3 +1,4 @@
+import json
 import uuid
 
 import pytest
@@ -279,3 +280,16 @@ def test_the_default_output_must_fit_under_the_working_directory() -> None:
     job = {k: v for k, v in SEED_JOB.items() if k not in ("standard_output", "standard_error")}
     with pytest.raises(ValidationError, match=r"standard_output \(by default 'slurm-%j.out'\)"):
         api.JobSpec.model_validate(job | {"current_working_directory": cwd})
+
+
+def test_every_optional_field_of_a_submit_takes_null() -> None:
+    """``null`` for an optional field is the field left out: a 422 at worst, never an error that is
+    not a validation error (``"dependency": null`` raised a TypeError, answered 500)."""
+    optional = [name for name, field in api.JobSpec.model_fields.items() if not field.is_required()]
+    assert "dependency" in optional
+    for name in optional:
+        body = {"job": SEED_JOB | {name: None}, "script": "#!/bin/bash\ntrue\n"}
+        try:
+            api.SubmitRequest.model_validate_json(json.dumps(body))
+        except ValidationError:
+            continue  # refused as bad input: a 422 with a message

@@ -128,7 +128,7 @@ class JobSpec(BaseModel):
         description="Slurm's --requeue: if its node is lost while it runs, the job goes back to PENDING (and "
         "runs again from the start) instead of ending NODE_FAIL.",
     )
-    dependency: Annotated[str | None, Text, Field(max_length=64 * 1024)] = Field(
+    dependency: Annotated[str | None, Field(max_length=64 * 1024), Text] = Field(
         default=None,
         description="sbatch's syntax: 'afterok:12:13', 'afterany:12', 'after:12' (started), 'afternotok:12', "
         "'singleton', joined by ',' (all must hold) or '?' (one is enough). Each job must exist. A job whose "
