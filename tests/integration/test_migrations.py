@@ -24,7 +24,7 @@ async def test_concurrent_upgrades_from_an_empty_database(engine: AsyncEngine, d
     results = [await p.communicate() for p in upgrades]
     assert [err.decode() for p, (_, err) in zip(upgrades, results, strict=True) if p.returncode != 0] == []
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
+        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0007"
         assert await conn.scalar(text("SELECT count(*) FROM nodes")) == 0
 
 
@@ -41,4 +41,4 @@ async def test_concurrent_upgrades_in_threads_of_one_process(engine: AsyncEngine
     )
     assert [repr(r) for r in results if r is not None] == []
     async with engine.connect() as conn:
-        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0006"
+        assert await conn.scalar(text("SELECT version_num FROM alembic_version")) == "0007"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -77,8 +77,16 @@ steps = st.lists(
 )
 
 
+# Found by this test: a job's memory stored clamped to INTEGER, placed on a node that already had some
+# allocated, overflowed the node's INTEGER sum event by event but not in a batch that netted an end
+# out first (the node's sums are BIGINT since).
+_OVERFLOW = [("submit", 0)] * 3 + [("place", 0)] * 8 + [("unstorable submit", 0), ("submit", 0), ("submit", 0)]
+_OVERFLOW += [("place", 3), ("complete", 0)]
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=steps, cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10), replay=st.integers(0, 3))
+@example(steps=_OVERFLOW, cuts=[3], replay=0)
 async def test_batches_and_replays_do_not_change_the_result(
     engine: AsyncEngine, steps: list[tuple[str, int]], cuts: list[int], replay: int
 ) -> None:

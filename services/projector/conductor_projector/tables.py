@@ -98,8 +98,9 @@ nodes = Table(
     Column("partitions", JSON, nullable=False),
     Column("state", String(32), nullable=False),
     Column("registered_at", DateTime(timezone=True), nullable=False),
-    Column("cpus_alloc", Integer, nullable=False, server_default="0"),
-    Column("memory_alloc_mb", Integer, nullable=False, server_default="0"),
+    # Sums of placements (each within an INTEGER): BIGINT, so that no order of events overflows them.
+    Column("cpus_alloc", BigInteger, nullable=False, server_default="0"),
+    Column("memory_alloc_mb", BigInteger, nullable=False, server_default="0"),
     Column("reason", Text),  # why it is DRAIN or DOWN
 )
 
