@@ -33,42 +33,15 @@ from conductor_gateway import app as gateway_app
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed
 from conductor_platform.bus import Bus, connect
-from conductor_platform.localservers import LocalServer, free_port, start_nats
+from conductor_platform.localservers import free_port
 from tests.integration import served
 from tests.integration.helpers import eventually
 from tests.integration.served import served_gateway
 from tests.integration.test_executor import _has
+from tests.system import AuthorizedNats
 from tests.unit.scheduling import submitted
 
 NODE = "closed-node"
-_USERS = "authorization {{ users = [ {{user: svc, password: {svc}}}, {{user: tests, password: t}} ] }}\n"
-
-
-class AuthorizedNats:
-    """A nats-server whose services' user ``svc`` can be refused from now on (``revoke``); the
-    test's own user ``tests`` is kept."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "users.conf"
-        self.conf.write_text(_USERS.format(svc="one"))
-        self.monitor = free_port()
-        self.server: LocalServer = start_nats(folder, extra_args=("-c", str(self.conf), "-m", str(self.monitor)))
-
-    def url(self, user: str, password: str) -> str:
-        return self.server.url.replace("nats://", f"nats://{user}:{password}@")
-
-    @property
-    def service_url(self) -> str:
-        return self.url("svc", "one")
-
-    def revoke(self) -> None:
-        self.conf.write_text(_USERS.format(svc="two"))
-        self.server.process.send_signal(signal.SIGHUP)
-
-    def connections(self, prefix: str) -> list[str]:
-        answer = httpx.get(f"http://127.0.0.1:{self.monitor}/connz", timeout=5).json()
-        return [c.get("name", "") for c in answer.get("connections") or [] if c.get("name", "").startswith(prefix)]
 
 
 @pytest.fixture
