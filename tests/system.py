@@ -146,3 +146,43 @@ def system_on_own_servers(root: Path, node: str) -> Iterator[tuple[System, OwnSe
             yield system, servers
     finally:
         servers.stop()
+
+
+# The services connect as ``svc``, the test as ``tests``.
+_USERS = "authorization {{ users = [ {{user: svc, password: {svc}}}, {{user: tests, password: t}} ] }}\n"
+
+
+class AuthorizedNats:
+    """A nats-server whose services' user ``svc`` can be refused from now on (``revoke``); the
+    test's own user ``tests`` is kept."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "users.conf"
+        self.conf.write_text(_USERS.format(svc="one"))
+        self.monitor = free_port()
+        self.server: LocalServer = start_nats(folder, extra_args=("-c", str(self.conf), "-m", str(self.monitor)))
+
+    def url(self, user: str, password: str) -> str:
+        return self.server.url.replace("nats://", f"nats://{user}:{password}@")
+
+    @property
+    def service_url(self) -> str:
+        return self.url("svc", "one")
+
+    def revoke(self) -> None:
+        """The server closes the services' connections with -ERR 'Authorization Violation' and
+        refuses them from now on: nats-py closes them for good."""
+        self._reload("two")
+
+    def restore(self) -> None:
+        """The services' user is let in again (a new connection: a closed one stays closed)."""
+        self._reload("one")
+
+    def _reload(self, password: str) -> None:
+        self.conf.write_text(_USERS.format(svc=password))
+        self.server.process.send_signal(signal.SIGHUP)
+
+    def connections(self, prefix: str) -> list[str]:
+        answer = httpx.get(f"http://127.0.0.1:{self.monitor}/connz", timeout=5).json()
+        return [c.get("name", "") for c in answer.get("connections") or [] if c.get("name", "").startswith(prefix)]

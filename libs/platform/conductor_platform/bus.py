@@ -95,6 +95,8 @@ class Bus:
     # Copies of the stream and of the KV / object store buckets this bus creates (JetStream R1/R3/R5).
     replicas: int = 1
     _outputs: ObjectStore | None = field(default=None, repr=False)
+    # Set by ``close``: a connection closed here is not one nats-py closed for good (closed.py).
+    closing: bool = field(default=False, repr=False)
 
     async def publish(
         self,
@@ -255,6 +257,7 @@ class Bus:
     async def close(self) -> None:
         # Every publish here is awaited to its ack, so there is nothing in flight to drain. With the
         # server gone, closing can fail on the dead socket: the connection is over either way.
+        self.closing = True
         if not self.nc.is_closed:
             try:
                 await self.nc.close()

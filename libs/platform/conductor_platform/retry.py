@@ -6,10 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import nats.errors
 import nats.js.errors
+
+from conductor_platform.closed import raise_if_closed
+
+if TYPE_CHECKING:
+    from conductor_platform.bus import Bus
 
 T = TypeVar("T")
 log = logging.getLogger("conductor.retry")  # the service is named by the process it runs in
@@ -66,8 +71,12 @@ def transient(err: BaseException) -> bool:
     return isinstance(err, _TRANSIENT)
 
 
-async def retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff) -> T | None:
-    """``attempt()`` until it succeeds (its result) or ``stop`` is set (None)."""
+async def retrying(
+    what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff, bus: Bus | None = None
+) -> T | None:
+    """``attempt()`` until it succeeds (its result) or ``stop`` is set (None). ``bus``: the connection
+    the attempts use; once nats-py has closed it for good, ``ConnectionClosedForGood`` is raised
+    rather than trying again on it for ever."""
     while not stop.is_set():
         trying = asyncio.ensure_future(attempt())
         stopping = asyncio.ensure_future(stop.wait())
@@ -81,6 +90,7 @@ async def retrying(what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio
         try:
             return trying.result()
         except Exception as err:
+            raise_if_closed(bus, err)
             delay = backoff.next()
             log.warning(
                 f"{what} failed; retrying", extra={"error": f"{type(err).__name__}: {err}"[:300], "retry_in_s": delay}

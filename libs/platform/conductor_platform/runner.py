@@ -7,8 +7,13 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from conductor_platform import closed
+
 
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """A NATS connection closed for good ends the process with one line and ``closed.EXIT_CODE``,
+    for its supervisor to start it again (``closed.py``)."""
+
     async def _wrapped() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -16,4 +21,7 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(_wrapped())
+    try:
+        asyncio.run(_wrapped())
+    except closed.ConnectionClosedForGood as err:
+        closed.exit_for(err)

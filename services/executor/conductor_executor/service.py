@@ -10,6 +10,9 @@
   marker: NATS being away for any time delays outcomes, never loses them, and never stops a job.
 - NATS trouble never ends the executor: every NATS call is retried with backoff. Only a message that
   fails for another reason ``max_deliveries`` times is given up (logged, its job reported FAILED).
+  The one exception is a connection nats-py closed for good (``ConnectionClosedForGood``,
+  conductor_platform/closed.py), which it never opens again: the executor ends, leaving its jobs
+  running, and its supervisor starts it again (it takes the jobs over, as after any death).
 - Every job runs under a small shell supervisor of its own (``supervision.py``) that outlives the
   executor and records the job's exit: a restarted executor takes over the jobs still running and
   reports those that ended meanwhile with their real status and end time (``adoption.py``); only a
@@ -58,6 +61,7 @@ from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
+from conductor_platform.closed import ConnectionClosedForGood, closed_for_good, raise_if_closed
 from conductor_platform.retry import Backoff, pause, retrying, transient
 
 log = logging.getLogger("conductor.executor")
@@ -611,6 +615,7 @@ class Executor:
             except (NatsTimeout, TimeoutError):
                 continue
             except Exception as err:
+                raise_if_closed(self._bus, err)  # nats-py will not reopen it: end, to be started again
                 delay = backoff.next()
                 log.warning("fetching placements failed; retrying", extra={"error": _short(err), "retry_in_s": delay})
                 await pause(stop, delay)
@@ -710,10 +715,12 @@ class Executor:
             return
         await _settle(msg.ack())
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, leave_jobs: bool = False) -> None:
         """A stop leaves the jobs running under their supervisors, for the next start to take over;
-        with ``stop_jobs_on_exit`` it stops them and reports how they ended."""
-        if self.settings.stop_jobs_on_exit:
+        with ``stop_jobs_on_exit`` it stops them and reports how they ended. ``leave_jobs``: not a
+        stop but an end for a restart (a connection closed for good): the jobs run on whatever
+        ``stop_jobs_on_exit`` says, as when the executor dies."""
+        if self.settings.stop_jobs_on_exit and not leave_jobs:
             for process in list(self.running.values()):
                 process.kill()
         else:
@@ -779,18 +786,27 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         # a new one starts at new messages, so placements for an earlier node of the same name are
         # not replayed.
         sub = await retrying(
-            "subscribing to placements", lambda: subscribe(bus, settings.node), stop, executor.backoff()
+            "subscribing to placements", lambda: subscribe(bus, settings.node), stop, executor.backoff(), bus
         )
         if sub is None:
             return
         publisher = asyncio.create_task(executor.outbox.run())
         police = asyncio.create_task(executor.police_memory(stop))
+        closed = False
         try:
             await executor.consume(sub, stop)
+        except ConnectionClosedForGood:
+            closed = True
+            raise
         finally:
             police.cancel()
-            await executor.shutdown()
-            if not await executor.outbox.drained(_DRAIN_ON_STOP_S):
+            await executor.shutdown(leave_jobs=closed)
+            # On a connection closed for good nothing more goes out: no use waiting for it.
+            if closed_for_good(bus):
+                drained = not executor.outbox.pending()
+            else:
+                drained = await executor.outbox.drained(_DRAIN_ON_STOP_S)
+            if not drained:
                 log.warning("stopping with events still in the outbox; they go out at the next start")
             publisher.cancel()
     finally:

@@ -11,8 +11,8 @@ import uvicorn
 
 from conductor_gateway.app import create_app
 from conductor_gateway.settings import GatewaySettings
+from conductor_platform import closed, metrics, tracing
 from conductor_platform import logging as logs
-from conductor_platform import metrics, tracing
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -39,8 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     # uvloop and httptools, named rather than left to uvicorn's "auto": without them a submit costs
     # about a third more CPU (the asyncio loop's writes, h11's pure-Python parsing), and a missing
     # one should fail at start, not halve intake quietly.
+    lost: list[closed.ConnectionClosedForGood] = []
+
+    def closed_for_good(err: closed.ConnectionClosedForGood) -> None:
+        # uvicorn's own graceful stop, as on SIGTERM: the requests in flight are answered (a 503 for
+        # those that needed NATS), then the lifespan ends, then the process, below.
+        lost.append(err)
+        server.should_exit = True
+
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, on_closed_for_good=closed_for_good),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -62,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run() exits: the lifespan failed
+    if lost:  # said when it happened (closed.report): a supervisor starts the gateway again
+        sys.exit(closed.EXIT_CODE)
 
 
 if __name__ == "__main__":

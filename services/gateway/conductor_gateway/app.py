@@ -2,14 +2,19 @@
 
 It never writes Postgres and never calls another service: a submit is one awaited publish whose
 stream sequence is the job id.
+
+A NATS connection nats-py closed for good (conductor_platform/closed.py) is never opened again: the
+requests that need it are answered 503, and ``on_closed_for_good`` is called, with which
+``__main__`` stops serving and exits, for its supervisor to start the gateway again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -38,7 +43,7 @@ from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
-from conductor_platform import tracing
+from conductor_platform import closed, tracing
 from conductor_platform.bus import connect
 from conductor_platform.settings import async_database_url
 
@@ -72,17 +77,34 @@ Filter = Annotated[
 ]
 
 
-def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+def create_app(
+    settings: GatewaySettings | None = None,
+    on_closed_for_good: Callable[[closed.ConnectionClosedForGood], None] | None = None,
+) -> FastAPI:
+    """``on_closed_for_good``: called once, when nats-py has closed the NATS connection for good."""
     settings = settings or GatewaySettings()
     state = State()
+
+    async def watch_connection() -> None:
+        # Also while no request comes: an idle gateway must not sit on a dead connection for ever.
+        try:
+            await closed.watch(lambda: state.bus)
+        except closed.ConnectionClosedForGood as err:
+            closed.report(err)
+            if on_closed_for_good is not None:
+                on_closed_for_good(err)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.bus = await connect(settings.nats_url, name="conductor-gateway", replicas=settings.stream_replicas)
         state.engine = create_async_engine(async_database_url(settings.database_url), pool_size=5, pool_pre_ping=True)
+        watching = asyncio.create_task(watch_connection())
         try:
             yield
         finally:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
             await state.bus.close()
             await state.engine.dispose()
 
@@ -106,9 +128,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def unavailable(_: Request, err: Exception) -> JSONResponse:
         # The log or the read models are away (restarting): say so, let the client retry.
         log.warning("backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
-        return JSONResponse(
-            {"detail": "the job log or the read models are unavailable; retry shortly"}, status_code=503
-        )
+        if closed.closed_for_good(getattr(state, "bus", None)):
+            detail = "this gateway lost its connection to the job log and is restarting; retry shortly"
+        else:
+            detail = "the job log or the read models are unavailable; retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503)
 
     @app.exception_handler(Exception)
     async def failed(_: Request, err: Exception) -> JSONResponse:

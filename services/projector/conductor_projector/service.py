@@ -7,9 +7,11 @@ batch, which is read again; nothing is applied twice and nothing is skipped. (A 
 acks would redeliver a crashed batch *after* newer messages, and an ack of those would cover the gap:
 see docs/decisions.md.)
 
-Nothing but a stop ends the loop. An event that cannot be applied is recorded as a dead letter and
-skipped (see sink.apply_batch). Any other failure (PostgreSQL or NATS away, or a bug) skips nothing:
-the projector logs one line, waits, and follows the stream again from its stored position.
+Nothing but a stop ends the loop, or a NATS connection nats-py closed for good (``ConnectionClosedForGood``,
+conductor_platform/closed.py: the process ends, for its supervisor to start it again). An event that
+cannot be applied is recorded as a dead letter and skipped (see sink.apply_batch). Any other failure
+(PostgreSQL or NATS away, or a bug) skips nothing: the projector logs one line, waits, and follows
+the stream again from its stored position.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
+from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_platform.settings import async_database_url
@@ -38,6 +41,8 @@ from conductor_projector.settings import ProjectorSettings
 from conductor_projector.sink import Item
 
 log = logging.getLogger("conductor.projector")
+
+__all__ = ["ConnectionClosedForGood", "run"]
 
 T = TypeVar("T")
 _NAME = "conductor-projector"
@@ -83,8 +88,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             except Exception as err:
                 if stop.is_set():
                     break
-                if bus.nc.is_closed:
-                    raise ConnectionClosedForGood(f"{type(err).__name__}: {err}") from err
+                raise_if_closed(bus, err)  # nats-py will not reopen it: end, to be started again
                 _failed("projecting", err, backoff)
                 await backoff.wait(stop)
     finally:
@@ -178,12 +182,6 @@ async def _cancelled(task: asyncio.Task[_Read]) -> None:
     task.cancel()
     with contextlib.suppress(BaseException):
         await task
-
-
-class ConnectionClosedForGood(Exception):
-    """nats-py closed the connection and will not open it again (the server answered an error, such
-    as a permissions violation, with -ERR): retrying on it would wait forever, so the process ends
-    and its supervisor (`conductor up`, Kubernetes) starts it again."""
 
 
 async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Callable[[], Awaitable[T]]) -> T | None:

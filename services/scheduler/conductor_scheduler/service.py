@@ -11,9 +11,11 @@
 It does not decide again until its own decisions have come back through the fold, so the state it
 decides from always includes everything it has already published.
 
-Nothing but a stop ends the loop: an event it cannot decode or fold is logged, counted and skipped
-(the fold goes on), and a failure to read the stream (NATS away, the consumer gone) is logged and
-followed by reading again from the sequence after the last one folded.
+Nothing but a stop ends the loop, or a NATS connection nats-py closed for good (``ConnectionClosedForGood``,
+conductor_platform/closed.py: the process ends, for its supervisor to start it again, from its
+snapshot): an event it cannot decode or fold is logged, counted and skipped (the fold goes on), and a
+failure to read the stream (NATS away, the consumer gone) is logged and followed by reading again
+from the sequence after the last one folded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from conductor_platform.bus import (
     connect,
     next_batch,
 )
+from conductor_platform.closed import raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_scheduler import allocator, history, shrink, snapshot, traces
@@ -255,6 +258,7 @@ class Scheduler:
                     self.bus, Path(self.settings.archive_dir), self, self.state.last_seq
                 )
             except Exception as err:
+                raise_if_closed(self.bus, err)
                 log.warning("reading the archive failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
                 folded = None
             if folded is not None:
@@ -265,12 +269,10 @@ class Scheduler:
         return False
 
     async def follow(self) -> LogReader:
-        """A subscription from the sequence after the last one folded; a new connection first if the
-        old one is closed for good (nats-py otherwise reconnects by itself)."""
-        if self.bus.nc.is_closed:
-            self.bus = await connect(self.settings.nats_url, name=_NAME, replicas=self.settings.stream_replicas)
-            if self.lease is not None:
-                self.lease.kv = await self.bus.leases(self.settings.lease_ttl_s)
+        """A subscription from the sequence after the last one folded. A connection closed for good
+        raises ``ConnectionClosedForGood``: nats-py never opens it again, and a new connection in this
+        process would leave the lease, the heartbeat watch and a snapshot upload on the old one."""
+        raise_if_closed(self.bus)
         return await quick_read_from(self.bus, self.state.last_seq + 1)
 
 
@@ -326,6 +328,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
             except Exception as err:  # NATS away or the consumer gone: read again from what we folded
                 if stop.is_set():
                     break
+                raise_if_closed(scheduler.bus, err)  # nats-py will not reopen it: end, to be started again
                 log.warning("reading the log failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
                 if sub is not None:
                     with contextlib.suppress(Exception):
@@ -351,7 +354,8 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 if await scheduler.leads():
                     await scheduler.decide_and_publish()
                     scheduler.maybe_snapshot()
-            except Exception:  # NATS away or slow: keep the state, try again shortly
+            except Exception as err:  # NATS away or slow: keep the state, try again shortly
+                raise_if_closed(scheduler.bus, err)
                 log.exception("deciding failed; retrying")
                 await asyncio.sleep(1)
     finally:
