@@ -119,3 +119,37 @@ async def test_a_job_killed_at_its_time_limit_leaves_no_process_running(
         executor.kill()
         bystander.kill()
         bystander.wait()
+
+
+async def test_a_job_killed_by_an_executor_that_died_before_its_end_leaves_no_process_running(
+    bus: Bus, settings: ExecutorSettings, work: Path, tmp_path: Path
+) -> None:
+    """The executor recorded why it killed the job and signalled its group, then died (SIGKILL);
+    the supervisor recorded the job's end meanwhile: the next start reports it, and finds the child
+    that left the job's group."""
+    executor = ExecutorProcess(settings)
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job_id = await _started(bus, work, 600)
+    finally:
+        executor.kill()
+    folder = settings.jobs_dir / str(job_id)
+    sv.write_kill(folder, frozenset({"cancelled"}))
+    pgid = sv.read_pgid(folder)
+    assert pgid is not None
+    os.killpg(pgid, signal.SIGTERM)
+
+    async def exit_recorded() -> bool:
+        return sv.read_exit(folder) is not None
+
+    await eventually(exit_recorded, what="the job's end recorded by its supervisor")
+    assert await _sleeps_running(work) is False and _job_processes(work), "the setsid'd child is not left"
+    bystander = _bystander(tmp_path)
+    successor = ExecutorProcess(settings)
+    try:
+        assert isinstance(await _outcome(bus, job_id), ev.JobCancelled)
+        await _no_leftovers(work, bystander)
+    finally:
+        successor.kill()
+        bystander.kill()
+        bystander.wait()

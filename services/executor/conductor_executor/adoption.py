@@ -3,6 +3,7 @@
 - its supervisor still runs (the pid of ``process.json``, with the same start time): taken over,
   ``Running``; the job is watched, limited and reported as if this executor had started it;
 - its supervisor is gone but recorded the job's exit: ``Ended``, reported with that status and time;
+  if an earlier executor killed it, what left the job's group is killed (``leftovers.kill_marked``);
 - its supervisor is gone without a record (killed with the job, or a reboot): ``Lost``, NODE_FAIL;
   what may be left of the job is killed: its group if its ``status`` record names it, and, record or
   not, every process with the job's mark in its environment (``leftovers.kill_marked``);
@@ -192,7 +193,9 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
                 sv.mark_done(folder, "outbox")
             continue
         found = survey(folder, job_id, grace_s, run)
-        if isinstance(found, Lost | Dropped | Unrecorded):
+        # And a job an earlier executor killed, that ended meanwhile: its supervisor killed the job's
+        # group, not a child that left it (``setsid``).
+        if isinstance(found, Lost | Dropped | Unrecorded) or (isinstance(found, Ended) and found.reasons):
             stock.leftovers[sv.mark_of(folder)] = _floor(sv.read_process(folder), folder)
         match found:
             case Running() as running:
