@@ -153,3 +153,73 @@ async def test_a_job_killed_by_an_executor_that_died_before_its_end_leaves_no_pr
         successor.kill()
         bystander.kill()
         bystander.wait()
+
+
+# A child with a clean environment in a group of its own (bash's job control), in the job's session.
+CLEAN_CHILD = "set -m\nenv -i /bin/sleep 302 &\nsleep 300\n"
+
+
+async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_killed(
+    bus: Bus, settings: ExecutorSettings, work: Path, tmp_path: Path
+) -> None:
+    """The job's session holds it: it is found through a marked process of the job's session."""
+    executor = ExecutorProcess(settings)
+    bystander = _bystander(tmp_path)
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job = submitted().model_copy(
+            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
+        )
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+
+        async def both_sleeping() -> bool:
+            commands = set()
+            for pid in _job_processes(work):
+                with contextlib.suppress(psutil.Error):
+                    commands.add(" ".join(psutil.Process(pid).cmdline()))
+            return {"sleep 300", "/bin/sleep 302"} <= commands
+
+        await eventually(both_sleeping, what="the job's processes")
+        record = sv.read_process(settings.jobs_dir / str(job_id))
+        assert record is not None
+        os.kill(record.pid, signal.SIGKILL)  # the supervisor: nothing records the job's end
+        failed = await _outcome(bus, job_id)
+        assert isinstance(failed, ev.JobFailed) and failed.node_fail, failed
+        await _no_leftovers(work, bystander)
+    finally:
+        executor.kill()
+        bystander.kill()
+        bystander.wait()
+
+
+async def test_a_clean_environment_child_of_a_cancelled_job_is_killed(
+    bus: Bus, settings: ExecutorSettings, work: Path, tmp_path: Path
+) -> None:
+    """The cancel kills the job's group, not the child in a group of its own: it is found through a
+    marked process of the job's session."""
+    executor = ExecutorProcess(settings)
+    bystander = _bystander(tmp_path)
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job = submitted().model_copy(
+            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
+        )
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+
+        async def both_sleeping() -> bool:
+            commands = set()
+            for pid in _job_processes(work):
+                with contextlib.suppress(psutil.Error):
+                    commands.add(" ".join(psutil.Process(pid).cmdline()))
+            return {"sleep 300", "/bin/sleep 302"} <= commands
+
+        await eventually(both_sleeping, what="the job's processes")
+        await bus.publish(ev.JobCancelRequested(job_id=job_id))
+        assert isinstance(await _outcome(bus, job_id), ev.JobCancelled)
+        await _no_leftovers(work, bystander)
+    finally:
+        executor.kill()
+        bystander.kill()
+        bystander.wait()
