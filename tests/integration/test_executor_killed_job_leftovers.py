@@ -156,7 +156,7 @@ async def test_a_job_killed_by_an_executor_that_died_before_its_end_leaves_no_pr
 
 
 # A child with a clean environment in a group of its own (bash's job control), in the job's session.
-CLEAN_CHILD = "set -m\nenv -i /bin/sleep 302 &\nsleep 300\n"
+CLEAN_CHILD = "set -m\nenv -i /bin/sleep 302 &\nset +m\nsleep 300\n"
 
 
 async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_killed(
@@ -221,5 +221,45 @@ async def test_a_clean_environment_child_of_a_cancelled_job_is_killed(
         await _no_leftovers(work, bystander)
     finally:
         executor.kill()
+        bystander.kill()
+        bystander.wait()
+
+
+async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_killed_at_the_restart(
+    bus: Bus, settings: ExecutorSettings, work: Path, tmp_path: Path
+) -> None:
+    """The supervisor died while no executor ran: the next start finds the child in the job's session
+    through the job's marked bash, which leads that session; so the bash must still be there when the
+    processes are looked at (it is killed with the job's group)."""
+    executor = ExecutorProcess(settings)
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job = submitted().model_copy(
+            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
+        )
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+
+        async def both_sleeping() -> bool:
+            commands = set()
+            for pid in _job_processes(work):
+                with contextlib.suppress(psutil.Error):
+                    commands.add(" ".join(psutil.Process(pid).cmdline()))
+            return {"sleep 300", "/bin/sleep 302"} <= commands
+
+        await eventually(both_sleeping, what="the job's processes")
+    finally:
+        executor.kill()
+    record = sv.read_process(settings.jobs_dir / str(job_id))
+    assert record is not None
+    os.kill(record.pid, signal.SIGKILL)  # the supervisor: nothing records the job's end
+    bystander = _bystander(tmp_path)
+    successor = ExecutorProcess(settings)
+    try:
+        failed = await _outcome(bus, job_id)
+        assert isinstance(failed, ev.JobFailed) and failed.node_fail, failed
+        await _no_leftovers(work, bystander)
+    finally:
+        successor.kill()
         bystander.kill()
         bystander.wait()
