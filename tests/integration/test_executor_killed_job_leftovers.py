@@ -21,7 +21,7 @@ from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually
-from tests.integration.test_executor import NODE, _has, _outcome, executor_settings
+from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
 from tests.unit.scheduling import submitted
 
@@ -261,5 +261,21 @@ async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_kille
         await _no_leftovers(work, bystander)
     finally:
         successor.kill()
+        bystander.kill()
+        bystander.wait()
+
+
+async def test_an_executor_stopped_with_stop_jobs_on_exit_leaves_no_process_of_its_jobs(
+    bus: Bus, settings: ExecutorSettings, work: Path, tmp_path: Path
+) -> None:
+    """``conductor up``'s Ctrl-C (``stop_jobs_on_exit``) leaves nothing behind, also a job's child
+    that left the job's group."""
+    assert settings.stop_jobs_on_exit
+    bystander = _bystander(tmp_path)
+    try:
+        async with running(bus, settings):
+            await _started(bus, work, 600)
+        await _no_leftovers(work, bystander)
+    finally:
         bystander.kill()
         bystander.wait()
