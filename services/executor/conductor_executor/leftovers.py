@@ -229,7 +229,7 @@ def kill_marked(marks: dict[str, float | None], known: dict[int, str] | None = N
             finally:
                 os.close(fd)
     for mark, pids in killed.items():
-        log.warning("killed what was left of a job without a supervisor", extra={"job": mark, "pids": pids})
+        log.warning("killed what was left of a job", extra={"job": mark, "pids": pids})
     return killed
 
 
@@ -248,8 +248,8 @@ def kill_group(pgid: int | None, floor: float) -> None:
 
 
 def kill_job_leftovers(folder: Path, floor: float) -> None:
-    """What is left of a job whose supervisor is gone, or that the executor killed: every process
-    with its mark and of its session (``kill_marked``), record or not, then its group if its
+    """What is left of a job whose supervisor is gone without recording its end: every process
+    with its mark and of its session (``kill_marked_job``), record or not, then its group if its
     ``status`` record names it. In that order: the job's marked bash, which leads its session, is
     what finds a child in it that dropped the mark (``env -i``) and left the group; the group's
     kill would take the bash first. ``floor``: when its supervisor started (wall clock). Blocking:
