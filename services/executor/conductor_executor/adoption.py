@@ -3,6 +3,7 @@
 - its supervisor still runs (the pid of ``process.json``, with the same start time): taken over,
   ``Running``; the job is watched, limited and reported as if this executor had started it;
 - its supervisor is gone but recorded the job's exit: ``Ended``, reported with that status and time;
+  if an earlier executor killed it, what left the job's group is killed (``leftovers.kill_marked``);
 - its supervisor is gone without a record (killed with the job, or a reboot): ``Lost``, NODE_FAIL;
   what may be left of the job is killed: its group if its ``status`` record names it, and, record or
   not, every process with the job's mark in its environment (``leftovers.kill_marked``);
@@ -139,15 +140,12 @@ def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
         )
         return Running(process, record)
     # Gone: the record it wrote on its way out, if any, was written before it exited.
+    # What is left of the job's group is killed by ``take_stock``, after the look for its mark.
     if sv.LOST in sv.read_kill(folder):
-        with contextlib.suppress(OSError):
-            kill_orphaned_job(folder, record)
         return Dropped()
     ended = sv.read_exit(folder)
     if ended is not None:
         return Ended(ended, sv.read_kill(folder), record)
-    with contextlib.suppress(OSError):
-        kill_orphaned_job(folder, record)
     return Lost(LOST_SUPERVISOR)
 
 
@@ -163,6 +161,10 @@ class Stock:
     # The marks of the jobs whose supervisor is gone (or was never recorded), and the earliest a
     # process of each can have started: what is left of them is killed (``leftovers.kill_marked``).
     leftovers: dict[str, float | None] = field(default_factory=dict)
+    # The jobs whose supervisor is gone without a record of the job's end, with the record of that
+    # supervisor: the group its ``status`` names is killed (``kill_orphaned_job``) after the look for
+    # the marks, while the job's bash still leads its session and finds what in it dropped the mark.
+    orphans: list[tuple[Path, sv.ProcessRecord]] = field(default_factory=list)
 
 
 def _folders(jobs_dir: Path) -> list[tuple[Key, Path]]:
@@ -192,8 +194,14 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
                 sv.mark_done(folder, "outbox")
             continue
         found = survey(folder, job_id, grace_s, run)
-        if isinstance(found, Lost | Dropped | Unrecorded):
-            stock.leftovers[sv.mark_of(folder)] = _floor(sv.read_process(folder), folder)
+        # And a job an earlier executor killed, that ended meanwhile: its supervisor killed the job's
+        # group, not a child that left it (``setsid``).
+        if isinstance(found, Lost | Dropped | Unrecorded) or (isinstance(found, Ended) and found.reasons):
+            record = sv.read_process(folder)
+            stock.leftovers[sv.mark_of(folder)] = _floor(record, folder)
+            gone = isinstance(found, Dropped) or (isinstance(found, Lost) and found.message == LOST_SUPERVISOR)
+            if gone and record is not None:
+                stock.orphans.append((folder, record))
         match found:
             case Running() as running:
                 stock.running.append(running)
@@ -216,4 +224,7 @@ def take_stock(jobs_dir: Path, holds_outcome: Callable[[int, int], bool], grace_
             kill_marked(stock.leftovers)
         except Exception:  # what can be reported still is
             log.exception("looking for what is left of lost jobs failed")
+    for folder, record in stock.orphans:
+        with contextlib.suppress(OSError):
+            kill_orphaned_job(folder, record)
     return stock

@@ -149,10 +149,12 @@ def _marks_of(pid: int, wanted: dict[bytes, str]) -> str | None:
 _MARK_PREFIX = f"{MARK}=".encode()
 
 
-def _victims(marks: dict[str, float | None]) -> dict[int, tuple[str, int]]:
+def _victims(marks: dict[str, float | None], known: dict[int, str] | None = None) -> dict[int, tuple[str, int]]:
     """The processes of the jobs of ``marks`` (mark -> the earliest time a process of that job can
     have started, wall clock; None: unknown), each with its mark and its start in ticks: the marked
-    ones that started late enough, and the members of their sessions that did."""
+    ones that started late enough, and the members of their sessions that did. ``known``: sessions
+    of those jobs that a record names (session -> mark), looked at also when no marked process is
+    left in them (the job's bash, which leads the job's session, killed with the job's group)."""
     wanted = {_MARK_PREFIX + mark.encode(): mark for mark in marks}
     me, own_session = os.getpid(), os.getsid(0)
     boot, tick = psutil.boot_time(), _ticks_per_s()
@@ -179,10 +181,11 @@ def _victims(marks: dict[str, float | None]) -> dict[int, tuple[str, int]]:
             marked[pid] = mark
     found = {pid: (mark, stats[pid][1]) for pid, mark in marked.items()}
     sessions: dict[int, str] = {}
-    for pid, mark in marked.items():
-        session = stats[pid][0]
+    seeds = [(stats[pid][0], mark) for pid, mark in marked.items()] + list((known or {}).items())
+    for session, mark in seeds:
         # Never this executor's session, nor one whose leader runs and is not the job's (a session
-        # is created by its leader: a job's is created by a process of the job).
+        # is created by its leader: a job's is created by a process of the job; a session's id is
+        # not given to a new process while the session has members).
         if session <= 1 or session == own_session or (session in stats and session not in marked):
             continue
         sessions.setdefault(session, mark)
@@ -193,19 +196,20 @@ def _victims(marks: dict[str, float | None]) -> dict[int, tuple[str, int]]:
     return found
 
 
-def kill_marked(marks: dict[str, float | None]) -> dict[str, list[int]]:
+def kill_marked(marks: dict[str, float | None], known: dict[int, str] | None = None) -> dict[str, list[int]]:
     """SIGKILL every process left of the jobs of ``marks`` (``supervision.mark_of`` of each job's
     folder -> the earliest time one of its processes can have started, wall clock, None when unknown),
     found by the mark in their environment without any record of the job's (``_victims``). Each is
     killed through a pidfd opened before its start time is checked again: a pid reused since it was
-    looked at is not signalled. Returns the pids killed, by mark."""
+    looked at is not signalled. ``known``: sessions of those jobs a record names (``_victims``).
+    Returns the pids killed, by mark."""
     killed: dict[str, list[int]] = {}
     if not marks:
         return killed
     # A process signalled may be found again before it is gone: it cannot fork any more, though.
     signalled: set[tuple[int, int]] = set()
     for _ in range(_ROUNDS):
-        victims = {pid: found for pid, found in _victims(marks).items() if (pid, found[1]) not in signalled}
+        victims = {pid: found for pid, found in _victims(marks, known).items() if (pid, found[1]) not in signalled}
         if not victims:
             break
         for pid, (mark, start) in victims.items():
@@ -225,7 +229,7 @@ def kill_marked(marks: dict[str, float | None]) -> dict[str, list[int]]:
             finally:
                 os.close(fd)
     for mark, pids in killed.items():
-        log.warning("killed what was left of a job without a supervisor", extra={"job": mark, "pids": pids})
+        log.warning("killed what was left of a job", extra={"job": mark, "pids": pids})
     return killed
 
 
@@ -244,8 +248,19 @@ def kill_group(pgid: int | None, floor: float) -> None:
 
 
 def kill_job_leftovers(folder: Path, floor: float) -> None:
-    """What is left of a job whose supervisor is gone without recording its end: its group, if its
-    ``status`` record names it, and every process with its mark (``kill_marked``), record or not.
-    ``floor``: when its supervisor started (wall clock). Blocking: it reads ``/proc``."""
+    """What is left of a job whose supervisor is gone without recording its end: every process
+    with its mark and of its session (``kill_marked_job``), record or not, then its group if its
+    ``status`` record names it. In that order: the job's marked bash, which leads its session, is
+    what finds a child in it that dropped the mark (``env -i``) and left the group; the group's
+    kill would take the bash first. ``floor``: when its supervisor started (wall clock). Blocking:
+    it reads ``/proc``."""
+    kill_marked_job(folder, floor)
     kill_group(read_pgid(folder), floor)
-    kill_marked({mark_of(folder): floor})
+
+
+def kill_marked_job(folder: Path, floor: float | None) -> None:
+    """Every process with the mark of the job of ``folder`` and of its session (``kill_marked``),
+    its session also when no marked process is left in it: the job's bash leads both its group and
+    its session (``setsid``), so the group its ``status`` record names is the session's id."""
+    mark, pgid = mark_of(folder), read_pgid(folder)
+    kill_marked({mark: floor}, None if pgid is None else {pgid: mark})

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from conductor_executor import supervision as sv
-from conductor_executor.leftovers import kill_job_leftovers
+from conductor_executor.leftovers import kill_job_leftovers, kill_marked_job
 
 log = logging.getLogger("conductor.executor")
 
@@ -137,6 +137,15 @@ class JobProcess:
             except Exception:  # its outcome is reported all the same
                 log.exception("looking for what is left of a job failed", extra={"job_id": self.job_id})
             return Outcome(None, None, self.reasons)
+        if self.reasons or self._killer is not None:
+            # Killed by this executor (cancel, time limit, memory, NodeLost, fence, a stop with
+            # ``stop_jobs_on_exit``): the supervisor killed the job's group, not a child that left it
+            # (``setsid``, or job control with a clean environment), which would run on after the
+            # job's outcome, on cores given to others (after a NodeLost, beside its next run).
+            try:
+                await asyncio.to_thread(kill_marked_job, self.folder, self.start)
+            except Exception:  # its outcome is reported all the same
+                log.exception("looking for what is left of a job failed", extra={"job_id": self.job_id})
         return Outcome(record.code, record.ended_at, self.reasons)
 
     def release(self) -> None:
