@@ -16,7 +16,8 @@ from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
+from tests.integration.executor_jobs import events_by_job
+from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
 from tests.unit.scheduling import submitted
@@ -36,14 +37,6 @@ async def _place_batch(bus: Bus, work: Path, scripts: list[str]) -> list[int]:
         placed = ev.JobPlaced(job_id=job_id, node=NODE, cores=(core % CPUS,), memory_mb=10)
         await bus.publish(placed, by_scheduler=True)
     return ids
-
-
-async def _outcomes(bus: Bus) -> dict[int, list[ev.Event]]:
-    found: dict[int, list[ev.Event]] = {}
-    for _, _, event in await read_log(bus):
-        if isinstance(event, ev.TERMINAL_JOB_EVENTS):
-            found.setdefault(event.job_id, []).append(event)
-    return found
 
 
 def _runs(tmp_path: Path, job_id: int) -> int:
@@ -70,12 +63,12 @@ async def test_executor_killed_during_a_batch_of_placements_every_job_accounted_
     async with running(bus, wide):
 
         async def all_ended() -> dict[int, list[ev.Event]] | None:
-            found = await _outcomes(bus)
+            found = await events_by_job(bus)
             return found if all(job_id in found for job_id in ids) else None
 
         found = await eventually(all_ended, timeout=40, what="every job's outcome")
         await asyncio.sleep(1.0)  # a second outcome would come now
-        found = await _outcomes(bus)
+        found = await events_by_job(bus)
     for i, job_id in enumerate(ids):
         outcomes = found[job_id]
         assert len(outcomes) == 1, f"job {job_id}: {outcomes}"
@@ -161,7 +154,7 @@ async def test_torn_status_and_garbage_process_records_are_accounted_for(
             found = {job_id: await _outcome(bus, job_id) for job_id in ids}
             assert _alive(bystander.pid), "a process group that is no job's was killed"
         for job_id in ids:
-            assert len((await _outcomes(bus))[job_id]) == 1
+            assert len((await events_by_job(bus))[job_id]) == 1
         o0, o1, o2, o3 = (found[job_id] for job_id in ids)
         assert isinstance(o0, ev.JobFailed) and o0.node_fail, o0
         assert isinstance(o1, ev.JobFailed) and o1.node_fail, o1

@@ -20,6 +20,7 @@ from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
+from tests.integration.executor_jobs import kill_all_in, processes_in
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
@@ -34,9 +35,7 @@ def work(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "work"
     path.mkdir()
     yield path
-    for pid in _job_processes(path):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all_in(path)
 
 
 @pytest.fixture
@@ -44,25 +43,16 @@ def settings(nats_url: str, tmp_path: Path) -> ExecutorSettings:
     return executor_settings(nats_url, tmp_path)
 
 
-def _job_processes(work: Path) -> list[int]:
-    """Every live process running in the jobs' folder (read from /proc, not from any record)."""
-    found = []
-    for proc in psutil.process_iter(["cwd", "status"]):
-        if proc.info.get("cwd") == str(work) and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            found.append(proc.pid)
-    return found
-
-
 async def _sleeps_running(work: Path) -> bool:
     commands = set()
-    for pid in _job_processes(work):
+    for pid in processes_in(work):
         with contextlib.suppress(psutil.Error):
             commands.add(" ".join(psutil.Process(pid).cmdline()))
     return {"sleep 300", "sleep 301"} <= commands
 
 
-async def _no_job_processes(work: Path) -> bool:
-    return not _job_processes(work)
+async def _noprocesses_in(work: Path) -> bool:
+    return not processes_in(work)
 
 
 async def _started(bus: Bus, work: Path, time_limit_s: int) -> int:
@@ -82,7 +72,7 @@ def _bystander(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 async def _no_leftovers(work: Path, bystander: subprocess.Popen[bytes]) -> None:
-    await eventually(lambda: _no_job_processes(work), timeout=5, what="no process of the killed job left")
+    await eventually(lambda: _noprocesses_in(work), timeout=5, what="no process of the killed job left")
     await asyncio.sleep(0.2)
     assert bystander.poll() is None, "a process that is no job's was killed"
 
@@ -143,7 +133,7 @@ async def test_a_job_killed_by_an_executor_that_died_before_its_end_leaves_no_pr
         return sv.read_exit(folder) is not None
 
     await eventually(exit_recorded, what="the job's end recorded by its supervisor")
-    assert await _sleeps_running(work) is False and _job_processes(work), "the setsid'd child is not left"
+    assert await _sleeps_running(work) is False and processes_in(work), "the setsid'd child is not left"
     bystander = _bystander(tmp_path)
     successor = ExecutorProcess(settings)
     try:
@@ -175,7 +165,7 @@ async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_kille
 
         async def both_sleeping() -> bool:
             commands = set()
-            for pid in _job_processes(work):
+            for pid in processes_in(work):
                 with contextlib.suppress(psutil.Error):
                     commands.add(" ".join(psutil.Process(pid).cmdline()))
             return {"sleep 300", "/bin/sleep 302"} <= commands
@@ -210,7 +200,7 @@ async def test_a_clean_environment_child_of_a_cancelled_job_is_killed(
 
         async def both_sleeping() -> bool:
             commands = set()
-            for pid in _job_processes(work):
+            for pid in processes_in(work):
                 with contextlib.suppress(psutil.Error):
                     commands.add(" ".join(psutil.Process(pid).cmdline()))
             return {"sleep 300", "/bin/sleep 302"} <= commands
@@ -242,7 +232,7 @@ async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_kille
 
         async def both_sleeping() -> bool:
             commands = set()
-            for pid in _job_processes(work):
+            for pid in processes_in(work):
                 with contextlib.suppress(psutil.Error):
                     commands.add(" ".join(psutil.Process(pid).cmdline()))
             return {"sleep 300", "/bin/sleep 302"} <= commands

@@ -8,37 +8,19 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from conductor_contracts import events as ev
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
-from tests.integration.test_executor import NODE, _has, executor_settings, running
+from tests.integration.executor_jobs import counted_job, events_by_job, place_as_one_batch, processes_in
+from tests.integration.helpers import eventually
+from tests.integration.test_executor import _has, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
-from tests.unit.scheduling import submitted
 
 CPUS = 32
 JOBS = 32
-
-
-def _in(work: Path) -> list[int]:
-    found = []
-    for proc in psutil.process_iter(["cwd", "status"]):
-        if proc.info.get("cwd") == str(work) and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            found.append(proc.pid)
-    return found
-
-
-async def _outcomes(bus: Bus) -> dict[int, list[ev.Event]]:
-    found: dict[int, list[ev.Event]] = {}
-    for _, _, event in await read_log(bus):
-        if isinstance(event, ev.TERMINAL_JOB_EVENTS):
-            found.setdefault(event.job_id, []).append(event)
-    return found
 
 
 @pytest.mark.parametrize("kill_after_handled", [1, 4, 9])
@@ -51,45 +33,30 @@ async def test_killed_while_starting_a_batch_leaves_nothing_of_the_jobs_it_fails
     for i in range(JOBS):
         work = tmp_path / f"work-{i}"
         work.mkdir()
-        job = submitted().model_copy(
-            update={
-                "working_directory": str(work),
-                "script": f"echo run >> {tmp_path}/runs-$CONDUCTOR_JOB_ID\nsleep 4\n",
-                "time_limit_s": 60,
-                "name": "tj",
-            }
-        )
-        job_id = await bus.publish(job)
+        job_id = await bus.publish(counted_job(tmp_path, work, "sleep 4\n"))
         ids.append(job_id)
         works[job_id] = work
     executor = ExecutorProcess(settings, cpus=CPUS, memory="8G")
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        os.kill(executor.process.pid, signal.SIGSTOP)  # so that it fetches them as one batch
-        for core, job_id in enumerate(ids):
-            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(core,), memory_mb=10), by_scheduler=True)
-        os.kill(executor.process.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 20
-        while sum((settings.jobs_dir / str(j)).exists() for j in ids) < kill_after_handled:
-            assert time.monotonic() < deadline, "the executor handled too few placements"
-            await asyncio.sleep(0.0005)
+        await place_as_one_batch(bus, executor, settings, ids, handled=kill_after_handled)
     finally:
         executor.kill()
     try:
         async with running(bus, settings):
 
             async def all_ended() -> dict[int, list[ev.Event]] | None:
-                found = await _outcomes(bus)
+                found = await events_by_job(bus)
                 return found if all(job_id in found for job_id in ids) else None
 
             await eventually(all_ended, timeout=60, what="every job's outcome")
-            failed = {j for j, [o, *_] in (await _outcomes(bus)).items() if isinstance(o, ev.JobFailed)}
-            left = {j: _in(works[j]) for j in failed if _in(works[j])}
+            failed = {j for j, [o, *_] in (await events_by_job(bus)).items() if isinstance(o, ev.JobFailed)}
+            left = {j: processes_in(works[j]) for j in failed if processes_in(works[j])}
             await asyncio.sleep(1.0)  # a second outcome would come now
-            found = await _outcomes(bus)
+            found = await events_by_job(bus)
     finally:
         for work in works.values():
-            for pid in _in(work):
+            for pid in processes_in(work):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     print(f"\nNODE_FAIL: {len(failed)} of {JOBS}")

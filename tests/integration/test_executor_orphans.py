@@ -20,6 +20,7 @@ from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
+from tests.integration.executor_jobs import kill_all_in, processes_in
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
@@ -35,9 +36,7 @@ def work(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "work"
     path.mkdir()
     yield path
-    for pid in _job_processes(path):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    kill_all_in(path)
 
 
 @pytest.fixture
@@ -45,17 +44,8 @@ def settings(nats_url: str, tmp_path: Path) -> ExecutorSettings:
     return executor_settings(nats_url, tmp_path)
 
 
-def _job_processes(work: Path) -> list[int]:
-    """Every live process running in the jobs' folder (read from /proc, not from any record)."""
-    found = []
-    for proc in psutil.process_iter(["cwd", "status"]):
-        if proc.info.get("cwd") == str(work) and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            found.append(proc.pid)
-    return found
-
-
-async def _no_job_processes(work: Path) -> bool:
-    return not _job_processes(work)
+async def _noprocesses_in(work: Path) -> bool:
+    return not processes_in(work)
 
 
 async def _place(bus: Bus, work: Path) -> int:
@@ -69,7 +59,7 @@ async def _place(bus: Bus, work: Path) -> int:
 
 async def _all_running(work: Path) -> list[int] | None:
     """The supervisor, the job's bash and its two sleeps, once both sleeps run."""
-    found = _job_processes(work)
+    found = processes_in(work)
     commands = set()
     for pid in found:
         with contextlib.suppress(psutil.Error):
@@ -121,7 +111,7 @@ async def test_a_job_whose_supervisor_died_without_its_status_is_killed_at_the_r
         async with running(bus, settings):
             failed = await _outcome(bus, job_id)
             assert isinstance(failed, ev.JobFailed) and failed.node_fail and failed.exit_code is None
-            await eventually(lambda: _no_job_processes(work), what="no process of the job left")
+            await eventually(lambda: _noprocesses_in(work), what="no process of the job left")
         assert all(b.poll() is None for b in bystanders), "a process that is no job's was killed"
     finally:
         for bystander in bystanders:
@@ -147,7 +137,7 @@ async def test_a_supervisor_killed_while_the_executor_runs_leaves_nothing_of_its
             failed = await _outcome(bus, job_id)
             assert isinstance(failed, ev.JobFailed) and failed.node_fail and failed.exit_code is None
             assert "supervisor ended without recording" in failed.message
-            await eventually(lambda: _no_job_processes(work), what="no process of the job left")
+            await eventually(lambda: _noprocesses_in(work), what="no process of the job left")
             assert not any(_alive(pid) for pid in processes)
             await asyncio.sleep(0.2)
             assert all(b.poll() is None for b in bystanders), "a process that is no job's was killed"

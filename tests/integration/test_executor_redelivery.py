@@ -5,10 +5,7 @@ that takes longer than ack_wait is kept from being delivered again by in-progres
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
-from datetime import datetime
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -18,10 +15,10 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor.placements import ACK_WAIT_S, PlacementReader, ensure_consumer, filters, subscribe
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
+from tests.integration.executor_jobs import counted_job, events_by_job, place_as_one_batch
+from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, executor_settings
 from tests.integration.test_executor_restart import ExecutorProcess
-from tests.unit.scheduling import submitted
 
 CPUS = 32
 JOBS = 32
@@ -29,51 +26,16 @@ JOBS = 32
 BOUND_S = 15.0
 
 
-async def _started_at(bus: Bus) -> dict[int, list[datetime]]:
-    found: dict[int, list[datetime]] = {}
-    for _, _, event in await read_log(bus):
-        if isinstance(event, ev.JobStarted):
-            found.setdefault(event.job_id, []).append(event.occurred_at)
-    return found
-
-
-async def _outcomes(bus: Bus) -> dict[int, list[ev.Event]]:
-    found: dict[int, list[ev.Event]] = {}
-    for _, _, event in await read_log(bus):
-        if isinstance(event, ev.TERMINAL_JOB_EVENTS):
-            found.setdefault(event.job_id, []).append(event)
-    return found
-
-
 async def test_placements_fetched_by_a_killed_executor_start_soon_after_its_restart_and_once(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
     settings = executor_settings(nats_url, tmp_path, cpus=CPUS, memory="8G")
-    ids = []
-    for _ in range(JOBS):
-        job = submitted().model_copy(
-            update={
-                "working_directory": str(tmp_path),
-                "script": f"echo run >> {tmp_path}/runs-$CONDUCTOR_JOB_ID\n",
-                "time_limit_s": 60,
-                "name": "tj",
-            }
-        )
-        ids.append(await bus.publish(job))
+    ids = [await bus.publish(counted_job(tmp_path, tmp_path)) for _ in range(JOBS)]
     executor = ExecutorProcess(settings, cpus=CPUS, memory="8G")
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        # Stopped while the placements are stored, so that it fetches them as one batch; killed as
-        # soon as it has started the first: the rest of the batch is fetched and not acked.
-        os.kill(executor.process.pid, signal.SIGSTOP)
-        for core, job_id in enumerate(ids):
-            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(core,), memory_mb=10), by_scheduler=True)
-        os.kill(executor.process.pid, signal.SIGCONT)
-        first = settings.jobs_dir / str(ids[0])
-        deadline = time.monotonic() + 20
-        while not first.exists():
-            assert time.monotonic() < deadline, "the executor handled no placement"
-            await asyncio.sleep(0.001)
+        # Killed as soon as it has started the first: the rest of the batch is fetched and not acked.
+        await place_as_one_batch(bus, executor, settings, ids)
     finally:
         executor.kill()
     killed_at = time.time()
@@ -87,16 +49,16 @@ async def test_placements_fetched_by_a_killed_executor_start_soon_after_its_rest
     try:
 
         async def all_ended() -> dict[int, list[ev.Event]] | None:
-            found = await _outcomes(bus)
+            found = await events_by_job(bus)
             return found if all(job_id in found for job_id in ids) else None
 
         await eventually(all_ended, timeout=60, what="every job's outcome")
         await asyncio.sleep(1.0)  # a second start or outcome would come now
-        started = await _started_at(bus)
-        outcomes = await _outcomes(bus)
+        started = await events_by_job(bus, (ev.JobStarted,))
+        outcomes = await events_by_job(bus)
     finally:
         successor.kill()
-    delays = sorted(started[job_id][0].timestamp() - restarted_at for job_id in waiting)
+    delays = sorted(started[job_id][0].occurred_at.timestamp() - restarted_at for job_id in waiting)
     print(
         f"\n{len(waiting)} placements fetched and not acked at the kill ({info.num_ack_pending} pending); "
         f"restart {restarted_at - killed_at:.2f} s after the kill; started after the restart: "

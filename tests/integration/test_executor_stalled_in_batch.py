@@ -7,71 +7,43 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 from conductor_contracts import events as ev
 from conductor_executor.placements import ACK_WAIT_S
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
+from tests.integration.executor_jobs import counted_job, events_by_job, place_as_one_batch
+from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, executor_settings
 from tests.integration.test_executor_restart import ExecutorProcess
-from tests.unit.scheduling import submitted
 
 CPUS = 32
 JOBS = 32
-
-
-async def _by_job(bus: Bus, kinds: tuple[type[ev.Event], ...]) -> dict[int, list[ev.Event]]:
-    found: dict[int, list[ev.Event]] = {}
-    for _, _, event in await read_log(bus):
-        if isinstance(event, kinds):
-            found.setdefault(getattr(event, "job_id", 0), []).append(event)
-    return found
 
 
 async def test_an_executor_stalled_past_ack_wait_in_a_batch_starts_each_job_once(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
     settings = executor_settings(nats_url, tmp_path, cpus=CPUS, memory="8G")
-    ids = []
-    for _ in range(JOBS):
-        job = submitted().model_copy(
-            update={
-                "working_directory": str(tmp_path),
-                "script": f"echo run >> {tmp_path}/runs-$CONDUCTOR_JOB_ID\nsleep 1\n",
-                "time_limit_s": 60,
-                "name": "tj",
-            }
-        )
-        ids.append(await bus.publish(job))
+    ids = [await bus.publish(counted_job(tmp_path, tmp_path, "sleep 1\n")) for _ in range(JOBS)]
     executor = ExecutorProcess(settings, cpus=CPUS, memory="8G")
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        # Stopped while the placements are stored, so that it fetches them as one batch.
-        os.kill(executor.process.pid, signal.SIGSTOP)
-        for core, job_id in enumerate(ids):
-            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(core,), memory_mb=10), by_scheduler=True)
-        os.kill(executor.process.pid, signal.SIGCONT)
-        first = settings.jobs_dir / str(ids[0])
-        deadline = time.monotonic() + 20
-        while not first.exists():
-            assert time.monotonic() < deadline, "the executor handled no placement"
-            await asyncio.sleep(0.001)
+        await place_as_one_batch(bus, executor, settings, ids)
         os.kill(executor.process.pid, signal.SIGSTOP)
         stalled = [job_id for job_id in ids if not (settings.jobs_dir / str(job_id)).exists()]
         await asyncio.sleep(ACK_WAIT_S + 2)
         os.kill(executor.process.pid, signal.SIGCONT)
 
         async def all_ended() -> dict[int, list[ev.Event]] | None:
-            found = await _by_job(bus, ev.TERMINAL_JOB_EVENTS)
+            found = await events_by_job(bus)
             return found if all(job_id in found for job_id in ids) else None
 
         await eventually(all_ended, timeout=60, what="every job's outcome")
         await asyncio.sleep(ACK_WAIT_S + 1)  # a copy delivered again would be handled by now
         info = await bus.js.consumer_info(bus.stream, f"executor-{NODE}")
-        outcomes = await _by_job(bus, ev.TERMINAL_JOB_EVENTS)
-        started = await _by_job(bus, (ev.JobStarted,))
+        outcomes = await events_by_job(bus)
+        started = await events_by_job(bus, (ev.JobStarted,))
     finally:
         executor.kill()
     print(f"\nnot started at the stall: {len(stalled)}; redelivered: {info.num_redelivered}")
