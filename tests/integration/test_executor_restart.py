@@ -161,6 +161,25 @@ async def test_a_job_that_ended_while_no_executor_ran_is_reported_with_its_exit_
         await _one_started(bus, job_id)
 
 
+async def test_a_job_that_ended_while_no_executor_ran_never_ends_before_it_started(
+    bus: Bus, settings: ExecutorSettings, tmp_path: Path
+) -> None:
+    [job_id] = await _started_under_a_killed_executor(bus, settings, GATED.format(gate=tmp_path / "go", code=0))
+    (tmp_path / "go").touch()
+    supervisor = _supervisor(settings, job_id)
+    await eventually(lambda: _gone(supervisor), what="the job and its supervisor ended")
+    folder = _folder(settings, job_id)
+    record = sv.read_process(folder)
+    assert record is not None
+    # A status whose mtime (a coarse clock) reads before the spawn's time: a job of a few milliseconds.
+    early = record.start - 0.004
+    os.utime(folder / sv.STATUS, (early, early))
+    async with running(bus, settings):
+        completed = await _outcome(bus, job_id)
+        assert isinstance(completed, ev.JobCompleted)
+        assert completed.occurred_at == datetime.fromtimestamp(record.start, UTC)
+
+
 async def test_a_job_killed_with_its_supervisor_while_no_executor_ran_ends_node_fail(
     bus: Bus, settings: ExecutorSettings, tmp_path: Path
 ) -> None:

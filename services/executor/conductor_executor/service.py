@@ -242,7 +242,9 @@ class Executor:
             self._adopt(running.process, running.record)
         for (job_id, run), ended in stock.ended.items():
             record = ended.record
-            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended.exit.ended_at, "", run)
+            # As for a job this executor watched: the record's mtime is on a coarse clock.
+            ended_at = ended.exit.ended_at if record is None else max(ended.exit.ended_at, record.start)
+            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run)
             placed, started_at = (None, None) if record is None else (record.traceparent, record.start)
             with traces.ending(job_id, run, self.node, placed, event.type, started_at) as carried:
                 if record is not None and not record.announced:
