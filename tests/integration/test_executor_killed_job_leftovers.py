@@ -43,26 +43,32 @@ def settings(nats_url: str, tmp_path: Path) -> ExecutorSettings:
     return executor_settings(nats_url, tmp_path)
 
 
-async def _sleeps_running(work: Path) -> bool:
+SLEEPS = frozenset({"sleep 300", "sleep 301"})
+
+
+async def _sleeps_running(work: Path, sleeps: frozenset[str] = SLEEPS) -> bool:
     commands = set()
     for pid in processes_in(work):
         with contextlib.suppress(psutil.Error):
             commands.add(" ".join(psutil.Process(pid).cmdline()))
-    return {"sleep 300", "sleep 301"} <= commands
+    return sleeps <= commands
 
 
-async def _noprocesses_in(work: Path) -> bool:
+async def _nothing_in(work: Path) -> bool:
     return not processes_in(work)
 
 
-async def _started(bus: Bus, work: Path, time_limit_s: int) -> int:
+async def _started(
+    bus: Bus, work: Path, time_limit_s: int, script: str = SCRIPT, sleeps: frozenset[str] = SLEEPS
+) -> int:
+    """A job placed on the executor, once its ``sleeps`` run."""
     job = submitted().model_copy(
-        update={"working_directory": str(work), "script": SCRIPT, "time_limit_s": time_limit_s, "name": "tj"}
+        update={"working_directory": str(work), "script": script, "time_limit_s": time_limit_s, "name": "tj"}
     )
     job_id = await bus.publish(job)
     await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
     await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="job started")
-    await eventually(lambda: _sleeps_running(work), what="the job's processes")
+    await eventually(lambda: _sleeps_running(work, sleeps), what="the job's processes")
     return job_id
 
 
@@ -72,7 +78,7 @@ def _bystander(tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 async def _no_leftovers(work: Path, bystander: subprocess.Popen[bytes]) -> None:
-    await eventually(lambda: _noprocesses_in(work), timeout=5, what="no process of the killed job left")
+    await eventually(lambda: _nothing_in(work), timeout=5, what="no process of the killed job left")
     await asyncio.sleep(0.2)
     assert bystander.poll() is None, "a process that is no job's was killed"
 
@@ -147,6 +153,7 @@ async def test_a_job_killed_by_an_executor_that_died_before_its_end_leaves_no_pr
 
 # A child with a clean environment in a group of its own (bash's job control), in the job's session.
 CLEAN_CHILD = "set -m\nenv -i /bin/sleep 302 &\nset +m\nsleep 300\n"
+CLEAN_SLEEPS = frozenset({"sleep 300", "/bin/sleep 302"})
 
 
 async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_killed(
@@ -157,20 +164,7 @@ async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_kille
     bystander = _bystander(tmp_path)
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        job = submitted().model_copy(
-            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
-        )
-        job_id = await bus.publish(job)
-        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
-
-        async def both_sleeping() -> bool:
-            commands = set()
-            for pid in processes_in(work):
-                with contextlib.suppress(psutil.Error):
-                    commands.add(" ".join(psutil.Process(pid).cmdline()))
-            return {"sleep 300", "/bin/sleep 302"} <= commands
-
-        await eventually(both_sleeping, what="the job's processes")
+        job_id = await _started(bus, work, 600, CLEAN_CHILD, CLEAN_SLEEPS)
         record = sv.read_process(settings.jobs_dir / str(job_id))
         assert record is not None
         os.kill(record.pid, signal.SIGKILL)  # the supervisor: nothing records the job's end
@@ -192,20 +186,7 @@ async def test_a_clean_environment_child_of_a_cancelled_job_is_killed(
     bystander = _bystander(tmp_path)
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        job = submitted().model_copy(
-            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
-        )
-        job_id = await bus.publish(job)
-        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
-
-        async def both_sleeping() -> bool:
-            commands = set()
-            for pid in processes_in(work):
-                with contextlib.suppress(psutil.Error):
-                    commands.add(" ".join(psutil.Process(pid).cmdline()))
-            return {"sleep 300", "/bin/sleep 302"} <= commands
-
-        await eventually(both_sleeping, what="the job's processes")
+        job_id = await _started(bus, work, 600, CLEAN_CHILD, CLEAN_SLEEPS)
         await bus.publish(ev.JobCancelRequested(job_id=job_id))
         assert isinstance(await _outcome(bus, job_id), ev.JobCancelled)
         await _no_leftovers(work, bystander)
@@ -224,20 +205,7 @@ async def test_a_clean_environment_child_of_a_job_whose_supervisor_died_is_kille
     executor = ExecutorProcess(settings)
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-        job = submitted().model_copy(
-            update={"working_directory": str(work), "script": CLEAN_CHILD, "time_limit_s": 600, "name": "tj"}
-        )
-        job_id = await bus.publish(job)
-        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
-
-        async def both_sleeping() -> bool:
-            commands = set()
-            for pid in processes_in(work):
-                with contextlib.suppress(psutil.Error):
-                    commands.add(" ".join(psutil.Process(pid).cmdline()))
-            return {"sleep 300", "/bin/sleep 302"} <= commands
-
-        await eventually(both_sleeping, what="the job's processes")
+        job_id = await _started(bus, work, 600, CLEAN_CHILD, CLEAN_SLEEPS)
     finally:
         executor.kill()
     record = sv.read_process(settings.jobs_dir / str(job_id))

@@ -23,7 +23,7 @@ from conductor_platform.bus import Bus
 from tests.integration.executor_jobs import kill_all_in, processes_in
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
-from tests.integration.test_executor_restart import ExecutorProcess
+from tests.integration.test_executor_restart import ExecutorProcess, _alive, _gone
 from tests.unit.scheduling import submitted
 
 # The job's bash, a child in its group, and one that leaves its group and session (setsid).
@@ -44,7 +44,7 @@ def settings(nats_url: str, tmp_path: Path) -> ExecutorSettings:
     return executor_settings(nats_url, tmp_path)
 
 
-async def _noprocesses_in(work: Path) -> bool:
+async def _nothing_in(work: Path) -> bool:
     return not processes_in(work)
 
 
@@ -65,17 +65,6 @@ async def _all_running(work: Path) -> list[int] | None:
         with contextlib.suppress(psutil.Error):
             commands.add(" ".join(psutil.Process(pid).cmdline()))
     return found if {"sleep 300", "sleep 301"} <= commands else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-async def _gone(pid: int) -> bool:
-    return not _alive(pid)
 
 
 def _bystanders(settings: ExecutorSettings, tmp_path: Path, job_id: int) -> list[subprocess.Popen[bytes]]:
@@ -111,7 +100,7 @@ async def test_a_job_whose_supervisor_died_without_its_status_is_killed_at_the_r
         async with running(bus, settings):
             failed = await _outcome(bus, job_id)
             assert isinstance(failed, ev.JobFailed) and failed.node_fail and failed.exit_code is None
-            await eventually(lambda: _noprocesses_in(work), what="no process of the job left")
+            await eventually(lambda: _nothing_in(work), what="no process of the job left")
         assert all(b.poll() is None for b in bystanders), "a process that is no job's was killed"
     finally:
         for bystander in bystanders:
@@ -137,7 +126,7 @@ async def test_a_supervisor_killed_while_the_executor_runs_leaves_nothing_of_its
             failed = await _outcome(bus, job_id)
             assert isinstance(failed, ev.JobFailed) and failed.node_fail and failed.exit_code is None
             assert "supervisor ended without recording" in failed.message
-            await eventually(lambda: _noprocesses_in(work), what="no process of the job left")
+            await eventually(lambda: _nothing_in(work), what="no process of the job left")
             assert not any(_alive(pid) for pid in processes)
             await asyncio.sleep(0.2)
             assert all(b.poll() is None for b in bystanders), "a process that is no job's was killed"
