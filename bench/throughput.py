@@ -132,6 +132,24 @@ def rss_moved(before: dict[str, float], after: dict[str, float]) -> str:
     return ", ".join(f"{k} {before.get(k, 0.0):.0f} -> {v:.0f}" for k, v in sorted(after.items()))
 
 
+def machine_busy() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy, and available, so far (``/proc/stat``): what the
+    processes above leave out (the jobs' own processes, the kernel's work outside them) shows here."""
+    times = psutil.cpu_times()
+    # Linux: guest time is counted in user already; steal is the hypervisor's, not this machine's work.
+    busy = times.user + times.nice + times.system + times.irq + times.softirq
+    return busy, busy + times.idle + times.iowait + times.steal
+
+
+def machine_spent(before: tuple[float, float], after: tuple[float, float], jobs: int) -> str:
+    busy, available = after[0] - before[0], after[1] - before[1]
+    share = busy / available if available else 0.0
+    return (
+        f"machine CPU busy:        {busy:8.1f} s of {available:.1f} s ({share:.0%}), {busy * 1000 / jobs:.1f} ms per job"
+        "   (everything on the machine: meaningful when nothing else runs)"
+    )
+
+
 def cpu_spent(before: dict[str, float], after: dict[str, float]) -> str:
     """CPU seconds of the run alone: start-up (imports, migrations) and the ceilings measured
     before it are not counted."""
@@ -167,6 +185,7 @@ async def main() -> None:
         body = submit_body(tmp, "bench-idle" if args.submit_only else "default")
         cpu_before = cpu_by_process(up.pid, nats_server, postgres)
         rss_before = rss_by_process(up.pid, nats_server, postgres)
+        machine_before = machine_busy()
         t0 = time.perf_counter()
         submit = submit_load if args.client == "raw" else submit_aiohttp
         load = await submit(url, body, args.jobs, args.concurrency)
@@ -188,6 +207,7 @@ async def main() -> None:
             )
             print(submit_latency)
             print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_submitted))
+            print(machine_spent(machine_before, machine_busy(), len(ids)))
             print(gateway_cost)
             print(f"raw JetStream publish+ack, one at a time: {publish_ceiling:8.0f} /s")
             return
@@ -212,6 +232,7 @@ async def main() -> None:
             f"  of which placed->start: p50 {percentile(to_start, 0.5) * 1000:7.1f} ms   p99 {percentile(to_start, 0.99) * 1000:7.1f} ms"
         )
         print("CPU seconds spent, by process: " + cpu_spent(cpu_before, cpu_by_process(up.pid, nats_server, postgres)))
+        print(machine_spent(machine_before, machine_busy(), len(ids)))
         print("RSS MB before -> after the run: " + rss_moved(rss_before, rss_by_process(up.pid, nats_server, postgres)))
         print(submit_cpu)
         print(gateway_cost)
