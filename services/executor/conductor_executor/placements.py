@@ -45,8 +45,12 @@ def filters(node: str) -> list[str]:
     return [subjects.placements_for(node), subjects.subject_for(ev.NodeLost(node=node)), subjects.CANCEL_ALL]
 
 
+def durable_name(node: str) -> str:
+    return f"executor-{node}"
+
+
 async def ensure_consumer(bus: Bus, node: str) -> str:
-    durable = f"executor-{node}"
+    durable = durable_name(node)
     try:
         info = await bus.js.consumer_info(bus.stream, durable)
     except NotFoundError:

@@ -56,8 +56,9 @@ from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import open_outputs, record_files, recorded_files, upload
-from conductor_executor.placements import PlacementReader, subscribe
+from conductor_executor.placements import PlacementReader, durable_name, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
+from conductor_executor.retention import FolderSweep, Key, keep_bounded
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
@@ -585,6 +586,15 @@ class Executor:
             except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
                 log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
 
+    def held(self) -> set[Key]:
+        """The runs this executor holds (running, or starting): their folders stay."""
+        runs = {(job_id, process.run) for job_id, process in self.running.items()}
+        return runs | {(job_id, placement.run) for job_id, placement in self.placements.items()}
+
+    def owed(self) -> set[Key]:
+        """The runs the outbox still holds an event of (blocking: it lists the outbox's folder)."""
+        return {(name.job_id, name.run) for name in self.outbox.owed() if name.job_id is not None}
+
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""
         while not stop.is_set():
@@ -794,6 +804,12 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
             return
         publisher = asyncio.create_task(executor.outbox.run())
         police = asyncio.create_task(executor.police_memory(stop))
+        sweep = FolderSweep(settings.jobs_dir, settings.job_retention_s)
+        sweeping = asyncio.create_task(
+            keep_bounded(
+                sweep, bus, durable_name(settings.node), executor.held, executor.owed, settings.job_sweep_s, stop
+            )
+        )
         closed = False
         try:
             await executor.consume(sub, stop)
@@ -802,6 +818,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
             raise
         finally:
             police.cancel()
+            sweeping.cancel()
             await executor.shutdown(leave_jobs=closed)
             # On a connection closed for good nothing more goes out: no use waiting for it.
             if closed_for_good(bus):

@@ -37,6 +37,11 @@ class ExecutorSettings(CommonSettings):
     # A stop (SIGTERM, SIGINT) leaves running jobs to their supervisors, for the next start to take
     # over; set, it stops them first (``conductor up`` sets it: its Ctrl-C leaves nothing running).
     stop_jobs_on_exit: bool = False
+    # A finished job's folder (its script and records) is removed this long after its outcome, once
+    # the outcome is published and its placement acked (``retention.py``); 0: at the next sweeps.
+    job_retention_s: float = Field(default=600.0, ge=0)
+    # How often finished jobs' folders are looked for.
+    job_sweep_s: float = Field(default=60.0, gt=0)
 
     @field_validator("node", mode="before")
     @classmethod

@@ -1,0 +1,108 @@
+"""Which finished jobs' folders a sweep removes (``retention.FolderSweep``), on real folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conductor_executor import supervision as sv
+from conductor_executor.adoption import take_stock
+from conductor_executor.retention import GONE, FolderSweep, Position
+
+
+def _job(jobs: Path, job_id: int, run: int = 0, *, done: str | None = "JobCompleted", at: float = 1000.0) -> Path:
+    """A started job's folder, done (its outcome marked in its record, at ``at``) or running."""
+    folder = jobs / sv.folder_name(job_id, run)
+    folder.mkdir(parents=True)
+    (folder / "script.sh").write_text("true\n")
+    (folder / sv.STATUS).write_text("pgid 99\nexit 0\n")
+    sv.write_process(folder, sv.ProcessRecord(pid=4242, started=1.0, supervised=True, placed_seq=job_id + 1))
+    if done is not None:
+        sv.mark_done(folder, done)
+    os.utime(folder / sv.PROCESS, (at, at))
+    return folder
+
+
+def _settled_twice(sweep: FolderSweep) -> dict[str, tuple[int, int]]:
+    """What two sweeps in a row find settled, everything delivered being acked."""
+    sweep.settled(sweep.listing(), Position(delivered=50, ack_floor=50))
+    return sweep.settled(sweep.listing(), Position(delivered=50, ack_floor=50))
+
+
+def test_a_folder_is_settled_one_sweep_after_it_was_listed_once_the_acks_caught_up(tmp_path: Path) -> None:
+    sweep = FolderSweep(tmp_path, retention_s=0)
+    _job(tmp_path, 1)
+    # The first sweep knows no earlier position: nothing it lists can be known acked yet.
+    assert sweep.settled(sweep.listing(), Position(delivered=10, ack_floor=10)) == {}
+    _job(tmp_path, 2)
+    # Delivered 10 then, acked only up to 9 now: a placement may still come again.
+    assert sweep.settled(sweep.listing(), Position(delivered=12, ack_floor=9)) == {}
+    # Acked past 12, what was delivered when both were listed: job 2 too, listed before that position.
+    assert sweep.settled(sweep.listing(), Position(delivered=12, ack_floor=12)) == {"1": (1, 0), "2": (2, 0)}
+
+
+def test_a_folder_made_after_the_last_position_waits_for_the_next(tmp_path: Path) -> None:
+    sweep = FolderSweep(tmp_path, retention_s=0)
+    _job(tmp_path, 1)
+    sweep.settled(sweep.listing(), Position(delivered=5, ack_floor=5))
+    _job(tmp_path, 2)
+    assert set(sweep.settled(sweep.listing(), Position(delivered=9, ack_floor=9))) == {"1"}
+
+
+def test_only_runs_done_for_the_retention_and_not_held_expire(tmp_path: Path) -> None:
+    sweep = FolderSweep(tmp_path, retention_s=100)
+    _job(tmp_path, 1, at=1000.0)  # done 200 s before "now"
+    _job(tmp_path, 2, at=1150.0)  # done 50 s before
+    _job(tmp_path, 3, done=None, at=900.0)  # still running
+    _job(tmp_path, 4, run=2, at=1000.0)  # done, but its run is held by the executor
+    never_started = tmp_path / sv.folder_name(5, 0)  # refused before its start: only a done file
+    never_started.mkdir()
+    (never_started / sv.DONE).write_text("JobCancelled")
+    os.utime(never_started / sv.DONE, (1000.0, 1000.0))
+    expired = sweep.expired(_settled_twice(sweep), now=1200.0, busy={(4, 2)})
+    assert expired == {"1": (1, 0), "5": (5, 0)}
+
+
+def test_removal_takes_what_the_job_left_and_follows_no_link(tmp_path: Path) -> None:
+    jobs, outside = tmp_path / "jobs", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    folder = _job(jobs, 7)
+    (folder / "scratch" / "deep").mkdir(parents=True)
+    (folder / "scratch" / "deep" / "file").write_text("x")
+    (folder / "link").symlink_to(outside, target_is_directory=True)
+    (folder / "file-link").symlink_to(outside / "precious")
+    sweep = FolderSweep(jobs, retention_s=0)
+    assert sweep.remove(["7", "8"]) == 1  # 8: not there (another process removed it)
+    assert list(jobs.iterdir()) == []
+    assert (outside / "precious").read_text() == "keep me"
+
+
+def test_a_removal_cut_short_is_never_taken_for_a_job_and_is_finished_later(tmp_path: Path) -> None:
+    # What an executor killed in the middle of removing job 12's folder leaves: part of its records.
+    half = tmp_path / f"{GONE}12"
+    half.mkdir()
+    (half / sv.STATUS).write_text("pgid 99\n")
+    stock = take_stock(tmp_path, lambda job_id, run: False, grace_s=1)
+    assert not stock.running and not stock.ended and not stock.lost and not stock.orphans
+    FolderSweep(tmp_path, retention_s=0).listing()
+    assert not half.exists()
+
+
+def test_an_executor_killed_halfway_through_a_removal_reports_nothing_at_its_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _job(tmp_path, 7)
+
+    def killed_halfway(path: Path, ignore_errors: bool = False) -> None:
+        (Path(path) / sv.PROCESS).unlink()  # its record first, as a removal in directory order may
+        raise SystemExit("killed")
+
+    monkeypatch.setattr("conductor_executor.retention.shutil.rmtree", killed_halfway)
+    with pytest.raises(SystemExit):
+        FolderSweep(tmp_path, retention_s=0).remove(["7"])
+    # A job folder with a status and no record would be reported lost (NODE_FAIL) a second time.
+    stock = take_stock(tmp_path, lambda job_id, run: False, grace_s=1)
+    assert not stock.running and not stock.ended and not stock.lost and not stock.unrecorded
