@@ -29,10 +29,14 @@ class BenchSystem:
     postgres: LocalServer
     up: subprocess.Popen[bytes]
     work: Path
+    # Executors of nodes beyond ``conductor up``'s own, on this machine (``extra_executors``).
+    executors: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
 @asynccontextmanager
-async def conductor_up(node_cpus: int, memory: str = "64G") -> AsyncIterator[BenchSystem]:
+async def conductor_up(node_cpus: int, memory: str = "64G", extra_executors: int = 0) -> AsyncIterator[BenchSystem]:
+    """``extra_executors``: nodes ``bench-2``... each with an executor process of its own beside
+    ``conductor up``'s node ``bench``, each offering ``node_cpus`` CPUs."""
     with tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp:
         var = Path(tmp)
         nats_server = start_nats(var / "nats")
@@ -42,20 +46,28 @@ async def conductor_up(node_cpus: int, memory: str = "64G") -> AsyncIterator[Ben
         argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(var), "--port", str(port)]
         argv += ["--node", "bench", "--cpus", str(node_cpus), "--memory", memory]
         up = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
+        executors = []
+        for n in range(2, 2 + extra_executors):
+            node_env = env | {"CONDUCTOR_STATE_DIR": str(var / f"executor-{n}"), "CONDUCTOR_STOP_JOBS_ON_EXIT": "true"}
+            node_argv = [sys.executable, "-m", "conductor_executor", "--node", f"bench-{n}"]
+            node_argv += ["--cpus", str(node_cpus), "--memory", memory]
+            executors.append(subprocess.Popen(node_argv, env=node_env, stderr=subprocess.DEVNULL))
         url = f"http://127.0.0.1:{port}"
         try:
             async with httpx.AsyncClient(base_url=url) as client:
                 for _ in range(300):
                     try:
-                        if (await client.get("/nodes")).json()["nodes"]:
+                        if len((await client.get("/nodes")).json()["nodes"]) > extra_executors:
                             break
                     except (httpx.HTTPError, ValueError, KeyError):
                         pass
                     await asyncio.sleep(0.2)
-            yield BenchSystem(url, nats_server, postgres, up, var)
+            yield BenchSystem(url, nats_server, postgres, up, var, executors)
         finally:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
+            for process in [*executors, up]:
+                process.send_signal(signal.SIGINT)
+            for process in [*executors, up]:
+                process.wait(60)
             postgres.stop()
             nats_server.stop()
 

@@ -103,10 +103,16 @@ def _service(proc: psutil.Process) -> str:
     return next((v for k, v in _SERVICES.items() if k in " ".join(proc.cmdline())), proc.name())
 
 
+def _services(up_pid: int) -> list[psutil.Process]:
+    """``conductor up``'s children and the bench's own extra executors (``--executors``)."""
+    extra = [p for p in psutil.Process().children() if "conductor_executor" in " ".join(p.cmdline())]
+    return [*psutil.Process(up_pid).children(), *extra]
+
+
 def cpu_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
     """Where the machine's CPU went: the figure to look at before optimising."""
     spent: dict[str, float] = {}
-    for proc in psutil.Process(up_pid).children():
+    for proc in _services(up_pid):
         name = _service(proc)
         times = proc.cpu_times()
         spent[name] = spent.get(name, 0.0) + times.user + times.system  # --gateways: their sum
@@ -120,7 +126,7 @@ def cpu_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
 def rss_by_process(up_pid: int, *servers: LocalServer) -> dict[str, float]:
     """Resident memory (MB) of each service, summed over its processes (``--gateways``)."""
     rss: dict[str, float] = {}
-    for proc in psutil.Process(up_pid).children():
+    for proc in _services(up_pid):
         name = _service(proc)
         rss[name] = rss.get(name, 0.0) + proc.memory_info().rss / 2**20
     for server in servers:
@@ -164,6 +170,12 @@ async def main() -> None:
     parser.add_argument("--node-cpus", type=int, default=32)
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes (conductor up --gateways)")
     parser.add_argument(
+        "--executors",
+        type=int,
+        default=1,
+        help="nodes, each with an executor process on this machine offering --node-cpus",
+    )
+    parser.add_argument(
         "--submit-only", action="store_true", help="submit to a partition no node serves: intake alone, nothing runs"
     )
     parser.add_argument(
@@ -173,11 +185,11 @@ async def main() -> None:
 
     # conductor up reads it (--gateways); through the environment, as the harness passes it on.
     os.environ["CONDUCTOR_GATEWAYS"] = str(args.gateways)
-    async with conductor_up(args.node_cpus) as system:
+    async with conductor_up(args.node_cpus, extra_executors=args.executors - 1) as system:
         nats_server, postgres, up, url, tmp = system.nats, system.postgres, system.up, system.url, str(system.work)
         print(
             f"SCNS-Conductor benchmark: {args.jobs} jobs 'true', concurrency {args.concurrency}, "
-            f"one node offering {args.node_cpus} CPUs, {os.cpu_count()} CPUs on this machine, "
+            f"{args.executors} node(s) offering {args.node_cpus} CPUs each, {os.cpu_count()} CPUs on this machine, "
             f"{args.gateways} gateway process(es), {args.client} client{', submit only' if args.submit_only else ''}"
         )
         publish_ceiling = await raw_publish_rate(nats_server.url)
