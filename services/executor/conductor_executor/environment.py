@@ -24,10 +24,16 @@ def job_files(job_id: int, job: ev.JobSubmitted) -> JobFiles:
     return JobFiles(stdout, stderr or stdout)
 
 
+def inherited(base: Mapping[str, str]) -> dict[str, str]:
+    """What every job inherits of the executor's environment: all but its own settings."""
+    return {k: v for k, v in base.items() if not k.startswith(_PRIVATE_PREFIXES)}
+
+
 def job_environment(
     base: Mapping[str, str], job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced
 ) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if not k.startswith(_PRIVATE_PREFIXES)}
+    """``base``: what jobs inherit (``inherited``), not changed."""
+    env = inherited(base)
     env.update(job.environment)
     values = {
         "JOB_ID": str(job_id),

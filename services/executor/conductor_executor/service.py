@@ -115,6 +115,10 @@ class Executor:
         self._reruns: dict[int, int] | None = None
         # The look-ups sent ahead for the placements of the batch being handled, by (job, run).
         self._lookups: dict[tuple[int, int], asyncio.Future[tuple[bool, ev.JobSubmitted]]] = {}
+        # Computed once, not per job (os.environ decoded and a settings path built each time cost
+        # ~30 us per job): what jobs inherit is the executor's environment at its start.
+        self._jobs_dir = settings.jobs_dir
+        self._environment = envs.inherited(os.environ)
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -135,7 +139,7 @@ class Executor:
         return self._bus
 
     def folder(self, job_id: int, run: int) -> Path:
-        return self.settings.jobs_dir / sv.folder_name(job_id, run)
+        return self._jobs_dir / sv.folder_name(job_id, run)
 
     def backoff(self) -> Backoff:
         return Backoff(self.settings.retry_first_s, self.settings.retry_max_s)
@@ -488,7 +492,7 @@ class Executor:
     async def _spawn(
         self, folder: Path, job_id: int, job: ev.JobSubmitted, placement: ev.JobPlaced, files: envs.JobFiles
     ) -> JobProcess:
-        env = envs.job_environment(os.environ, job_id, job, placement)
+        env = envs.job_environment(self._environment, job_id, job, placement)
         # Last: no value of the job's own replaces it. What finds its processes without a record.
         env[sv.MARK] = sv.mark_of(folder)
         # The loop thread's own mask: the worker thread's is moved to the job's CPUs while it starts it.
@@ -580,7 +584,9 @@ class Executor:
     ) -> None:
         if not await self.outbox.keep(started, self.stop, traceparent):
             return
-        if record is not None and not record.announced:
+        # A job that has ended is about to be marked done, which says it owes nothing (one rewrite
+        # of its record fewer for a short job).
+        if record is not None and not record.announced and not process.exited.done():
             try:
                 sv.mark_announced(process.folder)
             except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same

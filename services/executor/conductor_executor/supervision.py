@@ -351,7 +351,8 @@ def mark_done(folder: Path, what: str) -> None:
     ``process.json``, so that a job's end creates no file; in a ``done`` file when there is no usable
     record to say it in (the job never started, or its record could not be written)."""
     try:
-        if _update(folder, done=what):
+        # Done owes nothing: its JobStarted, if any, went into the outbox before its outcome did.
+        if _update(folder, done=what, announced=True):
             return
     except FileNotFoundError:
         pass
