@@ -50,7 +50,9 @@ chaos: $(STAMP)
 	$(BIN)/pytest tests/chaos -q
 	$(BIN)/python -m tests.chaos.randomized --rounds 16 --jobs 400 $(CHAOS_ARGS)
 
+# Intake alone (the gateways' machine), then the whole pipeline with jobs running on the same cores.
 bench: $(STAMP)
+	$(BIN)/python bench/throughput.py --submit-only --jobs 4000
 	$(BIN)/python bench/throughput.py
 
 # The scale simulation: the real scheduler, 1,000 simulated nodes x 32 cores. SCALE_ARGS='--jobs 1000000'

@@ -11,7 +11,9 @@ the pipeline, not the core count, is what gets measured.
 
 ``--submit-only`` measures intake with the rest of the pipeline idle-ish: the jobs go to a partition
 no node serves, so nothing runs (the scheduler folds them and holds them PENDING, the projector
-writes their rows). It separates the gateway's own ceiling from the machine's.
+writes their rows). It separates the gateway's own ceiling from the machine's. ``make bench`` runs
+both: intake alone, as on a deployment whose gateways do not share their cores with jobs, then the
+whole pipeline with its jobs on the same two cores.
 """
 
 from __future__ import annotations
