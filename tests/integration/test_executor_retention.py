@@ -49,7 +49,7 @@ async def test_finished_jobs_folders_go_and_a_restart_reports_nothing_twice(
     work = tmp_path / "work"
     async with running(bus, settings):
         ids = []
-        for core in (0, 1, 0):
+        for core in (0, 1):  # one job per core: a core still held refuses a placement
             job = submitted().model_copy(update={"working_directory": str(work), "script": "true", "name": "rt"})
             job_id = await bus.publish(job)
             await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(core,), memory_mb=10), by_scheduler=True)

@@ -3,6 +3,7 @@ without one, by its command line, and killed only if it is still that job (pids 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from conductor_executor.supervision import ARGV0, MARK, mark_of, read_pgid
+from conductor_platform.retry import pause
 
 log = logging.getLogger("conductor.executor")
 
@@ -264,3 +266,35 @@ def kill_marked_job(folder: Path, floor: float | None) -> None:
     its session (``setsid``), so the group its ``status`` record names is the session's id."""
     mark, pgid = mark_of(folder), read_pgid(folder)
     kill_marked({mark: floor}, None if pgid is None else {pgid: mark})
+
+
+def kill_left_by_ended(ended: dict[Path, float]) -> None:
+    """What jobs that ended by themselves left running (``folder`` -> when its supervisor started):
+    the supervisor killed the job's group, not a child that left it (``setsid``, ``setpgid``), which
+    would run on, on cores given to other jobs. One look at ``/proc`` for all of them; the session
+    each one's ``status`` names is looked at too (a child that dropped the mark but stayed in it).
+    Blocking: it reads ``/proc``."""
+    marks: dict[str, float | None] = {}
+    known: dict[int, str] = {}
+    for folder, floor in ended.items():
+        mark = mark_of(folder)
+        marks[mark] = floor
+        with contextlib.suppress(OSError, ValueError):
+            if (pgid := read_pgid(folder)) is not None:
+                known[pgid] = mark
+    kill_marked(marks, known)
+
+
+async def sweep_ended(ended: dict[Path, float], every_s: float, stop: asyncio.Event) -> None:
+    """Every ``every_s`` until ``stop``: ``kill_left_by_ended`` for the jobs added to ``ended`` since
+    (taken out of it). A scan that fails is logged; the jobs it had are not looked at again."""
+    while not stop.is_set():
+        await pause(stop, every_s)
+        if not ended:
+            continue
+        batch = dict(ended)
+        ended.clear()
+        try:
+            await asyncio.to_thread(kill_left_by_ended, batch)
+        except Exception:
+            log.exception("looking for what ended jobs left running failed", extra={"jobs": len(batch)})

@@ -51,7 +51,7 @@ from conductor_executor import traces
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
-from conductor_executor.leftovers import kill_unrecorded, start_time
+from conductor_executor.leftovers import kill_unrecorded, start_time, sweep_ended
 from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
@@ -113,6 +113,9 @@ class Executor:
         # the first placement and kept up as folders are made: listing a folder that keeps every job
         # ever run here, for every placement, cost more per job the longer the executor ran.
         self._reruns: dict[int, int] | None = None
+        # Jobs that ended by themselves since the last look for what they left running (folder ->
+        # when the supervisor started; ``leftovers.sweep_ended``).
+        self.ended: dict[Path, float] = {}
         # The look-ups sent ahead for the placements of the batch being handled, by (job, run).
         self._lookups: dict[tuple[int, int], asyncio.Future[tuple[bool, ev.JobSubmitted]]] = {}
         # Computed once, not per job (os.environ decoded and a settings path built each time cost
@@ -556,6 +559,9 @@ class Executor:
             raise
         if queued is not None:
             await queued
+        if not outcome.reasons and outcome.exit_code is not None:
+            # Ended by itself: its group is gone, what left the group is looked for at the next sweep.
+            self.ended[process.folder] = process.start
         if self.running.get(job_id) is process:
             del self.running[job_id]
         if (held := self.placements.get(job_id)) is not None and held.run == process.run:
@@ -810,6 +816,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
             return
         publisher = asyncio.create_task(executor.outbox.run())
         police = asyncio.create_task(executor.police_memory(stop))
+        scanning = asyncio.create_task(sweep_ended(executor.ended, settings.leftover_scan_s, stop))
         sweep = FolderSweep(settings.jobs_dir, settings.job_retention_s)
         sweeping = asyncio.create_task(
             keep_bounded(
@@ -825,6 +832,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         finally:
             police.cancel()
             sweeping.cancel()
+            scanning.cancel()
             await executor.shutdown(leave_jobs=closed)
             # On a connection closed for good nothing more goes out: no use waiting for it.
             if closed_for_good(bus):

@@ -42,6 +42,9 @@ class ExecutorSettings(CommonSettings):
     job_retention_s: float = Field(default=600.0, ge=0)
     # How often finished jobs' folders are looked for.
     job_sweep_s: float = Field(default=60.0, gt=0)
+    # How often what jobs that ended by themselves left running (a ``setsid`` daemon) is looked for
+    # and killed: one look at /proc for every job that ended since.
+    leftover_scan_s: float = Field(default=5.0, gt=0)
 
     @field_validator("node", mode="before")
     @classmethod
