@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
 from conductor_executor.adoption import take_stock
-from conductor_executor.retention import GONE, FolderSweep, Position
+from conductor_executor.outbox import Outbox
+from conductor_executor.retention import GONE, FolderSweep, Position, sweep_once
+from conductor_platform.retry import Backoff
+
+
+async def _never(event: ev.Event, headers: dict[str, str]) -> None:
+    raise ConnectionError("NATS away")
 
 
 def _job(jobs: Path, job_id: int, run: int = 0, *, done: str | None = "JobCompleted", at: float = 1000.0) -> Path:
@@ -106,3 +114,36 @@ def test_an_executor_killed_halfway_through_a_removal_reports_nothing_at_its_nex
     # A job folder with a status and no record would be reported lost (NODE_FAIL) a second time.
     stock = take_stock(tmp_path, lambda job_id, run: False, grace_s=1)
     assert not stock.running and not stock.ended and not stock.lost and not stock.unrecorded
+
+
+async def test_a_folder_stays_when_the_outbox_cannot_tell_what_it_owes(tmp_path: Path) -> None:
+    """An outbox folder that cannot be listed (EMFILE, EIO...) says nothing is pending to its
+    publisher; to the sweep it must say "cannot tell": the folder of a run whose outcome may still
+    be owed (its output is uploaded from the folder's records right before) stays."""
+    jobs, outbox_dir = tmp_path / "jobs", tmp_path / "outbox"
+    _job(jobs, 7)
+    outbox = Outbox(outbox_dir, _never, Backoff(0.001, 0.002))
+    outbox.put(ev.JobCompleted(job_id=7, node="n", exit_code=0, run=0))
+    assert outbox.runs_owed() == {(7, 0)}
+    sweep, bus = FolderSweep(jobs, retention_s=0), _AllAcked()
+    assert await sweep_once(sweep, bus, "d", set, outbox.runs_owed) == 0  # type: ignore[arg-type]
+    assert await sweep_once(sweep, bus, "d", set, outbox.runs_owed) == 0  # type: ignore[arg-type]
+    outbox_dir.rename(tmp_path / "elsewhere")  # as unlistable as it gets, for a test run as root
+    assert outbox.pending() == []
+    with pytest.raises(OSError):
+        await sweep_once(sweep, bus, "d", set, outbox.runs_owed)  # type: ignore[arg-type]
+    assert (jobs / "7").exists()
+
+
+class _AllAcked:
+    """What ``sweep_once`` asks of a bus: a consumer whose every delivered placement is acked."""
+
+    stream = "S"
+
+    def __init__(self) -> None:
+        position = SimpleNamespace(delivered=SimpleNamespace(stream_seq=50), ack_floor=SimpleNamespace(stream_seq=50))
+
+        async def consumer_info(stream: str, durable: str) -> SimpleNamespace:
+            return position
+
+        self.js = SimpleNamespace(consumer_info=consumer_info)

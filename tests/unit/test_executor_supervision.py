@@ -437,3 +437,24 @@ def test_an_earlier_executors_record_is_marked_done_in_place_and_a_folder_withou
         assert sv.read_done(folder) is None
         sv.mark_done(folder, "JobCancelled")
         assert sv.read_done(folder) == "JobCancelled" and (folder / sv.DONE).read_text() == "JobCancelled"
+
+
+def test_records_a_job_replaced_in_its_folder_are_read_as_missing_never_waited_on(tmp_path: Path) -> None:
+    """A job can put anything at a record's name in its own folder ($CONDUCTOR_JOB_DIR): a FIFO (an
+    open would wait for a writer for ever), a link to /dev/zero (a read would never end)."""
+    os.mkfifo(tmp_path / sv.DONE)
+    os.mkfifo(tmp_path / sv.STATUS)
+    (tmp_path / sv.PROCESS).symlink_to("/dev/zero")
+    assert sv.read_done(tmp_path) is None
+    assert sv.read_process(tmp_path) is None
+    assert sv.read_exit(tmp_path) is None and sv.read_pgid(tmp_path) is None
+    # Marked done all the same: in a file put in place of the FIFO, the link left alone.
+    sv.mark_done(tmp_path, "JobCompleted")
+    assert sv.read_done(tmp_path) == "JobCompleted"
+    assert (tmp_path / sv.PROCESS).is_symlink()
+
+
+def test_a_fifo_in_place_of_the_process_record_is_no_record(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / sv.PROCESS)
+    sv.mark_done(tmp_path, "JobFailed")
+    assert sv.read_done(tmp_path) == "JobFailed"

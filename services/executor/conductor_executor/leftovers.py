@@ -271,18 +271,13 @@ def kill_marked_job(folder: Path, floor: float | None) -> None:
 def kill_left_by_ended(ended: dict[Path, float]) -> None:
     """What jobs that ended by themselves left running (``folder`` -> when its supervisor started):
     the supervisor killed the job's group, not a child that left it (``setsid``, ``setpgid``), which
-    would run on, on cores given to other jobs. One look at ``/proc`` for all of them; the session
-    each one's ``status`` names is looked at too (a child that dropped the mark but stayed in it).
-    Blocking: it reads ``/proc``."""
-    marks: dict[str, float | None] = {}
-    known: dict[int, str] = {}
-    for folder, floor in ended.items():
-        mark = mark_of(folder)
-        marks[mark] = floor
-        with contextlib.suppress(OSError, ValueError):
-            if (pgid := read_pgid(folder)) is not None:
-                known[pgid] = mark
-    kill_marked(marks, known)
+    would run on, on cores given to other jobs. One look at ``/proc`` for all of them: the processes
+    with a job's mark, and the members of their sessions. Not the session the job's ``status``
+    names, as a look right after a kill does: its leader, the job's bash, is gone by now, and its id
+    may have been given to another process's session since. So a child that dropped the mark and
+    left the group is found only while a marked process of the job is in its session. Blocking: it
+    reads ``/proc``."""
+    kill_marked({mark_of(folder): floor for folder, floor in ended.items()})
 
 
 async def sweep_ended(ended: dict[Path, float], every_s: float, stop: asyncio.Event) -> None:

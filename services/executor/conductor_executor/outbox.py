@@ -243,6 +243,17 @@ class Outbox:
         """What the pending files say, in order."""
         return [name for path in self.pending() if (name := parse_name(path.name)) is not None]
 
+    def runs_owed(self) -> set[tuple[int, int]]:
+        """The runs something is owed of, as (job, run). Raises OSError when the folder cannot be
+        listed, where ``pending`` says nothing is owed: for what must not take "cannot tell" for
+        "nothing" (``retention``: a folder is removed only once nothing of its run is owed)."""
+        runs = set()
+        for entry in os.listdir(self.folder):
+            name = parse_name(entry) if entry.endswith(".json") else None
+            if name is not None and name.job_id is not None and entry not in self._ignored:
+                runs.add((name.job_id, name.run))
+        return runs
+
     def discard(self, job_id: int, run: int) -> int:
         """Drop what is still owed about one run of a job (the scheduler ended that run: reporting it
         would only say something the log has already decided otherwise). How many files went. The

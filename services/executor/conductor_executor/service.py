@@ -604,8 +604,9 @@ class Executor:
         return runs | {(job_id, placement.run) for job_id, placement in self.placements.items()}
 
     def owed(self) -> set[Key]:
-        """The runs the outbox still holds an event of (blocking: it lists the outbox's folder)."""
-        return {(name.job_id, name.run) for name in self.outbox.owed() if name.job_id is not None}
+        """The runs the outbox still holds an event of (blocking: it lists the outbox's folder; raises
+        OSError when it cannot)."""
+        return self.outbox.runs_owed()
 
     async def police_memory(self, stop: asyncio.Event) -> None:
         """Sample every running job's memory; a job over its memory_per_node is killed (OUT_OF_MEMORY)."""

@@ -44,9 +44,11 @@ a folder of its own, so the records of the run the scheduler ended never stand f
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,19 +166,44 @@ def parse_status(text: str) -> tuple[int | None, int | None]:
     return pgid, code
 
 
-def _read(path: Path) -> str | None:
+# A record is a line or two; a job can put anything at a record's name in its own folder (a FIFO, a
+# link to /dev/zero, a huge file): it is read as missing, never followed, waited on or read whole.
+_RECORD_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_RECORD_MAX = 65536
+
+
+def _open_record(path: Path) -> int | None:
+    """A descriptor of the regular file at ``path``, None when there is none."""
     try:
-        return path.read_bytes().decode("ascii", "replace")
+        fd = os.open(path, _RECORD_FLAGS)
     except OSError:
         return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _read(path: Path) -> str | None:
+    fd = _open_record(path)
+    if fd is None:
+        return None
+    try:
+        return os.read(fd, _RECORD_MAX).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _read_status(folder: Path) -> tuple[str, float] | None:
     """The ``status`` record's text and its mtime, None when there is none. Read before its mtime
     is taken: a text that holds the exit line was read after the append that set that mtime."""
-    try:
-        fd = os.open(folder / STATUS, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    fd = _open_record(folder / STATUS)
+    if fd is None:
         return None
     try:
         data = os.read(fd, 4096)
@@ -327,8 +354,15 @@ def _update(folder: Path, **changes: object) -> bool:
     least as long as the old text (padded: JSON ignores spaces), never truncated first: a process
     killed meanwhile leaves the old record or the new one, never none. Read back, not taken from
     memory: it may have been rewritten since it was written. False when there is no usable record."""
-    fd = os.open(folder / PROCESS, os.O_RDWR | os.O_CLOEXEC)
     try:
+        fd = os.open(folder / PROCESS, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link the job put there: no record of ours
+            return False
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO...: no record of ours either
+            return False
         old = os.read(fd, 65536)
         record = parse_process(old.decode("ascii", "replace"))
         if record is None:
@@ -356,7 +390,11 @@ def mark_done(folder: Path, what: str) -> None:
             return
     except FileNotFoundError:
         pass
-    (folder / DONE).write_text(what)
+    # Renamed over whatever is at that name (a FIFO or a link the job made is replaced, not opened).
+    tmp = folder / f".{DONE}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(what)
+    os.replace(tmp, folder / DONE)
 
 
 def read_done(folder: Path) -> str | None:
