@@ -282,7 +282,8 @@ def kill_left_by_ended(ended: dict[Path, float]) -> None:
 
 async def sweep_ended(ended: dict[Path, float], every_s: float, stop: asyncio.Event) -> None:
     """Every ``every_s`` until ``stop``: ``kill_left_by_ended`` for the jobs added to ``ended`` since
-    (taken out of it). A scan that fails is logged; the jobs it had are not looked at again."""
+    (taken out of it). A look that fails is logged and its jobs are looked for again at the next,
+    up to ``_ENDED_KEPT`` of them: a look that always fails must not hold every job ever ended."""
     while not stop.is_set():
         await pause(stop, every_s)
         if not ended:
@@ -293,3 +294,10 @@ async def sweep_ended(ended: dict[Path, float], every_s: float, stop: asyncio.Ev
             await asyncio.to_thread(kill_left_by_ended, batch)
         except Exception:
             log.exception("looking for what ended jobs left running failed", extra={"jobs": len(batch)})
+            for folder, floor in batch.items():
+                if len(ended) >= _ENDED_KEPT:
+                    break
+                ended.setdefault(folder, floor)
+
+
+_ENDED_KEPT = 10_000

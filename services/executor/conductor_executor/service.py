@@ -254,6 +254,8 @@ class Executor:
             ended_at = ended.exit.ended_at if record is None else max(ended.exit.ended_at, record.start)
             event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run)
             placed, started_at = (None, None) if record is None else (record.traceparent, record.start)
+            if not ended.reasons and record is not None:  # what it left is looked for with the others'
+                self.ended[self.folder(job_id, run)] = record.start
             with traces.ending(job_id, run, self.node, placed, event.type, started_at) as carried:
                 if record is not None and not record.announced:
                     started = self._started(job_id, record.pid, record.start, run)

@@ -39,12 +39,12 @@ class ExecutorSettings(CommonSettings):
     stop_jobs_on_exit: bool = False
     # A finished job's folder (its script and records) is removed this long after its outcome, once
     # the outcome is published and its placement acked (``retention.py``); 0: at the next sweeps.
-    job_retention_s: float = Field(default=600.0, ge=0)
+    job_retention_s: float = Field(default=600.0, ge=0, allow_inf_nan=False)
     # How often finished jobs' folders are looked for.
-    job_sweep_s: float = Field(default=60.0, gt=0)
+    job_sweep_s: float = Field(default=60.0, ge=0.05, allow_inf_nan=False)
     # How often what jobs that ended by themselves left running (a ``setsid`` daemon) is looked for
     # and killed: one look at /proc for every job that ended since.
-    leftover_scan_s: float = Field(default=5.0, gt=0)
+    leftover_scan_s: float = Field(default=5.0, ge=0.05, allow_inf_nan=False)
 
     @field_validator("node", mode="before")
     @classmethod

@@ -281,6 +281,9 @@ class ProcessRecord:
     # What the ``done`` marker held: the type of the outcome in the outbox (or ``lost``...); None: not
     # done yet.
     done: str | None = None
+    # The record says whether the job is done (every record this executor writes does): a ``done``
+    # file beside it is then not the executor's and means nothing (the job may write in its folder).
+    tracks_done: bool = True
 
     def to_json(self) -> str:
         return json.dumps(
@@ -333,6 +336,7 @@ def parse_process(text: str) -> ProcessRecord | None:
             requeue=data.get("requeue", False) is True,
             traceparent=tracing.valid(tp) if isinstance(tp := data.get("traceparent"), str) else None,
             done=done if isinstance(done := data.get("done"), str) else None,
+            tracks_done="done" in data,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -398,9 +402,13 @@ def mark_done(folder: Path, what: str) -> None:
 
 
 def read_done(folder: Path) -> str | None:
-    """What the job's ``done`` marker says (``mark_done``), None while it is not done."""
+    """What the job's ``done`` marker says (``mark_done``), None while it is not done: its record's,
+    and a ``done`` file only where there is no record that says (a job that never started, a folder
+    of an earlier executor)."""
+    record = read_process(folder)
+    if record is not None and record.tracks_done:
+        return record.done
     text = _read(folder / DONE)
     if text is not None:
         return text
-    record = read_process(folder)
     return None if record is None else record.done
