@@ -33,7 +33,10 @@ GATED = "echo before; until [ -e {gate} ]; do sleep 0.05; done; echo after; exit
 class ExecutorProcess:
     """``python -m conductor_executor`` as a node runs it, to be killed with SIGKILL."""
 
-    def __init__(self, settings: ExecutorSettings, cpus: int = 2, memory: str = "1G") -> None:
+    def __init__(
+        self, settings: ExecutorSettings, cpus: int = 2, memory: str = "1G", more: dict[str, str] | None = None
+    ) -> None:
+        """``more``: settings of its environment beside the test's own."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUCTOR_")}
         env |= {
             "NATS_URL": settings.nats_url,
@@ -41,7 +44,7 @@ class ExecutorProcess:
             "CONDUCTOR_KILL_GRACE_S": str(settings.kill_grace_s),
             "CONDUCTOR_RETRY_FIRST_S": "0.05",
             "CONDUCTOR_RETRY_MAX_S": "0.2",
-        }
+        } | (more or {})
         argv = [sys.executable, "-m", "conductor_executor", "--node", NODE, "--cpus", str(cpus), "--memory", memory]
         self.process = subprocess.Popen(argv, env=env)
 

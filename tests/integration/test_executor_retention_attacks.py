@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from conductor_platform.localservers import free_port, start_nats
 from tests.integration.executor_jobs import counted_job, events_by_job, kill_all_in, place_as_one_batch, processes_in
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
+from tests.integration.test_executor_restart import ExecutorProcess
 from tests.unit.scheduling import submitted
 
 
@@ -109,27 +109,10 @@ while True:
 # -- kill -9 of the executor in the middle of fast sweeps ------------------------------------------
 
 
-class _FastSweepingExecutor:
+def _fast_sweeping_executor(settings: ExecutorSettings, cpus: int) -> ExecutorProcess:
     """``python -m conductor_executor`` with retention 0 and sweeps every 50 ms, to be SIGKILLed."""
-
-    def __init__(self, settings: ExecutorSettings, cpus: int) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONDUCTOR_")}
-        env |= {
-            "NATS_URL": settings.nats_url,
-            "CONDUCTOR_STATE_DIR": str(settings.state_dir),
-            "CONDUCTOR_KILL_GRACE_S": str(settings.kill_grace_s),
-            "CONDUCTOR_RETRY_FIRST_S": "0.05",
-            "CONDUCTOR_RETRY_MAX_S": "0.2",
-            "CONDUCTOR_JOB_RETENTION_S": "0",
-            "CONDUCTOR_JOB_SWEEP_S": "0.05",
-            "CONDUCTOR_LEFTOVER_SCAN_S": "0.1",
-        }
-        argv = [sys.executable, "-m", "conductor_executor", "--node", NODE, "--cpus", str(cpus), "--memory", "8G"]
-        self.process = subprocess.Popen(argv, env=env)
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
+    fast = {"CONDUCTOR_JOB_RETENTION_S": "0", "CONDUCTOR_JOB_SWEEP_S": "0.05", "CONDUCTOR_LEFTOVER_SCAN_S": "0.1"}
+    return ExecutorProcess(settings, cpus, "8G", fast)
 
 
 CPUS = 16
@@ -162,7 +145,7 @@ async def test_executor_killed_again_and_again_amid_fast_sweeps_runs_nothing_twi
     ids: list[int] = []
     try:
         for cycle in range(3):
-            executor = _FastSweepingExecutor(settings, CPUS)
+            executor = _fast_sweeping_executor(settings, CPUS)
             try:
                 if cycle == 0:
                     await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
@@ -350,11 +333,11 @@ async def test_killed_before_acking_a_batch_with_fast_sweeps_runs_nothing_twice(
         nats_url, tmp_path, cpus=CPUS, memory="8G", job_retention_s=0, job_sweep_s=0.05, leftover_scan_s=0.1
     )
     try:
-        executor = _FastSweepingExecutor(settings, CPUS)
+        executor = _fast_sweeping_executor(settings, CPUS)
         try:
             await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
             ids = [await bus.publish(counted_job(runs, work)) for _ in range(8)]
-            await place_as_one_batch(bus, executor, settings, ids, handled=handled)  # type: ignore[arg-type]
+            await place_as_one_batch(bus, executor, settings, ids, handled=handled)
         finally:
             executor.kill()
         await asyncio.sleep(1)  # what started ends while no executor runs
@@ -423,7 +406,7 @@ async def test_what_a_job_that_ended_while_no_executor_ran_left_is_killed(
     settings = executor_settings(nats_url, tmp_path, leftover_scan_s=0.1)
     script = "setsid sleep 316 &\nuntil [ -e go ]; do sleep 0.05; done\n"
     try:
-        executor = _FastSweepingExecutor(settings, 2)
+        executor = _fast_sweeping_executor(settings, 2)
         try:
             await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
             job_id = await _placed(bus, work, script, 0)
@@ -454,7 +437,7 @@ async def test_an_executor_whose_sweep_is_wedged_on_a_fifo_still_stops_on_sigter
     work = tmp_path / "work"
     work.mkdir()
     settings = executor_settings(nats_url, tmp_path)
-    executor = _FastSweepingExecutor(settings, 2)
+    executor = _fast_sweeping_executor(settings, 2)
     fifo: Path | None = None
     try:
         await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
