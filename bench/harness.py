@@ -22,6 +22,22 @@ from conductor_platform.bus import Bus, connect, next_batch, read_from
 from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
 
 
+def disk_note(path: Path) -> str:
+    """A word on the file system under ``path`` when it makes figures depend on the minutes before:
+    on ext4 without a journal every file made skips the inodes freed in the last 60-360 s
+    (docs/benchmarks.md, "This machine's disk"), so a run right after another is slower."""
+    dev = os.stat(path).st_dev
+    try:
+        uevent = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/uevent").read_text()
+    except OSError:
+        return ""
+    name = next((line.split("=", 1)[1] for line in uevent.splitlines() if line.startswith("DEVNAME=")), "")
+    journaled = any(p.name.startswith(f"{name}-") for p in Path("/proc/fs/jbd2").glob("*"))
+    if name and Path(f"/proc/fs/ext4/{name}").exists() and not journaled:
+        return "ext4 without a journal: figures drop when files were deleted in the minutes before (another run)"
+    return ""
+
+
 @dataclass
 class BenchSystem:
     url: str

@@ -26,7 +26,7 @@ import time
 import aiohttp
 import nats
 import psutil
-from harness import conductor_up, follow, percentile
+from harness import conductor_up, disk_note, follow, percentile
 from http_load import LoadResult, submit_load
 
 from conductor_platform.localservers import LocalServer
@@ -194,6 +194,8 @@ async def main() -> None:
             f"{args.executors} node(s) offering {args.node_cpus} CPUs each, {os.cpu_count()} CPUs on this machine, "
             f"{args.gateways} gateway process(es), {args.client} client{', submit only' if args.submit_only else ''}"
         )
+        if note := disk_note(system.work):
+            print(f"disk: {note}")
         publish_ceiling = await raw_publish_rate(nats_server.url)
         spawn_ceiling = 0.0 if args.submit_only else await raw_spawn_rate()
         body = submit_body(tmp, "bench-idle" if args.submit_only else "default")
