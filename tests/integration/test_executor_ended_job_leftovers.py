@@ -44,6 +44,11 @@ async def test_what_a_job_that_ended_by_itself_left_running_is_killed(bus: Bus, 
         async with running(bus, settings):
             # Another job's daemon, whose job still runs: not touched.
             running_job = await _placed(bus, elsewhere, "setsid sleep 313 &\nsleep 60\n", 1)
+
+            async def both_running() -> bool:
+                return len(processes_in(elsewhere)) >= 2
+
+            await eventually(both_running, what="the running job and its daemon")
             job_id = await _placed(bus, work, DAEMONS, 0)
             outcome = await _outcome(bus, job_id)
             assert isinstance(outcome, ev.JobCompleted) and outcome.exit_code == 0

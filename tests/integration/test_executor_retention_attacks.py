@@ -48,12 +48,10 @@ def _unblock_fifo(path: Path) -> None:
         time.sleep(0.01)
 
 
-async def test_a_job_that_leaves_a_fifo_as_done_stops_every_later_removal(
-    bus: Bus, nats_url: str, tmp_path: Path
-) -> None:
+async def test_a_job_that_leaves_a_fifo_as_done_stops_no_later_removal(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     """Job A ends after ``mkfifo $CONDUCTOR_JOB_DIR/done`` (its folder is its own to write in). Its end
-    is marked in process.json, so the FIFO stays; the retention sweep's ``read_done`` opens it and
-    blocks for ever. Job B, ending after, must still have its folder removed: it never is."""
+    is marked in process.json, so the FIFO stays; the sweep's ``read_done`` opened it and blocked for
+    ever. Job B, ending after, must still have its folder removed."""
     work = tmp_path / "work"
     work.mkdir()
     settings = executor_settings(nats_url, tmp_path, job_retention_s=0, job_sweep_s=0.1)
@@ -291,16 +289,17 @@ async def test_a_running_job_that_writes_done_in_its_folder_is_still_taken_over_
 ) -> None:
     """A job writes ``$CONDUCTOR_JOB_DIR/done`` (its folder is its own to write in; ``done`` is a
     plausible name for a job's own flag file) and runs on. The executor restarts: ``take_stock``
-    takes the file for the executor's done marker and skips the job, so nobody holds its cores or
-    will report its end; the retention sweep then removes the folder of the job that still runs,
-    and with it every record a later start could have found it by."""
+    took the file for the executor's done marker and skipped the job (nobody held its cores or would
+    report its end), and the sweep then removed the folder of a job still running. Its record, which
+    says whether it is done, now wins."""
     work = tmp_path / "work"
     work.mkdir()
     leave = executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False)
     sweeping = executor_settings(nats_url, tmp_path, job_retention_s=0, job_sweep_s=0.1)
     try:
         async with running(bus, leave):
-            job_id = await _placed(bus, work, 'echo mine > "$CONDUCTOR_JOB_DIR/done"\nsleep 4\n', 0)
+            gated = 'echo mine > "$CONDUCTOR_JOB_DIR/done"\nuntil [ -e go ]; do sleep 0.05; done\n'
+            job_id = await _placed(bus, work, gated, 0)
             await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="started")
             await eventually(
                 lambda: _value((leave.jobs_dir / str(job_id) / sv.DONE).exists()), what="the job wrote done"
@@ -309,6 +308,7 @@ async def test_a_running_job_that_writes_done_in_its_folder_is_still_taken_over_
             await asyncio.sleep(1.5)  # 15 sweeps, the job still running
             assert processes_in(work), "the job should still run"
             assert (sweeping.jobs_dir / str(job_id)).exists(), "the folder of a job still running was removed"
+            (work / "go").touch()
             outcome = await _outcome(bus, job_id)  # its end, reported
             assert isinstance(outcome, ev.JobCompleted), outcome
     finally:
@@ -428,12 +428,11 @@ async def test_what_a_job_that_ended_while_no_executor_ran_left_is_killed(
         kill_all_in(work)
 
 
-async def test_an_executor_whose_sweep_is_wedged_on_a_fifo_still_stops_on_sigterm(
+async def test_an_executor_whose_job_left_a_fifo_as_done_still_stops_on_sigterm(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
-    """D1's consequence for the process: ``asyncio.run`` waits for the default executor's threads at
-    its end, and the sweep's thread is blocked for ever on the job's FIFO: SIGTERM never ends
-    ``python -m conductor_executor`` (its supervisor, or systemd, must SIGKILL it)."""
+    """``asyncio.run`` waits for the default executor's threads at its end: a sweep's thread blocked on
+    the job's FIFO kept SIGTERM from ending ``python -m conductor_executor``."""
     work = tmp_path / "work"
     work.mkdir()
     settings = executor_settings(nats_url, tmp_path)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conductor_executor import supervision as sv
+from conductor_executor.leftovers import kill_marked
 from conductor_platform.bus import Bus
 from conductor_platform.retry import pause
 
@@ -84,24 +85,34 @@ class FolderSweep:
 
     def expired(self, folders: dict[str, Key], now: float, busy: set[Key]) -> dict[str, Key]:
         """Of ``folders``, those of runs done for at least the retention (``busy``: runs this executor
-        holds; never theirs)."""
+        holds; never theirs). A record that says whether its run is done is read only once its mtime,
+        which is at least as late as the done mark, is old enough: a sweep does not read every folder
+        of the retention's span each time."""
         found: dict[str, Key] = {}
         for name, key in folders.items():
             if key in busy:
                 continue
             folder = self.jobs_dir / name
             try:
-                if sv.read_done(folder) is None:
+                record_at = _mtime(folder / sv.PROCESS)
+                if record_at and now - record_at < self.retention_s:
                     continue
-                marked = max(_mtime(folder / sv.PROCESS), _mtime(folder / sv.DONE))
+                record = sv.read_process(folder)
+                if record is not None and record.tracks_done:
+                    done, marked = record.done, record_at
+                else:  # no record (never started), or an earlier executor's: its done file
+                    done, marked = sv.read_done(folder), max(record_at, _mtime(folder / sv.DONE))
             except OSError:
                 continue
-            if now - marked >= self.retention_s:
+            if done is not None and now - marked >= self.retention_s:
                 found[name] = key
         return found
 
     def remove(self, names: list[str]) -> int:
-        """How many of these folders went (one another process removed is not counted)."""
+        """How many of these folders went (one another process removed is not counted). What still
+        runs with one of their marks is killed first: a job that made its own records say it was done
+        (it can write in its folder) is not left running once nothing would find it any more."""
+        kill_marked({sv.mark_of(self.jobs_dir / name): None for name in names})
         removed = 0
         for name in names:
             target = self.jobs_dir / f"{GONE}{name}"

@@ -51,7 +51,7 @@ from conductor_executor import traces
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
-from conductor_executor.leftovers import kill_unrecorded, start_time, sweep_ended
+from conductor_executor.leftovers import kill_left_by_ended, kill_unrecorded, start_time, sweep_ended
 from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
@@ -777,6 +777,10 @@ async def _settle(reply: Awaitable[None]) -> None:
         log.warning("could not acknowledge a message", extra={"error": _short(err)})
 
 
+# nats-server's default ``sync_interval``: how long an acknowledged write may stay unsynced.
+_NATS_SYNC_S = 120.0
+
+
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     executor = Executor(settings, stop)
@@ -788,9 +792,23 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         executor.registration, settings.heartbeat_s, settings.node_lost_after_s, executor.liveness.fence
     )
     beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, stop))
+    # Needs no NATS: from the start, and once more at the end for the jobs that ended since the last.
+    scanning = asyncio.create_task(sweep_ended(executor.ended, settings.leftover_scan_s, stop))
+    if settings.job_retention_s < _NATS_SYNC_S:
+        log.warning(
+            "job folders kept less than nats-server's default sync interval: a crash of the NATS host "
+            "may lose acks that recent, and a placement whose folder went would run again",
+            extra={"job_retention_s": settings.job_retention_s, "sync_interval_s": _NATS_SYNC_S},
+        )
     try:
         await _run_connected(settings, executor, stop)
     finally:
+        scanning.cancel()
+        if executor.ended:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(kill_left_by_ended, dict(executor.ended)), 10)
+            except Exception:  # stopping all the same
+                log.exception("looking for what ended jobs left running failed")
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
@@ -819,7 +837,6 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
             return
         publisher = asyncio.create_task(executor.outbox.run())
         police = asyncio.create_task(executor.police_memory(stop))
-        scanning = asyncio.create_task(sweep_ended(executor.ended, settings.leftover_scan_s, stop))
         sweep = FolderSweep(settings.jobs_dir, settings.job_retention_s)
         sweeping = asyncio.create_task(
             keep_bounded(
@@ -835,7 +852,6 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         finally:
             police.cancel()
             sweeping.cancel()
-            scanning.cancel()
             await executor.shutdown(leave_jobs=closed)
             # On a connection closed for good nothing more goes out: no use waiting for it.
             if closed_for_good(bus):

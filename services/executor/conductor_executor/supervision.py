@@ -43,12 +43,15 @@ a folder of its own, so the records of the run the scheduler ended never stand f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
 import json
 import os
+import shutil
 import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,9 +258,31 @@ def read_kill(folder: Path) -> frozenset[str]:
 
 def write_kill(folder: Path, reasons: frozenset[str]) -> None:
     """Replaced whole (tmp, rename): a reader sees the old reasons or the new ones."""
-    tmp = folder / f".{KILL}.tmp"
-    tmp.write_text(" ".join(sorted(reasons)) + "\n")
-    os.replace(tmp, folder / KILL)
+    _replace_record(folder, KILL, " ".join(sorted(reasons)) + "\n")
+
+
+def _replace_record(folder: Path, name: str, text: str) -> None:
+    """``text`` in place of whatever is at ``name`` in a job's folder, which the job can write: a new
+    file of a name no one had (never a FIFO, a link or a file a job made, which an open would wait
+    on or follow), renamed over it; a folder the job made there is removed first."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+    try:
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        target = folder / name
+        try:
+            os.replace(tmp, target)
+        except OSError as err:
+            if err.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @dataclass(frozen=True)
@@ -360,10 +385,12 @@ def _update(folder: Path, **changes: object) -> bool:
     memory: it may have been rewritten since it was written. False when there is no usable record."""
     try:
         fd = os.open(folder / PROCESS, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError as err:
-        if err.errno == errno.ELOOP:  # a link the job put there: no record of ours
-            return False
+    except FileNotFoundError:
         raise
+    except OSError as err:
+        if err.errno in (errno.EIO, errno.ENOSPC, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise  # the disk or this process: tried again
+        return False  # a link, a folder, a socket the job put there: no record of ours
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO...: no record of ours either
             return False
@@ -394,11 +421,7 @@ def mark_done(folder: Path, what: str) -> None:
             return
     except FileNotFoundError:
         pass
-    # Renamed over whatever is at that name (a FIFO or a link the job made is replaced, not opened).
-    tmp = folder / f".{DONE}.tmp"
-    tmp.unlink(missing_ok=True)
-    tmp.write_text(what)
-    os.replace(tmp, folder / DONE)
+    _replace_record(folder, DONE, what)
 
 
 def read_done(folder: Path) -> str | None:

@@ -30,7 +30,7 @@ def _collect_less() -> None:
     those) it spent a third of the CPU of decoding and folding an event, walking the same long-lived
     objects (the job directory of the public subjects, the decoded events kept for the republisher)
     again and again (bench/projector.py --fold-only: 15.7 -> 10.7 us an event). What start-up made
-    is never freed: out of its sight too. Cycles are still collected, ten times fewer times.
+    is never freed: out of its sight too. Cycles are still collected, less often.
 
     A young collection comes when the objects made and not yet freed reach the first threshold. A
     rebuild keeps about two batches of events alive at once (the one applied, the one read ahead),
