@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -147,3 +149,19 @@ class _AllAcked:
             return position
 
         self.js = SimpleNamespace(consumer_info=consumer_info)
+
+
+def test_what_still_runs_with_a_folders_mark_is_killed_before_the_folder_goes(tmp_path: Path) -> None:
+    """A job can make its own records say it is done (it writes in its folder) and run on: once its
+    folder is gone nothing would find it, so what carries the folder's mark is killed first."""
+    folder = _job(tmp_path, 7)
+    marked = subprocess.Popen(["sleep", "60"], env=os.environ | {sv.MARK: sv.mark_of(folder)}, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert FolderSweep(tmp_path, retention_s=0).remove(["7"]) == 1
+        assert marked.wait(5) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        for process in (marked, bystander):
+            process.kill()
+            process.wait()
