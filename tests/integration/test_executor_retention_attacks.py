@@ -78,32 +78,6 @@ async def test_a_job_that_leaves_a_fifo_as_done_stops_no_later_removal(bus: Bus,
         kill_all_in(work)
 
 
-# A launcher that drops the mark and makes a session of its own (what no look can find, by design),
-# reaping what is orphaned under it (PID 1 here reaps nothing); it starts, with the job's mark, a
-# process that moves to a fresh child as fast as it can fork: each pid the look finds is gone when its
-# kill comes. The hopper stops by itself after 8 s, or when ``stop`` exists.
-_HOPPER = """
-import os, sys, time
-stop, ready = sys.argv[1], sys.argv[2]
-end = time.monotonic() + 8
-open(ready, "w").close()
-while not os.path.exists(stop) and time.monotonic() < end:
-    if os.fork():
-        os._exit(0)
-"""
-_LAUNCHER = """
-import ctypes, os, subprocess, sys
-ctypes.CDLL(None).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: this one reaps the hopper's every step
-mark, stop, ready, hopper = sys.argv[1:5]
-subprocess.Popen([sys.executable, hopper, stop, ready], env={"CONDUCTOR_JOB_DIR": mark})
-while True:
-    try:
-        os.wait()
-    except ChildProcessError:
-        break
-"""
-
-
 # -- kill -9 of the executor in the middle of fast sweeps ------------------------------------------
 
 
