@@ -31,6 +31,22 @@ def wait_for(probe: Callable[[], T | None], timeout: float = 60, what: str = "co
         time.sleep(0.1)
 
 
+def job_spec(work: Path, **job: Any) -> dict[str, Any]:
+    """A small job's ``job`` object working in ``work``, as a submit takes it; ``job`` overrides fields."""
+    return {
+        "name": "e2e",
+        "account": "tester",
+        "partition": "default",
+        "ntasks_per_node": 1,
+        "cpus_per_task": 1,
+        "memory_per_node": "100M",
+        "time_limit": "5",
+        "current_working_directory": str(work),
+        "standard_output": "out-%j.txt",
+        "standard_error": "err-%j.txt",
+    } | job
+
+
 class System:
     def __init__(self, process: subprocess.Popen[bytes], url: str, var: Path, work: Path) -> None:
         self.process, self.url, self.var, self.work = process, url, var, work
@@ -38,18 +54,7 @@ class System:
 
     def spec(self, **job: Any) -> dict[str, Any]:
         """A small job's ``job`` object, working in this system's folder; ``job`` overrides fields."""
-        return {
-            "name": "e2e",
-            "account": "tester",
-            "partition": "default",
-            "ntasks_per_node": 1,
-            "cpus_per_task": 1,
-            "memory_per_node": "100M",
-            "time_limit": "5",
-            "current_working_directory": str(self.work),
-            "standard_output": "out-%j.txt",
-            "standard_error": "err-%j.txt",
-        } | job
+        return job_spec(self.work, **job)
 
     def submit(self, script: str, **job: Any) -> str:
         answer = self.http.post("/jobs/submit", json={"job": self.spec(**job), "script": script})

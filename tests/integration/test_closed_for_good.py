@@ -38,7 +38,7 @@ from tests.integration import served
 from tests.integration.helpers import eventually
 from tests.integration.served import served_gateway
 from tests.integration.test_executor import _has
-from tests.system import AuthorizedNats
+from tests.system import AuthorizedNats, job_spec
 from tests.unit.scheduling import submitted
 
 NODE = "closed-node"
@@ -198,7 +198,7 @@ async def test_the_gateway_answers_503_then_ends(
         await _until(healthy, "the gateway answering", svc.process)
         nats.revoke()
         await _until(lambda: not nats.connections("conductor-gateway"), "its connection closed", svc.process)
-        body = {"job": _spec(tmp_path), "script": "true\n"}
+        body = {"job": job_spec(tmp_path, name="closed"), "script": "true\n"}
         answers = []
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(base_url=url, timeout=5) as client:
@@ -211,19 +211,6 @@ async def test_the_gateway_answers_503_then_ends(
         for status, payload in answers:
             assert status == 503 and "detail" in payload, answers
         _ended_as_it_should(svc, await _ended(svc))
-
-
-def _spec(work: Path) -> dict[str, Any]:
-    return {
-        "name": "closed",
-        "account": "tester",
-        "partition": "default",
-        "ntasks_per_node": 1,
-        "cpus_per_task": 1,
-        "memory_per_node": "100M",
-        "time_limit": "5",
-        "current_working_directory": str(work),
-    }
 
 
 async def test_a_submit_on_a_connection_closed_for_good_is_a_503_that_says_so(
@@ -241,7 +228,7 @@ async def test_a_submit_on_a_connection_closed_for_good_is_a_503_that_says_so(
     settings = GatewaySettings(nats_url=nats_url, database_url=database_url)
     monkeypatch.setattr(served, "create_app", functools.partial(gateway_app.create_app, on_closed_for_good=lost.append))
     async with served_gateway(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        body = {"job": _spec(tmp_path), "script": "true\n"}
+        body = {"job": job_spec(tmp_path, name="closed"), "script": "true\n"}
         assert (await client.post("/jobs/submit", json=body)).status_code == 200
         await made[0].nc.close()  # what nats-py does on the server's -ERR
         answer = await client.post("/jobs/submit", json=body)

@@ -10,42 +10,24 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
 from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
-from tests.integration.executor_jobs import kill_all_in, processes_in
+from tests.integration import test_executor_killed_job_leftovers as leftovers
+from tests.integration.executor_jobs import processes_in
 from tests.integration.helpers import eventually
-from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
+from tests.integration.test_executor import NODE, _has, _outcome, running
 from tests.integration.test_executor_restart import ExecutorProcess, _alive, _gone
 from tests.unit.scheduling import submitted
 
-# The job's bash, a child in its group, and one that leaves its group and session (setsid).
-SCRIPT = "setsid sleep 301 &\nsleep 300\n"
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Iterator[Path]:
-    """The jobs' working folder: a process whose cwd it is, is the job's."""
-    path = tmp_path / "work"
-    path.mkdir()
-    yield path
-    kill_all_in(path)
-
-
-@pytest.fixture
-def settings(nats_url: str, tmp_path: Path) -> ExecutorSettings:
-    return executor_settings(nats_url, tmp_path)
-
-
-async def _nothing_in(work: Path) -> bool:
-    return not processes_in(work)
+# The jobs' working folder (whose processes are killed at the end), the executor's settings and the
+# job's script: as the leftover tests have them.
+work, settings, SCRIPT, _nothing_in = leftovers.work, leftovers.settings, leftovers.SCRIPT, leftovers._nothing_in
 
 
 async def _place(bus: Bus, work: Path) -> int:
