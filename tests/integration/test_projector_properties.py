@@ -1,5 +1,6 @@
 """The read models do not depend on how the log was cut into batches, nor on batches replayed after
-a crash, also when the log holds events PostgreSQL cannot store as they are (stored altered or
+a crash, nor on the rows a projector keeps between its batches (also when another projector applies
+some of them), also when the log holds events PostgreSQL cannot store as they are (stored altered or
 dead-lettered, once): a property test against the real PostgreSQL."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from conductor_contracts import subjects
 from conductor_projector import sink
 from conductor_projector import tables as t
 from conductor_projector.operations import Undecodable
+from conductor_projector.row_cache import RowCache
 from tests.unit.scheduling import node, submitted
 
 
@@ -84,24 +86,33 @@ _OVERFLOW = [("submit", 0)] * 3 + [("place", 0)] * 8 + [("unstorable submit", 0)
 _OVERFLOW += [("place", 3), ("complete", 0)]
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(steps=steps, cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10), replay=st.integers(0, 3))
-@example(steps=_OVERFLOW, cuts=[3], replay=0)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=steps,
+    cuts=st.lists(st.integers(1, 8), min_size=1, max_size=10),
+    replay=st.integers(0, 3),
+    kept=st.integers(0, 4),
+    other=st.integers(0, 3),
+)
+@example(steps=_OVERFLOW, cuts=[3], replay=0, kept=4, other=0)
 async def test_batches_and_replays_do_not_change_the_result(
-    engine: AsyncEngine, steps: list[tuple[str, int]], cuts: list[int], replay: int
+    engine: AsyncEngine, steps: list[tuple[str, int]], cuts: list[int], replay: int, kept: int, other: int
 ) -> None:
+    """``kept``: how many rows the projector keeps between batches; every ``other``-th batch is
+    applied by another projector, which keeps none."""
     log = _log(steps)
     await sink.reset(engine)
     await sink.apply_batch(engine, "whole", log)  # the reference: everything at once, once
     expected = await _rows(engine)
 
     await sink.reset(engine)
+    rows = RowCache(kept)
     i, n = 0, 0
     while i < len(log):
         size = cuts[n % len(cuts)]
         batch = log[i : i + size]
-        await sink.apply_batch(engine, "cut", batch)
+        await sink.apply_batch(engine, "cut", batch, kept=None if other and n % other == other - 1 else rows)
         if replay and n % replay == 0:  # a crash after commit, before the position was read back
-            await sink.apply_batch(engine, "cut", log[max(0, i - size) : i + size])
+            await sink.apply_batch(engine, "cut", log[max(0, i - size) : i + size], kept=rows)
         i, n = i + size, n + 1
     assert await _rows(engine) == expected

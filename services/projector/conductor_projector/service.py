@@ -37,6 +37,7 @@ from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
+from conductor_projector.row_cache import RowCache
 from conductor_projector.settings import ProjectorSettings
 from conductor_projector.sink import Item
 
@@ -142,6 +143,7 @@ async def _follow(
     position = await archived.apply_archived(engine, bus, settings, await _position(engine, settings.consumer))
     sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
+    kept = RowCache(settings.kept_rows)
     log.info("projecting", extra={"from_seq": position + 1})
     ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings, decoder))
     try:
@@ -152,7 +154,7 @@ async def _follow(
                 continue
             try:
                 await sink.apply_batch(
-                    engine, settings.consumer, read.events, read_from=fresh_read, subjects=read.subjects
+                    engine, settings.consumer, read.events, read_from=fresh_read, subjects=read.subjects, kept=kept
                 )
             except sink.PositionMovedBack as moved:
                 # Someone rebuilds the read models: join in, from where they are. On a compacted log

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from pydantic import Field
+
 from conductor_platform.settings import CommonSettings
 
 
 class ProjectorSettings(CommonSettings):
-    # The name its position is stored under: two projectors with different names keep separate tables' cursors.
+    # The name its position is stored under. The read models have one writer: a projector of another
+    # name needs a database of its own (its batches skip reading rows its position says are not there).
     consumer: str = "projector"
     # Events per transaction at most: a catch-up or a rebuild commits this many at a time (the
     # transactions, not the events, cost the most); live, a batch holds what arrived in linger_s.
@@ -15,3 +18,6 @@ class ProjectorSettings(CommonSettings):
     # workflow and job in the subject; conductor_contracts.public), kept public_retention_s.
     public_subjects: bool = True
     public_retention_s: float = 7 * 24 * 3600.0
+    # CONDUCTOR_KEPT_ROWS: rows of unfinished jobs kept between batches (row_cache; ~2-3 KB each),
+    # which spares a live batch reading back the rows the one before it wrote. 0: none kept.
+    kept_rows: int = Field(default=10_000, ge=0, le=1_000_000)

@@ -42,6 +42,7 @@ from conductor_projector.operations import (
     to_operations,
     unstorable,
 )
+from conductor_projector.row_cache import RowCache
 
 log = logging.getLogger("conductor.projector")
 
@@ -51,11 +52,20 @@ async def position(conn: AsyncConnection, name: str) -> int:
     return int(value or 0)
 
 
-async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tuple[str, float]]:
+async def _execute(
+    conn: AsyncConnection, ops: Sequence[Operation], absent_above: int, kept: RowCache | None = None
+) -> tuple[list[tuple[str, float]], dict[int, Row]]:
     """Node registrations first (in the log they precede any placement on the node), then the job
     operations as one read of the rows they touch, one upsert of those that changed and one update
     of the nodes' allocations: a few statements a batch instead of one per event. Returns the
-    latencies of the jobs it started and ended (``operations.latencies``)."""
+    latencies of the jobs it started and ended (``operations.latencies``), and the rows of the jobs
+    it touched as they are once the transaction commits.
+
+    Rows ``kept`` from the batch before are not read again (``row_cache``). No row of a job above
+    ``absent_above`` is in the table yet, so those are not read either: a job's row is made by its
+    JobSubmitted, whose sequence is its id, and rows only ever change in the transaction that moves
+    the position past the events they fold. In a batch that is the position it starts from; event by
+    event, the sequence before the event's own."""
     for op in ops:
         match op:
             case UpsertNode():
@@ -74,9 +84,11 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tupl
     job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]
     touched = {int(op.values["job_id"]) if isinstance(op, InsertJob) else op.job_id for op in job_ops}
     if not touched:
-        return []
-    result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(touched)))
-    rows = {int(r["job_id"]): dict(r) for r in result.mappings()}
+        return [], {}
+    rows = kept.take(touched) if kept is not None else {}
+    if stored := [job_id for job_id in touched if job_id <= absent_above and job_id not in rows]:
+        result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(stored)))
+        rows.update((int(r["job_id"]), dict(r)) for r in result.mappings())
     before = {job_id: (row["start_time"], row["end_time"]) for job_id, row in rows.items()}
     changed, allocations = fold_jobs(rows, job_ops, _JOB_COLUMNS)
     if changed:
@@ -96,7 +108,7 @@ async def _execute(conn: AsyncConnection, ops: Sequence[Operation]) -> list[tupl
             ),
             moves,
         )
-    return latencies(before, rows, changed)
+    return latencies(before, rows, changed), rows
 
 
 _JOB_COLUMNS = tuple(c.name for c in t.jobs.columns)
@@ -203,6 +215,7 @@ async def apply_batch(
     *,
     read_from: int | None = None,
     subjects: Mapping[int, str] | None = None,
+    kept: RowCache | None = None,
 ) -> int:
     """Apply the events past the stored position, which only ever covers a gap-free prefix of the log;
     returns the new position. Events at or below it are skipped, so a batch read again (after a crash,
@@ -215,10 +228,11 @@ async def apply_batch(
     unstorable fields changed (and a message saying so), and any event that still fails is recorded
     in ``dead_letters`` and skipped, in the transaction that moves the position past it. Errors that
     are not an event's fault (PostgreSQL away, a bug) are raised: nothing is skipped for them.
-    ``subjects`` gives the subject of each sequence, for the dead letters."""
+    ``subjects`` gives the subject of each sequence, for the dead letters. ``kept``: the rows this
+    caller's batches wrote, which spare the next batch reading them (``row_cache``)."""
     recorded = _Recorded()
     try:
-        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, one_by_one=False)
+        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, kept, one_by_one=False)
     except Exception as err:
         if classify(err) is not Fault.DATA:
             raise
@@ -227,7 +241,7 @@ async def apply_batch(
             extra={"first_seq": batch[0][0], "last_seq": batch[-1][0], "error": printable(str(err), NOTE_CHARS)},
         )
         recorded = _Recorded()
-        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, one_by_one=True)
+        reached = await _apply(engine, name, batch, read_from, subjects or {}, recorded, kept, one_by_one=True)
     _report(name, recorded)
     return reached
 
@@ -239,9 +253,11 @@ async def _apply(
     read_from: int | None,
     subjects: Mapping[int, str],
     recorded: _Recorded,
+    kept: RowCache | None,
     *,
     one_by_one: bool,
 ) -> int:
+    staged: dict[int, Row] = {}
     async with engine.begin() as conn:
         locked = select(t.positions.c.position).where(t.positions.c.name == name).with_for_update()
         current = await conn.scalar(locked)
@@ -254,18 +270,26 @@ async def _apply(
         fresh = [(seq, item) for seq, item in batch if seq > current]
         if not fresh:
             return current
+        if kept is not None:
+            kept.align(current)
         if one_by_one:
+            if kept is not None:
+                kept.forget()  # which rows a savepoint rolled back is not worth tracking here
             for seq, item in fresh:
                 await _apply_one(conn, name, seq, item, subjects.get(seq), recorded)
         else:
             events = [(seq, item) for seq, item in fresh if not isinstance(item, Undecodable)]
-            recorded.latencies += await _execute(conn, [op for seq, event in events for op in _operations(seq, event)])
+            ops = [op for seq, event in events for op in _operations(seq, event)]
+            found, staged = await _execute(conn, ops, absent_above=current, kept=kept)
+            recorded.latencies += found
             for seq, item in fresh:
                 if isinstance(item, Undecodable):  # no need to try what could not even be read
                     await _dead_letter(conn, name, _letter(seq, item, subjects.get(seq), item.error), recorded)
         reached = max(seq for seq, _ in fresh)
         await conn.execute(update(t.positions).where(t.positions.c.name == name).values(position=reached))
-        return reached
+    if kept is not None:  # committed: what it wrote is what is stored at ``reached``
+        kept.committed(reached, staged)
+    return reached
 
 
 def _operations(seq: int, event: ev.Event) -> list[Operation]:
@@ -288,7 +312,7 @@ async def _apply_one(
         return
     try:
         async with conn.begin_nested():
-            recorded.latencies += await _execute(conn, _operations(seq, item))
+            recorded.latencies += (await _execute(conn, _operations(seq, item), absent_above=seq - 1))[0]
         return
     except Exception as err:
         if classify(err) is not Fault.DATA:
@@ -299,7 +323,7 @@ async def _apply_one(
             if (problem := unstorable(row)) is not None:
                 raise EventError(problem)
             async with conn.begin_nested():
-                recorded.latencies += await _execute(conn, [row])
+                recorded.latencies += (await _execute(conn, [row], absent_above=seq - 1))[0]
             recorded.altered.append((seq, str(row.values["message"])))
             return
         except Exception as err:
