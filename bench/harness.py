@@ -70,22 +70,38 @@ async def conductor_up(node_cpus: int, memory: str = "64G", extra_executors: int
             executors.append(subprocess.Popen(node_argv, env=node_env, stderr=subprocess.DEVNULL))
         url = f"http://127.0.0.1:{port}"
         try:
-            async with httpx.AsyncClient(base_url=url) as client:
-                for _ in range(300):
-                    try:
-                        if len((await client.get("/nodes")).json()["nodes"]) > extra_executors:
-                            break
-                    except (httpx.HTTPError, ValueError, KeyError):
-                        pass
-                    await asyncio.sleep(0.2)
+            await _until_registered(url, 1 + extra_executors, [up, *executors])
             yield BenchSystem(url, nats_server, postgres, up, var, executors)
         finally:
             for process in [*executors, up]:
                 process.send_signal(signal.SIGINT)
-            for process in [*executors, up]:
-                process.wait(60)
-            postgres.stop()
-            nats_server.stop()
+            try:
+                for process in [*executors, up]:
+                    try:
+                        process.wait(60)
+                    except subprocess.TimeoutExpired:  # stuck: its servers must still go below
+                        print(f"bench: pid {process.pid} did not stop within 60 s; killed", file=sys.stderr)
+                        process.kill()
+                        process.wait()
+            finally:
+                postgres.stop()
+                nats_server.stop()
+
+
+async def _until_registered(url: str, nodes: int, processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until the read model lists ``nodes`` nodes; raises when a process ended first or after 60 s: a
+    figure measured on fewer nodes than asked for would be printed as if it had them."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(300):
+            if ended := [p.pid for p in processes if p.poll() is not None]:
+                raise RuntimeError(f"bench: process(es) {ended} ended before {nodes} node(s) registered")
+            try:
+                if len((await client.get("/nodes")).json()["nodes"]) >= nodes:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"bench: {nodes} node(s) did not all register within 60 s")
 
 
 @dataclass
