@@ -165,3 +165,19 @@ def test_what_still_runs_with_a_folders_mark_is_killed_before_the_folder_goes(tm
         for process in (marked, bystander):
             process.kill()
             process.wait()
+
+
+def test_a_folder_that_cannot_be_removed_whole_is_retried_and_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As root nothing a job does stops the removal; a removal that leaves the folder stands for it.
+    (tmp_path / f"{GONE}7").mkdir()
+    sweep = FolderSweep(tmp_path, retention_s=0)
+    with monkeypatch.context() as patched:
+        patched.setattr("conductor_executor.retention.shutil.rmtree", lambda path, ignore_errors: None)
+        for _ in range(3):
+            assert sweep.listing() == {}
+    warned = [r for r in caplog.records if "could not be removed whole" in r.getMessage()]
+    assert len(warned) == 1
+    assert sweep.listing() == {}  # the real removal, at a later sweep
+    assert not (tmp_path / f"{GONE}7").exists()

@@ -61,13 +61,15 @@ class FolderSweep:
         # The job folders there were when the position was last read, and what it said was delivered.
         self._listed: dict[str, Key] = {}
         self._delivered: int | None = None
+        # ``.gone-`` folders already reported as not removable whole: warned about once, not per sweep.
+        self._stuck: set[str] = set()
 
     def listing(self) -> dict[str, Key]:
         """The job folders there are now, by name; what a removal cut short is removed on the way."""
         found: dict[str, Key] = {}
         for path in self.jobs_dir.iterdir():
             if path.name.startswith(GONE):
-                _remove(path)
+                self._remove(path)
                 continue
             key = sv.parse_folder_name(path.name)
             if key is not None:
@@ -108,6 +110,17 @@ class FolderSweep:
                 found[name] = key
         return found
 
+    def _remove(self, path: Path) -> None:
+        """Tried again at every sweep; the operator is told once per folder."""
+        if _removed(path):
+            self._stuck.discard(path.name)
+        elif path.name not in self._stuck:
+            self._stuck.add(path.name)
+            log.warning(
+                "a finished job's folder could not be removed whole; it is tried again at every sweep",
+                extra={"folder": str(path)},
+            )
+
     def remove(self, names: list[str]) -> int:
         """How many of these folders went (one another process removed is not counted). What still
         runs with one of their marks is killed first: a job that made its own records say it was done
@@ -122,7 +135,7 @@ class FolderSweep:
                 if not isinstance(err, FileNotFoundError):
                     log.warning("could not remove a finished job's folder", extra={"folder": name, "error": str(err)})
                 continue
-            _remove(target)
+            self._remove(target)
             removed += 1
         return removed
 
@@ -134,11 +147,12 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _remove(path: Path) -> None:
-    """Whatever the job left in its folder too; links are removed, never followed. What cannot be
-    removed (a job's file made read-only in a folder of its own...) stays under its ``.gone-`` name
-    and is tried again at the next sweep."""
+def _removed(path: Path) -> bool:
+    """Whatever the job left in its folder too; links are removed, never followed. False when some
+    of it could not be (a job's file in a folder of its own it made read-only, for an executor that
+    is not root): that stays under its ``.gone-`` name."""
     shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
 
 
 async def keep_bounded(
