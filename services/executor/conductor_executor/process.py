@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from conductor_executor import supervision as sv
+from conductor_executor.affinity import move_thread
 from conductor_executor.leftovers import kill_job_leftovers, kill_marked_job
 
 log = logging.getLogger("conductor.executor")
@@ -219,11 +220,12 @@ def start_supervisor(
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
     # fork() of this process, where without one CPython starts the job with the cheaper vfork(). In a
-    # worker thread, the thread that moves to the job's CPUs is not the event loop's.
+    # worker thread, the thread that moves to the job's CPUs is not the event loop's, and the move
+    # does not hold the GIL (``affinity``).
     previous = os.sched_getaffinity(0)
     if cpus:
         with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
+            move_thread(cpus)
     try:
         process = subprocess.Popen(
             ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid],
@@ -236,7 +238,7 @@ def start_supervisor(
         )
     finally:
         if cpus:
-            os.sched_setaffinity(0, previous)
+            move_thread(previous)
     return process, time.time()
 
 

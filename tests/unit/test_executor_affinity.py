@@ -1,0 +1,68 @@
+"""A job is pinned to its CPUs from its first instruction, by the thread that starts it, which then
+returns to where it was; a CPU the machine does not have is refused as ``os.sched_setaffinity``
+refuses it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conductor_executor import supervision as sv
+from conductor_executor.affinity import move_thread
+from conductor_executor.process import start_supervisor
+
+
+def _allowed(status: str) -> set[int]:
+    line = next(line for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+    cpus: set[int] = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def test_the_calling_thread_and_what_it_starts_run_on_the_cpus_given() -> None:
+    machine = sorted(os.sched_getaffinity(0))
+    seen: dict[str, object] = {}
+
+    def in_a_thread() -> None:
+        move_thread({machine[-1]})
+        seen["thread"] = os.sched_getaffinity(0)
+        seen["child"] = _allowed(subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout)
+        move_thread(machine)
+        seen["back"] = os.sched_getaffinity(0)
+
+    before = os.sched_getaffinity(0)
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+    assert seen == {"thread": {machine[-1]}, "child": {machine[-1]}, "back": set(machine)}
+    assert os.sched_getaffinity(0) == before  # another thread's move is not this one's
+
+
+def test_a_cpu_the_machine_does_not_have_is_refused() -> None:
+    with pytest.raises(OSError) as raised:
+        move_thread({4095})
+    assert raised.value.errno == 22  # EINVAL, as os.sched_setaffinity
+    with pytest.raises(ValueError):  # as os.sched_setaffinity
+        move_thread({-1})
+
+
+def test_a_job_starts_on_its_cpus_and_its_starter_goes_back(tmp_path: Path) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    script = tmp_path / "script.sh"
+    script.write_text("cat /proc/self/status\n")
+    out = tmp_path / "out"
+    before = os.sched_getaffinity(0)
+    with out.open("wb") as stdout:
+        fd = stdout.fileno()
+        child, _ = start_supervisor(script, str(tmp_path), {"PATH": os.defpath}, fd, fd, {cpu})
+    assert child.wait(10) == 0
+    assert _allowed(out.read_text()) == {cpu}
+    recorded = sv.read_exit(tmp_path)
+    assert recorded is not None and recorded.code == 0
+    assert os.sched_getaffinity(0) == before
