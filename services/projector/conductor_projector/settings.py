@@ -7,7 +7,7 @@ from conductor_platform.settings import CommonSettings
 
 class ProjectorSettings(CommonSettings):
     # The name its position is stored under. The read models have one writer: a projector of another
-    # name needs a database of its own (its batches skip reading rows its position says are not there).
+    # name on the same database makes both read back every row they touch (sink._apply).
     consumer: str = "projector"
     # Events per transaction at most: a catch-up or a rebuild commits this many at a time (the
     # transactions, not the events, cost the most); live, a batch holds what arrived in linger_s.

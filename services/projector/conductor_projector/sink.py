@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import BigInteger, bindparam, case, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import StatementError
@@ -53,7 +53,7 @@ async def position(conn: AsyncConnection, name: str) -> int:
 
 
 async def _execute(
-    conn: AsyncConnection, ops: Sequence[Operation], absent_above: int, kept: RowCache | None = None
+    conn: AsyncConnection, ops: Sequence[Operation], absent_above: int | None, kept: RowCache | None = None
 ) -> tuple[list[tuple[str, float]], dict[int, Row]]:
     """Node registrations first (in the log they precede any placement on the node), then the job
     operations as one read of the rows they touch, one upsert of those that changed and one update
@@ -65,7 +65,7 @@ async def _execute(
     ``absent_above`` is in the table yet, so those are not read either: a job's row is made by its
     JobSubmitted, whose sequence is its id, and rows only ever change in the transaction that moves
     the position past the events they fold. In a batch that is the position it starts from; event by
-    event, the sequence before the event's own."""
+    event, the sequence before the event's own; None when another projector writes the tables."""
     for op in ops:
         match op:
             case UpsertNode():
@@ -86,6 +86,8 @@ async def _execute(
     if not touched:
         return [], {}
     rows = kept.take(touched) if kept is not None else {}
+    if absent_above is None:
+        absent_above = max(touched)
     if stored := [job_id for job_id in touched if job_id <= absent_above and job_id not in rows]:
         result = await conn.execute(select(t.jobs).where(t.jobs.c.job_id.in_(stored)))
         rows.update((int(r["job_id"]), dict(r)) for r in result.mappings())
@@ -259,37 +261,55 @@ async def _apply(
 ) -> int:
     staged: dict[int, Row] = {}
     async with engine.begin() as conn:
-        locked = select(t.positions.c.position).where(t.positions.c.name == name).with_for_update()
-        current = await conn.scalar(locked)
-        if current is None:  # the first batch ever (or of a rebuild): the row to lock, then lock it
+        stored = await _lock_positions(conn)
+        if name not in stored:  # the first batch ever (or of a rebuild): the row to lock, then lock it
             await conn.execute(insert(t.positions).values(name=name, position=0).on_conflict_do_nothing())
-            current = await conn.scalar(locked)
-        current = int(current or 0)
+            stored = await _lock_positions(conn)
+        current, version = stored[name]
         if batch and batch[0][0] > current + 1 and read_from != current + 1:
             raise PositionMovedBack(current)
         fresh = [(seq, item) for seq, item in batch if seq > current]
         if not fresh:
             return current
+        # Another name's projector writes these tables too (not a set-up we make; decisions.md):
+        # its rows are beyond what this position says, so every row touched is read, as before.
+        alone = len(stored) == 1
         if kept is not None:
-            kept.align(current)
-        if one_by_one:
-            if kept is not None:
+            kept.align(current, version)
+            if one_by_one or not alone:
                 kept.forget()  # which rows a savepoint rolled back is not worth tracking here
+                kept = None
+        if one_by_one:
             for seq, item in fresh:
-                await _apply_one(conn, name, seq, item, subjects.get(seq), recorded)
+                await _apply_one(conn, name, seq, item, subjects.get(seq), recorded, alone=alone)
         else:
             events = [(seq, item) for seq, item in fresh if not isinstance(item, Undecodable)]
             ops = [op for seq, event in events for op in _operations(seq, event)]
-            found, staged = await _execute(conn, ops, absent_above=current, kept=kept)
+            found, staged = await _execute(conn, ops, absent_above=current if alone else None, kept=kept)
             recorded.latencies += found
             for seq, item in fresh:
                 if isinstance(item, Undecodable):  # no need to try what could not even be read
                     await _dead_letter(conn, name, _letter(seq, item, subjects.get(seq), item.error), recorded)
         reached = max(seq for seq, _ in fresh)
-        await conn.execute(update(t.positions).where(t.positions.c.name == name).values(position=reached))
+        moved = update(t.positions).where(t.positions.c.name == name).values(position=reached)
+        written = int((await conn.execute(moved.returning(_VERSION))).scalar_one())
     if kept is not None:  # committed: what it wrote is what is stored at ``reached``
-        kept.committed(reached, staged)
+        kept.committed(reached, written, staged)
     return reached
+
+
+# The positions row's version: the id of the transaction that last wrote it (PostgreSQL's ``xmin``),
+# which a lock does not change. Equal to the one this projector's last commit wrote: nobody else
+# moved it since, not even a rebuild that deleted it and caught up to the same sequence again.
+_VERSION = literal_column("xmin", BigInteger).label("version")
+
+
+async def _lock_positions(conn: AsyncConnection) -> dict[str, tuple[int, int]]:
+    """Every projector's position and its row's version, locked: projectors of different names
+    (which should not share a database) apply their batches one at a time."""
+    p = t.positions.c
+    result = await conn.execute(select(p.name, p.position, _VERSION).with_for_update())
+    return {str(name): (int(position or 0), int(version)) for name, position, version in result}
 
 
 def _operations(seq: int, event: ev.Event) -> list[Operation]:
@@ -305,14 +325,14 @@ def _operations(seq: int, event: ev.Event) -> list[Operation]:
 
 
 async def _apply_one(
-    conn: AsyncConnection, name: str, seq: int, item: Item, subject: str | None, recorded: _Recorded
+    conn: AsyncConnection, name: str, seq: int, item: Item, subject: str | None, recorded: _Recorded, *, alone: bool
 ) -> None:
     if isinstance(item, Undecodable):
         await _dead_letter(conn, name, _letter(seq, item, subject, item.error), recorded)
         return
     try:
         async with conn.begin_nested():
-            recorded.latencies += (await _execute(conn, _operations(seq, item), absent_above=seq - 1))[0]
+            recorded.latencies += (await _execute(conn, _operations(seq, item), seq - 1 if alone else None))[0]
         return
     except Exception as err:
         if classify(err) is not Fault.DATA:
@@ -323,7 +343,7 @@ async def _apply_one(
             if (problem := unstorable(row)) is not None:
                 raise EventError(problem)
             async with conn.begin_nested():
-                recorded.latencies += (await _execute(conn, [row], absent_above=seq - 1))[0]
+                recorded.latencies += (await _execute(conn, [row], seq - 1 if alone else None))[0]
             recorded.altered.append((seq, str(row.values["message"])))
             return
         except Exception as err:
