@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -62,8 +62,10 @@ async def _reference(engine: AsyncEngine, log: Log) -> dict[str, list[Any]]:
 
 
 @contextmanager
-def _killed_mid_batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The next batch's connection is terminated by PostgreSQL after its writes, before its commit."""
+def _after_the_next_writes(
+    monkeypatch: pytest.MonkeyPatch, failure: Callable[[AsyncConnection], Awaitable[object]]
+) -> Iterator[None]:
+    """``failure`` strikes once the next batch has written its rows, before its commit."""
     real = sink._execute
     calls = 0
 
@@ -72,12 +74,19 @@ def _killed_mid_batch(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         result = await real(conn, *args, **kwargs)
         calls += 1
         if calls == 1:
-            await conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+            await failure(conn)
         return result
 
     with monkeypatch.context() as m:
         m.setattr(sink, "_execute", execute)
         yield
+
+
+def _killed_mid_batch(monkeypatch: pytest.MonkeyPatch) -> contextlib.AbstractContextManager[None]:
+    """The next batch's connection is terminated by PostgreSQL after its writes, before its commit."""
+    return _after_the_next_writes(
+        monkeypatch, lambda conn: conn.exec_driver_sql("SELECT pg_terminate_backend(pg_backend_pid())")
+    )
 
 
 @contextmanager
@@ -393,11 +402,12 @@ async def _run_schedule(
             elif action == "replay":
                 await apply(log[max(0, i - 2 * size) : i + size])
             elif action in ("killed", "landed", "lost"):
-                injected = {
+                failures: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
                     "killed": lambda: _killed_mid_batch(monkeypatch),
                     "landed": lambda: _commit_fails(engine, monkeypatch, landed=True),
                     "lost": lambda: _commit_fails(engine, monkeypatch, landed=False),
-                }[action]()
+                }
+                injected = failures[action]()
                 with injected, contextlib.suppress(Exception):  # a PositionMovedBack comes again below
                     await apply()
                 await apply()  # the same batch again, with the same kept rows
@@ -451,22 +461,13 @@ async def test_any_schedule_of_failures_replays_and_rebuilds_gives_the_whole_log
 # PostgreSQL itself stopped in the middle of a batch, and started again.
 
 
-@contextmanager
-def _server_stopped_mid_batch(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    real = sink._execute
-    calls = 0
+def _server_stopped_mid_batch(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> contextlib.AbstractContextManager[None]:
+    async def stop(conn: AsyncConnection) -> None:
+        server.stop()  # a fast shutdown: the transaction is rolled back
 
-    async def execute(conn: AsyncConnection, *args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        result = await real(conn, *args, **kwargs)
-        calls += 1
-        if calls == 1:
-            server.stop()  # a fast shutdown: the transaction is rolled back
-        return result
-
-    with monkeypatch.context() as m:
-        m.setattr(sink, "_execute", execute)
-        yield
+    return _after_the_next_writes(monkeypatch, stop)
 
 
 async def test_postgresql_restarted_in_the_middle_of_a_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
