@@ -17,10 +17,14 @@ _WORD_BITS = ctypes.sizeof(ctypes.c_ulong) * 8
 
 def _libc_setaffinity() -> Callable[..., int] | None:
     try:
-        function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).sched_setaffinity
+        function = ctypes.CDLL(None, use_errno=True).sched_setaffinity
     except (OSError, AttributeError):  # not glibc or musl: os.sched_setaffinity, with the GIL held
         return None
-    return function
+    # Declared: a size passed as a C int would leave the upper half of its register undefined (ARM64).
+    function.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ulong))
+    function.restype = ctypes.c_int
+    setaffinity: Callable[..., int] = function
+    return setaffinity
 
 
 _SETAFFINITY = _libc_setaffinity()
