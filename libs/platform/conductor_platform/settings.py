@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import sys
+from typing import Any, TypeVar
+
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
+    """``cls`` from the environment (and ``overrides``); a value that does not hold ends the process
+    with what is wrong, by setting, and no traceback."""
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        sys.exit(f"{program}: {err}")
 
 
 class CommonSettings(BaseSettings):

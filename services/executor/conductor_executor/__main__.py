@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
-
-from pydantic import ValidationError
 
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
+from conductor_platform.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,10 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     if "partitions" in overrides:
         overrides["partitions"] = [p.strip() for p in overrides["partitions"].split(",") if p.strip()]
-    try:
-        settings = ExecutorSettings(**overrides)
-    except ValidationError as err:
-        sys.exit(f"conductor executor: {err}")
+    settings = load_settings(ExecutorSettings, "conductor executor", **overrides)
     logs.setup("executor", settings.log_level)
     tracing.setup("executor")
     metrics.serve("executor", settings.metrics_port)

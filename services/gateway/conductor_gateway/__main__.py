@@ -13,6 +13,7 @@ from conductor_gateway.app import create_app
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed, metrics, tracing
 from conductor_platform import logging as logs
+from conductor_platform.settings import load_settings
 
 
 def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -32,7 +33,7 @@ def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = GatewaySettings()
+    settings = load_settings(GatewaySettings, "conductor gateway")
     logs.setup("gateway", settings.log_level)
     tracing.setup("gateway")
     metrics.serve("gateway", settings.metrics_port, settings.host)

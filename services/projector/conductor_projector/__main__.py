@@ -8,6 +8,7 @@ import gc
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
+from conductor_platform.settings import load_settings
 from conductor_projector.service import run
 from conductor_projector.settings import ProjectorSettings
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="conductor projector", description="Fold the log into the read models.")
     parser.add_argument("--rebuild", action="store_true", help="drop the read models and replay the whole log")
     args = parser.parse_args(argv)
-    settings = ProjectorSettings()
+    settings = load_settings(ProjectorSettings, "conductor projector")
     logs.setup("projector", settings.log_level)
     tracing.setup("projector")
     metrics.serve("projector", settings.metrics_port)

@@ -7,6 +7,7 @@ import asyncio
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
+from conductor_platform.settings import load_settings
 from conductor_scheduler import memtrace
 from conductor_scheduler.service import run
 from conductor_scheduler.settings import SchedulerSettings
@@ -14,7 +15,7 @@ from conductor_scheduler.settings import SchedulerSettings
 
 def main(argv: list[str] | None = None) -> None:
     memtrace.start()  # a debugging aid, off unless asked for
-    settings = SchedulerSettings()
+    settings = load_settings(SchedulerSettings, "conductor scheduler")
     logs.setup("scheduler", settings.log_level)
     tracing.setup("scheduler")
     metrics.serve("scheduler", settings.metrics_port)

@@ -80,13 +80,15 @@ def _duration(text: str) -> float:
 
 def _compact(argv: list[str]) -> None:
     from conductor.compact import run
+    from conductor_platform.settings import load_settings
     from conductor_projector.settings import ProjectorSettings
 
     parser = argparse.ArgumentParser(
         prog="conductor compact",
         description="Move the log's oldest events, those no reader needs any longer, into an archive.",
     )
-    settings = ProjectorSettings()  # NATS_URL, DATABASE_URL, the archive and whether the public subjects are on
+    # NATS_URL, DATABASE_URL, the archive and whether the public subjects are on
+    settings = load_settings(ProjectorSettings, "conductor compact")
     parser.add_argument(
         "--archive",
         default=settings.archive_dir,
