@@ -87,7 +87,8 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _job(i: int) -> ev.JobSubmitted:
+def submission(i: int) -> ev.JobSubmitted:
+    """A trivial job's submission, its name and account varied by ``i`` (other benches use it too)."""
     return ev.JobSubmitted(
         name=f"bench-{i % 100}", account=f"acct{i % 10}", partition="default", ntasks_per_node=1, cpus_per_task=1,
         cpus=1, memory_mb=1, time_limit_s=60, working_directory="/tmp", standard_output="", standard_error=None,
@@ -97,7 +98,7 @@ def _job(i: int) -> ev.JobSubmitted:
 
 def _job_events(i: int, job: int) -> list[tuple[ev.Event, bool]]:
     """One finished job's events, and whether the scheduler wrote each (its subject says so)."""
-    out: list[tuple[ev.Event, bool]] = [(_job(i), False)]
+    out: list[tuple[ev.Event, bool]] = [(submission(i), False)]
     if i % 2:  # a queued job: told it waits on its priority, then on resources
         out.append((ev.JobReasonChanged(job_id=job, reason=PendingReason.PRIORITY.value), True))
         out.append((ev.JobReasonChanged(job_id=job, reason=PendingReason.RESOURCES.value), True))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from projector import submission
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import events as ev
@@ -29,24 +30,6 @@ from conductor_platform.localservers import start_postgres
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate, sink
 from conductor_projector.row_cache import RowCache
-
-
-def _submitted() -> ev.JobSubmitted:
-    return ev.JobSubmitted(
-        name="bench",
-        account="bench",
-        partition="default",
-        ntasks_per_node=1,
-        cpus_per_task=1,
-        cpus=1,
-        memory_mb=100,
-        time_limit_s=60,
-        working_directory="/tmp",
-        standard_output="",
-        standard_error="",
-        environment={},
-        script="true",
-    )
 
 
 def live_log(jobs: int, lag: int) -> list[tuple[int, sink.Item]]:
@@ -59,7 +42,7 @@ def live_log(jobs: int, lag: int) -> list[tuple[int, sink.Item]]:
     )
     for i in range(jobs + 3 * lag):
         if i < jobs:
-            log.append(_submitted())
+            log.append(submission(i))
             job_ids.append(len(log))
         for behind, make in steps:
             if 0 <= i - behind < jobs:
