@@ -93,3 +93,16 @@ def test_conductor_up_gives_each_service_a_port_or_the_one_asked_for() -> None:
     assert all(1 <= port <= 65535 for port in ports.values())
     with pytest.raises(ValueError, match="CONDUCTOR_GATEWAY_METRICS_PORT must be a port number"):
         metrics_ports({"CONDUCTOR_GATEWAY_METRICS_PORT": "http"})
+
+
+def test_conductor_up_refuses_one_metrics_port_for_two_services_or_for_the_gateway() -> None:
+    with pytest.raises(ValueError, match="CONDUCTOR_PROJECTOR_METRICS_PORT=9101 is already CONDUCTOR_SCHEDULER"):
+        metrics_ports({"CONDUCTOR_SCHEDULER_METRICS_PORT": "9101", "CONDUCTOR_PROJECTOR_METRICS_PORT": "9101"})
+    with pytest.raises(ValueError, match="is already the gateway's HTTP port"):
+        metrics_ports({"CONDUCTOR_EXECUTOR_METRICS_PORT": "8000"}, http_port=8000)
+
+
+def test_chosen_metrics_ports_differ_from_each_other_and_from_the_fixed_ones() -> None:
+    for _ in range(300):  # the kernel's own choices repeated often enough to fail this without care
+        ports = metrics_ports({"CONDUCTOR_SCHEDULER_METRICS_PORT": "9101"}, http_port=8000)
+        assert len(set(ports.values()) | {8000}) == len(SERVICES) + 1

@@ -3,6 +3,7 @@ not start (real short-lived processes stand in for the servers)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from conductor.cli import main
 from conductor.supervisor import Backoff, ManagedServer, Supervisor, UpOptions, describe_exit, nats_sync_interval
-from conductor_platform.localservers import LocalServer
+from conductor_platform.localservers import LocalServer, free_port
 
 
 def test_backoff_doubles_while_it_keeps_dying_quickly_up_to_the_cap() -> None:
@@ -162,4 +163,19 @@ def test_sync_with_an_external_nats_is_refused_before_anything_starts(
     supervisor = Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[], nats_sync="always"))
     assert supervisor.run() == 2
     assert "set sync_interval in that server's configuration" in caplog.text
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_metrics_port_in_use_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("CONDUCTOR_PORT", str(free_port()))
+        monkeypatch.setenv("CONDUCTOR_SCHEDULER_METRICS_PORT", str(port))
+        supervisor = Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[]))
+        assert supervisor.run() == 1
+    assert f"CONDUCTOR_SCHEDULER_METRICS_PORT={port} is in use" in caplog.text
     assert not (tmp_path / "var").exists()

