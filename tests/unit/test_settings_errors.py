@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from conductor_platform.settings import EXIT_BAD_SETTING
+
 
 @pytest.mark.parametrize(
     ("module", "program"),
@@ -22,7 +24,7 @@ import pytest
 def test_a_bad_setting_is_told_by_name_without_a_traceback(module: str, program: str) -> None:
     env = os.environ | {"CONDUCTOR_RETRY_MAX_S": "-3", "CONDUCTOR_KEPT_ROWS": "many"}
     done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
+    assert done.returncode == EXIT_BAD_SETTING
     assert done.stderr.startswith(f"{program}: ")
     assert "retry_max_s" in done.stderr and "greater than 0" in done.stderr
     assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, TypeVar
 
@@ -11,13 +12,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 S = TypeVar("S", bound=BaseSettings)
 
 
+# sysexits' EX_CONFIG, how a service tells its supervisor that starting it again cannot help:
+# `conductor up` then stops, instead of restarting it with back-off for as long as it runs.
+EXIT_BAD_SETTING = os.EX_CONFIG
+
+
 def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
     """``cls`` from the environment (and ``overrides``); a value that does not hold ends the process
-    with what is wrong, by setting, and no traceback."""
+    with what is wrong, by setting, and no traceback (exit code ``EXIT_BAD_SETTING``)."""
     try:
         return cls(**overrides)
     except ValidationError as err:
-        sys.exit(f"{program}: {err}")
+        print(f"{program}: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTING)
 
 
 class CommonSettings(BaseSettings):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conductor_platform import localservers
+from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_projector import migrate
 
 log = logging.getLogger("conductor.supervisor")
@@ -205,6 +206,7 @@ class Supervisor:
         # The gateway's and the metrics ports, chosen before anything binds them (the test session
         # may have chosen them in its own process): the servers' ports must leave them out.
         self.reserved: set[int] = set()
+        self.bad_setting = False  # a service ended with EXIT_BAD_SETTING: conductor up ends with 1
 
     def _servers(self, env: dict[str, str]) -> None:
         var = self.options.var_dir
@@ -305,7 +307,7 @@ class Supervisor:
             self._watch()
         finally:
             self._stop_all()
-        return 0
+        return 1 if self.bad_setting else 0
 
     def _gateways(self, argv: list[str], env: dict[str, str], ports: dict[str, int]) -> list[Child]:
         """``--gateways N``: N gateway processes listening on the one port with SO_REUSEPORT (the
@@ -339,6 +341,14 @@ class Supervisor:
                 code = proc.poll()
                 if code is None:
                     continue
+                if code == EXIT_BAD_SETTING:
+                    log.error(
+                        "%s exited: a setting does not hold (what is wrong is above), and starting it again "
+                        "with the same settings cannot mend it; stopping",
+                        child.name,
+                    )
+                    self.bad_setting = self.stopping = True
+                    break
                 delay = child.backoff.delay_after(now - child.started_at)
                 log.warning("%s exited with %s; restarting in %.1fs", child.name, describe_exit(code), delay)
                 child.process, child.next_start = None, now + delay
