@@ -71,6 +71,29 @@ def transient(err: BaseException) -> bool:
     return isinstance(err, _TRANSIENT)
 
 
+class Stopped(Exception):
+    """``stop`` was set before the awaited step ended (``or_stop``)."""
+
+
+async def or_stop(step: Awaitable[T], stop: asyncio.Event) -> T:
+    """``step``'s result, or ``Stopped`` as soon as ``stop`` is set first (``step`` is cancelled).
+    nats-py tries a first connection for ever while the server is away: a service that awaited it
+    as it is ignored SIGTERM until it was killed."""
+    trying = asyncio.ensure_future(step)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not trying.done():
+            trying.cancel()
+            with contextlib.suppress(BaseException):
+                await trying
+    if trying.cancelled():
+        raise Stopped
+    return trying.result()
+
+
 async def retrying(
     what: str, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, backoff: Backoff, bus: Bus | None = None
 ) -> T | None:
@@ -78,17 +101,10 @@ async def retrying(
     the attempts use; once nats-py has closed it for good, ``ConnectionClosedForGood`` is raised
     rather than trying again on it for ever."""
     while not stop.is_set():
-        trying = asyncio.ensure_future(attempt())
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({trying, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not trying.done():
-            trying.cancel()
-            with contextlib.suppress(BaseException):
-                await trying
-            return None
         try:
-            return trying.result()
+            return await or_stop(attempt(), stop)
+        except Stopped:
+            return None
         except Exception as err:
             raise_if_closed(bus, err)
             delay = backoff.next()

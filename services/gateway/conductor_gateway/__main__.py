@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         server.should_exit = True
 
     config = uvicorn.Config(
-        create_app(settings, on_closed_for_good=closed_for_good),
+        create_app(settings, on_closed_for_good=closed_for_good, stopping=lambda: server.should_exit),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

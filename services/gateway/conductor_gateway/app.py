@@ -44,7 +44,8 @@ from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed, tracing
-from conductor_platform.bus import connect
+from conductor_platform.bus import Bus, connect
+from conductor_platform.retry import Stopped, or_stop
 from conductor_platform.settings import async_database_url
 
 log = logging.getLogger("conductor.gateway")
@@ -77,11 +78,35 @@ Filter = Annotated[
 ]
 
 
+async def _connect_unless(settings: GatewaySettings, stopping: Callable[[], bool]) -> Bus | None:
+    """The connection, or None once ``stopping()`` (uvicorn was asked to stop: SIGTERM, Ctrl-C)
+    while NATS was still away: nats-py tries a first connection for ever, and uvicorn waits for the
+    lifespan's start before it acts on a signal."""
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        while not stopping():  # noqa: ASYNC110 (uvicorn's should_exit is a flag, with no event to wait on)
+            await asyncio.sleep(0.2)
+        stop.set()
+
+    watching = asyncio.create_task(watch())
+    try:
+        return await or_stop(
+            connect(settings.nats_url, name="conductor-gateway", replicas=settings.stream_replicas), stop
+        )
+    except Stopped:
+        return None
+    finally:
+        watching.cancel()
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     on_closed_for_good: Callable[[closed.ConnectionClosedForGood], None] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
-    """``on_closed_for_good``: called once, when nats-py has closed the NATS connection for good."""
+    """``on_closed_for_good``: called once, when nats-py has closed the NATS connection for good.
+    ``stopping``: true once the server was asked to stop; a start still waiting for NATS then ends."""
     settings = settings or GatewaySettings()
     state = State()
 
@@ -96,7 +121,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.bus = await connect(settings.nats_url, name="conductor-gateway", replicas=settings.stream_replicas)
+        bus = await _connect_unless(settings, stopping)
+        if bus is None:
+            yield  # nothing was opened; uvicorn, asked to stop, ends at once
+            return
+        state.bus = bus
         state.engine = create_async_engine(async_database_url(settings.database_url), pool_size=5, pool_pre_ping=True)
         watching = asyncio.create_task(watch_connection())
         try:

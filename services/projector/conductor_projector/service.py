@@ -30,7 +30,7 @@ from conductor_contracts.text import printable
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
-from conductor_platform.retry import Backoff
+from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_platform.settings import async_database_url
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
@@ -190,7 +190,9 @@ async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Call
     """Runs ``step`` until it succeeds (its result) or the projector is stopped (None)."""
     while not stop.is_set():
         try:
-            result = await step()
+            result = await or_stop(step(), stop)
+        except Stopped:
+            return None
         except Exception as err:
             _failed(what, err, backoff)
             await backoff.wait(stop)

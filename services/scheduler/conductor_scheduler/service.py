@@ -45,7 +45,7 @@ from conductor_platform.bus import (
 )
 from conductor_platform.closed import raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
-from conductor_platform.retry import Backoff
+from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_scheduler import allocator, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
@@ -283,13 +283,17 @@ async def _start(settings: SchedulerSettings, stop: asyncio.Event) -> tuple[Bus,
     while not stop.is_set():
         bus: Bus | None = None
         try:
-            bus = await connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas)
+            bus = await or_stop(connect(settings.nats_url, name=_NAME, replicas=settings.stream_replicas), stop)
             lease = None
             if settings.use_lease:
-                kv = await bus.leases(settings.lease_ttl_s)
+                kv = await or_stop(bus.leases(settings.lease_ttl_s), stop)
                 holder = settings.scheduler_id or f"scheduler-{uuid.uuid4().hex[:8]}"
                 lease = Lease(kv, subjects.SCHEDULER_LEASE_KEY, holder, settings.lease_ttl_s)
             return bus, lease
+        except Stopped:
+            if bus is not None:
+                await bus.close()
+            return None
         except Exception as err:
             log.warning("starting failed; retrying", extra={"error": f"{type(err).__name__}: {err}"})
             if bus is not None:
