@@ -181,3 +181,18 @@ def test_a_folder_that_cannot_be_removed_whole_is_retried_and_reported_once(
     assert len(warned) == 1
     assert sweep.listing() == {}  # the real removal, at a later sweep
     assert not (tmp_path / f"{GONE}7").exists()
+
+
+def test_a_stuck_folder_that_something_else_removed_is_forgotten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("7", "8"):
+        (tmp_path / f"{GONE}{name}").mkdir()
+    sweep = FolderSweep(tmp_path, retention_s=0)
+    with monkeypatch.context() as patched:
+        patched.setattr("conductor_executor.retention.shutil.rmtree", lambda path, ignore_errors: None)
+        sweep.listing()
+        assert sweep._stuck == {f"{GONE}7", f"{GONE}8"}
+        (tmp_path / f"{GONE}7").rmdir()  # an operator's clean-up
+        sweep.listing()
+    assert sweep._stuck == {f"{GONE}8"}

@@ -67,13 +67,16 @@ class FolderSweep:
     def listing(self) -> dict[str, Key]:
         """The job folders there are now, by name; what a removal cut short is removed on the way."""
         found: dict[str, Key] = {}
+        gone: set[str] = set()
         for path in self.jobs_dir.iterdir():
             if path.name.startswith(GONE):
+                gone.add(path.name)
                 self._remove(path)
                 continue
             key = sv.parse_folder_name(path.name)
             if key is not None:
                 found[path.name] = key
+        self._stuck &= gone  # one that something else removed is no longer owed a warning
         return found
 
     def settled(self, listed: dict[str, Key], position: Position) -> dict[str, Key]:
