@@ -58,7 +58,8 @@ def test_a_metrics_port_in_use_is_one_line_and_no_traceback(taken_port: int) -> 
         metrics.serve("scheduler", taken_port, "127.0.0.1")
     message = str(stopped.value.code)
     assert message == (
-        f"conductor scheduler: metrics port {taken_port} on 127.0.0.1 is in use (set CONDUCTOR_METRICS_PORT to another)"
+        f"conductor scheduler: metrics port {taken_port} on 127.0.0.1 is in use (set CONDUCTOR_METRICS_PORT to another;"
+        " under conductor up, CONDUCTOR_SCHEDULER_METRICS_PORT)"
     )
 
 
@@ -68,7 +69,8 @@ def test_a_service_started_on_a_metrics_port_in_use_says_so_in_one_line(taken_po
     done = subprocess.run([sys.executable, "-m", "conductor_projector"], env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"conductor projector: metrics port {taken_port} on 127.0.0.1 is in use (set CONDUCTOR_METRICS_PORT to another)"
+        f"conductor projector: metrics port {taken_port} on 127.0.0.1 is in use (set CONDUCTOR_METRICS_PORT to another;"
+        " under conductor up, CONDUCTOR_PROJECTOR_METRICS_PORT)"
     ]
 
 
@@ -91,8 +93,9 @@ def test_conductor_up_gives_each_service_a_port_or_the_one_asked_for() -> None:
     ports = metrics_ports({"CONDUCTOR_SCHEDULER_METRICS_PORT": "9101"})
     assert set(ports) == set(SERVICES) and ports["scheduler"] == 9101
     assert all(1 <= port <= 65535 for port in ports.values())
-    with pytest.raises(ValueError, match="CONDUCTOR_GATEWAY_METRICS_PORT must be a port number"):
-        metrics_ports({"CONDUCTOR_GATEWAY_METRICS_PORT": "http"})
+    for value in ("http", "\u0663", "\u00b2", "0", "65536"):  # Arabic-Indic three would be port 3
+        with pytest.raises(ValueError, match="CONDUCTOR_GATEWAY_METRICS_PORT must be a port number"):
+            metrics_ports({"CONDUCTOR_GATEWAY_METRICS_PORT": value})
 
 
 def test_conductor_up_refuses_one_metrics_port_for_two_services_or_for_the_gateway() -> None:

@@ -30,3 +30,13 @@ def test_a_bad_setting_is_told_by_name_without_a_traceback(module: str, program:
     assert "Traceback" not in done.stderr
     if module == "conductor_projector":
         assert "kept_rows" in done.stderr
+
+
+def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
+    env = os.environ | {"CONDUCTOR_LOG_LEVEL": "LOUD"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conductor_scheduler"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT_BAD_SETTING
+    assert "log_level" in done.stderr and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in done.stderr
+    assert "Traceback" not in done.stderr

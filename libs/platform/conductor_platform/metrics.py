@@ -35,7 +35,8 @@ def serve(service: str, port: int | None, host: str | None = None) -> WSGIServer
     except OSError as err:
         why = "is in use" if err.errno == errno.EADDRINUSE else f"cannot be served: {err.strerror or err}"
         raise MetricsPortError(
-            f"conductor {service}: metrics port {port} on {host} {why} (set CONDUCTOR_METRICS_PORT to another)"
+            f"conductor {service}: metrics port {port} on {host} {why} (set CONDUCTOR_METRICS_PORT to another; "
+            f"under conductor up, CONDUCTOR_{service.upper()}_METRICS_PORT)"
         ) from None
     log.info("metrics at http://%s/metrics", _address(host, port), extra={"metrics_port": port})
     return server

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -27,6 +27,15 @@ def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
         sys.exit(EXIT_BAD_SETTING)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _level_name(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (any case)")
+    return value.upper()
+
+
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONDUCTOR_", extra="ignore")
 
@@ -37,7 +46,9 @@ class CommonSettings(BaseSettings):
         default="postgresql+asyncpg://postgres@127.0.0.1:5432/conductor",
         validation_alias=AliasChoices("DATABASE_URL", "CONDUCTOR_DATABASE_URL"),
     )
-    log_level: str = "INFO"
+    # Python's level names, any case: "LOUD" used to pass here and crash every service at its first
+    # line of logging, which `conductor up` restarted for ever.
+    log_level: Annotated[str, AfterValidator(_level_name)] = "INFO"
     # Copies JetStream keeps of the log, the lease and the outputs: 1 on one nats-server (conductor up),
     # 3 on a three-node cluster (the Helm chart), so losing one NATS pod loses nothing.
     stream_replicas: int = Field(default=1, ge=1, le=5)
