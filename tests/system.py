@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import psutil
 
 from conductor.supervisor import SERVICES
 from conductor_platform.localservers import LocalServer, free_port, start_nats, start_postgres
@@ -98,6 +99,14 @@ def conductor_up(root: Path, node: str, memory: str = "2G", **env: str) -> Itera
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.wait(90)
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a TCP connection to ``port`` (on any host)."""
+    try:
+        return any(c.raddr and c.raddr.port == port for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.Error:
+        return False
 
 
 def metrics_ports() -> dict[str, int]:

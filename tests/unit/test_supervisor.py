@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from conductor.cli import main
-from conductor.supervisor import Backoff, ManagedServer, Supervisor, UpOptions, describe_exit, nats_sync_interval
+from conductor.supervisor import (
+    Backoff,
+    ManagedServer,
+    Supervisor,
+    UpOptions,
+    _port_free,
+    describe_exit,
+    nats_sync_interval,
+)
 from conductor_platform.localservers import LocalServer, free_port
 
 
@@ -178,4 +186,22 @@ def test_a_metrics_port_in_use_is_refused_before_anything_starts(
         supervisor = Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[]))
         assert supervisor.run() == 1
     assert f"CONDUCTOR_SCHEDULER_METRICS_PORT={port} is in use" in caplog.text
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_port_is_checked_on_the_hosts_own_family() -> None:
+    # An IPv6 CONDUCTOR_HOST was checked with an IPv4 socket, and any port read as in use.
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        port = taken.getsockname()[1]
+        assert not _port_free("::1", port)
+    assert _port_free("::1", port)
+
+
+def test_a_gateway_port_that_is_no_port_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CONDUCTOR_PORT", "8o8o")
+    assert Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[])).run() == 2
+    assert "must be a port number, not '8o8o'" in caplog.text
     assert not (tmp_path / "var").exists()

@@ -87,11 +87,17 @@ async def or_stop(step: Awaitable[T], stop: asyncio.Event) -> T:
         stopping.cancel()
         if not trying.done():
             trying.cancel()
-            with contextlib.suppress(BaseException):
+            try:
                 await trying
-    if trying.cancelled():
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # our caller's cancel, not the step's
+                    raise
+            except Exception:  # what it failed with no longer matters: we stop
+                pass
+    if trying.cancelled() and stop.is_set():
         raise Stopped
-    return trying.result()
+    return trying.result()  # a step cancelled by someone else raises CancelledError, as awaited directly
 
 
 async def retrying(

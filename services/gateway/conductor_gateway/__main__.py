@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import socket
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     # a pause that every request in flight would wait out).
     gc.collect()
     gc.freeze()
-    server.run(sockets=[sock])
+    # uvicorn hands a captured SIGINT back to Python once it has stopped, as uvicorn.run() does and
+    # catches: Ctrl-C is a stop, not a KeyboardInterrupt traceback.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run() exits: the lifespan failed
     if lost:  # said when it happened (closed.report): a supervisor starts the gateway again

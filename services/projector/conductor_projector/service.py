@@ -56,7 +56,7 @@ EVENTS_APPLIED = Counter(
 async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
-    await _retrying(stop, backoff, "migrating", lambda: asyncio.to_thread(migrate.upgrade, settings.database_url))
+    await _retrying(stop, backoff, "migrating", lambda: migrate.upgrade_async(settings.database_url))
     if stop.is_set():
         return
     engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)

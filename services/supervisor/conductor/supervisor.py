@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conductor_contracts.text import printable
 from conductor_platform import localservers
 from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_projector import migrate
@@ -34,7 +35,7 @@ log = logging.getLogger("conductor.supervisor")
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
         try:
             s.bind((host, port))
@@ -76,7 +77,7 @@ def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES, htt
         name = f"CONDUCTOR_{service.upper()}_METRICS_PORT"
         value = env.get(name)
         if value:
-            if not value.isdigit() or not 1 <= int(value) <= 65535:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:  # not "٣": port 3
                 raise ValueError(f"{name} must be a port number, not {value!r}")
             if int(value) in taken:
                 raise ValueError(f"{name}={value} is already {taken[int(value)]}")
@@ -261,7 +262,11 @@ class Supervisor:
         env.setdefault("CONDUCTOR_SCHEDULER_ID", f"{socket.gethostname()}-{self.options.var_dir}")
         if self.options.gateway_port:
             env["CONDUCTOR_PORT"] = str(self.options.gateway_port)
-        port = int(env.get("CONDUCTOR_PORT", "8000"))
+        port_text = env.get("CONDUCTOR_PORT", "8000")
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+            log.error("the gateway's port (--port, CONDUCTOR_PORT) must be a port number, not %r", port_text)
+            return 2
+        port = int(port_text)
         if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
             log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
             return 1
@@ -285,7 +290,14 @@ class Supervisor:
             except (RuntimeError, OSError, subprocess.SubprocessError) as error:
                 log.error("could not start the servers: %s", error)
                 return 1
-            migrate.upgrade(env["DATABASE_URL"])
+            try:
+                if not migrate.upgrade_unless(env["DATABASE_URL"], lambda: self.stopping):
+                    return 0  # Ctrl-C while the schema was brought up to date
+            except Exception as error:  # an external DATABASE_URL refused, or not a PostgreSQL at all
+                log.error(
+                    "could not bring the read models' schema up to date at DATABASE_URL: %s", printable(error, 500)
+                )
+                return 1
             py = sys.executable
             argvs = {
                 "projector": [py, "-m", "conductor_projector"],

@@ -1,0 +1,90 @@
+"""What ``conductor up`` cannot run with ends it with a message, never a traceback nor a loop of restarts:
+a service that ends on a setting that does not hold (the same environment cannot mend it), a gateway
+port that is no port, an external PostgreSQL that refuses; and Ctrl-C while it waits on one that never
+answers stops it at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conductor_platform.localservers import free_port
+from tests.system import connected_to
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_bad_setting_stops_conductor_up_with_the_setting_named(tmp_path: Path, database_url: str) -> None:
+    # Nothing listens at this NATS_URL: a service that got past its settings could not do anything.
+    env = os.environ | {
+        "NATS_URL": "nats://127.0.0.1:1",
+        "DATABASE_URL": database_url,
+        "CONDUCTOR_KEPT_ROWS": "many",
+    }
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path / "var"), "--port", str(free_port())]
+    up = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = up.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        up.send_signal(signal.SIGINT)  # Ctrl-C: its services go too, none is left behind
+        _, stderr = up.communicate(timeout=90)
+        pytest.fail(f"conductor up still ran after 90 s:\n{stderr}")
+    assert up.returncode == 1, stderr
+    assert "conductor projector: " in stderr and "kept_rows" in stderr
+    assert "projector exited: a setting does not hold" in stderr
+    assert "restarting in" not in stderr
+    assert "Traceback" not in stderr
+
+
+def _up(tmp_path: Path, port: str, **env: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path / "var"), "--port", port]
+    return subprocess.Popen(argv, env=os.environ | env, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("port", ["abc", "70000", "\u0663"])
+def test_a_gateway_port_that_is_no_port_is_refused(tmp_path: Path, port: str) -> None:
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path / "var")]
+    done = subprocess.run(argv, env=os.environ | {"CONDUCTOR_PORT": port}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "must be a port number" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "var").exists()
+
+
+def test_an_external_postgresql_that_refuses_is_one_line(tmp_path: Path) -> None:
+    up = _up(
+        tmp_path,
+        str(free_port()),
+        NATS_URL="nats://127.0.0.1:1",
+        DATABASE_URL=f"postgresql://x@127.0.0.1:{free_port()}/x",
+    )
+    _, stderr = up.communicate(timeout=90)
+    assert up.returncode == 1, stderr
+    assert "could not bring the read models' schema up to date at DATABASE_URL" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_ctrl_c_while_an_external_postgresql_never_answers_stops_at_once(tmp_path: Path) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"postgresql://x@127.0.0.1:{silent.getsockname()[1]}/x"
+        up = _up(tmp_path, str(free_port()), NATS_URL="nats://127.0.0.1:1", DATABASE_URL=url)
+        deadline = time.monotonic() + 60
+        while not connected_to(up.pid, silent.getsockname()[1]):  # into the migration's wait for an answer
+            assert up.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        up.send_signal(signal.SIGINT)
+        try:
+            _, stderr = up.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            pytest.fail(f"conductor up still ran 10 s after Ctrl-C: {up.communicate()[1]}")
+    assert up.returncode == 0, stderr
+    assert "Traceback" not in stderr
