@@ -8,8 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
+from conductor_executor.settings import ExecutorSettings
+from conductor_gateway.settings import GatewaySettings
 from conductor_platform.settings import EXIT_BAD_SETTING
+from conductor_projector.settings import ProjectorSettings
+from conductor_scheduler.settings import SchedulerSettings
 
 
 @pytest.mark.parametrize(
@@ -40,3 +46,29 @@ def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
     assert done.returncode == EXIT_BAD_SETTING
     assert "log_level" in done.stderr and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "variable", "value"),
+    [
+        (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "-1"),
+        (SchedulerSettings, "CONDUCTOR_QUEUE_DEPTH", "0"),
+        (SchedulerSettings, "CONDUCTOR_SNAPSHOT_EVERY_EVENTS", "0"),
+        (ProjectorSettings, "CONDUCTOR_BATCH_SIZE", "0"),
+        (ProjectorSettings, "CONDUCTOR_LINGER_S", "-0.5"),
+        (ProjectorSettings, "CONDUCTOR_PUBLIC_RETENTION_S", "0"),
+        (GatewaySettings, "CONDUCTOR_PAGE_SIZE", "0"),
+        (GatewaySettings, "CONDUCTOR_PAGE_SIZE", "501"),
+        (GatewaySettings, "CONDUCTOR_PORT", "70000"),
+        (GatewaySettings, "CONDUCTOR_MAX_OUTPUT_BYTES", "-1"),
+        (ExecutorSettings, "CONDUCTOR_KILL_GRACE_S", "-1"),
+    ],
+)
+def test_a_number_out_of_its_range_is_a_bad_setting(
+    settings: type[BaseSettings], variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each used to pass, and the service ran on with a lease that expired at once, batches of nothing...
+    # (that a bad setting ends each service with its name and no traceback is the first test's).
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("CONDUCTOR_").lower()):
+        settings()

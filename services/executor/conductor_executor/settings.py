@@ -26,7 +26,7 @@ class ExecutorSettings(CommonSettings):
     memory: str = Field(default_factory=lambda: f"{machine_memory_mb()}M")
     partitions: list[str] = Field(default_factory=lambda: ["default"])
     state_dir: Path = Path("var/executor")
-    kill_grace_s: float = 10.0
+    kill_grace_s: float = Field(default=10.0, ge=0)
     # How often a running job's memory is sampled against its memory_per_node.
     memory_poll_s: float = Field(default=1.0, gt=0)
     # The end of each output file kept in the object store when a job ends.

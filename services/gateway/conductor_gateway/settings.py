@@ -7,7 +7,7 @@ from conductor_platform.settings import CommonSettings
 
 class GatewaySettings(CommonSettings):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     # CONDUCTOR_REUSE_PORT: listen with SO_REUSEPORT, so that several gateway processes share the port
     # (``conductor up --gateways N`` sets it). Off by default: a second gateway started by mistake on a
     # port in use then fails at once instead of taking half the connections.
@@ -16,8 +16,8 @@ class GatewaySettings(CommonSettings):
     max_script_bytes: int = Field(default=512 * 1024, ge=1, le=900 * 1024)
     # A request body must be complete within this (CONDUCTOR_BODY_TIMEOUT_S), or it is a 408.
     body_timeout_s: float = Field(default=30.0, gt=0)
-    page_size: int = 50
-    max_output_bytes: int = 16 * 1024 * 1024
+    page_size: int = Field(default=50, ge=1, le=500)  # the listings take at most 500 per page
+    max_output_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     # CONDUCTOR_LOCAL_OUTPUT: serve a running job's live output from its file when this gateway can
     # see it (``conductor up``: the same machine). Off where gateways share no files with the nodes
     # (Kubernetes): output then comes only from the object store, once a job ends.

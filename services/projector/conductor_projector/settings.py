@@ -11,13 +11,13 @@ class ProjectorSettings(CommonSettings):
     consumer: str = "projector"
     # Events per transaction at most: a catch-up or a rebuild commits this many at a time (the
     # transactions, not the events, cost the most); live, a batch holds what arrived in linger_s.
-    batch_size: int = 2000
+    batch_size: int = Field(default=2000, ge=1)
     # Under load, wait this long for more events before applying a batch: far fewer transactions.
-    linger_s: float = 0.05
+    linger_s: float = Field(default=0.05, ge=0)
     # CONDUCTOR_PUBLIC_SUBJECTS: publish every event again on the public subjects (its type, account,
     # workflow and job in the subject; conductor_contracts.public), kept public_retention_s.
     public_subjects: bool = True
-    public_retention_s: float = 7 * 24 * 3600.0
+    public_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     # CONDUCTOR_KEPT_ROWS: rows of unfinished jobs kept between batches (row_cache; ~2-3 KB each),
     # which spares a live batch reading back the rows the one before it wrote. 0: none kept.
     kept_rows: int = Field(default=10_000, ge=0, le=1_000_000)

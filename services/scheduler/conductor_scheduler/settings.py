@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+from pydantic import Field
+
 from conductor_platform.settings import CommonSettings
 
 
 class SchedulerSettings(CommonSettings):
-    lease_ttl_s: float = 10.0
+    lease_ttl_s: float = Field(default=10.0, gt=0)
     # Who holds the lease. Random by default; a stable id (one per scheduler instance) lets a
     # restarted scheduler take its lease back at once instead of waiting for it to expire.
     scheduler_id: str = ""
     # Off only in tests that prove fencing alone keeps two deciding schedulers from double-placing.
     use_lease: bool = True
-    queue_depth: int = 100
+    queue_depth: int = Field(default=100, ge=1)
     # A snapshot of the fold (with the sequence it covers) once this many events were folded since the
     # last one, at most every snapshot_min_interval_s: a starting scheduler replays only what follows.
-    snapshot_every_events: int = 10_000
-    snapshot_min_interval_s: float = 30.0
+    snapshot_every_events: int = Field(default=10_000, ge=1)
+    snapshot_min_interval_s: float = Field(default=30.0, ge=0)
