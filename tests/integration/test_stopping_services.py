@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,33 +27,40 @@ from tests.system import connected_to
 pytestmark = pytest.mark.integration
 
 
+def _stopped(module: str, env: dict[str, str], log: Path, ready: Callable[[int], bool], sig: signal.Signals) -> int:
+    """Runs ``python -m module`` until ``ready(pid)``, sends ``sig``: its exit code, within 10 s."""
+    with log.open("w") as out:
+        service = subprocess.Popen([sys.executable, "-m", module], env=os.environ | env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready(service.pid):
+            assert service.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        service.send_signal(sig)
+        service.wait(10)
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+            pytest.fail(f"{module} still ran 10 s after {sig.name}:\n{log.read_text()[-3000:]}")
+    assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text(), log.read_text()
+    return service.returncode
+
+
 @pytest.mark.parametrize("module", ["conductor_gateway", "conductor_scheduler", "conductor_projector"])
 def test_sigterm_while_nats_was_never_reached_ends_the_service(module: str, database_url: str, tmp_path: Path) -> None:
-    env = os.environ | {
+    env = {
         "NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nothing listens there
         "DATABASE_URL": database_url,
         "CONDUCTOR_PORT": str(free_port()),
         "CONDUCTOR_LOG_LEVEL": "INFO",
     }
     log = tmp_path / "service.log"
-    with log.open("w") as out:
-        service = subprocess.Popen([sys.executable, "-m", module], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        # Up to the point where it waits for NATS: nats-py's error callback logs each refused try.
-        while "Connect call failed" not in log.read_text() and "refused" not in log.read_text():
-            assert service.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        service.send_signal(signal.SIGTERM)
-        service.wait(10)
-    finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
-            pytest.fail(f"{module} still ran 10 s after SIGTERM:\n{log.read_text()[-3000:]}")
-    assert service.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text()
+
+    def waiting_for_nats(_: int) -> bool:  # nats-py's error callback logs each refused try
+        return "Connect call failed" in log.read_text() or "refused" in log.read_text()
+
+    assert _stopped(module, env, log, waiting_for_nats, signal.SIGTERM) in (0, -signal.SIGTERM)
 
 
 @pytest.fixture
@@ -68,49 +75,23 @@ def silent_postgres() -> Iterator[int]:
 def test_sigterm_while_the_migration_waits_on_postgresql_ends_the_projector(
     silent_postgres: int, tmp_path: Path
 ) -> None:
-    env = os.environ | {
+    env = {
         "NATS_URL": f"nats://127.0.0.1:{free_port()}",
         "DATABASE_URL": f"postgresql://conductor@127.0.0.1:{silent_postgres}/conductor",
     }
     log = tmp_path / "projector.log"
-    with log.open("w") as out:
-        projector = subprocess.Popen([sys.executable, "-m", "conductor_projector"], env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while not connected_to(projector.pid, silent_postgres):
-            assert projector.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        projector.send_signal(signal.SIGTERM)
-        projector.wait(10)
-    finally:
-        if projector.poll() is None:
-            projector.kill()
-            projector.wait()
-            pytest.fail(f"the projector still ran 10 s after SIGTERM:\n{log.read_text()[-3000:]}")
-    assert projector.returncode in (0, -signal.SIGTERM), log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text()
+    code = _stopped("conductor_projector", env, log, lambda pid: connected_to(pid, silent_postgres), signal.SIGTERM)
+    assert code in (0, -signal.SIGTERM)
 
 
 def test_ctrl_c_stops_a_healthy_gateway_without_a_traceback(nats_url: str, database_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = os.environ | {"NATS_URL": nats_url, "DATABASE_URL": database_url, "CONDUCTOR_PORT": str(port)}
-    log = tmp_path / "gateway.log"
-    with log.open("w") as out:
-        gateway = subprocess.Popen([sys.executable, "-m", "conductor_gateway"], env=env, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert gateway.poll() is None and time.monotonic() < deadline, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/nodes", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        gateway.send_signal(signal.SIGINT)
-        gateway.wait(20)
-    finally:
-        if gateway.poll() is None:
-            gateway.kill()
-            gateway.wait()
-    assert gateway.returncode == 0, log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text() and "KeyboardInterrupt" not in log.read_text()
+    env = {"NATS_URL": nats_url, "DATABASE_URL": database_url, "CONDUCTOR_PORT": str(port)}
+
+    def answering(_: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/nodes", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    assert _stopped("conductor_gateway", env, tmp_path / "gateway.log", answering, signal.SIGINT) == 0
