@@ -4,7 +4,7 @@ take turns on an advisory lock, see migrations/env.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -34,50 +34,38 @@ def upgrade(database_url: str) -> None:
         command.upgrade(alembic_config(database_url), "head")
 
 
-class _Upgrade(threading.Thread):
+def _in_daemon_thread(database_url: str) -> concurrent.futures.Future[None]:
     """``upgrade`` in a daemon thread: a process asked to stop does not wait for a migration stuck on
     PostgreSQL (one that never answers: asyncpg's 60 s connect timeout; the migration lock held
     elsewhere: for as long as it is held), as it waits for ``asyncio.to_thread``'s pool. The process
     ends, its connection goes, and PostgreSQL rolls the migration's transaction back."""
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()  # running: a waiter's cancel no longer reaches it
 
-    def __init__(self, database_url: str, on_end: Callable[[], None] = lambda: None) -> None:
-        super().__init__(name="migrate", daemon=True)
-        self.database_url, self.on_end = database_url, on_end
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
+    def run() -> None:
         try:
-            upgrade(self.database_url)
+            upgrade(database_url)
         except BaseException as err:
-            self.error = err
-        finally:
-            self.on_end()
+            future.set_exception(err)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="migrate", daemon=True).start()
+    return future
 
 
 async def upgrade_async(database_url: str) -> None:
     """``upgrade``, awaited; cancelling it leaves the thread to end with the process."""
-    loop = asyncio.get_running_loop()
-    ended = asyncio.Event()
-
-    def on_end() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(ended.set)
-
-    migrating = _Upgrade(database_url, on_end)
-    migrating.start()
-    await ended.wait()
-    if migrating.error is not None:
-        raise migrating.error
+    await asyncio.wrap_future(_in_daemon_thread(database_url))
 
 
 def upgrade_unless(database_url: str, stopping: Callable[[], bool]) -> bool:
     """``upgrade`` in a blocking caller that signals may ask to stop: False once ``stopping()``."""
-    migrating = _Upgrade(database_url)
-    migrating.start()
-    while migrating.is_alive():
-        if stopping():
-            return False
-        migrating.join(0.1)
-    if migrating.error is not None:
-        raise migrating.error
-    return True
+    migrating = _in_daemon_thread(database_url)
+    while not stopping():
+        try:
+            migrating.result(timeout=0.1)
+            return True
+        except concurrent.futures.TimeoutError:
+            continue
+    return False

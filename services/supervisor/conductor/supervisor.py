@@ -66,6 +66,13 @@ def nats_sync_interval(value: str) -> str | None:
 SERVICES = ("gateway", "scheduler", "executor", "projector")
 
 
+def _port_number(text: str) -> int | None:
+    """``text`` as a port, or None: ASCII digits only (``"٣"`` passes ``isdigit`` and would be port 3)."""
+    if text.isascii() and text.isdigit() and 1 <= int(text) <= 65535:
+        return int(text)
+    return None
+
+
 def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES, http_port: int = 0) -> dict[str, int]:
     """A metrics port for each service: ``CONDUCTOR_<SERVICE>_METRICS_PORT`` when set (a fixed
     address to scrape), else a free one. Chosen once, so a restarted service keeps its port. A
@@ -77,12 +84,13 @@ def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES, htt
         name = f"CONDUCTOR_{service.upper()}_METRICS_PORT"
         value = env.get(name)
         if value:
-            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:  # not "٣": port 3
+            port = _port_number(value)
+            if port is None:
                 raise ValueError(f"{name} must be a port number, not {value!r}")
-            if int(value) in taken:
-                raise ValueError(f"{name}={value} is already {taken[int(value)]}")
-            ports[service] = int(value)
-            taken[int(value)] = name
+            if port in taken:
+                raise ValueError(f"{name}={value} is already {taken[port]}")
+            ports[service] = port
+            taken[port] = name
     for service in services:
         if service not in ports:
             ports[service] = localservers.free_port(avoid=taken)
@@ -263,10 +271,10 @@ class Supervisor:
         if self.options.gateway_port:
             env["CONDUCTOR_PORT"] = str(self.options.gateway_port)
         port_text = env.get("CONDUCTOR_PORT", "8000")
-        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        port = _port_number(port_text)
+        if port is None:
             log.error("the gateway's port (--port, CONDUCTOR_PORT) must be a port number, not %r", port_text)
             return 2
-        port = int(port_text)
         if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
             log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
             return 1
