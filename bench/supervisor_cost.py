@@ -1,6 +1,8 @@
 """What the per-job supervisor costs (not a test): a trivial job started the way the executor did
-before (``/bin/bash script``) and the way it does now (``/bin/sh -c WRAPPER`` starting
-``setsid /bin/bash script`` and recording its exit), one at a time, as the executor spawns them.
+before supervisors (``/bin/bash script``), through the shell supervisor (``/bin/sh -c WRAPPER``
+starting ``setsid /bin/bash script`` and recording its exit) and through the compiled one
+(``conductor-job script``, built here when a C compiler is at hand), one at a time, as the executor
+spawns them.
 
     python bench/supervisor_cost.py [--jobs 500] [--rounds 3]
 
@@ -18,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from conductor_executor import compiled
 from conductor_executor import supervision as sv
 from conductor_executor.process import setsid_program
 
@@ -45,9 +48,14 @@ def main() -> None:
         script.write_text("true\n")
         forms = {
             "bash script (before)": ["/bin/bash", str(script)],
-            "supervised (now)": ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid_program()],
+            "shell supervisor": ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid_program()],
             "python -c pass": [sys.executable, "-c", "pass"],
         }
+        built = compiled.build(Path(folder) / "bin")
+        if built is not None:
+            forms["compiled supervisor"] = [str(built), str(script)]
+        else:
+            print("no C compiler here: the compiled supervisor is left out")
         for round_ in range(1, args.rounds + 1):
             for name, argv in forms.items():
                 jobs = args.jobs if "python" not in name else max(1, args.jobs // 10)

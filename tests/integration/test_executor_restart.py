@@ -44,6 +44,7 @@ class ExecutorProcess:
             "CONDUCTOR_KILL_GRACE_S": str(settings.kill_grace_s),
             "CONDUCTOR_RETRY_FIRST_S": "0.05",
             "CONDUCTOR_RETRY_MAX_S": "0.2",
+            "CONDUCTOR_JOB_SUPERVISOR": settings.job_supervisor,
         } | (more or {})
         argv = [sys.executable, "-m", "conductor_executor", "--node", NODE, "--cpus", str(cpus), "--memory", memory]
         self.process = subprocess.Popen(argv, env=env)
@@ -53,9 +54,11 @@ class ExecutorProcess:
         self.process.wait()
 
 
-@pytest.fixture
-def settings(nats_url: str, tmp_path: Path) -> Iterator[ExecutorSettings]:
-    settings = executor_settings(nats_url, tmp_path)
+# Every test with each form of the jobs' supervisor: compiled (the default where a C compiler is at
+# hand) and the shell form (where there is none).
+@pytest.fixture(params=["auto", "shell"])
+def settings(nats_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ExecutorSettings]:
+    settings = executor_settings(nats_url, tmp_path, job_supervisor=request.param)
     yield settings
     # Whatever a failed test left: every supervisor's and job's group under this test's folder.
     for proc in psutil.process_iter(["cmdline"]):

@@ -19,7 +19,7 @@ from conductor_executor import supervision as sv
 from conductor_executor.adoption import LOST_SUPERVISOR, Ended, Lost, Running, Unrecorded, survey, take_stock
 from conductor_executor.leftovers import kill_unrecorded, start_time
 from conductor_executor.outcomes import outcome_event
-from conductor_executor.process import setsid_program
+from conductor_executor.process import supervisor_argv
 
 
 @pytest.mark.parametrize(
@@ -183,14 +183,27 @@ echo "$c" >"$d/exit"
 """
 
 
-def _supervise(folder: Path, script: str, wrapper: str = sv.WRAPPER) -> subprocess.Popen[bytes]:
+# Each form a supervisor has: the shell wrapper and the compiled program.
+@pytest.fixture(params=["shell", "compiled"])
+def form(request: pytest.FixtureRequest) -> Path | None:
+    return request.getfixturevalue("built_supervisor") if request.param == "compiled" else None
+
+
+def _supervise(
+    folder: Path, script: str, wrapper: str = sv.WRAPPER, form: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``form``: the compiled supervisor to start the job with, None for the shell ``wrapper``."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "script.sh"
     path.write_text(script)
     out = open(folder / "out", "wb")  # noqa: SIM115 - the child has its own copy
+    argv, program = supervisor_argv(path, form)
+    if form is None:
+        argv[2] = wrapper
     try:
         return subprocess.Popen(
-            ["/bin/sh", "-c", wrapper, sv.ARGV0, str(path), setsid_program()],
+            argv,
+            executable=program,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
@@ -213,8 +226,8 @@ def _wait_gone(pid: int, what: str) -> None:
         time.sleep(0.01)
 
 
-def test_the_wrapper_records_the_exit_and_keeps_its_own_noise_out(tmp_path: Path) -> None:
-    supervisor = _supervise(tmp_path, "echo out; echo err >&2; exit 7\n")
+def test_the_wrapper_records_the_exit_and_keeps_its_own_noise_out(tmp_path: Path, form: Path | None) -> None:
+    supervisor = _supervise(tmp_path, "echo out; echo err >&2; exit 7\n", form=form)
     assert supervisor.wait(10) == 0
     ended = sv.read_exit(tmp_path)
     assert ended is not None and ended.code == 7 and abs(ended.ended_at - time.time()) < 10
@@ -223,16 +236,18 @@ def test_the_wrapper_records_the_exit_and_keeps_its_own_noise_out(tmp_path: Path
     assert not (tmp_path / sv.PGID).exists() and not (tmp_path / sv.EXIT).exists()
 
 
-def test_the_job_has_a_group_and_session_of_its_own(tmp_path: Path) -> None:
-    supervisor = _supervise(tmp_path, "echo $$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$) > ids\n")
+def test_the_job_has_a_group_and_session_of_its_own(tmp_path: Path, form: Path | None) -> None:
+    supervisor = _supervise(tmp_path, "echo $$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$) > ids\n", form=form)
     supervisor.wait(10)
     pid, pgid, sid = (int(x) for x in (tmp_path / "ids").read_text().split())
     assert pid == pgid == sid != supervisor.pid
     assert sv.read_pgid(tmp_path) == pid
 
 
-def test_a_job_killed_by_a_signal_is_recorded_as_128_plus_it_and_its_leftovers_go(tmp_path: Path) -> None:
-    supervisor = _supervise(tmp_path, "sleep 300 & echo $! > child\nsleep 300\n")
+def test_a_job_killed_by_a_signal_is_recorded_as_128_plus_it_and_its_leftovers_go(
+    tmp_path: Path, form: Path | None
+) -> None:
+    supervisor = _supervise(tmp_path, "sleep 300 & echo $! > child\nsleep 300\n", form=form)
     # The shell creates the file before it writes the pid into it: wait for the whole line.
     while sv.read_pgid(tmp_path) is None or not _text(tmp_path / "child").endswith("\n"):
         time.sleep(0.01)
@@ -284,8 +299,8 @@ def test_a_reused_pid_is_not_the_supervisor(tmp_path: Path) -> None:
         other.wait()
 
 
-async def test_a_running_supervisor_is_taken_over_and_its_end_seen(tmp_path: Path) -> None:
-    supervisor = _supervise(tmp_path, f"until [ -e {tmp_path}/go ]; do sleep 0.02; done; exit 4\n")
+async def test_a_running_supervisor_is_taken_over_and_its_end_seen(tmp_path: Path, form: Path | None) -> None:
+    supervisor = _supervise(tmp_path, f"until [ -e {tmp_path}/go ]; do sleep 0.02; done; exit 4\n", form=form)
     try:
         record = sv.ProcessRecord(
             pid=supervisor.pid, started=start_time(supervisor.pid), time_limit_s=60, memory_mb=5, supervised=True
@@ -362,8 +377,8 @@ def test_folder_names_are_per_run_and_parse_back() -> None:
         assert sv.parse_folder_name(junk) is None
 
 
-def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_path: Path) -> None:
-    supervisor = _supervise(tmp_path, "sleep 300\n")
+def test_an_unrecorded_supervisor_is_found_by_its_command_line_and_killed(tmp_path: Path, form: Path | None) -> None:
+    supervisor = _supervise(tmp_path, "sleep 300\n", form=form)
     try:
         while sv.read_pgid(tmp_path) is None:
             time.sleep(0.01)

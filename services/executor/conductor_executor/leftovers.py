@@ -48,7 +48,10 @@ def kill_leftovers(record: Path) -> bool:
 
 
 def _supervised_script(cmdline: list[str]) -> str | None:
-    """The script of a job's supervisor: ``/bin/sh -c <wrapper> conductor-job <script> <setsid>``."""
+    """The script of a job's supervisor: ``conductor-job <script>`` (the compiled one, and its child in
+    the instant before it becomes bash) or ``/bin/sh -c <wrapper> conductor-job <script> <setsid>``."""
+    if len(cmdline) == 2 and cmdline[0] == ARGV0:
+        return cmdline[1]
     if len(cmdline) == 6 and cmdline[:2] == ["/bin/sh", "-c"] and cmdline[3] == ARGV0:
         return cmdline[4]
     return None

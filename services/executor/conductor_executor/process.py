@@ -208,15 +208,30 @@ def setsid_program() -> str:
     return found
 
 
+def supervisor_argv(script: Path, compiled: Path | None) -> tuple[list[str], str]:
+    """The command line of a job's supervisor and the program it runs: the compiled one
+    (``compiled.py``), or the shell form when there is none. Both have ``ARGV0`` and the script in
+    their command line, which is how a restarted executor recognises them (``leftovers``)."""
+    if compiled is not None:
+        return [sv.ARGV0, str(script)], str(compiled)
+    return ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid_program()], "/bin/sh"
+
+
 def start_supervisor(
-    script: Path, cwd: str, env: dict[str, str], stdout_fd: int, stderr_fd: int, cpus: set[int]
+    script: Path,
+    cwd: str,
+    env: dict[str, str],
+    stdout_fd: int,
+    stderr_fd: int,
+    cpus: set[int],
+    compiled: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Start a job's supervisor with the output descriptors the executor opened and checked for it
     (``output.open_outputs``); the caller keeps and closes them. The supervisor has a session of its
     own, stdin from /dev/null and only files for output: nothing ties it to the executor. Blocking
     and thread-safe: the executor calls it from a worker thread. Returns the child and when it started
     (wall clock)."""
-    setsid = setsid_program()
+    argv, program = supervisor_argv(script, compiled)
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
     # fork() of this process, where without one CPython starts the job with the cheaper vfork(). In a
@@ -228,7 +243,8 @@ def start_supervisor(
             move_thread(cpus)
     try:
         process = subprocess.Popen(
-            ["/bin/sh", "-c", sv.WRAPPER, sv.ARGV0, str(script), setsid],
+            argv,
+            executable=program,
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,

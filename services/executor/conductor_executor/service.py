@@ -45,9 +45,9 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_contracts.text import printable
+from conductor_executor import compiled, traces
 from conductor_executor import environment as envs
 from conductor_executor import supervision as sv
-from conductor_executor import traces
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
@@ -122,6 +122,7 @@ class Executor:
         # ~30 us per job): what jobs inherit is the executor's environment at its start.
         self._jobs_dir = settings.jobs_dir
         self._environment = envs.inherited(os.environ)
+        self._supervisor = compiled.resolve(settings.job_supervisor, settings.state_dir)
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -520,7 +521,9 @@ class Executor:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
             record_files(folder, outputs.record)
-            return start_supervisor(script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus)
+            return start_supervisor(
+                script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus, self._supervisor
+            )
         finally:
             outputs.close()  # the child has its own copies
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from conductor_contracts import events as ev
 from conductor_contracts.parsing import parse_memory_mb
+from conductor_executor import compiled
 from conductor_platform.settings import CommonSettings
 
 
@@ -45,6 +46,9 @@ class ExecutorSettings(CommonSettings):
     # How often what jobs that ended by themselves left running (a ``setsid`` daemon) is looked for
     # and killed: one look at /proc for every job that ended since.
     leftover_scan_s: float = Field(default=5.0, ge=0.05, allow_inf_nan=False)
+    # What starts each job and records how it ended (``compiled.py``): ``auto`` (compiled here when a C
+    # compiler is at hand, else the shell form), ``shell``, or the absolute path of a built one.
+    job_supervisor: str = compiled.AUTO
 
     @field_validator("node", mode="before")
     @classmethod
@@ -54,6 +58,19 @@ class ExecutorSettings(CommonSettings):
         value = str(value).replace(".", "-")
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
             raise ValueError(f"invalid node name {value!r}: use letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("job_supervisor")
+    @classmethod
+    def _supervisor(cls, value: str) -> str:
+        if value in (compiled.AUTO, compiled.SHELL):
+            return value
+        path = Path(value)
+        if not path.is_absolute():
+            raise ValueError(f"must be {compiled.AUTO!r}, {compiled.SHELL!r} or the absolute path of a supervisor")
+        wrong = compiled.check(path)
+        if wrong is not None:
+            raise ValueError(f"{value} does not supervise a job as it must: {wrong}")
         return value
 
     @field_validator("memory")

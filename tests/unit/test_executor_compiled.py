@@ -1,0 +1,114 @@
+"""The compiled supervisor: built once and reused, rebuilt when what is there cannot be trusted, never
+required (no compiler: the shell form), and safer than the shell with what a job puts in its folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conductor_executor import compiled
+from conductor_executor import supervision as sv
+from conductor_executor.settings import ExecutorSettings
+from tests.unit.test_executor_supervision import _supervise
+
+
+def test_a_build_is_reused_and_one_that_cannot_be_trusted_is_replaced(built_supervisor: Path, tmp_path: Path) -> None:
+    folder = tmp_path
+    shutil.copy2(built_supervisor, folder)
+    first = compiled.build(folder)
+    assert first == folder / built_supervisor.name
+    inode = first.stat().st_ino
+    assert compiled.build(folder) == first and first.stat().st_ino == inode, "built again"
+
+    first.chmod(0o777)  # anyone could make it run something else for every job
+    again = compiled.build(folder)
+    assert again == first and again.stat().st_ino != inode and not again.stat().st_mode & 0o022
+
+    inode = again.stat().st_ino
+    again.write_bytes(b"#!/bin/sh\nexit 0\n")  # damaged: runs, records nothing
+    repaired = compiled.build(folder)
+    assert repaired == again and repaired.stat().st_ino != inode
+    assert compiled.check(repaired) is None
+    assert [p.name for p in folder.iterdir()] == [repaired.name], "a temporary file was left"
+
+
+def test_without_a_compiler_jobs_go_through_the_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert compiled.compiler() is None
+    with caplog.at_level(logging.WARNING, "conductor.executor"):
+        assert compiled.resolve(compiled.AUTO, tmp_path / "state") is None
+    assert "shell supervisor" in caplog.text
+    assert compiled.resolve(compiled.SHELL, tmp_path / "state") is None
+
+
+def test_an_unwritable_cache_builds_in_the_state_folder(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    built = compiled.resolve(compiled.AUTO, tmp_path / "state")
+    assert built is not None and built.parent == tmp_path / "state" / "bin"
+
+
+def test_the_setting_takes_auto_shell_or_a_supervisor_that_passes_its_check(built_supervisor: Path) -> None:
+    assert ExecutorSettings(job_supervisor=str(built_supervisor)).job_supervisor == str(built_supervisor)
+    assert ExecutorSettings(job_supervisor="shell").job_supervisor == "shell"
+    for wrong in ("conductor-job", "/nonexistent/conductor-job", "/bin/true", "/bin/sh"):
+        with pytest.raises(ValidationError, match="job_supervisor"):
+            ExecutorSettings(job_supervisor=wrong)
+
+
+def test_a_fifo_or_a_link_the_job_puts_at_its_status_is_neither_waited_on_nor_followed(
+    tmp_path: Path, built_supervisor: Path
+) -> None:
+    # The shell form would block for ever opening the FIFO to append the exit, and write through the link.
+    outside = tmp_path / "outside"
+    outside.write_text("untouched\n")
+    for folder, replace in (
+        (tmp_path / "fifo", "rm status; mkfifo status\n"),
+        (tmp_path / "link", f"rm status; ln -s {outside} status\n"),
+    ):
+        supervisor = _supervise(folder, f"until [ -s status ]; do sleep 0.01; done\n{replace}", form=built_supervisor)
+        assert supervisor.wait(10) == 0
+        assert sv.read_exit(folder) is None
+    assert outside.read_text() == "untouched\n"
+
+
+def test_a_job_keeps_the_signals_it_would_have_in_a_terminal(tmp_path: Path, built_supervisor: Path) -> None:
+    # The shell form starts the job in the background of a shell without job control, which ignores
+    # SIGINT and SIGQUIT in it; the compiled one leaves every signal as the executor had it.
+    supervisor = _supervise(tmp_path, "grep SigIgn /proc/self/status > ignored; sleep 300\n", form=built_supervisor)
+    try:
+        while not (tmp_path / "ignored").is_file() or not (tmp_path / "ignored").read_text().endswith("\n"):
+            time.sleep(0.01)
+        ignored = int((tmp_path / "ignored").read_text().split()[1], 16)
+        own = signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN  # the test may run where it is ignored
+        assert not ignored & (1 << (signal.SIGINT - 1)) and bool(ignored & (1 << (signal.SIGQUIT - 1))) == own
+        pgid = sv.read_pgid(tmp_path)
+        assert pgid is not None
+        os.killpg(pgid, signal.SIGINT)
+        assert supervisor.wait(10) == 0
+        ended = sv.read_exit(tmp_path)
+        assert ended is not None and ended.code == 128 + signal.SIGINT
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+
+
+def test_it_refuses_what_it_cannot_supervise(built_supervisor: Path) -> None:
+    for argv in (["conductor-job"], ["conductor-job", "script.sh"], ["conductor-job", "a", "b"]):
+        done = subprocess.run(argv, executable=built_supervisor, capture_output=True, timeout=10)
+        assert done.returncode == 2 and done.stderr
