@@ -16,6 +16,7 @@ import pytest
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import compiled
 from conductor_executor import supervision as sv
 from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
@@ -389,3 +390,38 @@ async def test_a_cancel_on_another_jobs_subject_cancels_nothing(
     assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
     assert (tmp_path / "finished").exists()
     await eventually(lambda: _consumer_settled(bus), what="the forged cancel terminated")
+
+
+async def test_a_job_that_removes_the_compiled_supervisor_does_not_stop_the_next_ones_starting(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs run as the executor's user: ``rm -rf ~/.cache`` takes the compiled supervisor with it.
+    if compiled.compiler() is None:
+        pytest.skip("no C compiler here: executors use the shell supervisor")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+        assert list((cache / "scns-conductor").glob("conductor-job-*")), "the compiled supervisor was not built"
+        first = await _submit_and_place(bus, tmp_path, f'rm -rf "{cache}/scns-conductor"\n')
+        assert isinstance(await _outcome(bus, first), ev.JobCompleted)
+        second = await _submit_and_place(bus, tmp_path, "exit 3\n")
+        failed = await _outcome(bus, second)
+        assert isinstance(failed, ev.JobFailed) and failed.exit_code == 3 and not failed.node_fail
+
+
+async def test_a_stop_while_the_supervisor_builds_ends_the_executor_at_once(
+    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = tmp_path / "cc"
+    stuck.write_text("#!/bin/sh\nsleep 300\n")  # a compiler that never ends
+    stuck.chmod(0o755)
+    (tmp_path / "cache").mkdir(mode=0o700)
+    monkeypatch.setenv("CC", str(stuck))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(executor_settings(nats_url, tmp_path), stop))
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, 5)

@@ -8,9 +8,11 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from pydantic import ValidationError
 
@@ -112,3 +114,78 @@ def test_it_refuses_what_it_cannot_supervise(built_supervisor: Path) -> None:
     for argv in (["conductor-job"], ["conductor-job", "script.sh"], ["conductor-job", "a", "b"]):
         done = subprocess.run(argv, executable=built_supervisor, capture_output=True, timeout=10)
         assert done.returncode == 2 and done.stderr
+
+
+@pytest.mark.parametrize("who", ["others can write it", "another user owns it", "others can write above it"])
+def test_a_folder_someone_else_could_write_is_never_built_in(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, who: str
+) -> None:
+    # Every job runs through the binary there: whoever can write the folder could swap it, later too.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if who == "others can write it":
+        (shared / "scns-conductor").mkdir(mode=0o700)
+        (shared / "scns-conductor").chmod(0o777)
+    elif who == "another user owns it":
+        (shared / "scns-conductor").mkdir(mode=0o700)
+        os.chown(shared / "scns-conductor", 65534, 65534)
+    else:
+        shared.chmod(0o777)  # not sticky: anyone may rename our folder away and put theirs
+    with pytest.raises(PermissionError):
+        compiled.build(shared / "scns-conductor")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    built = compiled.resolve(compiled.AUTO, tmp_path / "state")
+    assert built is not None and built.parent == tmp_path / "state" / "bin"
+
+
+def test_a_sticky_shared_folder_above_is_fine(built_supervisor: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: nobody can rename what is ours
+    built = compiled.build(shared / "scns-conductor")
+    assert built is not None and built.parent == shared / "scns-conductor"
+    assert not (shared / "scns-conductor").stat().st_mode & 0o077
+
+
+def test_the_path_is_absolute_wherever_the_executor_runs_from(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Jobs start in their own working folders: a relative path would be looked up from there.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", "relcache")  # ignored, as XDG says of a relative one
+    assert compiled.cache_folder() == Path.home() / ".cache" / "scns-conductor"
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    built = compiled.resolve(compiled.AUTO, Path("var/executor"))
+    assert built is not None and built.is_absolute() and built.parent == tmp_path / "var/executor/bin"
+
+
+def test_a_stop_ends_a_build_at_once_and_leaves_nothing_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids = tmp_path / "pids"
+    stuck = tmp_path / "cc"
+    stuck.write_text(f"#!/bin/sh\nsleep 300 &\necho $! >> {pids}\nsleep 300\n")
+    stuck.chmod(0o755)
+    monkeypatch.setenv("CC", str(stuck))
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    began = time.monotonic()
+    with pytest.raises(compiled.Cancelled):
+        compiled.build(tmp_path / "bin", cancel)
+    assert time.monotonic() - began < 5
+    child = int(pids.read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the compiler's child outlived the build"
+        time.sleep(0.05)
+    assert [p.name for p in (tmp_path / "bin").iterdir()] == []
+
+
+def test_a_supervisor_that_writes_garbage_fails_its_check_without_a_crash(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.write_text('#!/bin/sh\nprintf "\\377\\376 pgid\\n" > "${1%/*}/status"\n')
+    fake.chmod(0o755)
+    wrong = compiled.check(fake)
+    assert wrong is not None and "status record" in wrong

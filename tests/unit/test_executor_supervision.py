@@ -260,6 +260,31 @@ def test_a_job_killed_by_a_signal_is_recorded_as_128_plus_it_and_its_leftovers_g
     _wait_gone(int((tmp_path / "child").read_text()), "the job's background child")
 
 
+def test_an_exit_is_recorded_when_the_job_removed_its_status(tmp_path: Path, form: Path | None) -> None:
+    supervisor = _supervise(tmp_path, "until [ -s status ]; do sleep 0.01; done; rm status; exit 3\n", form=form)
+    assert supervisor.wait(10) == 0
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 3
+
+
+def test_an_exit_is_recorded_when_the_executor_ran_with_sigchld_ignored(tmp_path: Path, form: Path | None) -> None:
+    # Inherited by the supervisor, an ignored SIGCHLD would have the kernel reap the job unseen.
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "script.sh").write_text("exit 4\n")
+    argv, program = supervisor_argv(folder / "script.sh", form)
+    supervisor = subprocess.Popen(
+        argv,
+        executable=program,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN),
+    )
+    supervisor.wait(10)
+    ended = sv.read_exit(folder)
+    assert ended is not None and ended.code == 4
+
+
 # -- what a starting executor makes of a folder --------------------------------------------------------
 
 

@@ -4,15 +4,19 @@ here, ``bench/supervisor_cost.py``).
 
 ``CONDUCTOR_JOB_SUPERVISOR``:
 - ``auto`` (the default): built once per machine with the C compiler at hand (``cc``; ``CC`` names
-  another), kept in the user's cache folder under a name that changes with its source, and used when
-  it passes its check; without a compiler, or when the build or the check fails, the shell form, said
-  once in the log. An executor never depends on a compiler being there.
+  another), kept in the user's cache folder (or the executor's state folder) under a name that
+  changes with its source, and used when it passes its check; without a compiler, or when the build
+  or the check fails, the shell form, said once in the log. An executor never depends on a compiler.
 - ``shell``: always the shell form.
 - the absolute path of a supervisor built beforehand (an image without a compiler: the Dockerfile
   builds it in its first stage); it must pass the check, or the executor refuses to start.
 
 The check runs the binary on a script in a folder of its own, as the executor would: its job must
 lead a session of its own and its ``status`` record must name the job's group and exit status.
+
+Every job runs through this binary: one that someone else could have written, or could replace
+later, is never used. The folder it is built in, and every folder above it, must be this user's or
+root's and writable by nobody else (above it, unless sticky, like /tmp); the binary too.
 """
 
 from __future__ import annotations
@@ -23,8 +27,12 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from conductor_executor import supervision as sv
@@ -38,34 +46,68 @@ SHELL = "shell"
 _CHECK_SCRIPT = 'read -r -a f < /proc/$$/stat\n[ "${f[5]}" = "$$" ] && exit 3\nexit 4\n'
 _CHECK_TIMEOUT_S = 10.0
 _BUILD_TIMEOUT_S = 120.0
+_POLL_S = 0.05
 
 
-def check(binary: Path) -> str | None:
+class Cancelled(Exception):
+    """The executor stops: building or checking is given up."""
+
+
+def _run(argv: list[str], executable: str | None, timeout_s: float, cancel: threading.Event | None) -> int:
+    """Run a program in a session of its own and return its exit code; its whole group is killed when
+    it ends, times out or ``cancel`` is set, so nothing it started outlives the look (a compiler's
+    children, a broken supervisor's). OSError: it cannot start; TimeoutError; Cancelled."""
+    process = subprocess.Popen(
+        argv,
+        executable=executable,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                return process.wait(_POLL_S)
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{argv[0]} still ran after {timeout_s:.0f} s") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
+        process.wait()
+
+
+def check(binary: Path, cancel: threading.Event | None = None) -> str | None:
     """None when ``binary`` supervises a job as the executor needs, else what is wrong."""
     with tempfile.TemporaryDirectory(prefix="conductor-supervisor-check.") as folder:
         script = Path(folder) / "script.sh"
         script.write_text(_CHECK_SCRIPT)
         try:
-            done = subprocess.run(
-                [sv.ARGV0, str(script)],
-                executable=binary,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                start_new_session=True,
-                timeout=_CHECK_TIMEOUT_S,
-            )
-        except (OSError, subprocess.SubprocessError) as err:
+            code = _run([sv.ARGV0, str(script)], str(binary), _CHECK_TIMEOUT_S, cancel)
+        except (OSError, TimeoutError) as err:
             return f"it does not run: {err}"
-        status = (Path(folder) / sv.STATUS).read_text() if (Path(folder) / sv.STATUS).is_file() else ""
-        pgid, code = sv.parse_status(status)
-        if done.returncode != 0 or pgid is None or code != 3:
-            output = (done.stdout + done.stderr).decode(errors="replace").strip()[:200]
-            return f"exit {done.returncode}, status record {status!r}, output {output!r}"
+        status = sv._read(Path(folder) / sv.STATUS) or ""
+        pgid, exit_code = sv.parse_status(status)
+        if code != 0 or pgid is None or exit_code != 3:
+            return f"exit {code}, status record {status!r} (wanted the job's group and 'exit 3')"
     return None
 
 
-def cache_folder() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "scns-conductor"
+def cache_folder() -> Path | None:
+    """The user's cache folder for this, None when there is none to use (XDG: a relative
+    XDG_CACHE_HOME is ignored)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:  # no home folder known
+            return None
+    return Path(base) / "scns-conductor"
 
 
 def compiler() -> str | None:
@@ -75,80 +117,94 @@ def compiler() -> str | None:
     return None
 
 
-def _trusted(path: Path) -> bool:
-    """A binary every job runs through: only one of this user's that nobody else can write."""
+def _nobody_else_writes(path: Path, sticky_ok: bool) -> bool:
+    info = path.lstat()
+    if info.st_uid not in (0, os.geteuid()):
+        return False
+    return not info.st_mode & 0o022 or (sticky_ok and bool(info.st_mode & stat.S_ISVTX))
+
+
+def _private(folder: Path) -> bool:
+    """``folder`` and every folder above it are this user's or root's, and nobody else can write
+    them (above it: or sticky, where nobody can rename what is ours)."""
     try:
-        info = path.stat(follow_symlinks=False)
+        if not _nobody_else_writes(folder, sticky_ok=False):
+            return False
+        return all(_nobody_else_writes(parent, sticky_ok=True) for parent in folder.parents)
     except OSError:
         return False
-    return path.is_file() and not path.is_symlink() and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
-def build(folder: Path) -> Path | None:
+def _trusted(path: Path) -> bool:
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+def build(folder: Path, cancel: threading.Event | None = None) -> Path | None:
     """The supervisor built from ``SOURCE`` in ``folder`` (reused when it is there and passes its
     check), or None when there is no compiler or nothing it builds passes. OSError: ``folder`` is
-    unusable."""
+    unusable or not private to this user; Cancelled."""
+    folder.mkdir(mode=0o700, exist_ok=True)  # its parent must be there: no home folder is made up
+    # Absolute (jobs start in folders of their own: a relative path would miss it) and without links,
+    # so that the folders above are the ones looked at.
+    folder = folder.resolve()
+    if not _private(folder):
+        raise PermissionError(f"{folder}, or a folder above it, can be written by others")
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     target = folder / f"conductor-job-{digest}"
-    if _trusted(target) and check(target) is None:
+    if _trusted(target) and check(target, cancel) is None:
         return target
     cc = compiler()
     if cc is None:
         return None
-    folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".conductor-job.")
     os.close(fd)
     try:
         # Static first: no dynamic loader at each start. Not every libc has a static form.
         for flags in (["-O2", "-static"], ["-O2"]):
             try:
-                built = subprocess.run(
-                    [cc, *flags, "-o", tmp, str(SOURCE)],
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=_BUILD_TIMEOUT_S,
-                )
-            except (OSError, subprocess.SubprocessError) as err:
+                built = _run([cc, *flags, "-o", tmp, str(SOURCE)], None, _BUILD_TIMEOUT_S, cancel)
+            except (OSError, TimeoutError) as err:
                 log.warning("building the job supervisor failed", extra={"compiler": cc, "error": str(err)})
                 return None
-            if built.returncode != 0:
+            if built != 0:
                 continue
             os.chmod(tmp, 0o755)
-            if check(Path(tmp)) is None:
+            if check(Path(tmp), cancel) is None:
                 # Concurrent builds each rename a whole binary into place: any of them will do.
                 os.replace(tmp, target)
                 return target
-        log.warning(
-            "the job supervisor did not build or failed its check",
-            extra={"compiler": cc, "output": built.stderr.decode(errors="replace")[-500:]},
-        )
+        log.warning("the job supervisor did not build or failed its check", extra={"compiler": cc})
         return None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
 
 
-def resolve(setting: str, state_dir: Path) -> Path | None:
-    """The compiled supervisor to start jobs with, None for the shell form."""
+def resolve(setting: str, state_dir: Path, cancel: threading.Event | None = None) -> Path | None:
+    """The compiled supervisor to start jobs with (an absolute path), None for the shell form.
+    Cancelled: the executor stops."""
     if setting == SHELL:
         return None
     if setting != AUTO:
-        return Path(setting)  # checked with the settings
-    folders = [state_dir / "bin"]
-    with contextlib.suppress(RuntimeError):  # no home folder to find
-        folders.insert(0, cache_folder())
-    for folder in folders:
+        return Path(setting)  # absolute, and checked with the settings
+    cache = cache_folder()
+    built = None
+    for folder in [f for f in (cache, state_dir / "bin") if f is not None]:
         try:
-            built = build(folder)
+            if folder == state_dir / "bin":
+                state_dir.mkdir(parents=True, exist_ok=True)
+            built = build(folder, cancel)
         except OSError as err:
             log.warning("cannot build the job supervisor here", extra={"folder": str(folder), "error": str(err)})
             continue
-        if built is not None:
-            log.info("jobs start through the compiled supervisor", extra={"path": str(built)})
         break
-    else:
-        built = None
     if built is None:
         log.warning("no C compiler or no working build: jobs start through the shell supervisor (slower)")
+    else:
+        log.info("jobs start through the compiled supervisor", extra={"path": str(built)})
     return built

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,7 +123,8 @@ class Executor:
         # ~30 us per job): what jobs inherit is the executor's environment at its start.
         self._jobs_dir = settings.jobs_dir
         self._environment = envs.inherited(os.environ)
-        self._supervisor = compiled.resolve(settings.job_supervisor, settings.state_dir)
+        # The shell form until ``run`` has the compiled one built and checked (``compiled.py``).
+        self.supervisor: Path | None = None
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -521,9 +523,21 @@ class Executor:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
             record_files(folder, outputs.record)
-            return start_supervisor(
-                script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus, self._supervisor
-            )
+            compiled_form = self.supervisor
+            try:
+                return start_supervisor(
+                    script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus, compiled_form
+                )
+            except OSError as err:
+                if compiled_form is None or err.filename != str(compiled_form):
+                    raise
+                # Gone or changed since it was checked (a job may clear the cache): not worth a job.
+                log.warning(
+                    "the compiled supervisor cannot be started: jobs start through the shell form from now on",
+                    extra={"path": str(compiled_form), "error": str(err)},
+                )
+                self.supervisor = None
+                return start_supervisor(script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus)
         finally:
             outputs.close()  # the child has its own copies
 
@@ -787,6 +801,9 @@ _NATS_SYNC_S = 120.0
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     executor = Executor(settings, stop)
+    executor.supervisor = await _job_supervisor(settings, stop)
+    if stop.is_set():
+        return
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
@@ -815,6 +832,20 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+
+
+async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> Path | None:
+    """The compiled supervisor, built (once per machine) and checked in a thread; a stop meanwhile
+    ends the build at once."""
+    cancel = threading.Event()
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(lambda _: cancel.set())
+    try:
+        return await asyncio.to_thread(compiled.resolve, settings.job_supervisor, settings.state_dir, cancel)
+    except compiled.Cancelled:
+        return None
+    finally:
+        stopping.cancel()
 
 
 async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: asyncio.Event) -> None:

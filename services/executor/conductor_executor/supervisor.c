@@ -20,7 +20,8 @@
 
 /* One line, one write(): a crash leaves it whole or missing. The job can write in its folder: a link
  * or a FIFO put at the record's name is not followed or waited on (the shell form would); the record
- * is then missing, which the executor reads as a supervisor gone without one. */
+ * is then missing, which the executor reads as a supervisor gone without one. A record the job
+ * removed is created again, as the shell's >> does. */
 static void record(const char *path, int flags, const char *word, long number) {
     char line[48];
     int length = snprintf(line, sizeof line, "%s %ld\n", word, number);
@@ -57,6 +58,9 @@ int main(int argc, char **argv) {
     memcpy(status, script, folder);
     strcpy(status + folder, "/status");
 
+    /* Inherited as ignored, SIGCHLD would make the kernel reap the job itself: no status to wait for. */
+    signal(SIGCHLD, SIG_DFL);
+
     pid_t job = fork();
     if (job < 0) {
         perror("conductor-job: fork");
@@ -82,6 +86,6 @@ int main(int argc, char **argv) {
     }
     /* What the job left in its group goes with it, as Slurm does at a step's end. */
     kill(-job, SIGKILL);
-    record(status, O_APPEND, "exit", (long)code);
+    record(status, O_CREAT | O_APPEND, "exit", (long)code);
     return 0;
 }
