@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -72,3 +73,16 @@ def test_a_number_out_of_its_range_is_a_bad_setting(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("CONDUCTOR_").lower()):
         settings()
+
+
+@pytest.mark.parametrize("state", ["/proc/nope", "a file", "a file/below"])
+def test_a_state_folder_the_executor_cannot_write_stops_its_start(state: str, tmp_path: Path) -> None:
+    # Before, it ran on, retrying to write its registration for ever: a node that never came.
+    (tmp_path / "a file").write_text("")
+    env = os.environ | {"CONDUCTOR_STATE_DIR": state, "NATS_URL": "nats://127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conductor_executor"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT_BAD_SETTING
+    assert done.stderr.startswith(f"conductor executor: CONDUCTOR_STATE_DIR {state}: ")
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from conductor_executor.service import run
-from conductor_executor.settings import ExecutorSettings
+from conductor_executor.settings import ExecutorSettings, refuse_unusable_state
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     if "partitions" in overrides:
         overrides["partitions"] = [p.strip() for p in overrides["partitions"].split(",") if p.strip()]
     settings = load_settings(ExecutorSettings, "conductor executor", **overrides)
+    refuse_unusable_state(settings)
     logs.setup("executor", settings.log_level)
     tracing.setup("executor")
     metrics.serve("executor", settings.metrics_port)
