@@ -189,3 +189,18 @@ def test_a_supervisor_that_writes_garbage_fails_its_check_without_a_crash(tmp_pa
     fake.chmod(0o755)
     wrong = compiled.check(fake)
     assert wrong is not None and "status record" in wrong
+
+
+def test_a_missing_cache_folder_is_made_but_not_a_missing_home(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    built = compiled.resolve(compiled.AUTO, tmp_path / "state")
+    assert built is not None and built.parent == home / ".cache" / "scns-conductor"
+    monkeypatch.setenv("HOME", str(tmp_path / "no-such-home"))
+    built = compiled.resolve(compiled.AUTO, tmp_path / "state")
+    assert built is not None and built.parent == tmp_path / "state" / "bin"
+    assert not (tmp_path / "no-such-home").exists()

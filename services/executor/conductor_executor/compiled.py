@@ -147,7 +147,9 @@ def build(folder: Path, cancel: threading.Event | None = None) -> Path | None:
     """The supervisor built from ``SOURCE`` in ``folder`` (reused when it is there and passes its
     check), or None when there is no compiler or nothing it builds passes. OSError: ``folder`` is
     unusable or not private to this user; Cancelled."""
-    folder.mkdir(mode=0o700, exist_ok=True)  # its parent must be there: no home folder is made up
+    # ~/.cache may not be there yet; the home folder must (none is made up).
+    folder.parent.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(mode=0o700, exist_ok=True)
     # Absolute (jobs start in folders of their own: a relative path would miss it) and without links,
     # so that the folders above are the ones looked at.
     folder = folder.resolve()
