@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from conductor_platform.localservers import free_port
+from conductor_projector import migrate
 from tests.system import connected_to
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,7 @@ def test_sigterm_while_the_migration_waits_on_postgresql_ends_the_projector(
 def test_ctrl_c_stops_a_healthy_gateway_without_a_traceback(nats_url: str, database_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = {"NATS_URL": nats_url, "DATABASE_URL": database_url, "CONDUCTOR_PORT": str(port)}
+    migrate.upgrade(database_url)  # /nodes answers 200 once its table is there, whatever ran before
 
     def answering(_: int) -> bool:
         try:
@@ -95,3 +97,27 @@ def test_ctrl_c_stops_a_healthy_gateway_without_a_traceback(nats_url: str, datab
             return False
 
     assert _stopped("conductor_gateway", env, tmp_path / "gateway.log", answering, signal.SIGINT) == 0
+
+
+@pytest.mark.parametrize(
+    "module", ["conductor_gateway", "conductor_scheduler", "conductor_projector", "conductor_executor"]
+)
+def test_ctrl_c_while_a_service_still_imports_ends_it_quietly(module: str, tmp_path: Path) -> None:
+    # Ctrl-C reaches every child of `conductor up` (one process group): pressed in the first second,
+    # each service printed a KeyboardInterrupt traceback from wherever its imports were.
+    env = os.environ | {
+        "NATS_URL": f"nats://127.0.0.1:{free_port()}",  # nothing listens there
+        "CONDUCTOR_PORT": str(free_port()),
+        "CONDUCTOR_STATE_DIR": str(tmp_path / "state"),
+    }
+    for delay in (0.15, 0.3, 0.45):
+        service = subprocess.Popen(
+            [sys.executable, "-m", module], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        time.sleep(delay)
+        service.send_signal(signal.SIGINT)
+        try:
+            output, _ = service.communicate(timeout=10)
+        finally:
+            service.kill()
+        assert "Traceback" not in output and "KeyboardInterrupt" not in output, f"after {delay} s:\n{output}"

@@ -21,6 +21,8 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
+    # Services' __main__ keep Ctrl-C quiet while they import; from here it is a stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(_wrapped())
     except closed.ConnectionClosedForGood as err:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
+# Ctrl-C while the imports below run (about a second) ends the process quietly, not with a
+# KeyboardInterrupt traceback; Python's own handler is back before the service starts.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import contextlib
 import errno
 import gc
@@ -71,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()
     # uvicorn hands a captured SIGINT back to Python once it has stopped, as uvicorn.run() does and
     # catches: Ctrl-C is a stop, not a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     if not server.started:

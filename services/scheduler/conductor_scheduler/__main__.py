@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
+# Ctrl-C while the imports below run (about a second) ends the process quietly, not with a
+# KeyboardInterrupt traceback; Python's own handler is back before the service starts.
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import asyncio
 
 from conductor_platform import logging as logs
