@@ -425,3 +425,21 @@ async def test_a_stop_while_the_supervisor_builds_ends_the_executor_at_once(
     assert not task.done()
     stop.set()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_job_too_large_to_start_does_not_turn_the_compiled_supervisor_off(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    # exec refuses a string over 128 KiB (E2BIG) and names the program: the job's fault, not the binary's.
+    if compiled.compiler() is None:
+        pytest.skip("no C compiler here: executors use the shell supervisor")
+    huge = submitted().model_copy(
+        update={"working_directory": str(tmp_path), "script": "true\n", "environment": {"BIG": "x" * 200_000}}
+    )
+    first = await bus.publish(huge)
+    await bus.publish(ev.JobPlaced(job_id=first, node=NODE, cores=(0,), memory_mb=100), by_scheduler=True)
+    failed = await _outcome(bus, first)
+    assert isinstance(failed, ev.JobFailed) and "Argument list too long" in (failed.message or "")
+    second = await _submit_and_place(bus, tmp_path, f"tr '\\0' ' ' < /proc/$PPID/cmdline > {tmp_path}/parent\n")
+    assert isinstance(await _outcome(bus, second), ev.JobCompleted)
+    assert (tmp_path / "parent").read_text().startswith(f"{sv.ARGV0} "), "the shell form took over"

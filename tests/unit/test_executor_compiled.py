@@ -204,3 +204,22 @@ def test_a_missing_cache_folder_is_made_but_not_a_missing_home(
     built = compiled.resolve(compiled.AUTO, tmp_path / "state")
     assert built is not None and built.parent == tmp_path / "state" / "bin"
     assert not (tmp_path / "no-such-home").exists()
+
+
+def test_nothing_is_made_in_a_folder_that_is_not_private(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match="umask 002"):
+        compiled.build(shared / "scns-conductor")
+    assert not (shared / "scns-conductor").exists()
+
+
+def test_a_build_left_half_done_by_a_killed_executor_is_swept(built_supervisor: Path, tmp_path: Path) -> None:
+    shutil.copy2(built_supervisor, tmp_path)
+    old, recent = tmp_path / ".conductor-job.old", tmp_path / ".conductor-job.recent"
+    old.write_bytes(b"half")
+    recent.write_bytes(b"building now")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert compiled.build(tmp_path) == tmp_path / built_supervisor.name
+    assert not old.exists() and recent.exists()

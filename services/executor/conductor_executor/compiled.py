@@ -124,15 +124,35 @@ def _nobody_else_writes(path: Path, sticky_ok: bool) -> bool:
     return not info.st_mode & 0o022 or (sticky_ok and bool(info.st_mode & stat.S_ISVTX))
 
 
-def _private(folder: Path) -> bool:
+def _private(folder: Path, sticky_ok: bool = False) -> bool:
     """``folder`` and every folder above it are this user's or root's, and nobody else can write
-    them (above it: or sticky, where nobody can rename what is ours)."""
+    them (above it, and ``folder`` itself with ``sticky_ok``: or sticky, where nobody can rename
+    what is ours)."""
     try:
-        if not _nobody_else_writes(folder, sticky_ok=False):
+        if not _nobody_else_writes(folder, sticky_ok):
             return False
         return all(_nobody_else_writes(parent, sticky_ok=True) for parent in folder.parents)
     except OSError:
         return False
+
+
+def _refuse_unless_private(folder: Path, sticky_ok: bool = False) -> None:
+    if not _private(folder, sticky_ok):
+        raise PermissionError(
+            f"{folder}, or a folder above it, is another user's or can be written by others (group"
+            " included: with umask 002, name a supervisor built beforehand in CONDUCTOR_JOB_SUPERVISOR)"
+        )
+
+
+# A build's temporary file, left by an executor killed amid it, is removed by a later build.
+_STALE_S = 3600.0
+
+
+def _sweep_stale(folder: Path) -> None:
+    for stale in folder.glob(".conductor-job.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - stale.lstat().st_mtime > _STALE_S:
+                stale.unlink()
 
 
 def _trusted(path: Path) -> bool:
@@ -147,14 +167,17 @@ def build(folder: Path, cancel: threading.Event | None = None) -> Path | None:
     """The supervisor built from ``SOURCE`` in ``folder`` (reused when it is there and passes its
     check), or None when there is no compiler or nothing it builds passes. OSError: ``folder`` is
     unusable or not private to this user; Cancelled."""
-    # ~/.cache may not be there yet; the home folder must (none is made up).
-    folder.parent.mkdir(mode=0o700, exist_ok=True)
-    folder.mkdir(mode=0o700, exist_ok=True)
+    # ~/.cache may not be there yet; the home folder must (none is made up). Nothing is made where
+    # it could not be used: in a folder that is not private to this user.
+    for made in (folder.parent, folder):
+        if not made.exists():
+            _refuse_unless_private(made.parent.resolve(), sticky_ok=True)
+            made.mkdir(mode=0o700, exist_ok=True)
     # Absolute (jobs start in folders of their own: a relative path would miss it) and without links,
     # so that the folders above are the ones looked at.
     folder = folder.resolve()
-    if not _private(folder):
-        raise PermissionError(f"{folder}, or a folder above it, can be written by others")
+    _refuse_unless_private(folder)
+    _sweep_stale(folder)
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     target = folder / f"conductor-job-{digest}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -529,7 +530,9 @@ class Executor:
                     script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus, compiled_form
                 )
             except OSError as err:
-                if compiled_form is None or err.filename != str(compiled_form):
+                # Only what says the binary itself is gone or unusable (E2BIG, a job's environment too
+                # large, names it too, and would fail the shell form the same way).
+                if compiled_form is None or err.filename != str(compiled_form) or err.errno not in _NOT_RUNNABLE:
                     raise
                 # Gone or changed since it was checked (a job may clear the cache): not worth a job.
                 log.warning(
@@ -832,6 +835,10 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+
+
+# What exec says of a program that is gone, not ours to run, or not a program (any more).
+_NOT_RUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ETXTBSY, errno.ENOTDIR, errno.ELOOP})
 
 
 async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> Path | None:
