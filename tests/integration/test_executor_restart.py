@@ -54,17 +54,21 @@ class ExecutorProcess:
         self.process.wait()
 
 
-# Every test with each form of the jobs' supervisor: compiled (the default where a C compiler is at
-# hand) and the shell form (where there is none).
-@pytest.fixture(params=["auto", "shell"])
+@pytest.fixture
 def settings(nats_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ExecutorSettings]:
-    settings = executor_settings(nats_url, tmp_path, job_supervisor=request.param)
+    """``request.param``: the form of the jobs' supervisor (``BOTH_FORMS``), the default else."""
+    settings = executor_settings(nats_url, tmp_path, job_supervisor=getattr(request, "param", "auto"))
     yield settings
     # Whatever a failed test left: every supervisor's and job's group under this test's folder.
     for proc in psutil.process_iter(["cmdline"]):
         if str(tmp_path) in " ".join(proc.info.get("cmdline") or []):
             with contextlib.suppress(ProcessLookupError, PermissionError, psutil.Error):
                 os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+
+
+# The tests that take a job over, read what it recorded and kill what is left of it run with each form
+# of the supervisor: compiled (the default where a C compiler is at hand) and the shell form.
+BOTH_FORMS = pytest.mark.parametrize("settings", ["auto", "shell"], indirect=True)
 
 
 async def _place(bus: Bus, work: Path, script: str, core: int, time_limit_s: int | None = 60) -> int:
@@ -122,6 +126,7 @@ async def _one_started(bus: Bus, job_id: int) -> None:
     assert len(await _has(bus, ev.JobStarted, job_id)) == 1, "a second JobStarted"
 
 
+@BOTH_FORMS
 async def test_jobs_outlive_a_sigkilled_executor_and_end_with_their_real_exit(
     bus: Bus, settings: ExecutorSettings, tmp_path: Path
 ) -> None:
@@ -150,6 +155,7 @@ async def test_jobs_outlive_a_sigkilled_executor_and_end_with_their_real_exit(
         assert (await store.get(subjects.output_object(fails, "stdout"))).data == b"before\nafter\n"
 
 
+@BOTH_FORMS
 async def test_a_job_that_ended_while_no_executor_ran_is_reported_with_its_exit_and_time(
     bus: Bus, settings: ExecutorSettings, tmp_path: Path
 ) -> None:
@@ -200,6 +206,7 @@ async def test_a_job_killed_with_its_supervisor_while_no_executor_ran_ends_node_
         assert "supervisor ended without recording" in failed.message
 
 
+@BOTH_FORMS
 async def test_a_job_left_by_its_killed_supervisor_is_killed_and_ends_node_fail(
     bus: Bus, settings: ExecutorSettings, tmp_path: Path
 ) -> None:
