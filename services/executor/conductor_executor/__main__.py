@@ -10,13 +10,39 @@ signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import argparse
 import asyncio
+import errno
+import os
+import sys
+import tempfile
 
 from conductor_executor.service import run
-from conductor_executor.settings import ExecutorSettings, refuse_unusable_state
+from conductor_executor.settings import ExecutorSettings
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
-from conductor_platform.settings import load_settings
+from conductor_platform.settings import EXIT_BAD_SETTING, load_settings
+
+# A full or failing disk passes (the executor retries its writes while it runs); anything else at start
+# (no such folder possible, not a folder, read-only, not ours) is a setting that does not hold.
+_PASSING = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM})
+
+
+def refuse_unusable_state(settings: ExecutorSettings) -> None:
+    """End the start (``EXIT_BAD_SETTING``, one line) when the state folder cannot hold the jobs'
+    folders and the outbox: an executor that cannot write them would register nothing and retry for
+    ever, and ``conductor up`` would restart it for ever."""
+    try:
+        for folder in (settings.jobs_dir, settings.outbox_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".writable.")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        if err.errno in _PASSING:
+            return
+        where = err.filename or settings.state_dir
+        print(f"conductor executor: CONDUCTOR_STATE_DIR {settings.state_dir}: {where}: {err.strerror}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,10 +91,10 @@ def check(binary: Path, cancel: threading.Event | None = None) -> str | None:
             code = _run([sv.ARGV0, str(script)], str(binary), _CHECK_TIMEOUT_S, cancel)
         except (OSError, TimeoutError) as err:
             return f"it does not run: {err}"
-        status = sv._read(Path(folder) / sv.STATUS) or ""
-        pgid, exit_code = sv.parse_status(status)
-        if code != 0 or pgid is None or exit_code != 3:
-            return f"exit {code}, status record {status!r} (wanted the job's group and 'exit 3')"
+        pgid, ended = sv.read_pgid(Path(folder)), sv.read_exit(Path(folder))
+        if code != 0 or pgid is None or ended is None or ended.code != 3:
+            recorded = "no exit" if ended is None else f"exit {ended.code}"
+            return f"it exited {code}, recorded group {pgid} and {recorded} (wanted a group and exit 3)"
     return None
 
 

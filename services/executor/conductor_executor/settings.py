@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-import errno
 import os
 import re
 import socket
-import sys
-import tempfile
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -13,7 +10,7 @@ from pydantic import Field, field_validator
 from conductor_contracts import events as ev
 from conductor_contracts.parsing import parse_memory_mb
 from conductor_executor import compiled
-from conductor_platform.settings import EXIT_BAD_SETTING, CommonSettings
+from conductor_platform.settings import CommonSettings
 
 
 def machine_memory_mb() -> int:
@@ -98,26 +95,3 @@ class ExecutorSettings(CommonSettings):
     def outbox_spares_dir(self) -> Path:
         """Published outbox files, kept to be written again (``outbox.py``)."""
         return self.state_dir / self.node / "outbox-spares"
-
-
-# A full or failing disk passes (the executor retries its writes while it runs); anything else at start
-# (no such folder possible, not a folder, read-only, not ours) is a setting that does not hold.
-_PASSING = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM})
-
-
-def refuse_unusable_state(settings: ExecutorSettings) -> None:
-    """End the start (``EXIT_BAD_SETTING``, one line) when the state folder cannot hold the jobs'
-    folders and the outbox: an executor that cannot write them would register nothing and retry for
-    ever, and ``conductor up`` would restart it for ever."""
-    try:
-        for folder in (settings.jobs_dir, settings.outbox_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".writable.")
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as err:
-        if err.errno in _PASSING:
-            return
-        where = err.filename or settings.state_dir
-        print(f"conductor executor: CONDUCTOR_STATE_DIR {settings.state_dir}: {where}: {err.strerror}", file=sys.stderr)
-        sys.exit(EXIT_BAD_SETTING)
