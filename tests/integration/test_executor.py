@@ -143,6 +143,29 @@ async def test_cancel_of_a_running_job(bus: Bus, executor: ExecutorSettings, tmp
     assert isinstance(outcome, ev.JobCancelled) and outcome.node == NODE
 
 
+# Killed by its executor, the job kills its supervisor before that can record its exit: the reason
+# the executor recorded before signalling still says how it ended (not NODE_FAIL, which requeues).
+_KILLS_ITS_SUPERVISOR = "trap 'kill -9 $PPID; exit 0' TERM\nsleep 300 &\nwait\n"
+
+
+async def test_a_timed_out_job_that_kills_its_supervisor_is_timed_out(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    job_id = await _submit_and_place(bus, tmp_path, _KILLS_ITS_SUPERVISOR, time_limit_s=1)
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobTimedOut) and outcome.exit_code is None
+
+
+async def test_a_cancelled_job_that_kills_its_supervisor_is_cancelled(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path
+) -> None:
+    job_id = await _submit_and_place(bus, tmp_path, _KILLS_ITS_SUPERVISOR)
+    await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="started")
+    await bus.publish(ev.JobCancelRequested(job_id=job_id))
+    outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobCancelled) and outcome.exit_code is None
+
+
 async def test_a_cancel_stored_before_the_placement_wins(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
     job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
     job_id = await bus.publish(job)

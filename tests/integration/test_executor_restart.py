@@ -206,6 +206,22 @@ async def test_a_job_killed_with_its_supervisor_while_no_executor_ran_ends_node_
         assert "supervisor ended without recording" in failed.message
 
 
+async def test_a_job_cancelled_by_an_executor_killed_mid_kill_ends_cancelled_without_its_supervisor(
+    bus: Bus, settings: ExecutorSettings, tmp_path: Path
+) -> None:
+    # That executor recorded why and signalled; the job took its supervisor down with it; then that
+    # executor died. Cancelled, not NODE_FAIL (which would requeue a job its user cancelled).
+    [job_id] = await _started_under_a_killed_executor(bus, settings, GATED.format(gate=tmp_path / "go", code=0))
+    supervisor, group = _supervisor(settings, job_id), await _job_group(settings, job_id)
+    sv.write_kill(_folder(settings, job_id), frozenset({"cancelled"}))
+    os.killpg(supervisor, signal.SIGKILL)
+    os.killpg(group, signal.SIGKILL)
+    await eventually(lambda: _gone(supervisor), what="the supervisor killed")
+    async with running(bus, settings):
+        cancelled = await _outcome(bus, job_id)
+        assert isinstance(cancelled, ev.JobCancelled) and cancelled.exit_code is None
+
+
 @BOTH_FORMS
 async def test_a_job_left_by_its_killed_supervisor_is_killed_and_ends_node_fail(
     bus: Bus, settings: ExecutorSettings, tmp_path: Path

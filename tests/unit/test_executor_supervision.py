@@ -161,9 +161,28 @@ def test_outcomes(code: int, reasons: frozenset[str], kind: type) -> None:
     assert event.occurred_at.timestamp() == 1_700_000_000.25
 
 
-def test_no_exit_record_is_node_fail() -> None:
-    event = outcome_event(5, "n1", None, frozenset({"cancelled"}), None, "lost")
+def test_no_exit_record_and_no_kill_is_node_fail() -> None:
+    event = outcome_event(5, "n1", None, frozenset(), None, "lost")
     assert isinstance(event, ev.JobFailed) and event.node_fail and event.message == "lost"
+
+
+@pytest.mark.parametrize(
+    ("reasons", "kind"),
+    [
+        (frozenset({"cancelled"}), ev.JobCancelled),
+        (frozenset({"timeout"}), ev.JobTimedOut),
+        (frozenset({"oom", "timeout"}), ev.JobOutOfMemory),
+    ],
+)
+def test_a_kill_without_an_exit_record_is_what_was_asked(reasons: frozenset[str], kind: type) -> None:
+    # Not NODE_FAIL: that would requeue a job that was cancelled or ran out of its time.
+    event = outcome_event(5, "n1", None, reasons, None, "lost")
+    assert isinstance(event, kind) and event.exit_code is None
+
+
+def test_a_fenced_kill_without_an_exit_record_says_it_was_fenced() -> None:
+    event = outcome_event(5, "n1", None, frozenset({"fenced"}), None, "lost")
+    assert isinstance(event, ev.JobFailed) and event.node_fail and event.message != "lost"
 
 
 # -- the wrapper itself, run by the real /bin/sh -------------------------------------------------------
@@ -306,7 +325,11 @@ def test_a_gone_supervisor_without_an_exit_record_is_lost(tmp_path: Path) -> Non
     record = sv.ProcessRecord(pid=gone.pid, started=1.0, supervised=True)
     sv.write_process(tmp_path, record)
     found = survey(tmp_path, 1, 1.0)
-    assert isinstance(found, Lost) and found.message == LOST_SUPERVISOR
+    assert isinstance(found, Lost) and found.message == LOST_SUPERVISOR and not found.reasons
+    # Its executor was killing it: a restarted one reports what it was killed for.
+    sv.write_kill(tmp_path, frozenset({"timeout"}))
+    found = survey(tmp_path, 1, 1.0)
+    assert isinstance(found, Lost) and found.reasons == {"timeout"}
     (tmp_path / sv.EXIT).write_text("0\n")
     found = survey(tmp_path, 1, 1.0)
     assert isinstance(found, Ended) and found.exit.code == 0 and found.record == record

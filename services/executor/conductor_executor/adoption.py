@@ -53,6 +53,8 @@ class Ended:
 @dataclass(frozen=True)
 class Lost:
     message: str
+    # Why its executor was killing it, if it was: what the outcome says (``outcomes.outcome_event``).
+    reasons: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
     ended = sv.read_exit(folder)
     if ended is not None:
         return Ended(ended, sv.read_kill(folder), record)
-    return Lost(LOST_SUPERVISOR)
+    return Lost(LOST_SUPERVISOR, sv.read_kill(folder))
 
 
 @dataclass

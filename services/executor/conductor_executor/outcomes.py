@@ -22,16 +22,17 @@ def outcome_event(
     lost_message: str,
     run: int = 0,
 ) -> ev.TerminalJobEvent:
-    """``exit_code`` None: no record of the job's exit (its supervisor vanished), NODE_FAIL with
-    ``lost_message``. A kill's reason wins over the status it caused (a cancelled job exits 143).
+    """A kill's reason wins over the status it caused (a cancelled job exits 143), and over a missing
+    record of it: the executor writes its reason before it signals, so a job that then killed its
+    supervisor (or removed the record) still ends as what was asked, not as NODE_FAIL, which would
+    requeue it. ``exit_code`` None without a reason: nothing says how the job ended (its supervisor
+    vanished), NODE_FAIL with ``lost_message``.
     ``ended_at``: when the job ended (wall clock), the event's time; now when unknown. ``run``: the
     run of the job it ends (``JobPlaced.run``). A run killed as ``lost`` has no outcome at all: the
     caller does not ask for one."""
     at: dict[str, Any] = {"run": run}
     if ended_at is not None:
         at["occurred_at"] = datetime.fromtimestamp(ended_at, UTC)
-    if exit_code is None:
-        return ev.JobFailed(job_id=job_id, node=node, exit_code=None, message=lost_message, node_fail=True, **at)
     if "cancelled" in reasons:
         return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "fenced" in reasons:
@@ -40,6 +41,8 @@ def outcome_event(
         return ev.JobOutOfMemory(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "timeout" in reasons:
         return ev.JobTimedOut(job_id=job_id, node=node, exit_code=exit_code, **at)
+    if exit_code is None:
+        return ev.JobFailed(job_id=job_id, node=node, exit_code=None, message=lost_message, node_fail=True, **at)
     if exit_code == 0:
         return ev.JobCompleted(job_id=job_id, node=node, exit_code=0, **at)
     return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, **at)

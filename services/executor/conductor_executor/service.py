@@ -272,9 +272,7 @@ class Executor:
             except Exception:  # what can be reported still is
                 log.exception("looking for unrecorded jobs failed")
         for (job_id, run), lost in stock.lost.items():
-            event = ev.JobFailed(
-                job_id=job_id, node=self.node, exit_code=None, message=lost.message, node_fail=True, run=run
-            )
+            event = outcome_event(job_id, self.node, None, lost.reasons, None, lost.message, run)
             await self.finish(job_id, event)
             log.warning("job lost with a previous executor", extra={"job_id": job_id, "why": lost.message})
 
