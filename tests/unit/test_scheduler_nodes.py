@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conductor_contracts import events as ev
+from conductor_scheduler.policy import decide
 from tests.unit.scheduling import Log, node, replay, submitted
 
 
@@ -28,6 +29,42 @@ def test_a_lost_node_fails_its_jobs_and_requeues_those_that_asked() -> None:
     log.append(node("n1", 1))
     placed = log.schedule()
     assert [(d.type, d.job_id, getattr(d, "run", None)) for d in placed] == [("JobPlaced", again, 1)]
+
+
+def test_a_requeue_job_cancelled_while_running_ends_cancelled_when_its_node_is_lost() -> None:
+    # Its executor never got to the cancel: requeued, the job would come back PENDING and be placed
+    # again before the next executor found the stored cancel.
+    log = Log()
+    log.append(node("n0", 2))
+    lost = log.append(submitted(requeue=True))
+    fenced = log.append(submitted(requeue=True))
+    log.schedule()
+    log.append(ev.JobCancelRequested(job_id=lost))
+    log.append(ev.JobCancelRequested(job_id=fenced))
+    # One reported NODE_FAIL by its own executor (fenced), then the node is lost under the other.
+    log.append(ev.JobFailed(job_id=fenced, node="n0", exit_code=None, message="fenced", node_fail=True))
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    decisions = log.schedule()
+    assert sorted((d.type, d.job_id, getattr(d, "node", None)) for d in decisions) == sorted(
+        [("JobCancelled", lost, "n0"), ("JobCancelled", fenced, "n0")]
+    )
+    assert not log.state.running and not log.state.pending and not log.state.cancel_requested
+    log.append(node("n1", 2))
+    assert _decisions(log) == []
+
+
+def test_a_cancel_folded_after_its_requeue_decision_cancels_the_requeued_job() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    job = log.append(submitted(requeue=True))
+    log.schedule()
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    requeue = [d for d in decide(log.state) if isinstance(d, ev.JobRequeued)]
+    assert requeue
+    log.append(ev.JobCancelRequested(job_id=job))  # stored between the decision and its fold
+    for decision in requeue:
+        log.append(decision, by_scheduler=True)
+    assert _decisions(log) == [("JobCancelled", job)]
 
 
 def test_late_reports_of_an_earlier_run_change_nothing() -> None:

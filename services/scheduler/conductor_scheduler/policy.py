@@ -115,14 +115,17 @@ def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
 
 
 def _orphaned(state: ClusterState) -> list[Decision]:
-    """The running jobs of lost nodes: requeued when they asked to be, NODE_FAIL otherwise."""
+    """The running jobs of lost nodes: cancelled when that was asked, requeued when they asked to be,
+    NODE_FAIL otherwise."""
     decisions: list[Decision] = []
     for job_id, name in sorted(state.orphans.items()):
         allocation = state.running.get(job_id)
         if allocation is None:
             continue
         why = f"node {name} was lost (its executor went silent)"
-        if allocation.job.requeue:
+        if job_id in state.cancel_requested:  # not run again: its user cancelled it
+            decisions.append(ev.JobCancelled(job_id=job_id, node=name, run=allocation.run))
+        elif allocation.job.requeue:
             decisions.append(ev.JobRequeued(job_id=job_id, node=name, run=allocation.run, reason=why))
         else:
             message = f"{why}; how the job ended is unknown"

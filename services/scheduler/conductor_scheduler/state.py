@@ -72,6 +72,8 @@ class ClusterState:
     pending: dict[int, PendingJob] = field(default_factory=dict)  # insertion order = submit order
     queued: dict[str, int] = field(default_factory=dict)  # pending jobs per partition
     running: dict[int, Allocation] = field(default_factory=dict)
+    # Jobs whose cancel was requested while pending or running: a pending one is cancelled by the
+    # policy, a running one by its executor (or by the policy, if its node is lost).
     cancel_requested: set[int] = field(default_factory=set)
     reasons: dict[int, str] = field(default_factory=dict)
     # Dependencies: every job's state, and the pending jobs a dependency holds (holds.py).
@@ -256,14 +258,15 @@ def evolve(
         case ev.JobSubmitted():
             _submitted(state, seq, event, traceparent)
         case ev.JobCancelRequested(job_id=job_id):
-            if job_id in state.pending:
+            # Kept while the job runs too (its executor kills it): if its node is lost, it ends
+            # cancelled rather than requeued.
+            if job_id in state.pending or job_id in state.running:
                 state.cancel_requested.add(job_id)
         case ev.JobPlaced(job_id=job_id):
             job = state.pending.get(job_id)
             if job is None:
                 return state
             _dequeue(state, job_id)
-            state.cancel_requested.discard(job_id)
             state.reasons.pop(job_id, None)
             state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb, job, event.run)
             node = state.nodes.get(event.node)
