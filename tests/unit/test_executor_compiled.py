@@ -3,8 +3,10 @@ required (no compiler: the shell form), and safer than the shell with what a job
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -206,13 +208,77 @@ def test_a_missing_cache_folder_is_made_but_not_a_missing_home(
     assert not (tmp_path / "no-such-home").exists()
 
 
-def test_nothing_is_made_in_a_folder_that_is_not_private(tmp_path: Path) -> None:
+def test_nothing_is_made_in_a_folder_that_is_not_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    with pytest.raises(PermissionError, match="umask 002"):
+    monkeypatch.setattr(compiled, "_only_mine", lambda gid: True)  # others' write is never mended by it
+    with pytest.raises(PermissionError, match="CONDUCTOR_JOB_SUPERVISOR"):
         compiled.build(shared / "scns-conductor")
     assert not (shared / "scns-conductor").exists()
+
+
+@pytest.mark.parametrize("only_mine", [True, False])
+def test_a_group_writable_folder_is_private_when_its_group_is_this_users_alone(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, only_mine: bool
+) -> None:
+    # umask 002 (a user private group, as Debian and Ubuntu give): ~/.cache is group-writable.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o775)
+    shutil.copy2(built_supervisor, tmp_path)
+    asked: list[int] = []
+
+    def only_mine_here(gid: int) -> bool:
+        asked.append(gid)
+        return only_mine
+
+    monkeypatch.setattr(compiled, "_only_mine", only_mine_here)
+    if only_mine:
+        assert compiled.build(cache / "scns-conductor") is not None
+    else:
+        with pytest.raises(PermissionError):
+            compiled.build(cache / "scns-conductor")
+    assert asked and set(asked) == {cache.stat().st_gid}
+
+
+def _group(gid: int, members: list[str]) -> grp.struct_group:
+    return grp.struct_group(("g", "x", gid, members))
+
+
+def _user(name: str, uid: int, gid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd((name, "x", uid, gid, "", "/", "/bin/sh"))
+
+
+@pytest.mark.parametrize(
+    ("members", "users", "mine"),
+    [
+        ([], [("me", "own")], True),  # its primary group, nobody else's
+        (["me"], [], True),  # listed as its only member
+        (["me"], [("me", "own")], True),
+        ([], [("me", "own"), ("other", "own")], False),  # another user's primary group too
+        (["me", "other"], [("me", "own")], False),
+        (["other"], [], False),
+        ([], [], False),  # no member at all: a setgid program's group
+    ],
+)
+def test_a_group_is_only_mine_by_debians_rule(
+    monkeypatch: pytest.MonkeyPatch, members: list[str], users: list[tuple[str, str]], mine: bool
+) -> None:
+    me, gid = os.geteuid(), 4242
+    monkeypatch.setattr(grp, "getgrgid", lambda g: _group(g, members))
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: _user("me", uid, gid))
+    table = [_user(name, me if name == "me" else me + 1, gid) for name, _ in users]
+    table.append(_user("elsewhere", me + 2, gid + 1))
+    assert compiled._only_mine(gid, lambda: table) is mine
+
+
+def test_an_unknown_group_is_not_only_mine(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unknown(gid: int) -> grp.struct_group:
+        raise KeyError(gid)
+
+    monkeypatch.setattr(grp, "getgrgid", unknown)
+    assert not compiled._only_mine(4242, list)
 
 
 def test_a_build_left_half_done_by_a_killed_executor_is_swept(built_supervisor: Path, tmp_path: Path) -> None:

@@ -16,16 +16,19 @@ lead a session of its own and its ``status`` record must name the job's group an
 
 Every job runs through this binary: one that someone else could have written, or could replace
 later, is never used. The folder it is built in, and every folder above it, must be this user's or
-root's and writable by nobody else (above it, unless sticky, like /tmp); the binary too.
+root's and writable by nobody else (above it, unless sticky, like /tmp); the binary too. Writable by
+its group is writable by nobody else when the group is this user's alone (``_only_mine``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import logging
 import os
 import platform
+import pwd
 import shutil
 import signal
 import stat
@@ -33,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conductor_executor import supervision as sv
@@ -117,11 +121,42 @@ def compiler() -> str | None:
     return None
 
 
+def _only_mine(gid: int, users: Callable[[], list[pwd.struct_passwd]] = pwd.getpwall) -> bool:
+    """Whether group ``gid`` has one member, this user: a user private group, what umask 002 is for
+    (Debian and Ubuntu give it to every user). Debian's OpenSSH accepts group-writable files by the
+    same rule (its ``user-group-modes`` patch): the members by primary group and by the group's list
+    together are exactly this user. A group without members (setgid programs' kind) is not."""
+    try:
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    me = os.geteuid()
+    members = 0
+    for user in users():
+        if user.pw_gid == gid:
+            if user.pw_uid != me:
+                return False
+            members += 1
+    if group.gr_mem:
+        try:
+            name = pwd.getpwuid(me).pw_name
+        except KeyError:
+            return False
+        if group.gr_mem != [name]:
+            return False
+        members += 1
+    return members > 0
+
+
 def _nobody_else_writes(path: Path, sticky_ok: bool) -> bool:
     info = path.lstat()
     if info.st_uid not in (0, os.geteuid()):
         return False
-    return not info.st_mode & 0o022 or (sticky_ok and bool(info.st_mode & stat.S_ISVTX))
+    if sticky_ok and info.st_mode & stat.S_ISVTX:
+        return True
+    if info.st_mode & 0o002:
+        return False
+    return not info.st_mode & 0o020 or _only_mine(info.st_gid)
 
 
 def _private(folder: Path, sticky_ok: bool = False) -> bool:
@@ -139,8 +174,9 @@ def _private(folder: Path, sticky_ok: bool = False) -> bool:
 def _refuse_unless_private(folder: Path, sticky_ok: bool = False) -> None:
     if not _private(folder, sticky_ok):
         raise PermissionError(
-            f"{folder}, or a folder above it, is another user's or can be written by others (group"
-            " included: with umask 002, name a supervisor built beforehand in CONDUCTOR_JOB_SUPERVISOR)"
+            f"{folder}, or a folder above it, is another user's or can be written by others (its group"
+            " too, unless that group is this user's alone: name a supervisor built beforehand in"
+            " CONDUCTOR_JOB_SUPERVISOR)"
         )
 
 
