@@ -166,6 +166,19 @@ async def test_a_cancelled_job_that_kills_its_supervisor_is_cancelled(
     assert isinstance(outcome, ev.JobCancelled) and outcome.exit_code is None
 
 
+@pytest.mark.parametrize("inside", ["outbox/000000000001-1-JobCompleted.json", "jobs/99999"])
+async def test_a_working_directory_inside_the_executors_folder_fails_the_job_and_makes_nothing(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, inside: str
+) -> None:
+    # The executor would make it: a folder of an event's name in its outbox, or of a later job's.
+    work = executor.state_dir / inside
+    outcome = await _outcome(bus, await _submit_and_place(bus, work, "touch ran"))
+    assert isinstance(outcome, ev.JobFailed) and not outcome.node_fail
+    assert "inside the executor's own folder" in (outcome.message or "")
+    assert not work.exists()
+    assert not (work / "ran").exists()
+
+
 async def test_a_cancel_stored_before_the_placement_wins(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
     job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "touch ran"})
     job_id = await bus.publish(job)

@@ -232,6 +232,26 @@ async def test_anything_unexpected_in_the_folder_is_set_aside_and_never_stops_th
     assert sum(r.getMessage() == "outbox: file set aside" for r in caplog.records) == 5
 
 
+async def test_a_folder_or_link_of_an_events_name_made_while_it_runs_is_set_aside_not_substituted(
+    tmp_path: Path,
+) -> None:
+    # A job may make them (a working directory there, once): read as unreadable events, they made the
+    # outbox publish a substitute NODE_FAIL for the job their name says, another user's running one.
+    stream = Stream()
+    outbox = _outbox(tmp_path, stream)
+    (tmp_path / "000000000001-41-JobCompleted.json").mkdir()
+    target = tmp_path.parent / "elsewhere.json"
+    target.write_bytes(ev.encode(ev.JobCompleted(job_id=42, node="n")))
+    (tmp_path / "000000000002-42-JobCompleted.json").symlink_to(target)
+    outbox.put(ev.JobCompleted(job_id=7, node="n"))
+    await _drain(outbox)
+    assert [(e.type, getattr(e, "job_id", None)) for e in stream.events] == [("JobCompleted", 7)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "000000000001-41-JobCompleted.json.bad",
+        "000000000002-42-JobCompleted.json.bad",
+    ]
+
+
 class BrokenDisk(Outbox):
     """An outbox whose writes fail (ENOSPC) while ``broken``: chmod does not stop root."""
 

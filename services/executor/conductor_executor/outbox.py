@@ -219,11 +219,28 @@ class Outbox:
         log.error("outbox: file set aside", extra={"file": path.name, "as": target.name, "reason": why})
 
     def _entries(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.folder.glob("*.json"):
-            parsed = parse_name(path.name)
-            if parsed is not None and path.name not in self._ignored:
-                found.append((parsed.seq, path))
+        found, odd = [], []
+        try:
+            listing = os.scandir(self.folder)
+        except OSError:  # gone or unusable: nothing it holds can be sent now (as ``glob`` had it)
+            return []
+        with listing:
+            for entry in listing:
+                name = entry.name
+                if name.startswith(".") or not name.endswith(".json") or name in self._ignored:
+                    continue
+                parsed = parse_name(name)
+                if parsed is None:
+                    continue
+                # The executor writes files: a folder or a link of an event's name is not its own
+                # (a job may make one), and reading it as an unreadable event would publish a
+                # substitute outcome for the job its name says.
+                if entry.is_file(follow_symlinks=False):
+                    found.append((parsed.seq, Path(entry.path)))
+                else:
+                    odd.append(Path(entry.path))
+        for path in odd:
+            self._set_aside(path, "not a regular file")
         return sorted(found)
 
     def pending(self) -> list[Path]:

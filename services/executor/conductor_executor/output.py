@@ -141,6 +141,18 @@ def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile
     return fd, opened
 
 
+def make_working_directory(path: str, own: Path | None) -> None:
+    """Make a job's working folder (and its parents), or raise ``OutputRefused``: not inside the
+    executor's own folder, where the folders it would make could pass for an entry of its outbox or
+    for a later job's records (it makes them, not the job)."""
+    where = "working_directory"
+    if _inside(os.path.realpath(path), own):
+        raise OutputRefused(f"{where} {path!r} is inside the executor's own folder")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    if _inside(os.path.realpath(path), own):  # a symbolic link changed since the check above
+        raise OutputRefused(f"{where} {path!r} is inside the executor's own folder")
+
+
 def open_outputs(files: JobFiles, own: Path | None = None) -> JobOutputs:
     """Open (create, truncate) a job's stdout and stderr for its process, or raise why not (an
     ``OutputRefused`` or the OSError of the open: ELOOP for a symbolic link, ENXIO for a FIFO).

@@ -57,7 +57,7 @@ from conductor_executor.leftovers import kill_left_by_ended, kill_unrecorded, st
 from conductor_executor.liveness import Liveness
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
-from conductor_executor.output import open_outputs, record_files, recorded_files, upload
+from conductor_executor.output import make_working_directory, open_outputs, record_files, recorded_files, upload
 from conductor_executor.placements import PlacementReader, durable_name, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.retention import FolderSweep, Key, keep_bounded
@@ -516,7 +516,7 @@ class Executor:
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
         script.write_text(job.script)
-        Path(job.working_directory).mkdir(parents=True, exist_ok=True)
+        make_working_directory(job.working_directory, self._own_dir)
         outputs = open_outputs(files, self._own_dir)
         try:
             # Only now, with the files open and checked: a job whose start failed before this has no
