@@ -33,6 +33,9 @@ def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
     assert op.values["standard_output"] == "/tmp/out-9"
 
 
+RUNNING = ("RUNNING",)  # what a node reports on: a pending job was never placed on it
+
+
 @pytest.mark.parametrize(
     ("event", "values", "only_in"),
     [
@@ -54,31 +57,31 @@ def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
             {"reason": "Resources", "reason_detail": "d"},
             ("PENDING",),
         ),
-        (ev.JobStarted(job_id=1, node="n", pid=5, occurred_at=T), {"start_time": T, "pid": 5}, ACTIVE),
+        (ev.JobStarted(job_id=1, node="n", pid=5, occurred_at=T), {"start_time": T, "pid": 5}, RUNNING),
         (
             ev.JobCompleted(job_id=1, node="n", occurred_at=T),
             {"state": "COMPLETED", "end_time": T, "exit_code": 0, "reason": None},
-            ACTIVE,
+            RUNNING,
         ),
         (
             ev.JobFailed(job_id=1, node="n", exit_code=3, occurred_at=T),
             {"state": "FAILED", "end_time": T, "exit_code": 3, "reason": None, "message": None},
-            ACTIVE,
+            RUNNING,
         ),
         (
             ev.JobFailed(job_id=1, node="n", exit_code=None, message="lost", node_fail=True, occurred_at=T),
             {"state": "NODE_FAIL", "end_time": T, "exit_code": None, "reason": None, "message": "lost"},
-            ACTIVE,
+            RUNNING,
         ),
         (
             ev.JobTimedOut(job_id=1, node="n", exit_code=143, occurred_at=T),
             {"state": "TIMEOUT", "end_time": T, "exit_code": 143, "reason": None},
-            ACTIVE,
+            RUNNING,
         ),
         (
             ev.JobOutOfMemory(job_id=1, node="n", occurred_at=T),
             {"state": "OUT_OF_MEMORY", "end_time": T, "exit_code": None, "reason": None},
-            ACTIVE,
+            RUNNING,
         ),
         (
             ev.JobCancelled(job_id=1, occurred_at=T),
@@ -130,6 +133,26 @@ COLUMNS: tuple[str, ...] = ("job_id", "state", "reason", "exit_code", "node", "n
 def _fold(rows: dict[int, dict[str, object]], events: list[tuple[int, ev.Event]]) -> set[int]:
     changed, _ = fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], COLUMNS)
     return changed
+
+
+def test_a_node_s_report_on_a_job_never_placed_there_changes_nothing() -> None:
+    # As in the scheduler's fold: an executor that says it ended (or started) a pending job was never
+    # given it; the read model would show an end the scheduler does not know of.
+    rows: dict[int, dict[str, object]] = {}
+    changed = _fold(
+        rows,
+        [
+            (1, submitted()),
+            (2, ev.JobStarted(job_id=1, node="n", pid=7)),
+            (3, ev.JobFailed(job_id=1, node="n", exit_code=None, message="lost", node_fail=True)),
+            (4, ev.JobCompleted(job_id=1, node="n")),
+        ],
+    )
+    assert changed == {1} and rows[1]["state"] == "PENDING" and rows[1]["node"] is None
+    _fold(
+        rows, [(5, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1)), (6, ev.JobCancelled(job_id=1, node="n"))]
+    )
+    assert rows[1]["state"] == "CANCELLED"
 
 
 def test_a_running_job_holds_its_node_s_cpus_and_memory() -> None:

@@ -143,10 +143,17 @@ def _submitted(seq: int, e: ev.JobSubmitted) -> InsertJob:
     )
 
 
+_RUNNING = (JobState.RUNNING.value,)
+
+
 def _ended(event: ev.TerminalJobEvent, state: JobState, **extra: Any) -> UpdateJob:
     values = {"state": state.value, "end_time": event.occurred_at, "exit_code": event.exit_code, "reason": None}
-    # A pending job is ended by the scheduler, whatever run it is at; a node reports on its run.
-    return UpdateJob(event.job_id, values | extra, run=None if event.node is None else event.run)
+    # A pending job is ended by the scheduler, whatever run it is at; a node reports on its run, and
+    # only while the job runs (as the scheduler's fold has it): a pending job a node says it ended
+    # was never placed there.
+    if event.node is None:
+        return UpdateJob(event.job_id, values | extra)
+    return UpdateJob(event.job_id, values | extra, only_in=_RUNNING, run=event.run)
 
 
 def _placed(seq: int, event: ev.JobPlaced) -> list[Operation]:
@@ -167,7 +174,8 @@ def _reason_changed(seq: int, event: ev.JobReasonChanged) -> list[Operation]:
 
 
 def _started(seq: int, event: ev.JobStarted) -> list[Operation]:
-    return [UpdateJob(event.job_id, {"start_time": event.occurred_at, "pid": event.pid}, run=event.run)]
+    values = {"start_time": event.occurred_at, "pid": event.pid}
+    return [UpdateJob(event.job_id, values, only_in=_RUNNING, run=event.run)]
 
 
 # The events of every job, found by their type at once instead of down the match below.
