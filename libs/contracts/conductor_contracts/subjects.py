@@ -90,6 +90,10 @@ def placements_for(node: str) -> str:
     return f"{ROOT}.sched.placed.{node}"
 
 
+def node_lost_of(node: str) -> str:
+    return f"{ROOT}.sched.node.{node}.lost"
+
+
 def cancel_of(job_id: int) -> str:
     return f"{ROOT}.gw.cancel.{job_id}"
 
@@ -122,7 +126,9 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
             return placements_for(node)
         case ev.JobReasonChanged(job_id=job_id):
             return f"{ROOT}.sched.job.{job_id}.reason"
-        case ev.NodeLost(node=node) | ev.NodeDrained(node=node):
+        case ev.NodeLost(node=node):
+            return node_lost_of(node)
+        case ev.NodeDrained(node=node):
             return f"{ROOT}.sched.node.{node}.{event.type.removeprefix('Node').lower()}"
         case ev.NodeRegistered(node=node):
             return f"{ROOT}.exec.{node}.node.registered"

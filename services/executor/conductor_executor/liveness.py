@@ -8,6 +8,9 @@
   them, marks them (``kill`` record ``lost``) so that a restart finishes the kill and reports nothing,
   and once they are gone registers again so the node takes work. A placement below the highest
   NodeLost seen (a redelivery) is not started: that run is over too. The mark survives restarts.
+  Nor is one below a NodeLost stored but not handled yet (``Executor.lost_after``, one look-up per
+  batch): an executor frozen or cut off while the node was declared lost would otherwise start, on
+  its return, runs the scheduler had requeued elsewhere, and kill them only at the NodeLost's turn.
   Counting by sequence, not "since my registration", is what makes an old NodeLost read after a
   restart right: it ends the runs placed before it (the fold did) and no run placed after.
 - **Self-fencing**: an executor that could not write its heartbeat for ``node_lost_after_s`` cannot

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -96,6 +96,7 @@ class Executor:
         self.settings = settings
         self.node = settings.node
         self._placed_subject = subjects.placements_for(settings.node)
+        self._lost_subject = subjects.node_lost_of(settings.node)
         # Set when the executor stops: what keeps retrying a write to the disk gives up then.
         self.stop = stop or asyncio.Event()
         self._bus: Bus | None = None
@@ -120,6 +121,9 @@ class Executor:
         self.ended: dict[Path, float] = {}
         # The look-ups sent ahead for the placements of the batch being handled, by (job, run).
         self._lookups: dict[tuple[int, int], asyncio.Future[tuple[bool, ev.JobSubmitted]]] = {}
+        # And one for the batch: the first NodeLost of this node stored after its first placement, with
+        # that placement's sequence (``lost_after``).
+        self._lost_ahead: tuple[int, asyncio.Future[int]] | None = None
         # Computed once, not per job (os.environ decoded and a settings path built each time cost
         # ~30 us per job): what jobs inherit is the executor's environment at its start.
         self._jobs_dir = settings.jobs_dir
@@ -384,6 +388,36 @@ class Executor:
                 return False
             seq = msg.seq + 1
 
+    async def lost_after(self, seq: int) -> int:
+        """The stream sequence of the first NodeLost of this node stored after ``seq``, 0 when there
+        is none: a placement at ``seq`` below it is a run the scheduler has ended."""
+        seq += 1
+        while True:
+            try:
+                msg = await self.bus.js.get_msg(self.bus.stream, seq=seq, subject=self._lost_subject, next=True)
+            except NotFoundError:
+                return 0
+            try:
+                event = ev.decode(msg.data or b"")
+            except ValueError:
+                event = None
+            if msg.seq is None or msg.seq < seq:  # never loop on an answer that does not move on
+                return 0
+            if isinstance(event, ev.NodeLost) and event.node == self.node:
+                return msg.seq
+            seq = msg.seq + 1
+
+    async def _lost_after(self, seq: int) -> bool:
+        """Has a NodeLost of this node been stored after the placement at ``seq``? One look-up per
+        batch (sent with the others, ``_look_ahead``); one of its own for a placement it does not
+        answer."""
+        ahead = self._lost_ahead
+        if ahead is not None and ahead[0] <= seq:
+            lost = await asyncio.shield(ahead[1])
+            if lost == 0 or lost > seq:
+                return lost > seq
+        return await self.lost_after(seq) > seq
+
     async def submission(self, job_id: int) -> ev.JobSubmitted:
         raw = await self.bus.js.get_msg(self.bus.stream, seq=job_id)
         event = ev.decode(raw.data or b"")
@@ -430,6 +464,10 @@ class Executor:
         job_id, run = placement.job_id, placement.run
         folder = self.folder(job_id, run)
         why = self._superseded(placement, seq)
+        if why is None and seq and await self._lost_after(seq):
+            # Stored, not yet handled (behind this placement in the consumer, or not fetched yet):
+            # the executor was away while the scheduler declared the node lost and ended this run.
+            why = "placement from before a NodeLost of this node: the scheduler ended that run"
         if why is not None:
             if (ahead := self._lookups.pop((job_id, run), None)) is not None:
                 ahead.cancel()
@@ -674,6 +712,9 @@ class Executor:
                 for lookup in self._lookups.values():
                     lookup.cancel()
                 self._lookups.clear()
+                if self._lost_ahead is not None:
+                    self._lost_ahead[1].cancel()
+                    self._lost_ahead = None
 
     async def _take_all(self, msgs: list[Msg]) -> None:
         """A batch in stream order, except that the placements between two other messages start
@@ -703,6 +744,7 @@ class Executor:
         placement then waits for answers that are on their way, not for two round trips of its own.
         Sent after every message of the batch was stored, as when each is sent at its placement's
         turn: a cancel stored after the look-up comes through the consumer after the placement."""
+        first = 0
         for msg in msgs:
             try:
                 event = ev.decode(msg.data)
@@ -714,6 +756,12 @@ class Executor:
                 lookup = asyncio.ensure_future(self._lookup(event.job_id))
                 lookup.add_done_callback(_retrieved)
                 self._lookups[event.job_id, event.run] = lookup
+                with contextlib.suppress(Exception):
+                    first = first or msg.metadata.sequence.stream
+        if first:
+            lost = asyncio.ensure_future(self.lost_after(first))
+            lost.add_done_callback(_retrieved)
+            self._lost_ahead = (first, lost)
 
     async def _lookup(self, job_id: int) -> tuple[bool, ev.JobSubmitted]:
         """Is a cancel of the job stored, and its submission."""
@@ -776,7 +824,7 @@ class Executor:
                 await asyncio.wait_for(task, self.settings.kill_grace_s + 5)
 
 
-def _retrieved(lookup: asyncio.Future[tuple[bool, ev.JobSubmitted]]) -> None:
+def _retrieved(lookup: asyncio.Future[Any]) -> None:
     """A look-up nobody waited for (its placement was handled otherwise) fails silently: the one
     that waits for it gets its error."""
     if not lookup.cancelled():
