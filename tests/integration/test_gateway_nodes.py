@@ -45,6 +45,36 @@ async def test_drain_resume_lost_and_back(client: httpx.AsyncClient, bus: Bus, p
     assert job["requeue"] is True and job["restarts"] == 0
 
 
+async def test_a_drain_outlives_a_loss_and_a_resume_of_a_lost_node_leaves_it_down(
+    client: httpx.AsyncClient, bus: Bus, projector: None
+) -> None:
+    # As the scheduler has it: a drain survives the node's loss and its registration; a lost node is
+    # not UP before it registers, whatever was resumed.
+    await bus.publish(node("n1", 4, 2048))
+    await eventually(lambda: _node(client, "UP"), what="node projected")
+    assert (await client.post("/nodes/n1/drain", json={"reason": "disk swap"})).status_code == 200
+    await eventually(lambda: _node(client, "DRAINED"), what="drained")
+    await bus.publish(ev.NodeLost(node="n1", reason="no heartbeat for 30 s"), by_scheduler=True)
+    down = await eventually(lambda: _node(client, "DOWN"), what="lost")
+    assert down["reason"] == "no heartbeat for 30 s"
+    await bus.publish(node("n1", 4, 2048))
+    drained = await eventually(lambda: _node(client, "DRAINED"), what="drained again once back")
+    assert drained["reason"] == "disk swap"
+    await bus.publish(ev.NodeLost(node="n1", reason="silent"), by_scheduler=True)
+    await eventually(lambda: _node(client, "DOWN"), what="lost again")
+    assert (await client.post("/nodes/n1/resume")).status_code == 200
+    marker = await bus.publish(node("n2", 1, 100))  # handled after the resume
+    await eventually(lambda: _named(client, "n2"), what=f"the marker {marker} projected")
+    assert await _node(client, "DOWN"), "a lost node shown up before it registered"
+    await bus.publish(node("n1", 4, 2048))
+    up = await eventually(lambda: _node(client, "UP"), what="up once it registered, the drain resumed")
+    assert up["reason"] is None
+
+
+async def _named(client: httpx.AsyncClient, name: str) -> bool:
+    return any(row["name"] == name for row in (await client.get("/nodes")).json()["nodes"])
+
+
 async def test_a_requeued_job_shows_its_restarts(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
     await bus.publish(node("n1", 4, 2048))
     job_id = int((await client.post("/jobs/submit", json=body(requeue=True))).json()["job_id"])

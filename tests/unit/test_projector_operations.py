@@ -104,8 +104,10 @@ def test_node_events() -> None:
     assert isinstance(up, UpsertNode) and up.values["state"] == "UP" and up.values["cpus"] == 4
     assert to_operations(2, ev.NodeLost(node="n1")) == [UpdateNode("n1", {"state": "DOWN", "reason": "lost"})]
     drain = ev.NodeDrainRequested(node="n1", reason="disk")
-    assert to_operations(3, drain) == [UpdateNode("n1", {"state": "DRAIN", "reason": "disk"})]
-    assert to_operations(4, ev.NodeResumeRequested(node="n1")) == [UpdateNode("n1", {"state": "UP", "reason": None})]
+    drained = {"state": "DRAIN", "reason": "disk", "drain": "disk"}
+    assert to_operations(3, drain) == [UpdateNode("n1", drained, unless_down=True)]
+    resumed = {"state": "UP", "reason": None, "drain": None}
+    assert to_operations(4, ev.NodeResumeRequested(node="n1")) == [UpdateNode("n1", resumed, unless_down=True)]
 
 
 def test_a_requeued_job_runs_again_and_reports_of_its_old_run_change_nothing() -> None:

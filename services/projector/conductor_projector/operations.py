@@ -46,6 +46,8 @@ class UpsertNode:
 class UpdateNode:
     name: str
     values: dict[str, Any] = field(default_factory=dict)
+    # Its state and reason only while the node is not DOWN (a drain or a resume of a lost node).
+    unless_down: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,12 +257,11 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
             ]
         case ev.NodeLost(node=node):
             return [UpdateNode(node, {"state": "DOWN", "reason": event.reason or "lost"})]
-        case ev.NodeDrainRequested(node=node):
-            return [UpdateNode(node, {"state": "DRAIN", "reason": event.reason or None})]
+        case ev.NodeDrainRequested(node=node) | ev.NodeDrained(node=node):
+            drain = {"state": "DRAIN", "reason": event.reason or None, "drain": event.reason}
+            return [UpdateNode(node, drain, unless_down=True)]
         case ev.NodeResumeRequested(node=node):
-            return [UpdateNode(node, {"state": "UP", "reason": None})]
-        case ev.NodeDrained(node=node):
-            return [UpdateNode(node, {"state": "DRAIN"})]
+            return [UpdateNode(node, {"state": "UP", "reason": None, "drain": None}, unless_down=True)]
     return []
 
 

@@ -73,12 +73,18 @@ async def _execute(
                 # Only the registered fields: a re-registering node keeps its allocation, and its
                 # drain (a lost node that registers is back up).
                 fresh: dict[str, Any] = {key: stmt.excluded[key] for key in op.values if key != "name"}
-                drained = t.nodes.c.state == "DRAIN"
-                fresh["state"] = case((drained, t.nodes.c.state), else_=stmt.excluded.state)
-                fresh["reason"] = case((drained, t.nodes.c.reason), else_=None)
+                drained = t.nodes.c.drain.is_not(None)
+                fresh["state"] = case((drained, "DRAIN"), else_=stmt.excluded.state)
+                fresh["reason"] = case((drained, func.nullif(t.nodes.c.drain, "")), else_=None)
                 await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=fresh))
             case UpdateNode():
-                await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(op.values))
+                values: dict[str, Any] = dict(op.values)
+                if op.unless_down:
+                    down = t.nodes.c.state == "DOWN"
+                    for key in ("state", "reason"):
+                        if key in values:
+                            values[key] = case((down, t.nodes.c[key]), else_=values[key])
+                await conn.execute(update(t.nodes).where(t.nodes.c.name == op.name).values(values))
             case InsertRow():
                 await conn.execute(insert(op.table).values(op.values).on_conflict_do_nothing())
     job_ops = [op for op in ops if isinstance(op, InsertJob | UpdateJob)]

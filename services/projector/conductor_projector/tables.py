@@ -102,6 +102,9 @@ nodes = Table(
     Column("cpus_alloc", BigInteger, nullable=False, server_default="0"),
     Column("memory_alloc_mb", BigInteger, nullable=False, server_default="0"),
     Column("reason", Text),  # why it is DRAIN or DOWN
+    # Drained (its reason, '' when none was given) or NULL: kept while the node is DOWN, so that it is
+    # DRAIN again when it registers (as the scheduler has it), and a resume of a lost node leaves it DOWN.
+    Column("drain", Text),
 )
 
 # The projector's position in the stream, written in the same transaction as the rows it covers.
