@@ -261,6 +261,11 @@ def test_json_logs_carry_extras_but_not_colour_codes() -> None:
         ("current_working_directory", "/proc/1"),
         ("current_working_directory", "/dev"),
         ("current_working_directory", "/dev/shm/jobs"),
+        # A leading "//" survives POSIX normalisation and still names the root on Linux.
+        ("current_working_directory", "//proc"),
+        ("current_working_directory", "//sys/kernel"),
+        ("standard_output", "//proc/self/environ"),
+        ("standard_error", "//dev/stderr"),
     ],
 )
 def test_the_systems_own_files_are_no_job_paths(field: str, value: str) -> None:

@@ -85,7 +85,8 @@ _ALLOWED_IN_DEV = ("/dev/null",)
 def system_path_problem(path: str) -> str | None:
     """Why a job may not use ``path`` (absolute) as its working directory or output: it is one of
     the system's own files, not a job's; None if it may."""
-    normal = posixpath.normpath(path)
+    # POSIX normalisation keeps a leading "//" (which Linux reads as "/"): //proc is /proc.
+    normal = "/" + posixpath.normpath(path).lstrip("/")
     if normal in _ALLOWED_IN_DEV:
         return None
     for tree in _SYSTEM_TREES:
