@@ -119,6 +119,7 @@ async def test_list_filters_pages_and_cancel_rules(client: httpx.AsyncClient, bu
     ids = [
         (await client.post("/jobs/submit", json=body(account=a))).json()["job_id"] for a in ("ann", "bob", "ann", "ann")
     ]
+    await bus.publish(ev.JobPlaced(job_id=int(ids[0]), node="n1", cores=(0,), memory_mb=1), by_scheduler=True)
     await bus.publish(ev.JobCompleted(job_id=int(ids[0]), node="n1"))
 
     async def listed() -> dict[str, Any] | None:
@@ -130,6 +131,9 @@ async def test_list_filters_pages_and_cancel_rules(client: httpx.AsyncClient, bu
     first = (await client.get("/jobs", params={"account": "ann", "limit": 2})).json()
     second = (await client.get("/jobs", params={"account": "ann", "limit": 2, "cursor": first["next_cursor"]})).json()
     assert [j["job_id"] for j in first["jobs"] + second["jobs"]] == [ids[3], ids[2], ids[0]]
+    # Stripped as a submit's account is.
+    padded = (await client.get("/jobs", params={"account": "  ann  "})).json()
+    assert [j["job_id"] for j in padded["jobs"]] == [ids[3], ids[2], ids[0]]
     assert second["next_cursor"] is None
     assert [j["job_id"] for j in (await client.get("/jobs", params={"state": "COMPLETED"})).json()["jobs"]] == [ids[0]]
     assert (await client.get("/jobs", params={"state": "BOGUS"})).status_code == 422

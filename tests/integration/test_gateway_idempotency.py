@@ -103,3 +103,11 @@ async def test_a_key_whose_job_left_the_log_says_so(client: httpx.AsyncClient, b
     await bus.js.delete_msg(bus.stream, int(first.json()["job_id"]))
     again = await submit(client, body(), "gone")
     assert again.status_code == 422 and "no longer in the log" in again.json()["detail"]
+
+
+async def test_a_key_given_twice_is_refused_not_half_used(client: httpx.AsyncClient, bus: Bus) -> None:
+    # Only the first was used: a retry with the second alone made a second job.
+    headers = [("Idempotency-Key", "twice-a"), ("Idempotency-Key", "twice-b")]
+    answer = await client.post("/jobs/submit", json=body(), headers=headers)
+    assert answer.status_code == 422 and "more than once" in answer.json()["detail"]
+    assert await submissions(bus) == []

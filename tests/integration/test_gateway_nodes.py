@@ -96,7 +96,10 @@ async def test_bad_drain_requests_are_clear(client: httpx.AsyncClient, bus: Bus,
     await bus.publish(node("n1", 4, 2048))
     await eventually(lambda: _node(client, "UP"), what="node projected")
     too_long = await client.post("/nodes/n1/drain", json={"reason": "x" * 201})
-    assert too_long.status_code == 422 and too_long.json()["detail"]
+    assert too_long.status_code == 422 and "at most 200 characters" in str(too_long.json()["detail"])
+    # Shown in GET /nodes and in terminals: printable, as every label.
+    control = await client.post("/nodes/n1/drain", json={"reason": "\u202e\n\u0007"})
+    assert control.status_code == 422 and "printable" in str(control.json()["detail"])
     nul = await client.post(
         "/nodes/n1/drain", content=b'{"reason": "a\\u0000b"}', headers={"content-type": "application/json"}
     )

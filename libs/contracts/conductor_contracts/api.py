@@ -66,6 +66,12 @@ def printable_label(value: str) -> str:
     return value
 
 
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError(f"{shown(value)} may hold printable characters only")
+    return value
+
+
 # A name becomes part of file names (%x, %u): printable, no '/', short.
 Label = Annotated[
     str,
@@ -326,9 +332,9 @@ class NodeView(BaseModel):
 class DrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reason: Annotated[str, Text, Field(max_length=MAX_LABEL_CHARS)] = Field(
-        default="", description=f"Why (shown in GET /nodes): at most {MAX_LABEL_CHARS} characters."
-    )
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, max_length=MAX_LABEL_CHARS), AfterValidator(_printable), Text
+    ] = Field(default="", description=f"Why (shown in GET /nodes): at most {MAX_LABEL_CHARS} printable characters.")
 
 
 class NodeActionResponse(BaseModel):

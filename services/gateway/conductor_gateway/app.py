@@ -68,7 +68,8 @@ def _filter_text(value: str | None) -> str | None:
     # Such a value cannot be stored in a read model (NUL is refused by PostgreSQL), so no job has it.
     if value is not None and any(ord(c) < 0x20 or c == "\x7f" for c in value):
         raise ValueError("must not contain control characters (no job has them in its name or account)")
-    return value
+    # Stripped as the names and accounts of submits are: " edge " finds the jobs of "edge".
+    return None if value is None else value.strip()
 
 
 Filter = Annotated[
@@ -207,6 +208,9 @@ def create_app(
             ),
         ] = None,
     ) -> api.SubmitResponse:
+        if len(request.headers.getlist("idempotency-key")) > 1:
+            # FastAPI would take the first: a retry with the second alone would make a second job.
+            raise HTTPException(422, "Idempotency-Key is given more than once: send one")
         return await accept(body, idempotency_key, request)
 
     async def accept(body: api.SubmitRequest, idempotency_key: str | None, request: Request) -> api.SubmitResponse:
