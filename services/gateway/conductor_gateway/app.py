@@ -224,8 +224,8 @@ def create_app(
             raise HTTPException(422, f"dependency: no job {shown}{' ...' if len(missing) > 10 else ''}")
         event = job_submitted(spec, body.script)
         if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
-            # Not reachable while the body limit is under the message size (the event is the body and
-            # a few hundred bytes); kept so that raising one limit cannot make submits fail as a 503.
+            # The event escapes what the request may have sent raw (a control character takes six
+            # bytes in JSON, a quote two): a script within its own limit can still be too large here.
             raise HTTPException(413, "the job (script and environment) is over the size limit of one message")
         if tracing.enabled():
             # The job's trace begins here (or goes on from the client's, if it sent a traceparent), and
