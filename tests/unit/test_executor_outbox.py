@@ -95,7 +95,9 @@ async def test_two_runs_of_a_job_are_kept_apart_and_one_can_be_dropped(tmp_path:
     assert [(e.type, getattr(e, "run", None)) for e in stream.events] == [("JobStarted", 1), ("JobCompleted", 1)]
 
 
-async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking_the_rest(tmp_path: Path) -> None:
+async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / "000000000001-5-JobCompleted.json").write_text("not json")
     stream = Stream()
     outbox = _outbox(tmp_path, stream)
@@ -103,6 +105,8 @@ async def test_an_unreadable_file_without_a_substitute_is_set_aside_not_blocking
     await _drain(outbox)
     assert [e.job_id for e in stream.events if isinstance(e, ev.JobCompleted)] == [6]
     assert [p.name for p in tmp_path.iterdir()] == ["000000000001-5-JobCompleted.json.bad"]
+    # Set aside is done with, not a failed publish to wait and retry after.
+    assert not [r for r in caplog.records if "publish failed" in r.getMessage()]
 
 
 async def test_a_job_id_as_large_as_a_stream_sequence_goes_out(tmp_path: Path) -> None:

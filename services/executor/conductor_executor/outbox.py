@@ -425,7 +425,8 @@ class Outbox:
         results = await asyncio.gather(*(self._publish_file(path) for path in window))
         sent = [path for path, result in zip(window, results, strict=True) if result is True]
         self._forget(sent)
-        failed = [(path, result) for path, result in zip(window, results, strict=True) if result is not True]
+        # False: nothing left to publish there (gone meanwhile, or unreadable and set aside), as in ``_send``.
+        failed = [(path, result) for path, result in zip(window, results, strict=True) if isinstance(result, Exception)]
         if failed:
             await self._failed(*failed[0])
         else:
@@ -507,7 +508,7 @@ class Outbox:
             return False
         return True
 
-    async def _failed(self, path: Path, err: Exception | bool) -> None:
+    async def _failed(self, path: Path, err: Exception) -> None:
         delay = self._backoff.next()
         log.warning(
             "outbox: publish failed; retrying",
