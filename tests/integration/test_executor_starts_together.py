@@ -80,5 +80,7 @@ async def test_placements_started_together_never_take_more_than_the_node_has(
     _SlowStarts(monkeypatch, 0.3)
     async with running(bus, settings):
         outcomes = [await _outcome(bus, job_id) for job_id in ids]
-    assert isinstance(outcomes[0], ev.JobCompleted)
-    assert isinstance(outcomes[1], ev.JobFailed) and "does not fit" in (outcomes[1].message or "")
+    # Which one comes down to which look-ups are answered first: started together, either may.
+    completed = [o for o in outcomes if isinstance(o, ev.JobCompleted)]
+    refused = [o for o in outcomes if isinstance(o, ev.JobFailed) and "does not fit" in (o.message or "")]
+    assert len(completed) == len(refused) == 1

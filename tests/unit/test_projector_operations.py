@@ -108,6 +108,7 @@ def test_node_events() -> None:
     assert to_operations(3, drain) == [UpdateNode("n1", drained, unless_down=True)]
     resumed = {"state": "UP", "reason": None, "drain": None}
     assert to_operations(4, ev.NodeResumeRequested(node="n1")) == [UpdateNode("n1", resumed, unless_down=True)]
+    assert to_operations(5, ev.NodeDrained(node="n1")) == []  # as in the scheduler's fold
 
 
 def test_a_requeued_job_runs_again_and_reports_of_its_old_run_change_nothing() -> None:

@@ -257,7 +257,9 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
             ]
         case ev.NodeLost(node=node):
             return [UpdateNode(node, {"state": "DOWN", "reason": event.reason or "lost"})]
-        case ev.NodeDrainRequested(node=node) | ev.NodeDrained(node=node):
+        case ev.NodeDrainRequested(node=node):
+            # (NodeDrained, which nothing publishes now, changes nothing: the scheduler's fold ignores it,
+            # and DRAINING or DRAINED follows from the node's allocation.)
             drain = {"state": "DRAIN", "reason": event.reason or None, "drain": event.reason}
             return [UpdateNode(node, drain, unless_down=True)]
         case ev.NodeResumeRequested(node=node):
