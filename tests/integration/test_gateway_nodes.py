@@ -20,6 +20,13 @@ async def _node(client: httpx.AsyncClient, state: str) -> dict[str, Any] | None:
     return rows[0] if rows and rows[0]["state"] == state else None
 
 
+async def _lost(client: httpx.AsyncClient, bus: Bus) -> None:
+    """n1 declared lost: DOWN, with the scheduler's reason."""
+    await bus.publish(ev.NodeLost(node="n1", reason="no heartbeat for 30 s"), by_scheduler=True)
+    down = await eventually(lambda: _node(client, "DOWN"), what="lost")
+    assert down["reason"] == "no heartbeat for 30 s"
+
+
 async def test_drain_resume_lost_and_back(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
     assert (await client.post("/nodes/n1/drain", json={"reason": "x"})).status_code == 404
     await bus.publish(node("n1", 4, 2048))
@@ -35,9 +42,7 @@ async def test_drain_resume_lost_and_back(client: httpx.AsyncClient, bus: Bus, p
     await eventually(lambda: _node(client, "DRAINED"), what="drained once its job ended")
     assert (await client.post("/nodes/n1/resume")).status_code == 200
     await eventually(lambda: _node(client, "UP"), what="resumed")
-    await bus.publish(ev.NodeLost(node="n1", reason="no heartbeat for 30 s"), by_scheduler=True)
-    down = await eventually(lambda: _node(client, "DOWN"), what="lost")
-    assert down["reason"] == "no heartbeat for 30 s"
+    await _lost(client, bus)
     await bus.publish(node("n1", 4, 2048))
     up = await eventually(lambda: _node(client, "UP"), what="back after registering")
     assert up["reason"] is None
@@ -54,9 +59,7 @@ async def test_a_drain_outlives_a_loss_and_a_resume_of_a_lost_node_leaves_it_dow
     await eventually(lambda: _node(client, "UP"), what="node projected")
     assert (await client.post("/nodes/n1/drain", json={"reason": "disk swap"})).status_code == 200
     await eventually(lambda: _node(client, "DRAINED"), what="drained")
-    await bus.publish(ev.NodeLost(node="n1", reason="no heartbeat for 30 s"), by_scheduler=True)
-    down = await eventually(lambda: _node(client, "DOWN"), what="lost")
-    assert down["reason"] == "no heartbeat for 30 s"
+    await _lost(client, bus)
     await bus.publish(node("n1", 4, 2048))
     drained = await eventually(lambda: _node(client, "DRAINED"), what="drained again once back")
     assert drained["reason"] == "disk swap"
