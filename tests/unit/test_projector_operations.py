@@ -151,11 +151,12 @@ def test_a_node_s_report_on_a_job_never_placed_there_changes_nothing() -> None:
             (4, ev.JobCompleted(job_id=1, node="n")),
         ],
     )
-    assert changed == {1} and rows[1]["state"] == "PENDING" and rows[1]["node"] is None
+    pending = dict(rows[1])
+    assert changed == {1} and pending["state"] == "PENDING" and pending["node"] is None
     _fold(
         rows, [(5, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=1)), (6, ev.JobCancelled(job_id=1, node="n"))]
     )
-    assert rows[1]["state"] == "CANCELLED"
+    assert rows[1]["state"] == "CANCELLED"  # the scheduler's end of a run on a lost node
 
 
 def test_a_running_job_holds_its_node_s_cpus_and_memory() -> None:
