@@ -82,17 +82,21 @@ _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 _ALLOWED_IN_DEV = ("/dev/null",)
 
 
+def system_tree(path: str) -> str | None:
+    """The system tree (/proc, /sys, /dev) that the absolute ``path`` is in, or None: paths there name
+    the kernel's view of whoever opens them, the executor, not the job. The gateway's check of a job's
+    paths and the executor's of where an open file leads."""
+    # POSIX normalisation keeps a leading "//" (which Linux reads as "/"): //proc is /proc.
+    normal = "/" + posixpath.normpath(path).lstrip("/")
+    return next((tree for tree in _SYSTEM_TREES if normal == tree or normal.startswith(tree + "/")), None)
+
+
 def system_path_problem(path: str) -> str | None:
     """Why a job may not use ``path`` (absolute) as its working directory or output: it is one of
     the system's own files, not a job's; None if it may."""
-    # POSIX normalisation keeps a leading "//" (which Linux reads as "/"): //proc is /proc.
-    normal = "/" + posixpath.normpath(path).lstrip("/")
-    if normal in _ALLOWED_IN_DEV:
+    if "/" + posixpath.normpath(path).lstrip("/") in _ALLOWED_IN_DEV or (tree := system_tree(path)) is None:
         return None
-    for tree in _SYSTEM_TREES:
-        if normal == tree or normal.startswith(tree + "/"):
-            return f"is under {tree}, the system's own files: a job's files cannot be there"
-    return None
+    return f"is under {tree}, the system's own files: a job's files cannot be there"
 
 
 def output_pattern_problem(pattern: str, *, name: str, account: str, cwd: str) -> str | None:

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import re
-import stat
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -200,13 +199,7 @@ class Outbox:
                 continue
             elif parse_name(name) is None:
                 self._set_aside(path, "not an outbox event")
-            else:
-                try:
-                    regular = stat.S_ISREG(path.lstat().st_mode)
-                except OSError:
-                    regular = False
-                if not regular:
-                    self._set_aside(path, "not a regular file")
+            # An event's name on what is not a regular file: ``_entries`` sets it aside.
 
     def _set_aside(self, path: Path, why: str) -> None:
         target = path.with_name(f"{path.name}.bad")

@@ -27,7 +27,6 @@ import contextlib
 import json
 import logging
 import os
-import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 from nats.js.object_store import ObjectStore
 
 from conductor_contracts import subjects
+from conductor_contracts.paths import system_tree
 from conductor_executor.environment import JobFiles
 from conductor_platform.retry import transient
 
@@ -42,8 +42,6 @@ log = logging.getLogger("conductor.executor.output")
 
 RECORD = "output.json"
 NULL_DEVICE = "/dev/null"
-# Paths there name the kernel's view of whoever opens them: the executor, not the job.
-_SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 # O_NONBLOCK: a FIFO planted where the output goes (by an earlier job: ids are predictable) must not
 # hold the executor; O_NOFOLLOW: a final symbolic link could point anywhere, /proc/self included;
@@ -53,7 +51,8 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 
 class OutputRefused(ValueError):
-    """A job's output path the executor will not open for it; the job ends FAILED with this."""
+    """A job's output path the executor will not open for it, or working directory it will not make;
+    the job ends FAILED with this."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +87,6 @@ class JobOutputs:
             os.close(self.stderr_fd)
 
 
-def _in_system_tree(path: str) -> bool:
-    # POSIX normalisation keeps a leading "//", which still names the root on Linux.
-    path = "/" + posixpath.normpath(path).lstrip("/")
-    return any(path == tree or path.startswith(tree + "/") for tree in _SYSTEM_TREES)
-
-
 def _where(fd: int) -> str:
     """Where an open file really is: a path checked as text can still pass through a symbolic link
     to a directory (``/tmp/d/environ`` with ``d -> /proc/self``)."""
@@ -109,7 +102,7 @@ def _inside(path: str, folder: Path | None) -> bool:
 
 
 def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile | None]:
-    if path != NULL_DEVICE and _in_system_tree(path):
+    if path != NULL_DEVICE and system_tree(path) is not None:
         raise OutputRefused(f"{stream} {path!r} is under /proc, /sys or /dev: only /dev/null may be named there")
     # Before the open, which truncates: the executor's outbox, markers and records are not a job's.
     if _inside(os.path.realpath(path), own):
@@ -128,7 +121,7 @@ def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile
                 where = _where(fd)
             except OSError as err:
                 raise OutputRefused(f"{stream} {path!r}: where it leads cannot be checked ({err})") from err
-            if _in_system_tree(where):
+            if system_tree(where) is not None:
                 raise OutputRefused(f"{stream} {path!r} leads to {where!r}, under /proc, /sys or /dev")
             if _inside(where, own):  # a symbolic link changed since the check above
                 raise OutputRefused(f"{stream} {path!r} is inside the executor's own folder")
