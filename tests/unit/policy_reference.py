@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
+from conductor_scheduler.policy import _orphaned  # what a lost node's jobs become is not first fit's
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
@@ -41,26 +42,6 @@ def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
         f"asks {job.cpus} CPUs and {job.memory_mb}M of memory; the largest node of partition "
         f"'{job.partition}' ({biggest.name}) has {biggest.cpus} CPUs and {biggest.memory_mb}M"
     )
-
-
-def _orphaned(state: ClusterState) -> list[Decision]:
-    """The running jobs of lost nodes: requeued when they asked to be, NODE_FAIL otherwise."""
-    decisions: list[Decision] = []
-    for job_id, name in sorted(state.orphans.items()):
-        allocation = state.running.get(job_id)
-        if allocation is None:
-            continue
-        why = f"node {name} was lost (its executor went silent)"
-        if allocation.job.requeue:
-            decisions.append(ev.JobRequeued(job_id=job_id, node=name, run=allocation.run, reason=why))
-        else:
-            message = f"{why}; how the job ended is unknown"
-            decisions.append(
-                ev.JobFailed(
-                    job_id=job_id, node=name, exit_code=None, node_fail=True, message=message, run=allocation.run
-                )
-            )
-    return decisions
 
 
 def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:

@@ -9,7 +9,7 @@ import json
 from typing import Any
 from unittest import mock
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from conductor_scheduler import snapshot
@@ -50,6 +50,8 @@ def _comparable(decisions: list[Decision]) -> list[dict[str, Any]]:
 
 @settings(max_examples=300, deadline=None)
 @given(nodes, actions, st.sampled_from([0, 2, 100]))
+# A job cancelled while running, then its node lost: the reference once still failed it NODE_FAIL.
+@example([(1, 300, ("default",))], [("submit", 1, 100, "default", False), ("schedule",), ("cancel", 0), ("lose", 0)], 0)
 def test_the_policy_decides_what_the_plain_first_fit_decided(
     node_specs: list[Any], steps: list[tuple[Any, ...]], queue_depth: int
 ) -> None:
