@@ -34,8 +34,12 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/pytest tests/e2e -q
 
+# The tests mostly wait on servers and processes, so they run in parallel workers (pytest-xdist), each
+# with its own nats-server and PostgreSQL and whole files at a time (a file's module fixtures start a
+# system once). Servers given by NATS_URL / DATABASE_URL are shared, and every test resets them: one worker.
+TEST_WORKERS ?= $(if $(NATS_URL)$(DATABASE_URL),0,3)
 test: lint typecheck $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The Helm chart: helm lint --strict and helm template for every values set in
 # deploy/k8s/scns-conductor/ci, each object validated against Kubernetes' schemas, and assertions on

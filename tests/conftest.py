@@ -18,10 +18,17 @@ from pathlib import Path
 # late import (an ast.parse for assertion rewriting) can fail with "AST constructor recursion depth
 # mismatch" after other threads compiled meanwhile (alembic's migrations run in a worker thread), and
 # a run of a few test files that all passed then exits with an error.
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
 
 from conductor_platform import localservers
+
+# Speed is measured by the benchmarks, never asserted: a property test's example that takes longer
+# than hypothesis' default 200 ms deadline on a busy machine (parallel workers, CI) is not a failure.
+hypothesis.settings.register_profile(
+    "conductor", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow]
+)
+hypothesis.settings.load_profile("conductor")
 
 
 @functools.cache
