@@ -105,6 +105,8 @@ async def test_invalid_usernames_are_422(client: httpx.AsyncClient, username: st
         ([{"name": "a"}, {"name": "b", "parent_indices": [7]}], "job 1: parent index 7 is no job of the list"),
         ([{"name": "a"}, {"name": "b", "parent_indices": [0, 0]}], "job 1: parent index 0 is listed twice"),
         ([{"name": "a", "parent_indices": [-1]}], "greater than or equal to 0"),
+        # Not index 1 (JSON's true as an int): a boolean is no index at all.
+        ([{"name": "a"}, {"name": "b", "parent_indices": [True]}], "valid integer"),
         ([], "at least 1"),
         ([{"name": "a"}] * 1000, "at most 999"),
         ([{"name": "a"}, {"name": "b", "memory_per_node": "8X", "script": "true"}], "job 1: memory_per_node"),
@@ -132,6 +134,30 @@ async def test_oversized_workflow_script_is_413(client: httpx.AsyncClient) -> No
     user = await _user(client)
     answer = await client.post("/workflows/", json={"user_id": user, "jobs": [{"name": "a", "script": "x" * 1001}]})
     assert answer.status_code == 413 and "job 0" in answer.text
+
+
+async def test_a_workflow_job_may_ask_to_be_requeued(client: httpx.AsyncClient, bus: Bus) -> None:
+    user = await _user(client)
+    jobs = [{"name": "a", "script": "true", "requeue": True}, {"name": "b", "script": "true", "parent_indices": [0]}]
+    answer = await client.post("/workflows/", json={"user_id": user, "jobs": jobs})
+    assert answer.status_code == 200, answer.text
+    stored = [e for _, _, e in await read_log(bus) if isinstance(e, ev.JobSubmitted)]
+    assert [(e.name, e.requeue) for e in stored] == [("a", True), ("b", False)]
+
+
+async def test_a_job_over_one_message_is_413_naming_it(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    # Within max_script_bytes, over the stream's 1 MiB message once JSON writes each control
+    # character in 6 bytes; the workflow as a whole is far under its 16 MiB.
+    settings = GatewaySettings(nats_url=nats_url, database_url=database_url, max_script_bytes=900 * 1024)
+    async with gateway(settings) as client:
+        user = await _user(client)
+        jobs = [{"name": "a", "script": "true"}, {"name": "b", "script": "\x01" * 200_000}]
+        answer = await client.post("/workflows/", json={"user_id": user, "jobs": jobs})
+    assert answer.status_code == 413, answer.text
+    assert "job 1 is over the size limit of one message" in answer.json()["detail"]
+    assert [type(e) for _, _, e in await read_log(bus)] == [ev.UserCreated]  # nothing of the workflow
 
 
 async def test_the_largest_workflow_is_one_batch(client: httpx.AsyncClient, bus: Bus) -> None:

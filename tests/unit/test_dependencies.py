@@ -48,7 +48,7 @@ def test_duplicates_are_one_condition() -> None:
         ("after:12+5", "not supported"),
         ("aftercorr:12", "not supported"),
         ("before:12", "unknown dependency type"),
-        ("singleton:12", "takes job ids"),
+        ("singleton:12", "takes no job ids"),
         ("afterok:1:" + ":".join(str(i) for i in range(2, 1100)), "at most"),
     ],
 )

@@ -2,9 +2,10 @@
 field for field, with what it takes to run them.
 
 A workflow's job is flat, as the seed has it (``name``, ``job_type``, ``branch_id``,
-``parent_indices``), and may carry beside those the fields of a submit's ``job`` object and its
-``script``, with defaults (1 CPU, 512M, partition ``default``, the user's name as account...). A job
-without a script is a no-op: it completes as soon as its parents have.
+``parent_indices``), and may carry beside those the fields of a submit's ``job`` object but
+``dependency`` (its parents are its dependency) and its ``script``, with defaults (1 CPU, 512M,
+partition ``default``, the user's name as account...). A job without a script is a no-op: it completes
+as soon as its parents have.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 
 from conductor_contracts.api import MAX_ENV_BYTES, EnvName, EnvValue, JobSpec, Label, PathText, Text, printable_label
 
@@ -80,7 +81,7 @@ class WorkflowJobSpec(BaseModel):
     name: Label = Field(description="The job's name (seed).")
     job_type: ShortLabel | None = Field(default=None, description="What kind of job (seed): 'tiling', 'inference'...")
     branch_id: ShortLabel | None = Field(default=None, description="Which branch of the workflow (seed).")
-    parent_indices: list[Annotated[int, Field(ge=0, le=MAX_WORKFLOW_JOBS)]] = Field(
+    parent_indices: list[Annotated[StrictInt, Field(ge=0, le=MAX_WORKFLOW_JOBS)]] = Field(
         default_factory=list,
         max_length=MAX_WORKFLOW_JOBS,
         description="Indices of earlier jobs of the list that must COMPLETE before this one starts (seed).",
@@ -98,6 +99,11 @@ class WorkflowJobSpec(BaseModel):
     standard_output: PathText = None
     standard_error: PathText = None
     environment: dict[EnvName, EnvValue] = Field(default_factory=dict, description=f"At most {MAX_ENV_BYTES} bytes.")
+    requeue: bool = Field(
+        default=False,
+        description="As a submit's: if its node is lost while it runs, the job goes back to PENDING and runs "
+        "again, and the jobs that wait for it wait for that run (else it ends NODE_FAIL and they are cancelled).",
+    )
 
     def job_spec(self, username: str) -> JobSpec:
         """The submit's ``job`` object this job amounts to (validated like any submit's)."""

@@ -88,7 +88,9 @@ def parse(text: str) -> Dependency:
             raise ValueError(
                 f"unknown dependency type {shown(kind_text)}: after, afterany, afterok, afternotok or singleton"
             ) from None
-        if kind is Kind.SINGLETON or not ids:
+        if kind is Kind.SINGLETON:
+            raise ValueError("'singleton' takes no job ids: it waits for the jobs of the same name and account")
+        if not ids:
             raise ValueError(f"'{kind.value}' takes job ids: {kind.value}:<job_id>[:<job_id>...]")
         for job_text in ids.split(":"):
             if "+" in job_text:

@@ -115,7 +115,14 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 )
             )
         sizes = [len(ev.encode(e)) for e in events]
-        if max(sizes) > subjects.STREAM_SPEC.max_msg_size - 4096 or sum(sizes) > MAX_WORKFLOW_BYTES:
+        one_message = subjects.STREAM_SPEC.max_msg_size - 4096
+        if (largest := max(sizes)) > one_message:
+            # A script within max_script_bytes can still be over: JSON writes a control character in 6 bytes.
+            index = sizes.index(largest) - 1
+            which = "the workflow's own event" if index < 0 else f"job {index}"
+            detail = f"{which} is over the size limit of one message ({largest} of {one_message} bytes)"
+            raise HTTPException(413, detail)
+        if sum(sizes) > MAX_WORKFLOW_BYTES:
             raise HTTPException(413, f"the workflow is over the size limit ({MAX_WORKFLOW_BYTES} bytes in all)")
         # One trace for the whole workflow: every job's JobSubmitted carries the submit's traceparent.
         attributes = {WORKFLOW_ID: workflow_id}
