@@ -149,7 +149,14 @@ _RUNNING = (JobState.RUNNING.value,)
 
 
 def _ended(event: ev.TerminalJobEvent, state: JobState, **extra: Any) -> UpdateJob:
-    values = {"state": state.value, "end_time": event.occurred_at, "exit_code": event.exit_code, "reason": None}
+    # An ended job waits for nothing: the reason it waited with goes, its detail too.
+    values = {
+        "state": state.value,
+        "end_time": event.occurred_at,
+        "exit_code": event.exit_code,
+        "reason": None,
+        "reason_detail": None,
+    }
     # A pending job is ended by the scheduler, whatever run it is at; a node reports on its run, and
     # only while the job runs (as the scheduler's fold has it): a pending job a node says it ended
     # was never placed there.
