@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
-from conductor_scheduler.policy import _orphaned  # what a lost node's jobs become is not first fit's
+from conductor_scheduler.policy import _orphaned, released_reasons  # not first fit's: taken as they are
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
@@ -121,5 +121,6 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         decisions.append(
             ev.JobPlaced(job_id=job.job_id, node=target.name, cores=tuple(cores), memory_mb=job.memory_mb, run=job.run)
         )
+    decisions += released_reasons(state, decisions)
     # Placements first: they start work; reasons only inform.
     return sorted(decisions, key=lambda d: isinstance(d, ev.JobReasonChanged))

@@ -210,5 +210,20 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         decisions.append(
             ev.JobPlaced(job_id=job.job_id, node=target.node.name, cores=cores, memory_mb=job.memory_mb, run=job.run)
         )
+    decisions += released_reasons(state, decisions)
     # Placements first: they start work; reasons only inform.
     return sorted(decisions, key=lambda d: isinstance(d, ev.JobReasonChanged))
+
+
+def released_reasons(state: ClusterState, decisions: list[Decision]) -> list[Decision]:
+    """ "None" for the jobs a dependency let go that this cycle decided nothing about (past
+    queue_depth, or behind a partition settled early): else they would show Dependency until their
+    turn came to be explained."""
+    if not state.released:
+        return []
+    decided = {d.job_id for d in decisions}
+    return [
+        ev.JobReasonChanged(job_id=job_id, reason=PendingReason.NONE.value)
+        for job_id in sorted(state.released)
+        if job_id in state.pending and job_id not in decided
+    ]

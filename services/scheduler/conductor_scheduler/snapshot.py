@@ -27,7 +27,9 @@ from conductor_scheduler.state import Allocation, ClusterState, Node, PendingJob
 
 log = logging.getLogger("conductor.scheduler")
 
-FORMAT = 1
+# 2: the jobs a dependency let go that still show Dependency ("released"). A snapshot of another
+# format is not loaded: the log is folded from the start, once, after an upgrade.
+FORMAT = 2
 MAGIC = b"conductor-scheduler-snapshot"
 
 
@@ -97,6 +99,7 @@ def encode(state: ClusterState) -> dict[str, Any]:
         "doomed": [[job, why] for job, why in state.doomed.items()],
         "ready_noops": sorted(state.ready_noops),
         "orphans": [[job, node] for job, node in state.orphans.items()],
+        "released": sorted(state.released),
         "last_seq": state.last_seq,
         "last_scheduler_seq": state.last_scheduler_seq,
     }
@@ -123,6 +126,7 @@ def decode(d: dict[str, Any]) -> ClusterState:
         doomed={int(job): str(why) for job, why in d["doomed"]},
         ready_noops=set(d["ready_noops"]),
         orphans={int(job): str(node) for job, node in d["orphans"]},
+        released={int(job) for job in d["released"]},
         last_seq=int(d["last_seq"]),
         last_scheduler_seq=int(d["last_scheduler_seq"]),
     )

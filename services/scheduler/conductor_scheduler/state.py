@@ -84,6 +84,9 @@ class ClusterState:
     ready_noops: set[int] = field(default_factory=set)
     # Running jobs whose node was declared lost, with its name: the policy ends or requeues them.
     orphans: dict[int, str] = field(default_factory=dict)
+    # Pending jobs a dependency let go that still show the reason Dependency: the policy gives each a
+    # reason, "None" where it explains nothing (past queue_depth), as Slurm clears it at that moment.
+    released: set[int] = field(default_factory=set)
     last_seq: int = 0
     # The stream sequence of the newest scheduler decision folded: the fencing token for the next one.
     last_scheduler_seq: int = 0
@@ -133,6 +136,7 @@ def _dequeue(state: ClusterState, job_id: int) -> None:
     state.holds.forget(job_id)
     state.doomed.pop(job_id, None)
     state.ready_noops.discard(job_id)
+    state.released.discard(job_id)
     left = state.queued[job.partition] - 1
     if left:
         state.queued[job.partition] = left
@@ -152,7 +156,8 @@ def _settled(state: ClusterState, job_id: int, new: JobState) -> None:
             state.doomed[held] = f"its dependency can no longer be satisfied: {waiter_of}"
         elif state.pending[held].noop:
             state.ready_noops.add(held)
-        # A job let go keeps the reason Dependency until the policy gives it its new one.
+        elif state.reasons.get(held) == PendingReason.DEPENDENCY.value:
+            state.released.add(held)  # keeps the reason Dependency until the policy gives it its new one
 
 
 def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted, traceparent: str | None) -> None:
@@ -279,6 +284,7 @@ def evolve(
         case ev.JobReasonChanged(job_id=job_id, reason=reason):
             if job_id in state.pending:
                 state.reasons[job_id] = reason
+                state.released.discard(job_id)
         case ev.JobFailed(node_fail=True, job_id=job_id) if _requeues(state, event):
             # Its node failed under it (its supervisor vanished, or its executor fenced it off): a
             # job that asked to be requeued is, as if its node had been declared lost.
