@@ -40,6 +40,10 @@ class StreamSpec:
     # server keeps every message id of the window in memory, so hours, not days.
     duplicate_window_s: float = 2 * 3600
     max_msg_size: int = 1024 * 1024
+    # Set, not left to the server: nats-server 2.15 caps a stream without a limit of its own at 1,000
+    # consumers, and each node's executor holds one (a durable), beside the services' readers and one
+    # per GET /events client (capped per gateway): a 1,000-node cluster's last executors could not start.
+    max_consumers: int = 10_000
 
 
 STREAM_SPEC = StreamSpec()

@@ -8,7 +8,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats
 from nats.aio.client import Client
@@ -372,11 +372,20 @@ async def ensure_stream(
         num_replicas=replicas,
         # A workflow is published as one atomic batch: all of its events are stored, or none.
         allow_atomic=True,
+        max_consumers=spec.max_consumers,
     )
     try:
         await js.add_stream(config)
     except BadRequestError:
-        await js.update_stream(config)
+        try:
+            await js.update_stream(config)
+        except BadRequestError:
+            # A server before 2.12 cannot change the consumer limit of a stream it made (nor does it
+            # cap one that has none): the rest of the configuration still applies.
+            current = (await js.stream_info(spec.name)).config.max_consumers
+            if current == spec.max_consumers:
+                raise
+            await js.update_stream(replace(config, max_consumers=current))
 
 
 # nats-py logs a full traceback for every failed reconnect attempt (twice a second while the server
