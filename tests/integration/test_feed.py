@@ -239,3 +239,54 @@ async def test_asyncapi_lists_every_event_with_its_schema_and_subjects(client: h
     assert doc["x-jetstream"]["public"]["stream"] == public.STREAM
     assert doc["channels"]["JobPlaced"]["parameters"] == {"node": {"description": "the node's name"}}
     assert "openapi" in (await client.get("/openapi.json")).json()
+
+
+async def test_feeds_past_the_gateways_limit_are_a_503_until_one_ends(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    # Each feed holds a consumer on the stream that every executor and service reads through: an
+    # unbounded number of clients would take the stream's last consumers from them.
+    async with gateway(nats_url, database_url, events_max_clients=2) as client:
+        async with feed(client), feed(client):
+            refused = await client.get("/events")
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+            assert "CONDUCTOR_EVENTS_MAX_CLIENTS" in refused.json()["detail"]
+            assert await consumers(bus) == 2
+        await no_consumer_left(bus)
+        async with feed(client):  # the slots came back
+            assert await consumers(bus) == 1
+
+
+async def test_a_feed_whose_reader_swallows_its_cancel_still_closes_and_deletes_its_consumer(bus: Bus) -> None:
+    # nats-py's fetch waits in asyncio.wait_for, which on Python 3.11 drops a cancel that comes as a
+    # message arrives: one cancel left the reader fetching, the close waiting on it and the consumer
+    # on the stream for ever.
+    from conductor_gateway.client_feed import ClientFeed, FeedLimits
+    from conductor_gateway.feed_items import FeedFilter
+    from conductor_platform.jobs import JobDirectory
+
+    limits = FeedLimits(heartbeat_s=15, buffer=8, stall_s=30)
+    opened = await ClientFeed.open(bus, 1, FeedFilter(), JobDirectory(10), limits)
+    swallowed = 0
+
+    async def fetch(batch: int, timeout: float) -> list[Any]:
+        nonlocal swallowed
+        try:
+            await asyncio.sleep(timeout)
+        except asyncio.CancelledError:
+            swallowed += 1  # and carries on, as the lost cancel does
+        return []
+
+    opened._sub.fetch = fetch  # type: ignore[method-assign,assignment]
+    body = opened.stream()
+
+    async def first_chunk() -> bytes:
+        return await anext(body)
+
+    first = asyncio.create_task(first_chunk())  # starts the reader
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(opened.close(), 10)
+    assert swallowed >= 1 and await consumers(bus) == 0
+    first.cancel()
+    with contextlib.suppress(BaseException):
+        await first

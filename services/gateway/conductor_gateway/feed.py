@@ -8,6 +8,7 @@ the log (``conductor compact``) is first sent a ``compacted`` message naming whe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import anyio
@@ -32,27 +33,48 @@ class FeedResponse(StreamingResponse):
     client. The body generator's own ``finally`` would not run while it waits in a send that is
     cancelled."""
 
-    def __init__(self, feed: ClientFeed) -> None:
+    def __init__(self, feed: ClientFeed, release: Callable[[], None]) -> None:
         super().__init__(
             feed.stream(),
             media_type="text/event-stream",
             # Proxies must pass each event on as it comes (nginx buffers unless told not to).
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self._feed = feed
+        self._feed, self._release = feed, release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._feed.close()
+                try:
+                    await self._feed.close()
+                finally:
+                    self._release()
+
+
+class FeedSlots:
+    """The feeds open at once on this gateway, at most ``limit``: each holds a consumer on the log's
+    stream, and a stream takes a bounded number of them (executors and services need theirs)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.open = limit, 0
+
+    def take(self) -> None:
+        if self.open >= self.limit:
+            detail = f"this gateway serves {self.limit} event feeds at once (CONDUCTOR_EVENTS_MAX_CLIENTS); retry later"
+            raise HTTPException(503, detail, headers={"Retry-After": "5"})
+        self.open += 1
+
+    def release(self) -> None:
+        self.open -= 1
 
 
 def router(state: State, settings: GatewaySettings) -> APIRouter:
     api = APIRouter()
     directory = JobDirectory(settings.events_job_cache)
     limits = FeedLimits(settings.events_heartbeat_s, settings.events_buffer, settings.events_stall_s)
+    slots = FeedSlots(settings.events_max_clients)
 
     @api.get(
         "/events",
@@ -91,10 +113,16 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         selected = FeedFilter(job_id=job_id, workflow_id=workflow_id, account=account, types=types)
         after = last_event_id if last_event_id is not None else since
         preamble = b""
-        if after is None:  # from now: after what the log holds at this request
-            after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
-        elif after + 1 < (below := await compacted_below(state.bus)):
-            preamble = compacted(after, below)
-        return FeedResponse(await ClientFeed.open(state.bus, after + 1, selected, directory, limits, preamble))
+        slots.take()
+        try:
+            if after is None:  # from now: after what the log holds at this request
+                after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
+            elif after + 1 < (below := await compacted_below(state.bus)):
+                preamble = compacted(after, below)
+            feed = await ClientFeed.open(state.bus, after + 1, selected, directory, limits, preamble)
+        except BaseException:
+            slots.release()
+            raise
+        return FeedResponse(feed, slots.release)
 
     return api

@@ -33,3 +33,6 @@ class GatewaySettings(CommonSettings):
     events_stall_s: float = Field(default=30.0, gt=0)
     # Jobs whose account and workflow the gateway remembers for the feed (read from their JobSubmitted).
     events_job_cache: int = Field(default=10_000, ge=1)
+    # Feeds open at once on this gateway; one more is a 503. Each holds a consumer on the log's stream,
+    # whose limit (10,000) it shares with every executor and service: gateways x this must stay below it.
+    events_max_clients: int = Field(default=256, ge=1)
