@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -338,6 +339,25 @@ async def test_a_placement_failing_every_delivery_is_given_up_and_its_job_report
     assert f"({executor.max_deliveries} tries)" in outcome.message and "not a JobSubmitted" in outcome.message
     await eventually(lambda: _consumer_settled(bus), what="placement terminated")
     job_id = await _submit_and_place(bus, tmp_path, "true")
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+
+
+async def test_a_placement_whose_folder_the_disk_refuses_still_ends_its_job(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk (no blocks, no inodes) refuses the job's folder at every delivery, and then in the
+    # give-up that reports the failure: the job stayed RUNNING for ever and held its cores.
+    def full(self: Executor, job_id: int, run: int) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder(job_id, run)))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Executor, "_make_folder", full)
+        job_id = await _submit_and_place(bus, tmp_path, "touch ran")
+        outcome = await _failed(bus, job_id)
+        assert f"({executor.max_deliveries} tries)" in outcome.message and "No space left" in outcome.message
+        await eventually(lambda: _consumer_settled(bus), what="placement terminated")
+    assert not (tmp_path / "ran").exists()
+    job_id = await _submit_and_place(bus, tmp_path, "true")  # space again: jobs run
     assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
 
 

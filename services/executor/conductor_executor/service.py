@@ -363,10 +363,35 @@ class Executor:
         folder = self.folder(event.job_id, event.run)
         if folder.exists():  # started or finished already: it has or will have its outcome
             return
-        self._make_folder(event.job_id, event.run)
         message = f"the executor could not handle the placement ({deliveries} tries): {_short(err)}"
         failed = ev.JobFailed(job_id=event.job_id, node=self.node, exit_code=None, message=message, run=event.run)
+        try:
+            self._make_folder(event.job_id, event.run)
+        except OSError as refused:
+            # The disk that refused the start (no space, no inodes) refuses the folder too: the outcome
+            # still goes out, through the outbox's spare files, with no folder to mark done. Else the
+            # job stayed RUNNING for ever and held its cores.
+            log.warning(
+                "reporting a job's failure without its folder", extra={"job_id": event.job_id, "error": str(refused)}
+            )
+            self._queue_outcome(failed, traceparent)
+            return
         self._report(event.job_id, failed, traceparent)
+
+    def _queue_outcome(self, event: ev.Event, traceparent: str | None) -> None:
+        """Into the outbox now, or in a task that retries until the disk takes it."""
+        try:
+            self.outbox.put(event, traceparent)
+            return
+        except OSError:
+            pass
+
+        async def kept() -> None:
+            await self.outbox.keep(event, self.stop, traceparent)
+
+        task = asyncio.create_task(kept())
+        self.monitors.add(task)
+        task.add_done_callback(self._monitor_done)
 
     async def cancel_requested(self, job_id: int) -> bool:
         """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
