@@ -103,6 +103,9 @@ class Executor:
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
         self.monitors: set[asyncio.Task[None]] = set()
+        # Placements given up and reported failed with no folder to say so (the disk refused it):
+        # a redelivery must not start them. Held in memory only, so not across a restart.
+        self._given_up: set[tuple[int, int]] = set()
         # The monitor of each running job: a stop that leaves the jobs running ends only these.
         self.watchers: dict[int, asyncio.Task[None]] = {}
         # Runs whose output is in the object store and whose outcome is not published yet: a retried
@@ -374,6 +377,7 @@ class Executor:
             log.warning(
                 "reporting a job's failure without its folder", extra={"job_id": event.job_id, "error": str(refused)}
             )
+            self._given_up.add((event.job_id, event.run))
             self._queue_outcome(failed, traceparent)
             return
         self._report(event.job_id, failed, traceparent)
@@ -454,7 +458,7 @@ class Executor:
         """Why a placement is a run that is over already, or None: its folder exists (a redelivery),
         a NodeLost came after it, or a later run of the job was placed here."""
         job_id, run = placement.job_id, placement.run
-        if self.folder(job_id, run).exists():
+        if self.folder(job_id, run).exists() or (job_id, run) in self._given_up:
             return "placement redelivered; not starting the job again"
         if self.liveness.stale(seq):
             return "placement from before the node was declared lost: the scheduler ended that run"
