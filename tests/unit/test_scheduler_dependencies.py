@@ -217,3 +217,20 @@ def test_a_job_let_go_within_the_queue_depth_gets_its_real_reason() -> None:
     _decide(log, queue_depth=100)
     _finish(log, a)
     assert _reasons(_decide(log, queue_depth=100))[b] == PendingReason.RESOURCES.value  # the core went to the other
+
+
+def test_a_job_whose_dependency_holds_at_submission_stops_showing_dependency_past_the_depth() -> None:
+    # The submission shows Dependency (fold and read model alike); a parent that had completed already
+    # lets the job go at once, so no later event of the parent says so.
+    log = Log()
+    log.append(node("n0", 1))
+    a = log.append(submitted())
+    _decide(log, queue_depth=1)
+    _finish(log, a)
+    blocker = log.append(submitted())
+    _decide(log, queue_depth=1)
+    fillers = [log.append(submitted()) for _ in range(3)]
+    b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
+    assert log.state.reasons[b] == PendingReason.DEPENDENCY.value
+    assert _reasons(_decide(log, queue_depth=1))[b] == PendingReason.NONE.value
+    assert _placed(log) == [a, blocker] and fillers[0] in log.state.pending

@@ -191,6 +191,8 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted, traceparen
         state.doomed[seq] = f"its dependency {dependency} can never be satisfied"
     elif verdict is deps.Verdict.HOLDS and job.noop:
         state.ready_noops.add(seq)
+    elif verdict is deps.Verdict.HOLDS:  # satisfied already (a finished parent, a free singleton)
+        state.released.add(seq)
 
 
 def _free(state: ClusterState, job_id: int) -> None:
