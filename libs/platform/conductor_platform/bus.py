@@ -379,9 +379,9 @@ async def ensure_stream(
     except BadRequestError:
         try:
             await js.update_stream(config)
-        except BadRequestError:
+        except APIError:
             # A server before 2.12 cannot change the consumer limit of a stream it made (nor does it
-            # cap one that has none): the rest of the configuration still applies.
+            # cap one that has none; it answers 500, error 10052): the rest of the configuration applies.
             current = (await js.stream_info(spec.name)).config.max_consumers
             if current == spec.max_consumers:
                 raise
