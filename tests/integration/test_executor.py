@@ -19,6 +19,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import compiled
 from conductor_executor import supervision as sv
+from conductor_executor.outbox import Outbox
 from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
@@ -362,6 +363,24 @@ async def test_a_placement_whose_folder_the_disk_refuses_still_ends_its_job(
     after = await _submit_and_place(bus, tmp_path, "true")
     assert isinstance(await _outcome(bus, after), ev.JobCompleted)
     assert not (tmp_path / "ran").exists() and not await _has(bus, ev.JobStarted, job_id)
+
+
+async def test_a_placement_given_up_while_the_outbox_is_refused_too_comes_back_and_runs(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing of the give-up reaches the disk: the placement is delivered again, not terminated (its
+    # job would end nowhere), and once the disk takes files again the job runs.
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Executor, "_make_folder", full)
+        patched.setattr(Outbox, "put", full)
+        job_id = await _submit_and_place(bus, tmp_path, "touch ran")
+        await asyncio.sleep(2)  # well past max_deliveries at these retry delays
+        assert not await _has(bus, ev.JobFailed, job_id)
+    assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    assert (tmp_path / "ran").exists()
 
 
 async def test_a_message_on_the_cancel_subject_stored_before_the_job_does_not_cancel_it(

@@ -377,25 +377,12 @@ class Executor:
             log.warning(
                 "reporting a job's failure without its folder", extra={"job_id": event.job_id, "error": str(refused)}
             )
+            # Raises if the outbox refuses it too: the placement is then delivered again (nothing was
+            # reported, and nothing on disk would say so after a restart).
+            self.outbox.put(failed, traceparent)
             self._given_up.add((event.job_id, event.run))
-            self._queue_outcome(failed, traceparent)
             return
         self._report(event.job_id, failed, traceparent)
-
-    def _queue_outcome(self, event: ev.Event, traceparent: str | None) -> None:
-        """Into the outbox now, or in a task that retries until the disk takes it."""
-        try:
-            self.outbox.put(event, traceparent)
-            return
-        except OSError:
-            pass
-
-        async def kept() -> None:
-            await self.outbox.keep(event, self.stop, traceparent)
-
-        task = asyncio.create_task(kept())
-        self.monitors.add(task)
-        task.add_done_callback(self._monitor_done)
 
     async def cancel_requested(self, job_id: int) -> bool:
         """Is a cancel of this job stored? Only a JobCancelRequested for this job counts, and only one
@@ -832,7 +819,10 @@ class Executor:
             try:
                 self.give_up(event, err, deliveries, seq, traceparent)
             except Exception:
-                log.exception("could not report the job of a message given up", extra=about)
+                # Its job would end nowhere: the placement comes back, to start or be given up then.
+                log.exception("could not report the job of a message given up; delivering it again", extra=about)
+                await _settle(msg.nak(delay=self.settings.retry_max_s))
+                return
             await _settle(msg.term())
             return
         await _settle(msg.ack())
