@@ -45,8 +45,9 @@ class Log:
         evolve(self.state, seq, event, by_scheduler=by_scheduler)
         return seq
 
-    def schedule(self) -> list[Decision]:
-        decisions = decide(self.state)
+    def schedule(self, queue_depth: int | None = None) -> list[Decision]:
+        """One decision cycle (at the policy's own queue_depth unless given), its decisions folded."""
+        decisions = decide(self.state) if queue_depth is None else decide(self.state, queue_depth=queue_depth)
         for decision in decisions:
             self.append(decision, by_scheduler=True)
         return list(decisions)

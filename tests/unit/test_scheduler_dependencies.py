@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from conductor_contracts import dependencies as deps
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
-from conductor_scheduler.policy import decide
 from tests.unit.scheduling import Log, node, submitted
 
 NEVER = PendingReason.DEPENDENCY_NEVER_SATISFIED.value
@@ -180,14 +180,7 @@ def test_noop_child_waits_for_a_real_parent() -> None:
     assert [(type(d), d.job_id) for d in log.schedule()] == [(ev.JobCompleted, noop)]
 
 
-def _decide(log: Log, queue_depth: int) -> list[ev.Event]:
-    decisions = decide(log.state, queue_depth=queue_depth)
-    for decision in decisions:
-        log.append(decision, by_scheduler=True)
-    return list(decisions)
-
-
-def _reasons(decisions: list[ev.Event]) -> dict[int, str]:
+def _reasons(decisions: Sequence[ev.Event]) -> dict[int, str]:
     return {d.job_id: d.reason for d in decisions if isinstance(d, ev.JobReasonChanged)}
 
 
@@ -199,13 +192,13 @@ def test_a_job_let_go_past_the_queue_depth_stops_showing_dependency() -> None:
     a = log.append(submitted())
     fillers = [log.append(submitted()) for _ in range(3)]
     b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
-    _decide(log, queue_depth=1)
+    log.schedule(queue_depth=1)
     assert _placed(log) == [a] and log.state.reasons[b] == PendingReason.DEPENDENCY.value
     _finish(log, a)
-    first = _decide(log, queue_depth=1)
+    first = log.schedule(queue_depth=1)
     assert _placed(log) == [a, fillers[0]]
     assert _reasons(first)[b] == PendingReason.NONE.value and b not in log.state.released
-    assert b not in _reasons(_decide(log, queue_depth=1))  # said once
+    assert b not in _reasons(log.schedule(queue_depth=1))  # said once
 
 
 def test_a_job_let_go_within_the_queue_depth_gets_its_real_reason() -> None:
@@ -214,9 +207,9 @@ def test_a_job_let_go_within_the_queue_depth_gets_its_real_reason() -> None:
     a = log.append(submitted())
     log.append(submitted())
     b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
-    _decide(log, queue_depth=100)
+    log.schedule(queue_depth=100)
     _finish(log, a)
-    assert _reasons(_decide(log, queue_depth=100))[b] == PendingReason.RESOURCES.value  # the core went to the other
+    assert _reasons(log.schedule(queue_depth=100))[b] == PendingReason.RESOURCES.value  # the core went to the other
 
 
 def test_a_job_whose_dependency_holds_at_submission_stops_showing_dependency_past_the_depth() -> None:
@@ -225,12 +218,12 @@ def test_a_job_whose_dependency_holds_at_submission_stops_showing_dependency_pas
     log = Log()
     log.append(node("n0", 1))
     a = log.append(submitted())
-    _decide(log, queue_depth=1)
+    log.schedule(queue_depth=1)
     _finish(log, a)
     blocker = log.append(submitted())
-    _decide(log, queue_depth=1)
+    log.schedule(queue_depth=1)
     fillers = [log.append(submitted()) for _ in range(3)]
     b = log.append(submitted(dependency=deps.parse(f"afterok:{a}")))
     assert log.state.reasons[b] == PendingReason.DEPENDENCY.value
-    assert _reasons(_decide(log, queue_depth=1))[b] == PendingReason.NONE.value
+    assert _reasons(log.schedule(queue_depth=1))[b] == PendingReason.NONE.value
     assert _placed(log) == [a, blocker] and fillers[0] in log.state.pending

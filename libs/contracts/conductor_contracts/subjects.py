@@ -45,6 +45,11 @@ class StreamSpec:
     # per GET /events client (capped per gateway): a 1,000-node cluster's last executors could not start.
     max_consumers: int = 10_000
 
+    @property
+    def max_event_bytes(self) -> int:
+        """The largest encoded event that fits one message, with room left for its headers."""
+        return self.max_msg_size - 4096
+
 
 STREAM_SPEC = StreamSpec()
 

@@ -223,7 +223,7 @@ def create_app(
             shown = ", ".join(str(j) for j in missing[:10])
             raise HTTPException(422, f"dependency: no job {shown}{' ...' if len(missing) > 10 else ''}")
         event = job_submitted(spec, body.script)
-        if len(ev.encode(event)) > subjects.STREAM_SPEC.max_msg_size - 4096:  # headers need room too
+        if len(ev.encode(event)) > subjects.STREAM_SPEC.max_event_bytes:
             # The event escapes what the request may have sent raw (a control character takes six
             # bytes in JSON, a quote two): a script within its own limit can still be too large here.
             raise HTTPException(413, "the job (script and environment) is over the size limit of one message")

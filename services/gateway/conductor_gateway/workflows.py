@@ -115,7 +115,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 )
             )
         sizes = [len(ev.encode(e)) for e in events]
-        one_message = subjects.STREAM_SPEC.max_msg_size - 4096
+        one_message = subjects.STREAM_SPEC.max_event_bytes
         if (largest := max(sizes)) > one_message:
             # A script within max_script_bytes can still be over: JSON writes a control character in 6 bytes.
             index = sizes.index(largest) - 1
