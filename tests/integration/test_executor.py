@@ -365,6 +365,43 @@ async def test_a_placement_whose_folder_the_disk_refuses_still_ends_its_job(
     assert not (tmp_path / "ran").exists() and not await _has(bus, ev.JobStarted, job_id)
 
 
+async def test_a_node_whose_disk_refuses_jobs_files_asks_once_to_be_drained(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every job placed here fails the same way, and frees its cores a few seconds after its placement:
+    # left UP, the node took jobs faster than any other and failed them all.
+    def full(self: Executor, job_id: int, run: int) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder(job_id, run)))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Executor, "_make_folder", full)
+        first = await _submit_and_place(bus, tmp_path, "true")
+        second = await _submit_and_place(bus, tmp_path, "true")
+        await _failed(bus, first)
+        await _failed(bus, second)
+    drains = [e for e in await _events(bus) if isinstance(e, ev.NodeDrainRequested)]
+    assert [(d.node, d.by_node) for d in drains] == [(NODE, True)]  # one for the burst
+    assert "No space left on device" in drains[0].reason and str(executor.jobs_dir) in drains[0].reason
+    stored = await bus.js.get_last_msg(subjects.STREAM, subjects.subject_for(drains[0]))
+    assert stored.subject == f"conductor.exec.{NODE}.node.drain"
+
+
+async def test_a_full_disk_under_a_path_the_job_names_fails_that_job_only(
+    bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The job's working directory is the job's: its disk failing says nothing of the node.
+    def full(path: str, own: Path | None) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr("conductor_executor.service.make_working_directory", full)
+        job_id = await _submit_and_place(bus, tmp_path / "work", "true")
+        assert "No space left on device" in (await _failed(bus, job_id)).message
+    after = await _submit_and_place(bus, tmp_path, "true")
+    assert isinstance(await _outcome(bus, after), ev.JobCompleted)
+    assert not await _has(bus, ev.NodeDrainRequested)
+
+
 async def test_a_placement_given_up_while_the_outbox_is_refused_too_comes_back_and_runs(
     bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
+from conductor_contracts.catalogue import subject_patterns
 from conductor_contracts.paths import expand_pattern, output_path, output_pattern_problem, path_problem
 
 SEED_JOB = {
@@ -172,6 +173,9 @@ ALL_EVENTS: list[ev.Event] = [
     ev.NodeRegistered(node="n1", cpus=2, memory_mb=10),
     ev.NodeLost(node="n1"),
     ev.NodeDrained(node="n1"),
+    ev.NodeDrainRequested(node="n1", reason="r"),
+    ev.NodeDrainRequested(node="n1", reason="disk full", by_node=True),
+    ev.NodeResumeRequested(node="n1"),
     ev.JobCompleted(job_id=1),
     ev.WorkflowSubmitted(workflow_id=str(uuid.UUID(int=1)), user_id=str(uuid.UUID(int=2)), owner="u", job_count=2),
     ev.UserCreated(user_id=str(uuid.UUID(int=2)), username="u"),
@@ -215,6 +219,15 @@ def test_scheduler_decisions_live_under_the_fenced_subject() -> None:
     ]
     assert all(subjects.is_scheduler_subject(subjects.subject_for(d, by_scheduler=True)) for d in decisions)
     assert not subjects.is_scheduler_subject(subjects.subject_for(ev.JobCancelled(job_id=1, node="n")))
+
+
+def test_a_drain_says_who_asked_for_it_by_its_subject() -> None:
+    # Subjects say who wrote an event: a node's executor publishes only under conductor.exec.<node>.
+    by_operator = subjects.subject_for(ev.NodeDrainRequested(node="n1", reason="swap"))
+    by_node = subjects.subject_for(ev.NodeDrainRequested(node="n1", reason="disk full", by_node=True))
+    assert (by_operator, by_node) == ("conductor.gw.node.n1.drain", "conductor.exec.n1.node.drain")
+    patterns = {"conductor.gw.node.{node}.drain", "conductor.exec.{node}.node.drain"}
+    assert set(subject_patterns(ev.NodeDrainRequested)) == patterns
 
 
 def test_outcomes_dedupe_per_job() -> None:

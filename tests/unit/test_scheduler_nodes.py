@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conductor_contracts import events as ev
 from conductor_scheduler.policy import decide
 from tests.unit.scheduling import Log, node, replay, submitted
@@ -94,12 +96,13 @@ def test_a_lost_node_that_registers_again_takes_work() -> None:
     assert _decisions(log) == [("JobPlaced", job)]
 
 
-def test_drain_stops_new_placements_and_resume_restarts_them() -> None:
+@pytest.mark.parametrize("by_node", [False, True], ids=["by an operator", "by the node's executor"])
+def test_drain_stops_new_placements_and_resume_restarts_them(by_node: bool) -> None:
     log = Log()
     log.append(node("n0", 2))
     first = log.append(submitted())
     log.schedule()
-    log.append(ev.NodeDrainRequested(node="n0", reason="disk swap"))
+    log.append(ev.NodeDrainRequested(node="n0", reason="disk swap", by_node=by_node))
     second = log.append(submitted())
     assert _decisions(log) == []
     log.append(node("n0", 2))  # its executor restarts: still drained

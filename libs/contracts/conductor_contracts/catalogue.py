@@ -21,11 +21,14 @@ _SUBJECT_FIELDS = ("job_id", "node", "workflow_id", "user_id")
 
 def subject_patterns(cls: type[ev.EventBase]) -> tuple[str, ...]:
     """Every subject an event of ``cls`` can have, its ids shown as ``{job_id}``, ``{node}``...
-    (JobCancelled has two: the scheduler's for a pending job, an executor's for a running one)."""
+    (JobCancelled has two: the scheduler's for a pending job, an executor's for a running one;
+    NodeDrainRequested the gateway's and the node's own)."""
     placeholders: dict[str, Any] = {name: f"{{{name}}}" for name in _SUBJECT_FIELDS if name in cls.model_fields}
     variants = [placeholders]
     if "node" in cls.model_fields and not cls.model_fields["node"].is_required():
         variants.append(placeholders | {"node": None})
+    if "by_node" in cls.model_fields:  # a drain the node's executor asks for is on its own subject
+        variants += [fields | {"by_node": True} for fields in variants]
     found: dict[str, None] = {}
     for fields in variants:
         # Built without validation: the placeholders are not valid ids, and only the subject is wanted.

@@ -206,11 +206,14 @@ class NodeLost(EventBase):
 
 
 class NodeDrainRequested(EventBase):
-    """By the gateway: no new placements on the node; what runs there finishes (DRAINING, DRAINED)."""
+    """No new placements on the node; what runs there finishes (DRAINING, DRAINED). By the gateway
+    for an operator, or, ``by_node``, by the node's own executor when its disk refuses the files a
+    job needs (it would fail every job placed there, as Slurm drains a node whose prolog fails)."""
 
     type: Literal["NodeDrainRequested"] = "NodeDrainRequested"
     node: str
     reason: str = ""
+    by_node: bool = False
 
 
 class NodeResumeRequested(EventBase):

@@ -15,6 +15,7 @@ can select by writer:
     conductor.sched.node.<node>.<event>     NodeLost, NodeDrained}
     conductor.exec.<node>.job.<event>       JobStarted and the outcomes an executor reports
     conductor.exec.<node>.node.registered   NodeRegistered
+    conductor.exec.<node>.node.drain        NodeDrainRequested by the node itself (its disk refuses jobs)
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
             return f"{ROOT}.sched.job.{job_id}.failed"
         case ev.JobRequeued(job_id=job_id):
             return f"{ROOT}.sched.job.{job_id}.requeued"
+        case ev.NodeDrainRequested(node=node, by_node=True):
+            return f"{ROOT}.exec.{node}.node.drain"
         case ev.NodeDrainRequested(node=node):
             return f"{ROOT}.gw.node.{node}.drain"
         case ev.NodeResumeRequested(node=node):

@@ -61,6 +61,7 @@ from conductor_executor.output import make_working_directory, open_outputs, reco
 from conductor_executor.placements import PlacementReader, durable_name, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.retention import FolderSweep, Key, keep_bounded
+from conductor_executor.self_drain import SelfDrain
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
@@ -146,6 +147,7 @@ class Executor:
             spares=settings.outbox_spares_dir,
         )
         self.liveness = Liveness(self)
+        self.self_drain = SelfDrain(settings.node, (settings.state_dir,), lambda event: self.bus.publish(event))
 
     @property
     def bus(self) -> Bus:
@@ -511,6 +513,7 @@ class Executor:
             files = envs.job_files(job_id, job)
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
+            self.self_drain.consider(err)
             if self.placements.get(job_id) is placement:
                 del self.placements[job_id]
             message = f"could not start the job: {_short(err)}"
@@ -544,6 +547,7 @@ class Executor:
         try:
             sv.write_process(folder, record)
         except OSError as err:  # a restarted executor then finds the job by its command line
+            self.self_drain.consider(err)
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
             written = None
         log.info("started", extra={"job_id": job_id, "pid": process.pid, "cores": placement.cores})
@@ -804,6 +808,7 @@ class Executor:
         try:
             await self.handle(event, seq, traceparent)
         except Exception as err:
+            self.self_drain.consider(err)
             about = {"seq": seq, "subject": msg.subject, "job_id": getattr(event, "job_id", None)}
             if transient(err) or deliveries < self.settings.max_deliveries:
                 log.warning(
@@ -958,6 +963,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         finally:
             police.cancel()
             sweeping.cancel()
+            await executor.self_drain.close()
             await executor.shutdown(leave_jobs=closed)
             # On a connection closed for good nothing more goes out: no use waiting for it.
             if closed_for_good(bus):
