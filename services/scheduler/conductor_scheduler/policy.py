@@ -216,7 +216,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
 
 
 def released_reasons(state: ClusterState, decisions: list[Decision]) -> list[Decision]:
-    """ "None" for the jobs a dependency let go that this cycle decided nothing about (past
+    """The reason None for the jobs a dependency let go that this cycle decided nothing about (past
     queue_depth, or behind a partition settled early): else they would show Dependency until their
     turn came to be explained."""
     if not state.released:
