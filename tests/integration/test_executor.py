@@ -168,6 +168,36 @@ async def test_a_cancelled_job_that_kills_its_supervisor_is_cancelled(
     assert isinstance(outcome, ev.JobCancelled) and outcome.exit_code is None
 
 
+@pytest.mark.parametrize("form", [compiled.AUTO, compiled.SHELL])
+@pytest.mark.parametrize("ended_by", ["time limit", "cancel"])
+async def test_a_job_that_stops_its_supervisor_still_ends(
+    bus: Bus, nats_url: str, tmp_path: Path, form: str, ended_by: str
+) -> None:
+    # SIGSTOP, which the job may send its supervisor: the job's group was killed, and the executor
+    # waited for the stopped supervisor's record for ever, past the time limit and the cancel, the
+    # job RUNNING and its cores held.
+    script = f"echo $PPID > {tmp_path}/supervisor.pid\nkill -STOP $PPID\nsleep 300\n"
+    async with running(bus, executor_settings(nats_url, tmp_path, job_supervisor=form)):
+        job_id = await _submit_and_place(bus, tmp_path, script, time_limit_s=1 if ended_by == "time limit" else 60)
+        supervisor = await eventually(lambda: _stopped(tmp_path / "supervisor.pid"), what="supervisor stopped")
+        if ended_by == "cancel":
+            await bus.publish(ev.JobCancelRequested(job_id=job_id))
+        outcome = await _outcome(bus, job_id)
+        expected = ev.JobTimedOut if ended_by == "time limit" else ev.JobCancelled
+        assert isinstance(outcome, expected) and outcome.exit_code is None
+        await eventually(lambda: _gone(supervisor), what="supervisor gone")
+
+
+async def _stopped(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` once that process is stopped (state T)."""
+    try:
+        pid = int(pid_file.read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError):
+        return None
+    return pid if state == "T" else None
+
+
 @pytest.mark.parametrize("inside", ["outbox/000000000001-1-JobCompleted.json", "jobs/99999"])
 async def test_a_working_directory_inside_the_executors_folder_fails_the_job_and_makes_nothing(
     bus: Bus, executor: ExecutorSettings, tmp_path: Path, inside: str

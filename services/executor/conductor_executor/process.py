@@ -93,6 +93,21 @@ class JobProcess:
             await asyncio.wait_for(asyncio.shield(self.exited), self.grace_s)
         except TimeoutError:
             await self._signal(signal.SIGKILL)
+        else:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), self.grace_s)
+        except TimeoutError:
+            # The job's group is killed and the supervisor still has not recorded it: it is stopped
+            # (SIGSTOP, which the job itself can send it) or stuck. Waiting on would keep the job
+            # RUNNING for ever, past its time limit and its cancel, holding its cores: it ends without
+            # its record, as what the kill was for (the reason was written before the first signal).
+            log.warning(
+                "the job's supervisor did not end after its job was killed; killing it",
+                extra={"job_id": self.job_id, "pid": self.pid},
+            )
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
     @property
     def lost(self) -> bool:
