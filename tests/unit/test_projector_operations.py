@@ -275,6 +275,21 @@ def test_a_requeue_job_whose_node_failed_waits_for_its_requeue() -> None:
     assert (rows[1]["state"], rows[1]["restarts"]) == ("PENDING", 1)
 
 
+def test_a_requeue_job_failed_by_the_scheduler_past_its_requeues_ends_failed() -> None:
+    # What the policy decides once a requeue job's runs were lost CONDUCTOR_MAX_REQUEUES times: a
+    # JobFailed that is not node_fail, which the read model takes, not waits past for a requeue.
+    rows: dict[int, dict[str, object]] = {}
+    columns = (*COLUMNS, "cpus", "memory_mb", "restarts", "requeue", "cores", "pid", "start_time", "reason_detail")
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted(requeue=True)),
+        (2, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100)),
+        (3, ev.JobFailed(job_id=1, node="n", exit_code=None, node_fail=True, message="supervisor gone")),
+    ]
+    final = ev.JobFailed(job_id=1, node="n", exit_code=None, message="requeued 0 times already, the most allowed")
+    fold_jobs(rows, [op for seq, e in [*events, (4, final)] for op in to_operations(seq, e)], columns)
+    assert (rows[1]["state"], rows[1]["message"]) == ("FAILED", final.message)
+
+
 def test_latencies_of_the_jobs_a_batch_started_and_ended() -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     rows: dict[int, dict[str, object]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_scheduler.policy import decide
+from conductor_scheduler.policy import MAX_REQUEUES, decide
 from tests.unit.scheduling import Log, node, replay, submitted
 
 
@@ -141,3 +141,47 @@ def test_a_requeue_job_whose_node_failed_under_it_is_requeued() -> None:
     decisions = [d for d in log.schedule() if not isinstance(d, ev.JobReasonChanged)]
     assert [(d.type, d.job_id) for d in decisions][:1] == [("JobRequeued", again)]
     assert [(d.type, d.job_id, getattr(d, "run", None)) for d in log.schedule()] == [("JobPlaced", again, 1)]
+
+
+def test_a_requeue_job_is_requeued_at_most_max_requeues_times() -> None:
+    # A job that kills its supervisor failed under its node at every run, and was requeued for ever.
+    log = Log()
+    log.append(node("n0", 2))
+    job = log.append(submitted(requeue=True))
+    requeues = 0
+    for run in range(MAX_REQUEUES + 1):
+        placed = [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
+        assert [(d.job_id, d.run) for d in placed] == [(job, run)]
+        log.append(ev.JobFailed(job_id=job, node="n0", exit_code=None, node_fail=True, message="gone", run=run))
+        decisions = [d for d in log.schedule() if not isinstance(d, ev.JobReasonChanged)]
+        requeues += sum(isinstance(d, ev.JobRequeued) for d in decisions)
+    assert requeues == MAX_REQUEUES
+    [failed] = [d for d in decisions if isinstance(d, ev.JobFailed)]
+    assert failed.run == MAX_REQUEUES and not failed.node_fail
+    assert f"requeued {MAX_REQUEUES} times already" in (failed.message or "")
+    assert job not in log.state.running and job not in log.state.pending
+    assert log.schedule() == []
+
+
+def test_max_requeues_zero_ends_a_requeue_job_at_its_first_loss() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    job = log.append(submitted(requeue=True))
+    log.schedule()
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    [failed] = [d for d in decide(log.state, max_requeues=0) if isinstance(d, ev.JobFailed)]
+    assert failed.job_id == job and "node n0 was lost" in (failed.message or "")
+
+
+def test_a_requeue_says_whether_the_node_was_lost_or_the_run_failed_under_it() -> None:
+    log = Log()
+    log.append(node("n0", 2))
+    log.append(node("n1", 2))
+    failed_under = log.append(submitted(requeue=True, cpus=2))
+    on_lost = log.append(submitted(requeue=True, cpus=2))
+    placed = {d.job_id: d.node for d in log.schedule() if isinstance(d, ev.JobPlaced)}
+    log.append(ev.JobFailed(job_id=failed_under, node=placed[failed_under], exit_code=None, node_fail=True))
+    log.append(ev.NodeLost(node=placed[on_lost]), by_scheduler=True)
+    reasons = {d.job_id: d.reason for d in log.schedule() if isinstance(d, ev.JobRequeued)}
+    assert reasons[on_lost] == f"node {placed[on_lost]} was lost (its executor went silent)"
+    assert "ended without a record of how" in reasons[failed_under] and "lost" not in reasons[failed_under]

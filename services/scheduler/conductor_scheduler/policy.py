@@ -114,19 +114,36 @@ def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
             heapq.heapreplace(heads, (following[1], partition, following[0], line))
 
 
-def _orphaned(state: ClusterState) -> list[Decision]:
-    """The running jobs of lost nodes: cancelled when that was asked, requeued when they asked to be,
-    NODE_FAIL otherwise."""
+# Slurm's MaxBatchRequeue: a job requeued this many times ends FAILED the next time its run is lost
+# (a job that kills its supervisor would otherwise run again and again, each run a folder on its node).
+MAX_REQUEUES = 5
+
+
+def _orphaned(state: ClusterState, max_requeues: int = MAX_REQUEUES) -> list[Decision]:
+    """The running jobs of lost nodes, and the requeue jobs whose run failed under them: cancelled
+    when that was asked, requeued when they asked to be (at most ``max_requeues`` times), NODE_FAIL
+    otherwise."""
     decisions: list[Decision] = []
     for job_id, name in sorted(state.orphans.items()):
         allocation = state.running.get(job_id)
         if allocation is None:
             continue
-        why = f"node {name} was lost (its executor went silent)"
+        node = state.nodes.get(name)
+        if node is None or node.lost:
+            why = f"node {name} was lost (its executor went silent)"
+        else:  # its executor said so: the job's supervisor vanished, or the executor fenced it off
+            why = f"its run on node {name} ended without a record of how (a node failure)"
         if job_id in state.cancel_requested:  # not run again: its user cancelled it
             decisions.append(ev.JobCancelled(job_id=job_id, node=name, run=allocation.run))
-        elif allocation.job.requeue:
+        elif allocation.job.requeue and allocation.run < max_requeues:
             decisions.append(ev.JobRequeued(job_id=job_id, node=name, run=allocation.run, reason=why))
+        elif allocation.job.requeue:
+            # Not node_fail: that would make it an orphan again, and the read model waits for a
+            # requeue after a requeue job's NODE_FAIL.
+            message = f"{why}; requeued {allocation.run} times already, the most allowed (CONDUCTOR_MAX_REQUEUES)"
+            decisions.append(
+                ev.JobFailed(job_id=job_id, node=name, exit_code=None, message=message, run=allocation.run)
+            )
         else:
             message = f"{why}; how the job ended is unknown"
             decisions.append(
@@ -137,8 +154,8 @@ def _orphaned(state: ClusterState) -> list[Decision]:
     return decisions
 
 
-def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
-    decisions: list[Decision] = _orphaned(state)
+def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = MAX_REQUEUES) -> list[Decision]:
+    decisions: list[Decision] = _orphaned(state, max_requeues)
     for job_id in sorted(state.cancel_requested):
         if job_id in state.pending:
             decisions.append(ev.JobCancelled(job_id=job_id))

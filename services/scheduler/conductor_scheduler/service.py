@@ -154,7 +154,8 @@ class Scheduler:
             return
         lost = self.liveness.silent(self.state, connection_of(self.bus))
         with DECIDE_SECONDS.time():
-            decisions = [*lost, *decide(self.state, queue_depth=self.settings.queue_depth)]
+            decided = decide(self.state, queue_depth=self.settings.queue_depth, max_requeues=self.settings.max_requeues)
+            decisions = [*lost, *decided]
         expected = self.state.last_scheduler_seq
         # A cycle's decisions go as atomic batches, each fenced on the decision stored last: one round
         # trip per thousand decisions, and a batch is stored whole or refused whole.

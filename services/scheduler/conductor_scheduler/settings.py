@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from conductor_platform.settings import CommonSettings
+from conductor_scheduler.policy import MAX_REQUEUES
 
 
 class SchedulerSettings(CommonSettings):
@@ -13,6 +14,9 @@ class SchedulerSettings(CommonSettings):
     # Off only in tests that prove fencing alone keeps two deciding schedulers from double-placing.
     use_lease: bool = True
     queue_depth: int = Field(default=100, ge=1)
+    # CONDUCTOR_MAX_REQUEUES: how many times a requeue job is requeued when its run is lost (Slurm's
+    # MaxBatchRequeue); the next loss ends it FAILED.
+    max_requeues: int = Field(default=MAX_REQUEUES, ge=0, le=1_000_000)
     # A snapshot of the fold (with the sequence it covers) once this many events were folded since the
     # last one, at most every snapshot_min_interval_s: a starting scheduler replays only what follows.
     snapshot_every_events: int = Field(default=10_000, ge=1)
