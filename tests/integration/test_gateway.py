@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_gateway import queries
 from conductor_gateway.app import create_app
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
@@ -142,6 +143,25 @@ async def test_list_filters_pages_and_cancel_rules(client: httpx.AsyncClient, bu
     assert finished.status_code == 409 and "COMPLETED" in finished.json()["detail"]
     pending = await client.post(f"/jobs/cancel/{ids[1]}")
     assert pending.status_code == 200 and pending.json()["detail"] == "cancel requested"
+
+
+async def test_job_reads_leave_the_script_and_environment_in_postgresql(
+    client: httpx.AsyncClient, engine: AsyncEngine, projector: None
+) -> None:
+    # No answer shows them, and a script may take 512 KiB: a list of 500 big-script jobs took ~450 MB
+    # of the gateway's memory per request, a few concurrent lists over a gigabyte.
+    job_id = int((await client.post("/jobs/submit", json=body(environment={"A": "1"}))).json()["job_id"])
+
+    async def projected() -> bool:
+        return (await client.get(f"/jobs/query/{job_id}")).json().get("state") == "PENDING" and bool(
+            await queries.job(engine, job_id)
+        )
+
+    await eventually(projected, what="job projected")
+    row = await queries.job(engine, job_id)
+    listed = await queries.jobs(engine, state=None, account=None, name=None, before=None, limit=10)
+    for read in (row, *listed):
+        assert read is not None and "script" not in read and "environment" not in read and read["job_id"]
 
 
 async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
