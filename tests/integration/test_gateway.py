@@ -164,6 +164,29 @@ async def test_job_reads_leave_the_script_and_environment_in_postgresql(
         assert read is not None and "script" not in read and "environment" not in read and read["job_id"]
 
 
+async def test_a_postgresql_that_hangs_is_a_503_within_the_database_timeout(bus: Bus, nats_url: str) -> None:
+    # It accepts connections and answers nothing (stopped, or behind a network that drops packets):
+    # each query waited out asyncpg's 60 s connect timeout, or for ever on an open connection.
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://postgres@127.0.0.1:{port}/conductor"
+    try:
+        async with gateway(GatewaySettings(nats_url=nats_url, database_url=url, database_timeout_s=0.5)) as client:
+            for path in ("/jobs", "/nodes", "/readyz"):
+                answer = await asyncio.wait_for(client.get(path), 30)  # a deadline, not a speed: it was 60 s
+                assert answer.status_code == 503, (path, answer.text)
+    finally:
+        server.close()
+        for writer in held:
+            writer.close()
+    assert held  # the gateway did reach it
+
+
 async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, projector: None) -> None:
     await bus.publish(node("n1", 4, 2048))
 

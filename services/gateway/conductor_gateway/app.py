@@ -30,7 +30,6 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
 from pydantic import AfterValidator
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
@@ -43,10 +42,9 @@ from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
 from conductor_gateway.settings import GatewaySettings
-from conductor_platform import closed, tracing
+from conductor_platform import closed, database, tracing
 from conductor_platform.bus import Bus, connect
 from conductor_platform.retry import Stopped, or_stop
-from conductor_platform.settings import async_database_url
 
 log = logging.getLogger("conductor.gateway")
 
@@ -127,7 +125,7 @@ def create_app(
             yield  # nothing was opened; uvicorn, asked to stop, ends at once
             return
         state.bus = bus
-        state.engine = create_async_engine(async_database_url(settings.database_url), pool_size=5, pool_pre_ping=True)
+        state.engine = database.engine(settings.database_url, timeout_s=settings.database_timeout_s, pre_ping=True)
         watching = asyncio.create_task(watch_connection())
         try:
             yield

@@ -17,6 +17,9 @@ class GatewaySettings(CommonSettings):
     # A request body must be complete within this (CONDUCTOR_BODY_TIMEOUT_S), or it is a 408.
     body_timeout_s: float = Field(default=30.0, gt=0)
     page_size: int = Field(default=50, ge=1, le=500)  # the listings take at most 500 per page
+    # CONDUCTOR_DATABASE_TIMEOUT_S: the most a query waits on PostgreSQL (to connect, for a pooled
+    # connection, for a statement) before it is a 503: one that hangs answers nothing (database.py).
+    database_timeout_s: float = Field(default=5.0, gt=0, le=3600)
     max_output_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     # CONDUCTOR_LOCAL_OUTPUT: serve a running job's live output from its file when this gateway can
     # see it (``conductor up``: the same machine). Off where gateways share no files with the nodes

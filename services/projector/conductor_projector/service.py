@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from prometheus_client import Counter
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts.text import printable
+from conductor_platform import database
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
-from conductor_platform.settings import async_database_url
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
@@ -59,7 +59,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
     await _retrying(stop, backoff, "migrating", lambda: migrate.upgrade_async(settings.database_url))
     if stop.is_set():
         return
-    engine = create_async_engine(async_database_url(settings.database_url), pool_size=2)
+    engine = database.engine(settings.database_url, timeout_s=settings.database_timeout_s, pool_size=2)
     bus: Bus | None = None
     decoder: SharedDecoder | None = None
     republishing: asyncio.Task[None] | None = None

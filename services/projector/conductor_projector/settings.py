@@ -21,3 +21,6 @@ class ProjectorSettings(CommonSettings):
     # CONDUCTOR_KEPT_ROWS: rows of unfinished jobs kept between batches (row_cache; ~2-3 KB each),
     # which spares a live batch reading back the rows the one before it wrote. 0: none kept.
     kept_rows: int = Field(default=10_000, ge=0, le=1_000_000)
+    # CONDUCTOR_DATABASE_TIMEOUT_S: the most one statement (a batch's upsert: well under a second) or
+    # a connect waits on PostgreSQL before the batch is retried; a hung server held it for ever.
+    database_timeout_s: float = Field(default=60.0, gt=0, le=3600)
