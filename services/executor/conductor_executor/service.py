@@ -47,7 +47,7 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_contracts.text import printable
-from conductor_executor import compiled, traces
+from conductor_executor import compiled, fence_lease, traces
 from conductor_executor import environment as envs
 from conductor_executor import supervision as sv
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
@@ -148,6 +148,9 @@ class Executor:
         )
         self.liveness = Liveness(self)
         self.self_drain = SelfDrain(settings.node, (settings.state_dir,), lambda event: self.bus.publish(event))
+        # What the supervisors of requeue jobs watch to know this process lives (``fence_lease``).
+        self.lease = (settings.state_dir / settings.node / fence_lease.NAME).absolute()
+        self._fence_after_s = fence_lease.fence_after_s(settings.node_lost_after_s, settings.heartbeat_s)
 
     @property
     def bus(self) -> Bus:
@@ -560,6 +563,12 @@ class Executor:
         env = envs.job_environment(self._environment, job_id, job, placement)
         # Last: no value of the job's own replaces it. What finds its processes without a record.
         env[sv.MARK] = sv.mark_of(folder)
+        # Its supervisor kills a requeue job once this executor is gone; never another job.
+        env.pop(fence_lease.LEASE_ENV, None)
+        env.pop(fence_lease.AFTER_ENV, None)
+        if job.requeue:
+            env[fence_lease.LEASE_ENV] = str(self.lease)
+            env[fence_lease.AFTER_ENV] = str(self._fence_after_s)
         # The loop thread's own mask: the worker thread's is moved to the job's CPUs while it starts it.
         cpus = envs.host_cpus(placement.cores, sorted(os.sched_getaffinity(0)))
         # Files and the spawn in a worker thread: the event loop goes on with other jobs' ends and
@@ -877,6 +886,8 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     executor.supervisor = await _job_supervisor(settings, stop)
     if stop.is_set():
         return
+    # Before any job is adopted or started: their supervisors see a live executor from the first look.
+    leasing = asyncio.create_task(fence_lease.keep_touched(executor.lease, settings.heartbeat_s, stop))
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
@@ -903,8 +914,11 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
             except Exception:  # stopping all the same
                 log.exception("looking for what ended jobs left running failed")
         beating.cancel()
+        leasing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+        with contextlib.suppress(asyncio.CancelledError):
+            await leasing
 
 
 # What exec says of a program that is gone, not ours to run, or not a program (any more).

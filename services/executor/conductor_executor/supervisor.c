@@ -5,6 +5,12 @@
  * /bin/bash SCRIPT; this process records the job's group, waits for it, kills what it left in its
  * group and records its exit status. The records sit beside SCRIPT, in the job's folder.
  *
+ * Self-fencing (a job that asked to be requeued): with CONDUCTOR_FENCE_LEASE (a file its executor
+ * touches every heartbeat) and CONDUCTOR_FENCE_AFTER_S in its environment, it kills the job's group,
+ * adding "fenced" to the kill record, once that file has not changed for that many seconds: its
+ * executor is gone, and the scheduler is about to declare the node lost and run the job elsewhere.
+ * An executor that lives fences its own jobs (liveness.py); one that died cannot.
+ *
  * Built by the executor itself (compiled.py) or into an image (Dockerfile); nothing but libc.
  */
 #define _GNU_SOURCE
@@ -14,8 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 /* One line, one write(): a crash leaves it whole or missing. The job can write in its folder: a link
@@ -39,6 +47,59 @@ static void record(const char *path, int flags, const char *word, long number) {
     close(fd);
 }
 
+static char *beside(const char *script, size_t folder, const char *name) {
+    char *path = malloc(folder + 1 + strlen(name) + 1);
+    if (path != NULL) {
+        memcpy(path, script, folder);
+        path[folder] = '/';
+        strcpy(path + folder + 1, name);
+    }
+    return path;
+}
+
+static void tick(int sig) {
+    (void)sig; /* only to end waitpid() with EINTR once a second */
+}
+
+/* The lease's last change as this process saw it, timed by the monotonic clock: a wall clock that
+ * jumps neither fences a job nor spares one. */
+struct lease {
+    const char *path;
+    long after_s;
+    struct timespec mtime;
+    time_t changed_at;
+};
+
+static time_t monotonic_s(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec;
+}
+
+/* Silent for after_s: not changed since, or gone (its executor makes it before any job and at every
+ * beat). Another failure to read it says nothing: the job runs on. */
+static int lease_silent(struct lease *l) {
+    struct stat st;
+    if (stat(l->path, &st) == 0) {
+        if (st.st_mtim.tv_sec != l->mtime.tv_sec || st.st_mtim.tv_nsec != l->mtime.tv_nsec) {
+            l->mtime = st.st_mtim;
+            l->changed_at = monotonic_s();
+        }
+    } else if (errno != ENOENT) {
+        return 0;
+    }
+    return monotonic_s() - l->changed_at >= l->after_s;
+}
+
+static void add_reason(const char *path, const char *word) {
+    int fd = open(path, O_CREAT | O_APPEND | O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+    if (fd >= 0) {
+        ssize_t ignored = write(fd, word, strlen(word));
+        (void)ignored;
+        close(fd);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fputs("usage: conductor-job SCRIPT\n", stderr);
@@ -51,12 +112,26 @@ int main(int argc, char **argv) {
         return 2;
     }
     size_t folder = (size_t)(slash - script);
-    char *status = malloc(folder + sizeof "/status");
-    if (status == NULL) {
+    char *status = beside(script, folder, "status");
+    char *kill_record = beside(script, folder, "kill");
+    if (status == NULL || kill_record == NULL) {
         return 2;
     }
-    memcpy(status, script, folder);
-    strcpy(status + folder, "/status");
+    struct lease lease = {getenv("CONDUCTOR_FENCE_LEASE"), 0, {0, 0}, monotonic_s()};
+    const char *after = getenv("CONDUCTOR_FENCE_AFTER_S");
+    if (lease.path != NULL && lease.path[0] != '\0' && after != NULL) {
+        char *end;
+        long seconds = strtol(after, &end, 10);
+        lease.after_s = (*end == '\0' && seconds > 0) ? seconds : 0;
+    }
+    if (lease.after_s > 0) {
+        struct sigaction wake;
+        memset(&wake, 0, sizeof wake);
+        wake.sa_handler = tick; /* no SA_RESTART: waitpid() returns to look at the lease */
+        sigemptyset(&wake.sa_mask);
+        sigaction(SIGALRM, &wake, NULL);
+        lease_silent(&lease); /* its state now is the first change seen */
+    }
 
     /* Inherited as ignored, SIGCHLD would make the kernel reap the job itself: no status to wait for. */
     signal(SIGCHLD, SIG_DFL);
@@ -69,6 +144,8 @@ int main(int argc, char **argv) {
     if (job == 0) {
         /* A fresh child is never a group leader: setsid() cannot fail here. */
         setsid();
+        unsetenv("CONDUCTOR_FENCE_LEASE");
+        unsetenv("CONDUCTOR_FENCE_AFTER_S");
         execl("/bin/bash", "/bin/bash", script, (char *)NULL);
         perror("conductor-job: /bin/bash");
         _exit(127);
@@ -77,9 +154,21 @@ int main(int argc, char **argv) {
 
     int how = 0;
     pid_t waited;
-    do {
+    for (;;) {
+        if (lease.after_s > 0) {
+            alarm(1);
+        }
         waited = waitpid(job, &how, 0);
-    } while (waited < 0 && errno == EINTR);
+        if (waited >= 0 || errno != EINTR) {
+            break;
+        }
+        if (lease.after_s > 0 && lease_silent(&lease)) {
+            add_reason(kill_record, "fenced\n"); /* before the kill: a restarted executor reads why */
+            kill(-job, SIGKILL);
+            lease.after_s = 0; /* now only wait for it */
+        }
+    }
+    alarm(0);
     int code = 127;
     if (waited == job) {
         code = WIFEXITED(how) ? WEXITSTATUS(how) : 128 + WTERMSIG(how);

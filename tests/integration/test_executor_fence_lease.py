@@ -1,0 +1,73 @@
+"""A requeue job whose executor died for good is killed by its own supervisor before the scheduler
+can run it again elsewhere; other jobs run on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_executor import compiled
+from conductor_executor import supervision as sv
+from conductor_executor.outcomes import FENCED
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually
+from tests.integration.test_executor import NODE, executor_settings, running
+from tests.integration.test_executor_nodes import _alive, _group, _of, _place, _started, _submit
+
+
+async def test_a_requeue_job_outliving_its_executor_is_fenced_by_its_supervisor(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    if compiled.compiler() is None:
+        pytest.skip("no C compiler here: the shell supervisor does not fence its job")
+    # The executor is stopped leaving its jobs running, and never comes back in time: nothing touches
+    # its lease. The scheduler would declare the node lost after node_lost_after_s and run the requeue
+    # job again elsewhere, while this run went on: twice at once.
+    fast = {"node_lost_after_s": 3, "heartbeat_s": 0.5}
+    settings = executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False, **fast)
+    requeue, plain = await _submit(bus, tmp_path, requeue=True), await _submit(bus, tmp_path)
+    async with running(bus, settings):
+        for job_id, core in ((requeue, 0), (plain, 1)):
+            await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(core,), memory_mb=100), by_scheduler=True)
+        groups = {job_id: await _group(settings, job_id) for job_id in (requeue, plain)}
+
+    async def fenced() -> bool:
+        return not _alive(groups[requeue])
+
+    await eventually(fenced, what="the requeue job killed by its supervisor")
+    assert sv.FENCED in sv.read_kill(settings.jobs_dir / sv.folder_name(requeue, 0))
+    assert _alive(groups[plain])  # a job that did not ask to be requeued is NODE_FAIL if lost: it runs on
+
+    # An executor back before any NodeLost reports the fenced run as its own fence would (the scheduler
+    # then requeues it), and takes the other job over.
+    async with running(bus, executor_settings(nats_url, tmp_path, **fast)):
+
+        async def outcome() -> ev.Event | None:
+            return next((e for _, e in await _of(bus, requeue) if isinstance(e, ev.TERMINAL_JOB_EVENTS)), None)
+
+        ended = await eventually(outcome, what="the fenced run reported")
+        assert isinstance(ended, ev.JobFailed) and ended.node_fail and ended.message == FENCED
+        assert _alive(groups[plain])
+
+
+async def test_a_requeue_job_of_a_live_executor_is_not_fenced(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    if compiled.compiler() is None:
+        pytest.skip("no C compiler here: the shell supervisor does not fence its job")
+    settings = executor_settings(nats_url, tmp_path, node_lost_after_s=2, heartbeat_s=0.2)
+    requeue = await _submit(bus, tmp_path, requeue=True)
+    async with running(bus, settings):
+        await _place(bus, requeue)
+        await eventually(lambda: _started(bus, requeue), what="started")
+        group = await _group(settings, requeue)
+        folder = settings.jobs_dir / sv.folder_name(requeue, 0)
+        await asyncio.sleep(3)  # three fence periods (1 s here) with the executor alive
+        assert _alive(group) and sv.FENCED not in sv.read_kill(folder)
+        (tmp_path / "go").touch()
+
+        async def completed() -> bool:
+            return any(isinstance(e, ev.JobCompleted) for _, e in await _of(bus, requeue))
+
+        await eventually(completed, what="completed")
