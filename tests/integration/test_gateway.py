@@ -93,6 +93,8 @@ async def test_idempotency_key_returns_the_same_job(client: httpx.AsyncClient) -
         (body(cpus_per_task=0), 422, "greater than or equal to 1"),
         (body(ntasks_per_node=-2), 422, "greater than or equal to 1"),
         ({"job": JOB, "script": ""}, 422, "script is empty"),
+        # sbatch refuses them too: bash would fail at the first line, after the job's wait in the queue.
+        ({"job": JOB, "script": "#!/bin/bash\r\necho hi\r\n"}, 422, "DOS line breaks"),
         ({"job": {"name": "x"}, "script": "true"}, 422, "Field required"),
         ({"script": "true"}, 422, "Field required"),
         ({"job": JOB, "script": "x" * 1001}, 413, "over the limit"),

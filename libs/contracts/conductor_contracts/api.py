@@ -233,19 +233,34 @@ class JobSpec(BaseModel):
         return self.ntasks_per_node * self.cpus_per_task
 
 
+# sbatch's own refusal: bash reads the CR as part of each line ("exit: 0\r: numeric argument
+# required", commands not found), so such a script fails at its first line, after its wait in the queue.
+DOS_LINE_BREAKS = "script contains DOS line breaks (\\r\\n) instead of the expected UNIX line breaks (\\n)"
+
+
+def script_problem(script: str) -> str | None:
+    """Why a script cannot be run, or None."""
+    if not script.strip():
+        return "script is empty"
+    if "\r\n" in script:
+        return DOS_LINE_BREAKS
+    return None
+
+
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job: JobSpec
     script: Annotated[str, Text] = Field(
-        description="The bash script: not empty, no NUL; its size limit is the gateway's CONDUCTOR_MAX_SCRIPT_BYTES."
+        description="The bash script: not empty, no NUL, UNIX line breaks (no \\r\\n, as sbatch); its size limit "
+        "is the gateway's CONDUCTOR_MAX_SCRIPT_BYTES."
     )
 
     @field_validator("script")
     @classmethod
     def _script(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("script is empty")
+        if (problem := script_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
     def fingerprint(self) -> str:

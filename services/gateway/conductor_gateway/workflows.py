@@ -12,9 +12,9 @@ from nats.js.errors import APIError
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
+from conductor_contracts import api, subjects
 from conductor_contracts import api_workflows as wf
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
 from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views
@@ -98,8 +98,9 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 raise HTTPException(422, _job_error(index, err)) from None
             script = job.script
             if script is not None:
-                if not script.strip():
-                    raise HTTPException(422, f"job {index}: script is empty (leave it out for a no-op job)")
+                if (problem := api.script_problem(script)) is not None:
+                    hint = " (leave it out for a no-op job)" if problem == "script is empty" else ""
+                    raise HTTPException(422, f"job {index}: {problem}{hint}")
                 if len(script.encode()) > settings.max_script_bytes:
                     raise HTTPException(413, f"job {index}: script over the limit of {settings.max_script_bytes} bytes")
             events.append(
