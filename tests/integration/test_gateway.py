@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
@@ -207,6 +208,15 @@ async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, p
     assert ready["status"] == "ready" and ready["log_position"] >= 1
     assert (await client.get("/docs")).status_code == 200
     assert "conductor_gateway_submits_total" in (await client.get("/metrics/")).text
+
+
+async def test_a_read_model_table_dropped_by_hand_is_not_ready(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
+    # Every job query failed (503), and /readyz, which read only the positions, said ready.
+    assert (await client.get("/readyz")).status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE jobs"))
+    answer = await client.get("/readyz")
+    assert answer.status_code == 503 and answer.json()["problems"] == ["postgres: ProgrammingError"]
 
 
 async def test_openapi_documents_the_errors(client: httpx.AsyncClient) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
 from conductor_platform.bus import Bus
+from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_projector import sink
 from conductor_projector import tables as t
 from conductor_projector.service import run
@@ -113,3 +116,49 @@ async def test_a_rebuild_beside_a_running_projector_loses_nothing(
 async def _count_is(engine: AsyncEngine, n: int) -> bool:
     async with engine.connect() as conn:
         return await conn.scalar(select(func.count()).select_from(t.jobs)) == n
+
+
+async def test_a_rebuild_makes_a_dropped_table_again(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    # The read models "can be dropped and rebuilt at any time": a table dropped by hand made the
+    # rebuild's emptying fail for ever, and a migration at head does not add a table back.
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url)
+    await bus.publish(node("n1", 2))
+    for _ in range(3):
+        await bus.publish(submitted())
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop=stop))
+    await eventually(lambda: _count_is(engine, 3), what="jobs projected")
+    stop.set()
+    await task
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE jobs"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, rebuild=True, stop=stop))
+    try:
+
+        async def rebuilt() -> bool:
+            try:
+                return await _count_is(engine, 3)
+            except ProgrammingError:  # not made again yet
+                return False
+
+        await eventually(rebuilt, what="jobs rebuilt")
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(t.nodes)) == 1
+    finally:
+        stop.set()
+        await task
+
+
+async def test_read_models_of_a_newer_schema_end_the_projector_as_a_setting(
+    engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    # Made by a newer version (a downgrade, or the wrong DATABASE_URL): no retry mends it. It retried
+    # every few seconds for ever, with a traceback each time.
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    with pytest.raises(SystemExit) as ended:
+        await run(ProjectorSettings(nats_url=nats_url, database_url=database_url))
+    assert ended.value.code == EXIT_BAD_SETTING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,8 +58,12 @@ async def nodes(engine: AsyncEngine) -> Sequence[RowMapping]:
 
 
 async def projected_position(engine: AsyncEngine) -> int:
-    """How far into the log the read models are (the newest projector's position); also a ping."""
+    """How far into the log the read models are (the newest projector's position); also a check that
+    every table the queries read is there (one dropped by hand failed every query while this said
+    ready)."""
     async with engine.connect() as conn:
+        for table in (t.jobs, t.nodes, t.users, t.workflows):
+            await conn.execute(select(literal(1)).select_from(table).limit(0))
         return int(await conn.scalar(select(func.coalesce(func.max(t.positions.c.position), 0))) or 0)
 
 

@@ -11,8 +11,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_platform.settings import async_database_url
+from conductor_projector import tables as t
 
 _HERE = Path(__file__).parent
 # Alembic sets its `context` and `op` proxies module-wide for the command that runs: two upgrades in
@@ -69,3 +73,42 @@ def upgrade_unless(database_url: str, stopping: Callable[[], bool]) -> bool:
         except concurrent.futures.TimeoutError:
             continue
     return False
+
+
+class NewerSchema(Exception):
+    """The read models are at a revision this version does not know (a newer one made them): no
+    retry mends that, only the newer projector or another database."""
+
+
+def newer_schema(err: BaseException) -> NewerSchema | None:
+    if isinstance(err, CommandError) and "Can't locate revision" in str(err):
+        return NewerSchema(
+            f"the read models' schema is newer than this projector knows ({err}): run the version that made "
+            "it, or point DATABASE_URL at another database"
+        )
+    return None
+
+
+# Alembic's record of the schema's revision (its default table name).
+_VERSION_TABLE = "alembic_version"
+
+
+async def missing_tables(engine: AsyncEngine) -> list[str]:
+    """The read-model tables the database does not have (dropped by hand, say)."""
+    async with engine.connect() as conn:
+        found = [
+            (table.name, await conn.scalar(text("SELECT to_regclass(:name) IS NOT NULL"), {"name": table.name}))
+            for table in t.metadata.sorted_tables
+        ]
+    return [name for name, there in found if not there]
+
+
+async def remake(engine: AsyncEngine, database_url: str) -> None:
+    """Every read-model table dropped, with Alembic's record of them, and made again from the first
+    revision: for a rebuild of read models that miss a table, which a migration at head never adds
+    back (Alembic only knows the revision it recorded)."""
+    async with engine.begin() as conn:
+        for table in [*reversed(t.metadata.sorted_tables)]:
+            await conn.execute(text(f'DROP TABLE IF EXISTS "{table.name}" CASCADE'))
+        await conn.execute(text(f'DROP TABLE IF EXISTS "{_VERSION_TABLE}"'))
+    await upgrade_async(database_url)

@@ -32,6 +32,7 @@ from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
+from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
@@ -56,7 +57,11 @@ EVENTS_APPLIED = Counter(
 async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
-    await _retrying(stop, backoff, "migrating", lambda: migrate.upgrade_async(settings.database_url))
+    try:
+        await _retrying(stop, backoff, "migrating", lambda: _migrate(settings.database_url))
+    except migrate.NewerSchema as err:  # a setting that does not hold: conductor up stops, not restarts
+        log.error("%s", err)
+        raise SystemExit(EXIT_BAD_SETTING) from None
     if stop.is_set():
         return
     engine = database.engine(settings.database_url, timeout_s=settings.database_timeout_s, pool_size=2)
@@ -73,7 +78,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         if bus is None:
             return
         if rebuild:
-            await _retrying(stop, backoff, "dropping the read models", lambda: sink.reset(engine))
+            await _retrying(stop, backoff, "dropping the read models", lambda: _reset(engine, settings.database_url))
             if stop.is_set():
                 return
             log.info("read models dropped; replaying the log")
@@ -104,6 +109,24 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             except Exception as err:
                 log.warning("closing the NATS connection failed", extra={"error": f"{type(err).__name__}: {err}"})
         await engine.dispose()
+
+
+async def _migrate(database_url: str) -> None:
+    try:
+        await migrate.upgrade_async(database_url)
+    except Exception as err:
+        if (newer := migrate.newer_schema(err)) is not None:
+            raise newer from None
+        raise
+
+
+async def _reset(engine: AsyncEngine, database_url: str) -> None:
+    """The read models emptied for a rebuild; made again first when a table is missing (dropped by
+    hand): emptying them failed on it for ever, and a migration at head does not add it back."""
+    if missing := await migrate.missing_tables(engine):
+        log.warning("the read models miss tables; making them again", extra={"missing": missing})
+        await migrate.remake(engine, database_url)
+    await sink.reset(engine)
 
 
 @dataclass(frozen=True)
@@ -193,6 +216,8 @@ async def _retrying(stop: asyncio.Event, backoff: Backoff, what: str, step: Call
             result = await or_stop(step(), stop)
         except Stopped:
             return None
+        except migrate.NewerSchema:
+            raise
         except Exception as err:
             _failed(what, err, backoff)
             await backoff.wait(stop)
