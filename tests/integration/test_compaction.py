@@ -5,6 +5,7 @@ fencing token, what the snapshot or the read models have not covered) stays; and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -382,6 +383,9 @@ async def test_the_event_feed_says_when_a_position_was_compacted(
 ) -> None:
     from tests.integration.test_feed import feed, gateway
 
+    # A user is kept below the mark (and archived too): sent after the notice, a client reading the
+    # archive as the notice says got it twice.
+    await bus.publish(ev.UserCreated(user_id=str(uuid.uuid4()), username="kept"))
     await bus.publish(node("n1", 4, 4000))
     done = await bus.publish(submitted())
     await _until(bus, nats_url, database_url, [done])
@@ -402,6 +406,58 @@ async def test_the_event_feed_says_when_a_position_was_compacted(
         async with feed(client, "", **{"Last-Event-ID": str(below - 1)}) as stream:
             (resumed,) = await take(stream, 1)
         assert resumed.id == live and resumed.event == "JobSubmitted"
+
+
+async def test_a_feed_keeps_the_account_of_jobs_whose_submission_was_compacted(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    from tests.integration.test_feed import feed, gateway
+
+    # Its later events stay in the log (a job still running holds the mark at its own submission), but
+    # the context of their job was read from the log alone: filtered on its account, they were dropped.
+    await bus.publish(node("n1", 4, 4000))
+    dave = await bus.publish(submitted(account="dave"))
+    running = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [dave, running])
+    await bus.publish(ev.JobCompleted(job_id=dave, node="n1"))
+    await _until(bus, nats_url, database_url, [])
+    below = (await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)).below
+    assert below == running
+
+    async with gateway(nats_url, database_url) as client, feed(client, "?since=0&account=dave") as stream:
+        told, *events = await take(stream, 3)  # the notice, dave's placement and completion
+    assert told.event == "compacted"
+    assert [(m.event, m.data and m.data["account"]) for m in events] == [
+        ("JobPlaced", "dave"),
+        ("JobCompleted", "dave"),
+    ]
+
+
+async def test_a_feed_open_while_compaction_purges_ahead_of_it_is_told(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    from conductor_gateway.client_feed import ClientFeed, FeedLimits
+    from conductor_gateway.feed_items import FeedFilter
+    from conductor_platform.jobs import JobDirectory
+
+    # The feed's consumer was made before the purge: JetStream skips what is gone, silently, and the
+    # client's Last-Event-ID moved past the hole unaware.
+    await bus.publish(node("n1", 4, 4000))
+    done = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [done])
+    await bus.publish(ev.JobCompleted(job_id=done, node="n1"))
+    live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [live])
+    limits = FeedLimits(heartbeat_s=5, buffer=8, stall_s=30)
+    opened = await ClientFeed.open(bus, 1, FeedFilter(), JobDirectory(), limits)
+    try:
+        await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)
+        first = await anext(opened.stream())
+    finally:
+        await opened.close()
+    fields = dict(line.split(": ", 1) for line in first.decode().strip().split("\n"))
+    assert fields["event"] == "compacted" and "id" not in fields
+    assert json.loads(fields["data"])["last_event_id"] == 0
 
 
 async def test_a_rebuild_that_starts_during_a_compaction_holds_its_purge_back(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -255,6 +256,36 @@ async def test_feeds_past_the_gateways_limit_are_a_503_until_one_ends(
         await no_consumer_left(bus)
         async with feed(client):  # the slots came back
             assert await consumers(bus) == 1
+
+
+async def test_a_client_that_never_reads_gives_its_slot_and_consumer_back(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    # Its overflow notice was written through the same blocked socket: the response never ended, and
+    # its slot and consumer were held for as long as it stayed connected.
+    for _ in range(200):  # 64 KB events: far more than the sockets' buffers hold
+        await submit(bus, "ann", "#" * 64 * 1024)
+    settings = {"events_buffer": 2, "events_stall_s": 0.5, "events_max_clients": 1}
+    async with gateway(nats_url, database_url, **settings) as client:
+        silent = socket.socket()
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            silent.connect((client.base_url.host, client.base_url.port or 80))
+            silent.sendall(b"GET /events?since=0 HTTP/1.1\r\nHost: gateway\r\n\r\n")
+            await eventually(lambda: _one(bus), 10, "the silent client's feed opened")
+
+            async def slot_back() -> bool:
+                async with client.stream("GET", "/events") as answer:  # its head is enough
+                    return answer.status_code == 200
+
+            await eventually(slot_back, 30, "the slot given back")
+            await no_consumer_left(bus)
+        finally:
+            silent.close()
+
+
+async def _one(bus: Bus) -> bool:
+    return await consumers(bus) == 1
 
 
 async def test_a_feed_whose_reader_swallows_its_cancel_still_closes_and_deletes_its_consumer(bus: Bus) -> None:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from conductor_contracts import events as ev
 from conductor_contracts.public import job_context, job_id_of
-from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, item, notice, sse
+from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, compacted, item, notice, sse
 from conductor_platform.bus import Bus
 from conductor_platform.jobs import JobDirectory
 
@@ -69,9 +69,10 @@ class ClientFeed:
         self._bus, self._sub, self._consumer = bus, sub, consumer
         self._preamble = preamble
         self._filter, self._directory, self._limits = selected, directory, limits
-        # None wakes the writer when the reader ends the feed.
-        self._queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(maxsize=limits.buffer)
+        # None wakes the writer when the reader ends the feed; bytes are a notice, sent in their turn.
+        self._queue: asyncio.Queue[FeedItem | bytes | None] = asyncio.Queue(maxsize=limits.buffer)
         self._delivered = start_seq - 1
+        self._next_seq = start_seq  # the sequence the log should hand this feed next
         self._ending: tuple[str, str] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
@@ -113,7 +114,9 @@ class ClientFeed:
             except TimeoutError:
                 yield KEEPALIVE
                 continue
-            if it is not None:
+            if isinstance(it, bytes):
+                yield it
+            elif it is not None:
                 yield sse(it)
                 self._delivered = it.seq
         kind, detail = self._ending
@@ -138,7 +141,14 @@ class ClientFeed:
         try:
             while not self._closed:  # a cancel lost in nats-py's fetch still ends it at the next turn
                 for msg in await self._fetch():
-                    it = await self._item(msg)
+                    seq = msg.metadata.sequence.stream
+                    if seq > self._next_seq:
+                        # A hole in the log: `conductor compact` purged what this feed had not read
+                        # yet. Said in its turn, as at a start inside the compacted part; else the
+                        # client's Last-Event-ID moved past it unaware.
+                        await self._enqueue(compacted(self._next_seq - 1, seq))
+                    self._next_seq = max(self._next_seq, seq + 1)
+                    it = await self._item(seq, msg)
                     if it is not None and self._filter.matches(it):
                         await self._enqueue(it)
         except _Overflow:
@@ -155,8 +165,7 @@ class ClientFeed:
         except TimeoutError:  # nothing new in the log
             return []
 
-    async def _item(self, msg: Msg) -> FeedItem | None:
-        seq = msg.metadata.sequence.stream
+    async def _item(self, seq: int, msg: Msg) -> FeedItem | None:
         try:
             event = ev.decode(msg.data)
         except ValidationError:  # not an event of this catalogue (every consumer skips it too)
@@ -166,7 +175,7 @@ class ClientFeed:
         job_id = job_id_of(seq, event)
         return item(seq, event, await self._directory.of(self._bus, job_id) if job_id is not None else None)
 
-    async def _enqueue(self, it: FeedItem) -> None:
+    async def _enqueue(self, it: FeedItem | bytes) -> None:
         try:
             await asyncio.wait_for(self._queue.put(it), self._limits.stall_s)
         except TimeoutError:

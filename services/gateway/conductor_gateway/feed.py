@@ -8,14 +8,16 @@ the log (``conductor compact``) is first sent a ``compacted`` message naming whe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from conductor_gateway import queries
 from conductor_gateway.backends import State
 from conductor_gateway.client_feed import ClientFeed, FeedLimits
 from conductor_gateway.errors import documented
@@ -24,27 +26,47 @@ from conductor_gateway.settings import GatewaySettings
 from conductor_platform.archive import compacted_below
 from conductor_platform.jobs import JobDirectory
 
+log = logging.getLogger("conductor.gateway.feed")
+
 MAX_SEQ = 2**63 - 1
+# How long past events_stall_s one write to a client may wait before its feed is ended.
+SEND_GRACE_S = 10.0
 LABEL = Query(max_length=200, description="exact match")
 
 
-class FeedResponse(StreamingResponse):
-    """Closes its feed (reader, consumer) however the response ends: finished, failed, or cut by the
-    client. The body generator's own ``finally`` would not run while it waits in a send that is
-    cancelled."""
+class _NotReading(Exception):
+    pass
 
-    def __init__(self, feed: ClientFeed, release: Callable[[], None]) -> None:
+
+class FeedResponse(StreamingResponse):
+    """Closes its feed (reader, consumer) however the response ends: finished, failed, cut by the
+    client, or given up on a client that takes no bytes for ``stall_s`` and SEND_GRACE_S. The body generator's own
+    ``finally`` would not run while it waits in a send that is cancelled."""
+
+    def __init__(self, feed: ClientFeed, release: Callable[[], None], stall_s: float) -> None:
         super().__init__(
             feed.stream(),
             media_type="text/event-stream",
             # Proxies must pass each event on as it comes (nginx buffers unless told not to).
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self._feed, self._release = feed, release
+        self._feed, self._release, self._stall_s = feed, release, stall_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded(message: Message) -> None:
+            # A client that reads nothing blocks the send for as long as it stays connected, the
+            # overflow notice's too: its feed slot and its consumer were held all that time. One
+            # that reads again soon after its stall still gets its notice.
+            try:
+                with anyio.fail_after(self._stall_s + SEND_GRACE_S):
+                    await send(message)
+            except TimeoutError:
+                raise _NotReading from None
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, bounded)
+        except* _NotReading:
+            log.info("feed client took no bytes for %s s: its feed ends", self._stall_s + SEND_GRACE_S)
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -72,7 +94,11 @@ class FeedSlots:
 
 def router(state: State, settings: GatewaySettings) -> APIRouter:
     api = APIRouter()
-    directory = JobDirectory(settings.events_job_cache)
+    # A job whose submission was compacted away is found in the read models (compaction never passes
+    # their position): its later events keep their account and workflow.
+    directory = JobDirectory(
+        settings.events_job_cache, archived=lambda job_id: queries.job_context(state.engine, job_id)
+    )
     limits = FeedLimits(settings.events_heartbeat_s, settings.events_buffer, settings.events_stall_s)
     slots = FeedSlots(settings.events_max_clients)
 
@@ -118,11 +144,13 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             if after is None:  # from now: after what the log holds at this request
                 after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
             elif after + 1 < (below := await compacted_below(state.bus)):
-                preamble = compacted(after, below)
+                # From the mark: what compaction kept below it (users, its last decision) is in the
+                # archive too, and sent after the notice it came twice to a client reading both.
+                preamble, after = compacted(after, below), below - 1
             feed = await ClientFeed.open(state.bus, after + 1, selected, directory, limits, preamble)
         except BaseException:
             slots.release()
             raise
-        return FeedResponse(feed, slots.release)
+        return FeedResponse(feed, slots.release, settings.events_stall_s)
 
     return api

@@ -9,6 +9,7 @@ from sqlalchemy import func, literal, select
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conductor_contracts.public import JobContext
 from conductor_projector import tables as t
 
 # A job's row without its script (up to the gateway's max_script_bytes, 512 KiB) and environment,
@@ -110,3 +111,11 @@ async def workflows(
     async with engine.connect() as conn:
         query = select(t.workflows).where(*filters).order_by(w.first_job_id.desc()).limit(limit)
         return (await conn.execute(query)).mappings().all()
+
+
+async def job_context(engine: AsyncEngine, job_id: int) -> JobContext | None:
+    """A job's account and workflow from its row: for the feed, when its submission was archived."""
+    async with engine.connect() as conn:
+        query = select(t.jobs.c.account, t.jobs.c.workflow_id).where(t.jobs.c.job_id == job_id)
+        row = (await conn.execute(query)).first()
+    return None if row is None else JobContext(str(row[0]), None if row[1] is None else str(row[1]))
