@@ -133,6 +133,24 @@ int main(int argc, char **argv) {
         lease_silent(&lease); /* its state now is the first change seen */
     }
 
+    /* Room for the whole record taken before the job starts: on a disk that fills (the job's own
+     * output, often) the exit is still written, into blocks already the file's. Without it a job
+     * that ran to its end was NODE_FAIL, and a requeue one ran again. A disk that has no room even
+     * now does not get the job: it ends without a record, never having run, and is requeued. */
+    int reserve = open(status, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0644);
+    if (reserve >= 0) {
+        int taken;
+        do {
+            taken = fallocate(reserve, FALLOC_FL_KEEP_SIZE, 0, 4096);
+        } while (taken != 0 && errno == EINTR);
+        int why = errno;
+        close(reserve);
+        if (taken != 0 && (why == ENOSPC || why == EDQUOT)) {
+            fprintf(stderr, "conductor-job: no room to record the job's exit (%s): not started\n", strerror(why));
+            return 2;
+        }
+    }
+
     /* Inherited as ignored, SIGCHLD would make the kernel reap the job itself: no status to wait for. */
     signal(SIGCHLD, SIG_DFL);
 
@@ -150,7 +168,7 @@ int main(int argc, char **argv) {
         perror("conductor-job: /bin/bash");
         _exit(127);
     }
-    record(status, O_CREAT | O_TRUNC, "pgid", (long)job);
+    record(status, O_CREAT | O_APPEND, "pgid", (long)job); /* not O_TRUNC: that frees what was reserved */
 
     int how = 0;
     pid_t waited;
