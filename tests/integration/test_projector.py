@@ -162,3 +162,34 @@ async def test_read_models_of_a_newer_schema_end_the_projector_as_a_setting(
     with pytest.raises(SystemExit) as ended:
         await run(ProjectorSettings(nats_url=nats_url, database_url=database_url))
     assert ended.value.code == EXIT_BAD_SETTING
+
+
+async def test_a_position_deleted_by_hand_makes_the_read_models_again_not_doubled(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    # The projector read the log from its start again over the rows it had: node allocations, applied
+    # as increments, were counted twice (12 of a node's 8 CPUs) until a rebuild.
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, linger_s=0)
+    await bus.publish(node("n1", 8))
+    for core in range(3):
+        job = await bus.publish(submitted())
+        await bus.publish(ev.JobPlaced(job_id=job, node="n1", cores=(core,), memory_mb=100), by_scheduler=True)
+
+    async def allocated(cpus: int) -> bool:
+        async with engine.connect() as conn:
+            return await conn.scalar(select(t.nodes.c.cpus_alloc).where(t.nodes.c.name == "n1")) == cpus
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop=stop))
+    try:
+        await eventually(lambda: allocated(3), what="three CPUs allocated")
+        async with engine.begin() as conn:
+            await conn.execute(t.positions.delete())
+        last = await bus.publish(submitted())
+        await eventually(lambda: _state_is(engine, last, "PENDING"), what="the next event projected")
+        assert await allocated(3)
+        async with engine.connect() as conn:
+            assert await sink.position(conn, settings.consumer) == last
+    finally:
+        stop.set()
+        await task
