@@ -883,11 +883,13 @@ _NATS_SYNC_S = 120.0
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     executor = Executor(settings, stop)
+    # First: the supervisors of the jobs an earlier executor left see this one live from its start,
+    # while the compiled supervisor may still be built (seconds, once per version and machine).
+    leasing = asyncio.create_task(fence_lease.keep_touched(executor.lease, settings.heartbeat_s, stop))
     executor.supervisor = await _job_supervisor(settings, stop)
     if stop.is_set():
+        leasing.cancel()
         return
-    # Before any job is adopted or started: their supervisors see a live executor from the first look.
-    leasing = asyncio.create_task(fence_lease.keep_touched(executor.lease, settings.heartbeat_s, stop))
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
