@@ -378,6 +378,18 @@ async def test_public_subjects_that_aged_out_do_not_hold_the_log_back(
     assert done.watermark.limited_by() != "the public subjects' position", done.watermark
 
 
+async def _one_ended_one_running(bus: Bus, nats_url: str, database_url: str) -> int:
+    """A node, a job that ended and one still running (which holds compaction at its submission),
+    placed and folded by a scheduler and a projector; returns the running one's id."""
+    await bus.publish(node("n1", 4, 4000))
+    done = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [done])
+    await bus.publish(ev.JobCompleted(job_id=done, node="n1"))
+    live = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [live])
+    return live
+
+
 async def test_the_event_feed_says_when_a_position_was_compacted(
     bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
@@ -386,12 +398,7 @@ async def test_the_event_feed_says_when_a_position_was_compacted(
     # A user is kept below the mark (and archived too): sent after the notice, a client reading the
     # archive as the notice says got it twice.
     await bus.publish(ev.UserCreated(user_id=str(uuid.uuid4()), username="kept"))
-    await bus.publish(node("n1", 4, 4000))
-    done = await bus.publish(submitted())
-    await _until(bus, nats_url, database_url, [done])
-    await bus.publish(ev.JobCompleted(job_id=done, node="n1"))
-    live = await bus.publish(submitted())
-    await _until(bus, nats_url, database_url, [live])
+    live = await _one_ended_one_running(bus, nats_url, database_url)
     below = (await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)).below
     assert below == live
 
@@ -442,12 +449,7 @@ async def test_a_feed_open_while_compaction_purges_ahead_of_it_is_told(
 
     # The feed's consumer was made before the purge: JetStream skips what is gone, silently, and the
     # client's Last-Event-ID moved past the hole unaware.
-    await bus.publish(node("n1", 4, 4000))
-    done = await bus.publish(submitted())
-    await _until(bus, nats_url, database_url, [done])
-    await bus.publish(ev.JobCompleted(job_id=done, node="n1"))
-    live = await bus.publish(submitted())
-    await _until(bus, nats_url, database_url, [live])
+    await _one_ended_one_running(bus, nats_url, database_url)
     limits = FeedLimits(heartbeat_s=5, buffer=8, stall_s=30)
     opened = await ClientFeed.open(bus, 1, FeedFilter(), JobDirectory(), limits)
     try:

@@ -373,16 +373,18 @@ async def test_a_placement_failing_every_delivery_is_given_up_and_its_job_report
     assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
 
 
+def _folder_refused(self: Executor, job_id: int, run: int) -> Path:
+    """A full disk (no blocks, no inodes), as ``Executor._make_folder`` meets it."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder(job_id, run)))
+
+
 async def test_a_placement_whose_folder_the_disk_refuses_still_ends_its_job(
     bus: Bus, executor: ExecutorSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A full disk (no blocks, no inodes) refuses the job's folder at every delivery, and then in the
     # give-up that reports the failure: the job stayed RUNNING for ever and held its cores.
-    def full(self: Executor, job_id: int, run: int) -> Path:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder(job_id, run)))
-
     with monkeypatch.context() as patched:
-        patched.setattr(Executor, "_make_folder", full)
+        patched.setattr(Executor, "_make_folder", _folder_refused)
         job_id = await _submit_and_place(bus, tmp_path, "touch ran")
         outcome = await _failed(bus, job_id)
         assert f"({executor.max_deliveries} tries)" in outcome.message and "No space left" in outcome.message
@@ -400,11 +402,8 @@ async def test_a_node_whose_disk_refuses_jobs_files_asks_once_to_be_drained(
 ) -> None:
     # Every job placed here fails the same way, and frees its cores a few seconds after its placement:
     # left UP, the node took jobs faster than any other and failed them all.
-    def full(self: Executor, job_id: int, run: int) -> Path:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.folder(job_id, run)))
-
     with monkeypatch.context() as patched:
-        patched.setattr(Executor, "_make_folder", full)
+        patched.setattr(Executor, "_make_folder", _folder_refused)
         first = await _submit_and_place(bus, tmp_path, "true")
         second = await _submit_and_place(bus, tmp_path, "true")
         await _failed(bus, first)
