@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import ProgrammingError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts import events as ev
 from conductor_platform.bus import Bus
-from conductor_platform.settings import EXIT_BAD_SETTING
+from conductor_platform.settings import EXIT_BAD_SETTING, async_database_url
 from conductor_projector import sink
 from conductor_projector import tables as t
 from conductor_projector.service import run
@@ -193,3 +193,30 @@ async def test_a_position_deleted_by_hand_makes_the_read_models_again_not_double
     finally:
         stop.set()
         await task
+
+
+async def test_a_rebuild_empties_large_read_models_within_the_statement_timeout(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    # A DELETE of every row outlasted the projector's statement timeout on large read models, and the
+    # rebuild tried it again for ever. 300,000 rows against a 0.25 s timeout stand in for millions
+    # against 60 s.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO jobs (job_id, name, account, partition, state, cpus, ntasks_per_node, cpus_per_task,"
+                " memory_mb, working_directory, standard_output, environment, script, submit_time)"
+                " SELECT n, 'j' || n, 'a' || (n % 50), 'default', 'COMPLETED', 1, 1, 1, 100, '/tmp', '/tmp/o',"
+                " '{}', 'true', now() FROM generate_series(1, 300000) AS n"
+            )
+        )
+        await conn.execute(insert(t.positions).values(name="projector", position=300000))
+    # The statement timeout alone: connecting may take longer on a busy machine.
+    bounded = create_async_engine(async_database_url(database_url), connect_args={"command_timeout": 0.25})
+    try:
+        await sink.reset(bounded)
+    finally:
+        await bounded.dispose()
+    assert await _count_is(engine, 0)
+    async with engine.connect() as conn:
+        assert await sink.position(conn, "projector") == 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, func, literal_column, select, update
+from sqlalchemy import BigInteger, bindparam, case, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import StatementError
@@ -453,9 +453,13 @@ def _report(name: str, recorded: _Recorded) -> None:
 
 
 async def reset(engine: AsyncEngine) -> None:
+    """Every read model emptied for a rebuild. TRUNCATE, not DELETE: a million rows' DELETE outlasted
+    the projector's statement timeout (CONDUCTOR_DATABASE_TIMEOUT_S) and was tried again for ever.
+    The positions come first: the lock on them is the first a projector's batch takes, so the
+    truncate waits for a batch under way instead of taking the jobs from under it (a deadlock)."""
+    tables = (t.positions, t.jobs, t.nodes, t.users, t.workflows, t.dead_letters)
     async with engine.begin() as conn:
-        await _empty(conn)
-        await conn.execute(t.positions.delete())
+        await conn.execute(text("TRUNCATE " + ", ".join(f'"{table.name}"' for table in tables)))
 
 
 async def _empty(conn: AsyncConnection) -> int:
