@@ -228,6 +228,23 @@ async def test_bad_parameters_are_a_422_with_a_message(
     assert await consumers(bus) == 0
 
 
+@pytest.mark.parametrize("position", [{"since": "1000"}, {"Last-Event-ID": "1000"}])
+async def test_a_position_past_the_end_of_the_log_is_a_409(
+    client: httpx.AsyncClient, bus: Bus, position: dict[str, str]
+) -> None:
+    # A log restored or reset since the client's last id (or a typo): waiting there skipped every event
+    # up to it, without a word, for ever.
+    last = await submit(bus, "ann")
+    query = f"?since={position['since']}" if "since" in position else ""
+    headers = {k: v for k, v in position.items() if k != "since"}
+    answer = await client.get(f"/events{query}", headers=headers)
+    assert answer.status_code == 409 and f"its last event is {last}" in answer.json()["detail"]
+    assert await consumers(bus) == 0
+    async with feed(client, f"?since={last - 1}") as stream:  # at the end is fine
+        (at_end,) = await take(stream, 1)
+    assert at_end.id == last
+
+
 async def test_asyncapi_lists_every_event_with_its_schema_and_subjects(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/asyncapi.json")).json()
     assert doc["asyncapi"].startswith("3.") and doc["x-jetstream"]["stream"] == subjects.STREAM

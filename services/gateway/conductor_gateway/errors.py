@@ -13,7 +13,8 @@ from conductor_contracts.text import printable
 def documented(*codes: int) -> dict[int | str, dict[str, object]]:
     meaning = {
         404: "not found (no such job, user or workflow)",
-        409: "a conflict: the job's state does not allow this, or the user exists already",
+        409: "a conflict: the job's state does not allow this, the user exists already, or the feed's "
+        "position is past the end of the log",
         413: "the script or the request is over the size limit",
         503: "NATS or PostgreSQL is unavailable; retry",
     }

@@ -114,7 +114,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 "or `error` message (data: last_event_id) before the server ends the stream; first a `compacted` "
                 "message (data: last_event_id, compacted_below) when the position asked for is in the archive",
             },
-            **documented(503),
+            **documented(409, 503),
         },
     )
     async def events(
@@ -141,8 +141,14 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         preamble = b""
         slots.take()
         try:
+            last = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
             if after is None:  # from now: after what the log holds at this request
-                after = int((await state.bus.js.stream_info(state.bus.stream)).state.last_seq)
+                after = last
+            elif after > last:
+                # No event of this log was sent with that id (a log restored or reset since, or a
+                # typo): waiting there skipped every event up to it, without a word.
+                detail = f"position {after} is past the end of the log (its last event is {last}): reconnect "
+                raise HTTPException(409, detail + "without Last-Event-ID to follow from now, or with ?since=0")
             elif after + 1 < (below := await compacted_below(state.bus)):
                 # From the mark: what compaction kept below it (users, its last decision) is in the
                 # archive too, and sent after the notice it came twice to a client reading both.
