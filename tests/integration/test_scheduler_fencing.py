@@ -116,7 +116,7 @@ async def test_a_fenced_batch_is_stored_whole_with_each_message_s_headers(bus: B
         stored = await bus.js.get_msg(bus.stream, seq=seq)
         assert ev.decode(stored.data or b"") == decision
         assert stored.headers is not None and stored.headers["traceparent"] == headers["traceparent"]
-        assert stored.headers["Nats-Msg-Id"] == subjects.dedupe_id(decision)
+        assert stored.headers["Nats-Msg-Id"] == subjects.dedupe_id(decision, by_scheduler=True)
     # The next batch is fenced on the last message of this one, whatever else was stored meanwhile.
     await bus.publish(submitted())
     assert await bus.publish_fenced_batch([(ev.JobReasonChanged(job_id=4, reason="Priority"), {})], last) > last

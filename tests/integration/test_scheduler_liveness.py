@@ -72,3 +72,43 @@ async def test_a_silent_node_is_lost_and_its_jobs_failed_or_requeued(bus: Bus, n
     assert (requeued.job_id, requeued.run) == (again, 0)
     second = [e for e in log if isinstance(e, ev.JobPlaced) and e.job_id == again][-1]
     assert (second.node, second.run) == ("keeps", 1)
+
+
+async def test_a_requeue_job_past_its_requeues_ends_failed_and_scheduling_goes_on(bus: Bus, nats_url: str) -> None:
+    # Its run fails under it at every placement (it kills its supervisor): the executor reports each
+    # JobFailed(node_fail), the scheduler requeues it, and past the limit ends it FAILED. That last
+    # JobFailed had the executor's report's message id (same job and run): the stream dropped it as a
+    # duplicate and refused the scheduler's whole batch, cycle after cycle, and nothing else was placed.
+    settings = SchedulerSettings(nats_url=nats_url, node_lost_after_s=60, use_lease=False, max_requeues=1)
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(run(settings, stop))
+    try:
+        async with beating(bus, "n1"):
+            await bus.publish(node("n1", 2, 4000))
+            job = await bus.publish(submitted(requeue=True))
+            for run_number in (0, 1):
+
+                async def placed(run_number: int = run_number) -> bool:
+                    log = [e for _, _, e in await read_log(bus)]
+                    return any(isinstance(e, ev.JobPlaced) and e.job_id == job and e.run == run_number for e in log)
+
+                await eventually(placed, what=f"run {run_number} placed")
+                vanished = ev.JobFailed(job_id=job, node="n1", exit_code=None, node_fail=True, run=run_number)
+                await bus.publish(vanished)  # as the executor reports it, on its subject
+
+            async def failed() -> ev.JobFailed | None:
+                log = [e for _, _, e in await read_log(bus)]
+                return next((e for e in log if isinstance(e, ev.JobFailed) and not e.node_fail), None)
+
+            final = await eventually(failed, what="the job ended FAILED")
+            assert final.job_id == job and final.run == 1 and "requeued 1 times already" in (final.message or "")
+            later = await bus.publish(submitted())
+
+            async def later_placed() -> bool:
+                log = [e for _, _, e in await read_log(bus)]
+                return any(isinstance(e, ev.JobPlaced) and e.job_id == later for e in log)
+
+            await eventually(later_placed, what="a later job placed")
+    finally:
+        stop.set()
+        await scheduler

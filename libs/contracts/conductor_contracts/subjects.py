@@ -168,9 +168,14 @@ def subject_for(event: ev.Event, *, by_scheduler: bool = False) -> str:
     raise ValueError(f"no subject for {event!r}")
 
 
-def dedupe_id(event: ev.Event) -> str:
+def dedupe_id(event: ev.Event, *, by_scheduler: bool = False) -> str:
     """``Nats-Msg-Id``: outcomes are keyed by job and run, so a retried report is stored once and a
-    requeued job's next run reports again."""
+    requeued job's next run reports again. The scheduler's decisions are keyed apart from the
+    executors' reports (``by_scheduler``): its JobFailed ending a requeue job past its requeues has
+    the job and run of the executor's JobFailed before it, and the stream dropped it as that one's
+    duplicate, which refused its whole fenced batch, cycle after cycle: nothing was scheduled again."""
+    if by_scheduler:
+        return "sched:" + dedupe_id(event)
     match event:
         case (
             ev.JobStarted()

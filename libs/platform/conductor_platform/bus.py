@@ -124,7 +124,8 @@ class Bus:
             return await self.js.publish(
                 subjects.subject_for(event, by_scheduler=by_scheduler),
                 ev.encode(event),
-                headers=(headers or {}) | {"Nats-Msg-Id": msg_id or subjects.dedupe_id(event)},
+                headers=(headers or {})
+                | {"Nats-Msg-Id": msg_id or subjects.dedupe_id(event, by_scheduler=by_scheduler)},
                 stream=self.stream,
             )
 
@@ -192,7 +193,7 @@ class Bus:
         }
         messages = []
         for number, (event, headers) in enumerate(decisions):
-            ours = {"Nats-Msg-Id": subjects.dedupe_id(event)} | (fence if number == 0 else {})
+            ours = {"Nats-Msg-Id": subjects.dedupe_id(event, by_scheduler=True)} | (fence if number == 0 else {})
             messages.append((subjects.subject_for(event, by_scheduler=True), ev.encode(event), headers | ours))
         with _fenced():
             return await self._publish_atomic(messages, timeout_s)
@@ -203,7 +204,7 @@ class Bus:
         """Publish a scheduler decision only if no other decision was stored since ``expected``.
         ``headers``: more headers (a ``traceparent``); the fencing and dedupe ones always win."""
         headers = (headers or {}) | {
-            "Nats-Msg-Id": subjects.dedupe_id(event),
+            "Nats-Msg-Id": subjects.dedupe_id(event, by_scheduler=True),
             "Nats-Expected-Last-Subject-Sequence": str(expected_last_scheduler_seq),
             "Nats-Expected-Last-Subject-Sequence-Subject": subjects.SCHEDULER_ALL,
         }
