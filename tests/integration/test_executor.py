@@ -7,8 +7,9 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -413,6 +414,35 @@ async def test_a_node_whose_disk_refuses_jobs_files_asks_once_to_be_drained(
     assert "No space left on device" in drains[0].reason and str(executor.jobs_dir) in drains[0].reason
     stored = await bus.js.get_last_msg(subjects.STREAM, subjects.subject_for(drains[0]))
     assert stored.subject == f"conductor.exec.{NODE}.node.drain"
+
+
+async def test_a_state_disk_full_of_blocks_drains_the_node(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    # Its inodes left, its blocks gone: the job's folder is made, its script cannot be written, and
+    # that write's ENOSPC names no file, so the node was not drained.
+    with tmpfs(tmp_path / "state", "4m") as state:
+        async with running(bus, executor_settings(nats_url, tmp_path, state_dir=state)) as settings:
+            with contextlib.suppress(OSError), open(state / "ballast", "wb", buffering=0) as ballast:
+                while True:  # until the disk is full
+                    ballast.write(b"x" * 4096)
+            job_id = await _submit_and_place(bus, tmp_path, "true")
+            assert "No space left on device" in (await _failed(bus, job_id)).message
+            [drain] = await eventually(lambda: _has(bus, ev.NodeDrainRequested), what="the node drained")
+            assert isinstance(drain, ev.NodeDrainRequested) and drain.by_node and str(settings.jobs_dir) in drain.reason
+            (state / "ballast").unlink()
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``folder`` while inside; the test is skipped where none can be."""
+    folder.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 async def test_a_full_disk_under_a_path_the_job_names_fails_that_job_only(

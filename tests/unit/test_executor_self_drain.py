@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
-from conductor_executor.self_drain import SelfDrain, disk_fault
+from conductor_executor.self_drain import SelfDrain, disk_fault, naming
 
 STATE = Path("/var/lib/conductor/executor")
 
@@ -69,3 +69,15 @@ async def test_a_burst_of_faults_asks_once_and_a_failed_ask_is_made_again() -> N
     [asked] = sent
     assert isinstance(asked, ev.NodeDrainRequested) and (asked.node, asked.by_node) == ("n1", True)
     assert "No space left on device" in asked.reason
+
+
+def test_a_write_refused_without_a_file_named_is_named_by_what_was_written() -> None:
+    # A write that finds the disk full says ENOSPC and names no file (only an open does): the node
+    # whose script.sh could not be written was not drained.
+    with pytest.raises(OSError) as raised, naming(STATE / "n1/jobs/12/script.sh"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert raised.value.filename == f"{STATE}/n1/jobs/12/script.sh"
+    assert disk_fault(raised.value, [STATE]) is not None
+    with pytest.raises(OSError) as kept, naming(STATE / "elsewhere"):
+        raise _refused(errno.ENOSPC, "/home/alice/out")
+    assert kept.value.filename == "/home/alice/out"  # one that names its file keeps it

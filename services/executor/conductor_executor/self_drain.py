@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from conductor_contracts import events as ev
@@ -43,6 +43,18 @@ def disk_fault(err: BaseException, own_dirs: Sequence[Path]) -> str | None:
         return None
     what = os.strerror(err.errno) if err.errno is not None else type(err).__name__
     return printable(f"the executor's disk refuses jobs' files: {what} ({path})", _REASON_CHARS)
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError raised inside names ``path`` when it names nothing: a write that finds the disk
+    full says ENOSPC without a file (only an open names one), and the node would not be drained."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
 
 
 def _under(path: str, folder: str) -> bool:

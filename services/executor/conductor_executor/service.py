@@ -61,7 +61,7 @@ from conductor_executor.output import make_working_directory, open_outputs, reco
 from conductor_executor.placements import PlacementReader, durable_name, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.retention import FolderSweep, Key, keep_bounded
-from conductor_executor.self_drain import SelfDrain
+from conductor_executor.self_drain import SelfDrain, naming
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
@@ -548,7 +548,8 @@ class Executor:
         )
         written: sv.ProcessRecord | None = record
         try:
-            sv.write_process(folder, record)
+            with naming(folder):
+                sv.write_process(folder, record)
         except OSError as err:  # a restarted executor then finds the job by its command line
             self.self_drain.consider(err)
             log.warning("could not record the job's process", extra={"job_id": job_id, "error": str(err)})
@@ -582,13 +583,15 @@ class Executor:
         # Absolute: a restarted executor finds the job by this command line if it died before
         # process.json was written, wherever it runs from.
         script = (folder / "script.sh").absolute()
-        script.write_text(job.script)
+        with naming(script):
+            script.write_text(job.script)
         make_working_directory(job.working_directory, self._own_dir)
         outputs = open_outputs(files, self._own_dir)
         try:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.
-            record_files(folder, outputs.record)
+            with naming(folder):
+                record_files(folder, outputs.record)
             compiled_form = self.supervisor
             try:
                 return start_supervisor(
