@@ -6,16 +6,16 @@ requeue job ran on under its supervisor while the scheduler, 30 s later, ran it 
 at once. So a requeue job's supervisor is given this file and a silence (``fence_after_s``, shorter
 than ``node_lost_after_s`` by two beats, so the job is gone before the scheduler can place it again)
 and kills the job once the file has not changed for that long (``supervisor.c``; the shell form
-does not, see docs/decisions.md). Touched whether NATS answers or not: it says the process lives,
-not that the node is reachable.
+does not, see docs/decisions.md). Touched at each heartbeat that gets through, what the scheduler
+goes by: an executor alive but stuck before it beats (a restart on a full disk) or cut off from
+NATS is, to the scheduler, as gone as a dead one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("conductor.executor")
@@ -38,16 +38,20 @@ def touch(path: Path) -> None:
         path.touch()
 
 
-async def keep_touched(path: Path, every_s: float, stop: asyncio.Event) -> None:
+def touched(path: Path) -> Callable[[], None]:
+    """What a heartbeat that got through does: the lease says the node was heard from now. A failure
+    is logged once per outage (the requeue jobs' supervisors will fence them if it lasts)."""
     failing = False
-    while not stop.is_set():
+
+    def touch_it() -> None:
+        nonlocal failing
         try:
             touch(path)
         except OSError as err:
-            if not failing:  # once per outage: the supervisors of requeue jobs will fence them
+            if not failing:
                 log.error("cannot touch the lease requeue jobs watch", extra={"path": str(path), "error": str(err)})
             failing = True
         else:
             failing = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+
+    return touch_it

@@ -77,10 +77,12 @@ class Heartbeat:
         lost_after_s: float,
         on_silence: Callable[[float], None],
         clock: Callable[[], float] = time.monotonic,
+        on_beat: Callable[[], None] = lambda: None,
     ) -> None:
         self._registration = registration
         self.every_s = every_s
         self._on_silence = on_silence
+        self._on_beat = on_beat
         self._clock = clock
         self.silence = Silence(lost_after_s, clock())
         self._kv: KeyValue | None = None
@@ -109,6 +111,7 @@ class Heartbeat:
             if first and bus is not None:
                 log.warning("heartbeat failed; retrying every beat", extra={"error": str(err) or type(err).__name__})
             return
+        self._on_beat()
         silent = self.silence.ok(self._clock())
         if silent is not None:
             log.info("heartbeat written again", extra={"silent_s": round(silent, 1)})

@@ -144,6 +144,11 @@ class JobProcess:
             await asyncio.shield(self.exited)
         if self._killer is not None:
             await self._killer
+        if self.requeue:
+            # Its supervisor fences it itself when no heartbeat got through for long (supervisor.c),
+            # adding the reason to the record: a job killed so is a lost run (requeued), not the
+            # FAILED 137 its exit alone says.
+            self.reasons |= sv.read_kill(self.folder)
         record = sv.read_exit(self.folder)
         if record is None:
             # The supervisor is gone without recording the job's end (killed, maybe before it recorded

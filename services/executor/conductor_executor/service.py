@@ -886,19 +886,19 @@ _NATS_SYNC_S = 120.0
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     executor = Executor(settings, stop)
-    # First: the supervisors of the jobs an earlier executor left see this one live from its start,
-    # while the compiled supervisor may still be built (seconds, once per version and machine).
-    leasing = asyncio.create_task(fence_lease.keep_touched(executor.lease, settings.heartbeat_s, stop))
     executor.supervisor = await _job_supervisor(settings, stop)
     if stop.is_set():
-        leasing.cancel()
         return
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
     await executor.recover()
     await executor.register()
     # From the start, before NATS answers: a silence as long as node_lost_after_s fences the node.
     heartbeat = Heartbeat(
-        executor.registration, settings.heartbeat_s, settings.node_lost_after_s, executor.liveness.fence
+        executor.registration,
+        settings.heartbeat_s,
+        settings.node_lost_after_s,
+        executor.liveness.fence,
+        on_beat=fence_lease.touched(executor.lease),
     )
     beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, stop))
     # Needs no NATS: from the start, and once more at the end for the jobs that ended since the last.
@@ -919,11 +919,8 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
             except Exception:  # stopping all the same
                 log.exception("looking for what ended jobs left running failed")
         beating.cancel()
-        leasing.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
-        with contextlib.suppress(asyncio.CancelledError):
-            await leasing
 
 
 # What exec says of a program that is gone, not ours to run, or not a program (any more).
