@@ -210,11 +210,15 @@ async def test_nodes_health_and_readiness(client: httpx.AsyncClient, bus: Bus, p
     assert "conductor_gateway_submits_total" in (await client.get("/metrics/")).text
 
 
-async def test_a_read_model_table_dropped_by_hand_is_not_ready(client: httpx.AsyncClient, engine: AsyncEngine) -> None:
-    # Every job query failed (503), and /readyz, which read only the positions, said ready.
+@pytest.mark.parametrize("table", ["jobs", "dead_letters"])
+async def test_a_read_model_table_dropped_by_hand_is_not_ready(
+    client: httpx.AsyncClient, engine: AsyncEngine, table: str
+) -> None:
+    # Every job query failed (503), and /readyz, which read only the positions, said ready. (A job not
+    # projected yet is looked up in dead_letters too.)
     assert (await client.get("/readyz")).status_code == 200
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE jobs"))
+        await conn.execute(text(f"DROP TABLE {table}"))
     answer = await client.get("/readyz")
     assert answer.status_code == 503 and answer.json()["problems"] == ["postgres: ProgrammingError"]
 

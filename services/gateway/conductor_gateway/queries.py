@@ -63,7 +63,7 @@ async def projected_position(engine: AsyncEngine) -> int:
     every table the queries read is there (one dropped by hand failed every query while this said
     ready)."""
     async with engine.connect() as conn:
-        for table in (t.jobs, t.nodes, t.users, t.workflows):
+        for table in (t.jobs, t.nodes, t.users, t.workflows, t.dead_letters):
             await conn.execute(select(literal(1)).select_from(table).limit(0))
         return int(await conn.scalar(select(func.coalesce(func.max(t.positions.c.position), 0))) or 0)
 
