@@ -59,14 +59,15 @@ async def test_a_requeue_job_outliving_its_executor_is_fenced_by_its_supervisor(
 async def test_a_requeue_job_of_a_live_executor_is_not_fenced(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     if compiled.compiler() is None:
         pytest.skip("no C compiler here: the shell supervisor does not fence its job")
-    settings = executor_settings(nats_url, tmp_path, node_lost_after_s=2, heartbeat_s=0.2)
+    # Fenced after 5 s unheard: a busy machine's heartbeat may be late by a second or two, not five.
+    settings = executor_settings(nats_url, tmp_path, node_lost_after_s=6, heartbeat_s=0.5)
     requeue = await _submit(bus, tmp_path, requeue=True)
     async with running(bus, settings):
         await _place(bus, requeue)
         await eventually(lambda: _started(bus, requeue), what="started")
         group = await _group(settings, requeue)
         folder = settings.jobs_dir / sv.folder_name(requeue, 0)
-        await asyncio.sleep(3)  # three fence periods (1 s here) with the executor alive
+        await asyncio.sleep(7)  # past the fence's 5 s, with the executor alive and beating
         assert _alive(group) and sv.FENCED not in sv.read_kill(folder)
         (tmp_path / "go").touch()
 
