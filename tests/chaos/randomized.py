@@ -118,6 +118,7 @@ class Report:
     duplicate_submissions: list[str] = field(default_factory=list)
     duplicate_outcomes: list[str] = field(default_factory=list)
     late_reports: int = 0  # an executor's outcome of a run already ended NODE_FAIL by a node loss
+    requeues_refused: int = 0  # requeue jobs ended FAILED past CONDUCTOR_MAX_REQUEUES
     standby_led: int = 0
     rebuild_diffs: dict[str, list[str]] = field(default_factory=dict)
     rows_compared: dict[str, int] = field(default_factory=dict)
@@ -162,7 +163,8 @@ class Report:
             f"lost {len(self.lost)}",
             f"run twice {len(self.run_twice)} (requeued jobs apart: {len(self.requeued)} jobs, "
             f"{self.requeued_runs} runs in the ledger, two runs at once {len(self.overlapping)})",
-            f"NODE_FAIL {self.states['NODE_FAIL']} (late reports of their executor, ignored: {self.late_reports})",
+            f"NODE_FAIL {self.states['NODE_FAIL']} (late reports of their executor, ignored: {self.late_reports}); "
+            f"requeue jobs ended past their requeues {self.requeues_refused}",
             f"submitted twice {len(self.duplicate_submissions)}, two outcomes for one run "
             f"{len(self.duplicate_outcomes)}, COMPLETED without running {len(self.completed_without_running)}",
             "read models vs rebuild from the log: "
@@ -771,9 +773,11 @@ def account(
             report.states[state] += 1
     names = Counter(e.name for e in submitted_at.values())
     report.duplicate_submissions = sorted(name for name, n in names.items() if n > 1)
-    # One outcome per run. The exception: a run the scheduler ended NODE_FAIL because its node was
+    # One outcome per run. The exceptions: a run the scheduler ended NODE_FAIL because its node was
     # declared lost, whose executor, back, reported its real end before it read of the loss: a late
-    # report, which the fold and the read models ignore (the first outcome stands).
+    # report, which the fold and the read models ignore (the first outcome stands); and a requeue
+    # job's run its executor reported NODE_FAIL, which the scheduler then ended FAILED instead of
+    # requeuing it (CONDUCTOR_MAX_REQUEUES): the job's end, decided on that run's report.
     first: dict[tuple[int, int], tuple[str, ev.Event]] = {}
     again: Counter[tuple[int, int]] = Counter()
     for _, subject, e in log:
@@ -785,8 +789,11 @@ def account(
             continue
         by, decided = first[key]
         lost = isinstance(decided, ev.JobFailed) and decided.node_fail and subjects.is_scheduler_subject(by)
+        failed_under = isinstance(decided, ev.JobFailed) and decided.node_fail and not subjects.is_scheduler_subject(by)
         if lost and not subjects.is_scheduler_subject(subject):
             report.late_reports += 1
+        elif failed_under and isinstance(e, ev.JobFailed) and subjects.is_scheduler_subject(subject):
+            report.requeues_refused += 1
         else:
             again[key] += 1
     report.duplicate_outcomes = [f"job {j} run {r}: {n + 1}" for (j, r), n in again.items()]
