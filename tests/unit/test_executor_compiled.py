@@ -98,7 +98,11 @@ def test_a_job_keeps_the_signals_it_would_have_in_a_terminal(tmp_path: Path, bui
     # may run where both are ignored (`nohup pytest &`): the executor's are set to their defaults here.
     before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     try:
-        supervisor = _supervise(tmp_path, "grep SigIgn /proc/self/status > ignored; sleep 300\n", form=built_supervisor)
+        # exec: the job's group is then sleep alone. A SIGINT that reached a bash forking its next
+        # command could land in the child before it restored its handlers, and be lost (a test failed
+        # so, under load, waiting out its 10 s).
+        script = "grep SigIgn /proc/self/status > ignored; exec sleep 300\n"
+        supervisor = _supervise(tmp_path, script, form=built_supervisor)
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGQUIT, before[1])
@@ -109,6 +113,8 @@ def test_a_job_keeps_the_signals_it_would_have_in_a_terminal(tmp_path: Path, bui
         assert not ignored & (1 << (signal.SIGINT - 1)) and not ignored & (1 << (signal.SIGQUIT - 1))
         pgid = sv.read_pgid(tmp_path)
         assert pgid is not None
+        while Path(f"/proc/{pgid}/comm").read_text().strip() != "sleep":
+            time.sleep(0.01)
         os.killpg(pgid, signal.SIGINT)
         assert supervisor.wait(10) == 0
         ended = sv.read_exit(tmp_path)
