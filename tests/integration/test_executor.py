@@ -7,9 +7,8 @@ import contextlib
 import errno
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from conductor_executor.outbox import Outbox
 from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
+from tests.disks import fill, tmpfs
 from tests.integration.helpers import eventually
 from tests.unit.scheduling import submitted
 
@@ -421,28 +421,12 @@ async def test_a_state_disk_full_of_blocks_drains_the_node(bus: Bus, nats_url: s
     # that write's ENOSPC names no file, so the node was not drained.
     with tmpfs(tmp_path / "state", "4m") as state:
         async with running(bus, executor_settings(nats_url, tmp_path, state_dir=state)) as settings:
-            with contextlib.suppress(OSError), open(state / "ballast", "wb", buffering=0) as ballast:
-                while True:  # until the disk is full
-                    ballast.write(b"x" * 4096)
+            ballast = fill(state)
             job_id = await _submit_and_place(bus, tmp_path, "true")
             assert "No space left on device" in (await _failed(bus, job_id)).message
             [drain] = await eventually(lambda: _has(bus, ev.NodeDrainRequested), what="the node drained")
             assert isinstance(drain, ev.NodeDrainRequested) and drain.by_node and str(settings.jobs_dir) in drain.reason
-            (state / "ballast").unlink()
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of ``size`` mounted at ``folder`` while inside; the test is skipped where none can be."""
-    folder.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN)")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
+            ballast.unlink()
 
 
 async def test_a_full_disk_under_a_path_the_job_names_fails_that_job_only(

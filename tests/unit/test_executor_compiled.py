@@ -3,7 +3,6 @@ required (no compiler: the shell form), and safer than the shell with what a job
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import logging
 import os
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 from conductor_executor import compiled
 from conductor_executor import supervision as sv
 from conductor_executor.settings import ExecutorSettings
+from tests.disks import fill, tmpfs
 from tests.unit.test_executor_supervision import _supervise
 
 
@@ -127,28 +127,20 @@ def test_a_job_keeps_the_signals_it_would_have_in_a_terminal(tmp_path: Path, bui
 def test_a_disk_with_no_room_for_the_jobs_exit_does_not_get_the_job(tmp_path: Path, built_supervisor: Path) -> None:
     # The job ran to its end, its exit could not be recorded: NODE_FAIL, and a requeue job ran again.
     # The record's room is taken first; where there is none, the job is not started (and is requeued).
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (not root, or no CAP_SYS_ADMIN)")
-    try:
+    with tmpfs(tmp_path / "disk", "64k") as disk:
         script = disk / "script.sh"
         script.write_text(f"touch {tmp_path}/ran\n")
-        with contextlib.suppress(OSError), open(disk / "ballast", "wb", buffering=0) as ballast:
-            while True:  # until the disk is full
-                ballast.write(b"x" * 4096)
+        ballast = fill(disk)
         with open(tmp_path / "err", "wb") as err:
             done = subprocess.run(
                 [sv.ARGV0, str(script)], executable=built_supervisor, stderr=err, timeout=10, cwd=tmp_path
             )
         assert done.returncode == 2 and "no room to record" in (tmp_path / "err").read_text()
         assert not (tmp_path / "ran").exists() and sv.read_exit(disk) is None
-        (disk / "ballast").unlink()  # room again: the exit is recorded
+        ballast.unlink()  # room again: the exit is recorded
         assert subprocess.run([sv.ARGV0, str(script)], executable=built_supervisor, timeout=10).returncode == 0
         ended = sv.read_exit(disk)
         assert (tmp_path / "ran").exists() and ended is not None and ended.code == 0
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_it_refuses_what_it_cannot_supervise(built_supervisor: Path) -> None:
