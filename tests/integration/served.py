@@ -64,12 +64,12 @@ async def messages(response: httpx.Response) -> AsyncIterator[Sse]:
 
 
 async def take(stream: AsyncIterator[Sse], count: int, timeout: float = 20) -> list[Sse]:
-    """The next ``count`` events (comments skipped)."""
+    """The next ``count`` events (comments and keepalives' ids skipped)."""
 
     async def collect() -> list[Sse]:
         got: list[Sse] = []
         async for message in stream:
-            if message.comment is None:
+            if message.event is not None:
                 got.append(message)
                 if len(got) == count:
                     break

@@ -172,6 +172,34 @@ async def test_an_idle_stream_gets_keepalive_comments(bus: Bus, nats_url: str, d
     assert comments == ["keepalive"] * 3
 
 
+async def test_a_filtered_feed_moves_its_id_past_what_it_skips_and_resumes_from_there(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    async with gateway(nats_url, database_url, events_heartbeat_s=0.2) as client:
+        async with feed(client, "?account=ann") as stream:
+            skipped = [await submit(bus, "bob") for _ in range(3)]
+            await run_job(bus, skipped[-1])
+            last = int((await bus.js.stream_info(subjects.STREAM)).state.last_seq)
+            markers = await asyncio.wait_for(_ids_up_to(stream, last), 20)
+        # What the client's EventSource keeps as its Last-Event-ID: nothing was dispatched to it.
+        assert all((m.event, m.data) == (None, None) for m in markers)
+        ann = await submit(bus, "ann")
+        async with feed(client, "?account=ann", **{"Last-Event-ID": str(last)}) as stream:
+            assert [(m.event, m.id) for m in await take(stream, 1)] == [("JobSubmitted", ann)]
+
+
+async def _ids_up_to(stream: AsyncIterator[Sse], last: int) -> list[Sse]:
+    """The messages with an id, up to the one with ``last``."""
+    got: list[Sse] = []
+    async for message in stream:
+        if message.id is not None:
+            got.append(message)
+            if message.id >= last:
+                assert message.id == last
+                return got
+    raise AssertionError("the feed ended")
+
+
 async def test_a_client_too_slow_is_told_then_resumes_without_loss(
     bus: Bus, nats_url: str, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

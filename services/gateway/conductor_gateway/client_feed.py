@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from conductor_contracts import events as ev
 from conductor_contracts.public import job_context, job_id_of
-from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, compacted, item, notice, sse
+from conductor_gateway.feed_items import KEEPALIVE, FeedFilter, FeedItem, compacted, item, keepalive, notice, sse
 from conductor_platform.bus import Bus
 from conductor_platform.jobs import JobDirectory
 
@@ -73,6 +73,8 @@ class ClientFeed:
         self._queue: asyncio.Queue[FeedItem | bytes | None] = asyncio.Queue(maxsize=limits.buffer)
         self._delivered = start_seq - 1
         self._next_seq = start_seq  # the sequence the log should hand this feed next
+        # The last sequence the reader is done with: queued for the client, or skipped by its filter.
+        self._passed = start_seq - 1
         self._ending: tuple[str, str] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
@@ -112,7 +114,12 @@ class ClientFeed:
             try:
                 it = await asyncio.wait_for(self._queue.get(), self._limits.heartbeat_s)
             except TimeoutError:
-                yield KEEPALIVE
+                # An empty queue: everything up to _passed was sent or is not the client's.
+                if self._queue.empty() and self._passed > self._delivered:
+                    yield keepalive(self._passed)
+                    self._delivered = self._passed
+                else:
+                    yield KEEPALIVE
                 continue
             if isinstance(it, bytes):
                 yield it
@@ -151,6 +158,7 @@ class ClientFeed:
                     it = await self._item(seq, msg)
                     if it is not None and self._filter.matches(it):
                         await self._enqueue(it)
+                    self._passed = seq
         except _Overflow:
             log.info("feed client too slow: sent up to %d, buffer full for %s s", self._delivered, self._limits.stall_s)
             self._end("overflow", "the client read too slowly and fell behind; reconnect with Last-Event-ID")

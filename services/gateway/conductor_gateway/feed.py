@@ -110,7 +110,8 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             200: {
                 "content": {"text/event-stream": {}},
                 "description": "`id:` stream sequence, `event:` event type, `data:` the event's JSON with job_id "
-                "and, where known, account and workflow_id; `: keepalive` comments while idle; a last `overflow` "
+                "and, where known, account and workflow_id; `: keepalive` comments while idle (with an `id:` "
+                "and no data past the events a filter skipped); a last `overflow` "
                 "or `error` message (data: last_event_id) before the server ends the stream; first a `compacted` "
                 "message (data: last_event_id, compacted_below) when the position asked for is in the archive",
             },

@@ -91,6 +91,14 @@ class FeedFilter:
 KEEPALIVE = b": keepalive\n\n"
 
 
+def keepalive(passed: int) -> bytes:
+    """A keepalive that also moves the client's Last-Event-ID past events its filter skipped: a block
+    with an id and no data sets the id and dispatches nothing (HTML standard, "dispatch the event").
+    Else a client of a quiet account resumed from its last match each time, far behind, and after
+    ``conductor compact`` was told of a compaction at every reconnect."""
+    return f": keepalive\nid: {passed}\n\n".encode()
+
+
 def sse(it: FeedItem) -> bytes:
     return f"id: {it.seq}\nevent: {it.type}\ndata: {json.dumps(it.data(), separators=(',', ':'))}\n\n".encode()
 
