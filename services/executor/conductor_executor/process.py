@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from conductor_executor import supervision as sv
 from conductor_executor.affinity import move_thread
 from conductor_executor.leftovers import kill_job_leftovers, kill_marked_job
@@ -172,19 +170,6 @@ class JobProcess:
     def release(self) -> None:
         """Stop watching (the executor stops and leaves the job running)."""
         self.exited.cancel()
-
-    def memory_mb(self) -> float:
-        """Resident memory of the job's whole process tree (what Slurm's jobacct_gather samples),
-        without its supervisor."""
-        try:
-            tree = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return 0.0
-        total = 0
-        for proc in tree:
-            with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
-        return total / (1024 * 1024)
 
 
 def watch_pidfd(fd: int) -> asyncio.Future[object]:

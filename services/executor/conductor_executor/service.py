@@ -55,6 +55,7 @@ from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
 from conductor_executor.leftovers import kill_left_by_ended, kill_unrecorded, start_time, sweep_ended
 from conductor_executor.liveness import Liveness
+from conductor_executor.memory_sample import trees_memory_mb
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
 from conductor_executor.output import make_working_directory, open_outputs, record_files, recorded_files, upload
@@ -708,8 +709,12 @@ class Executor:
             await pause(stop, self.settings.memory_poll_s)
 
     async def _police_once(self) -> None:
-        for process in list(self.running.values()):
-            used = await asyncio.to_thread(process.memory_mb)
+        running = list(self.running.values())
+        if not running:
+            return
+        sampled = await asyncio.to_thread(trees_memory_mb, [process.pid for process in running])
+        for process in running:
+            used = sampled.get(process.pid, 0.0)
             if used > process.memory_limit_mb and not process.out_of_memory:
                 log.warning(
                     "over its memory limit; killing",
