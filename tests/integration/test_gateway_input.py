@@ -172,3 +172,17 @@ async def test_a_submission_subject_holding_no_event_is_no_job(client: httpx.Asy
         await client.get(f"/jobs/{ack.seq}/output"),
     ):
         assert answer.status_code == 404 and f"job {ack.seq} not found" in answer.json()["detail"]
+
+
+async def test_a_body_of_thousands_of_bad_entries_is_one_error(client: httpx.AsyncClient) -> None:
+    unknown = b",".join(b'"k%x":0' % i for i in range(200_000))
+    answer = await post(client, raw(JOB)[:-1] + b"," + unknown + b"}")
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["detail"]
+    assert error["loc"] == ["body"] and "unknown field 'k0'" in error["msg"] and "199995 more" in error["msg"]
+    names = b",".join(b'"-%x":"v"' % i for i in range(200_000))
+    answer = await post(
+        client, raw(JOB | {"environment": {}}).replace(b'"environment": {}', b'"environment": {' + names + b"}")
+    )
+    assert answer.status_code == 422, answer.text
+    assert fields(answer) == ["body.job.environment.-0.[key]"]

@@ -15,9 +15,27 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    FailFast,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
-from conductor_contracts.api import MAX_ENV_BYTES, EnvName, EnvValue, JobSpec, Label, PathText, Text, printable_label
+from conductor_contracts.api import (
+    MAX_ENV_BYTES,
+    Closed,
+    EnvName,
+    EnvValue,
+    JobSpec,
+    Label,
+    PathText,
+    Text,
+    printable_label,
+)
 
 MAX_USERNAME_CHARS = 64
 # A workflow is one atomic batch on the stream, which holds at most 1,000 messages: the workflow's
@@ -49,9 +67,7 @@ def user_id_of(username: str) -> str:
     return str(uuid.uuid5(USER_NAMESPACE, username))
 
 
-class UserCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class UserCreate(Closed):
     username: Username = Field(
         description=f"1 to {MAX_USERNAME_CHARS} printable characters, no '/'; unique (a second user of "
         "the same name is a 409). It is the default account of the user's workflow jobs."
@@ -73,15 +89,13 @@ ShortLabel = Annotated[
 ]
 
 
-class WorkflowJobSpec(BaseModel):
+class WorkflowJobSpec(Closed):
     """One job of ``POST /workflows/``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: Label = Field(description="The job's name (seed).")
     job_type: ShortLabel | None = Field(default=None, description="What kind of job (seed): 'tiling', 'inference'...")
     branch_id: ShortLabel | None = Field(default=None, description="Which branch of the workflow (seed).")
-    parent_indices: list[Annotated[StrictInt, Field(ge=0, le=MAX_WORKFLOW_JOBS)]] = Field(
+    parent_indices: Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_WORKFLOW_JOBS)]], FailFast()] = Field(
         default_factory=list,
         max_length=MAX_WORKFLOW_JOBS,
         description="Indices of earlier jobs of the list that must COMPLETE before this one starts (seed).",
@@ -98,7 +112,9 @@ class WorkflowJobSpec(BaseModel):
     current_working_directory: Annotated[str, Text] = Field(default=DEFAULT_WORKFLOW_CWD, max_length=4096)
     standard_output: PathText = None
     standard_error: PathText = None
-    environment: dict[EnvName, EnvValue] = Field(default_factory=dict, description=f"At most {MAX_ENV_BYTES} bytes.")
+    environment: Annotated[dict[EnvName, EnvValue], FailFast()] = Field(
+        default_factory=dict, description=f"At most {MAX_ENV_BYTES} bytes."
+    )
     requeue: bool = Field(
         default=False,
         description="As a submit's: if its node is lost while it runs, the job goes back to PENDING and runs "
@@ -112,14 +128,12 @@ class WorkflowJobSpec(BaseModel):
         return JobSpec.model_validate(fields)
 
 
-class WorkflowRequest(BaseModel):
+class WorkflowRequest(Closed):
     """``POST /workflows/``: the seed's body."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     user_id: uuid.UUID
     name: ShortLabel = ""
-    jobs: list[WorkflowJobSpec] = Field(min_length=1, max_length=MAX_WORKFLOW_JOBS)
+    jobs: Annotated[list[WorkflowJobSpec], FailFast()] = Field(min_length=1, max_length=MAX_WORKFLOW_JOBS)
 
     @model_validator(mode="after")
     def _edges(self) -> WorkflowRequest:
