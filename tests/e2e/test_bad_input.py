@@ -119,3 +119,16 @@ def test_a_client_that_sends_an_oversized_body_whole_reads_its_413(running: tupl
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413
     assert "over the limit" in json.loads(refused.value.read())["detail"]
+
+
+def test_a_job_cannot_name_the_systems_data_as_its_output(running: tuple[System, OwnServers]) -> None:
+    """``conductor up`` keeps NATS's log and PostgreSQL's data in its var folder, beside the
+    executor's: a job that named them as its output truncated them (review of 2026-12-02)."""
+    system, _ = running
+    kept = system.var / "kept.txt"  # stands for a message block of the log, a table's file
+    kept.write_text("the system's\n")
+    job_id = system.submit("echo written-by-job", standard_output=str(kept))
+    job = system.wait_state(job_id, "COMPLETED", "FAILED", timeout=60)
+    assert job["state"] == "FAILED" and "a folder this node protects" in job["message"], job
+    assert kept.read_text() == "the system's\n"
+    _a_normal_job_still_completes(system)

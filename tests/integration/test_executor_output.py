@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from nats.js.errors import NotFoundError
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import compiled
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
@@ -123,6 +125,37 @@ async def test_nothing_in_the_executors_own_folder_is_opened_for_a_job(
     assert "is inside the executor's own folder" in message, message
     assert kept.read_text() == "the executor's\n"  # not truncated
     assert not (tmp_path / "ran").exists()
+
+
+async def test_nothing_in_a_protected_folder_is_opened_for_a_job(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    """Under ``conductor up`` NATS's log and PostgreSQL's data are beside the executor's folder: a
+    job that named them as its output truncated them (review of 2026-12-02)."""
+    data = tmp_path / "var" / "nats"
+    data.mkdir(parents=True)
+    (data / "msgs.blk").write_text("the log\n")
+    settings = executor_settings(nats_url, tmp_path, protected_dirs=[tmp_path / "var"])
+    async with running(bus, settings):
+        named = await _run(bus, tmp_path, script="touch ran", standard_output=str(data / "msgs.blk"))
+        assert "a folder this node protects (CONDUCTOR_PROTECTED_DIRS)" in await _failed_to_start(bus, named)
+        inside = await _run(bus, data, script="touch ran")  # its default output would be made there
+        assert "working_directory" in await _failed_to_start(bus, inside)
+    assert (data / "msgs.blk").read_text() == "the log\n"
+    assert list(data.iterdir()) == [data / "msgs.blk"]
+
+
+async def test_the_job_supervisors_program_is_not_opened_for_a_job(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    built = compiled.resolve(compiled.AUTO, tmp_path / "build")
+    if built is None:
+        pytest.skip("no C compiler here: jobs start through the shell form")
+    program = tmp_path / "bin" / "conductor-job"
+    program.parent.mkdir()
+    shutil.copy2(built, program)
+    settings = executor_settings(nats_url, tmp_path, job_supervisor=str(program))
+    async with running(bus, settings):
+        job_id = await _run(bus, tmp_path, script="true", standard_output=str(program))
+        assert "the job supervisor's program" in await _failed_to_start(bus, job_id)
+        assert isinstance(await _outcome(bus, await _run(bus, tmp_path, script="true")), ev.JobCompleted)
+    assert program.read_bytes() == built.read_bytes()
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import pytest
 
 from conductor_executor.environment import JobFiles
 from conductor_executor.output import (
+    OWN_FOLDER,
     RECORD,
     JobOutputs,
     NotTheJobsFile,
@@ -183,5 +184,5 @@ def test_nothing_in_the_executors_own_folder_is_opened_even_through_a_link(tmp_p
     (tmp_path / "work").symlink_to(own / "outbox")
     for path in (owed, tmp_path / "work" / owed.name, own):
         with pytest.raises(OutputRefused, match="inside the executor's own folder"):
-            open_outputs(JobFiles(str(path), str(path)), own.resolve())
+            open_outputs(JobFiles(str(path), str(path)), {own.resolve(): OWN_FOLDER})
     assert owed.read_text() == "{}"

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +98,24 @@ def _is_null_device(info: os.stat_result) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(1, 3)
 
 
-def _inside(path: str, folder: Path | None) -> bool:
-    return folder is not None and (path == str(folder) or path.startswith(str(folder).rstrip("/") + "/"))
+OWN_FOLDER = "the executor's own folder"
+# Folders no job may name, resolved, each with what it is (said in the refusal): the executor's own
+# (its outbox, markers and records), and the node's others (CONDUCTOR_PROTECTED_DIRS: under
+# ``conductor up``, the folder of NATS's log and PostgreSQL's data).
+Protected = Mapping[Path, str]
 
 
-def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile | None]:
+def _refuse_inside(what: str, path: str, folders: Protected) -> None:
+    for folder, name in folders.items():
+        if path == str(folder) or path.startswith(str(folder).rstrip("/") + "/"):
+            raise OutputRefused(f"{what} is inside {name}")
+
+
+def _open_one(stream: str, path: str, folders: Protected) -> tuple[int, OpenedFile | None]:
     if path != NULL_DEVICE and system_tree(path) is not None:
         raise OutputRefused(f"{stream} {path!r} is under /proc, /sys or /dev: only /dev/null may be named there")
     # Before the open, which truncates: the executor's outbox, markers and records are not a job's.
-    if _inside(os.path.realpath(path), own):
-        raise OutputRefused(f"{stream} {path!r} is inside the executor's own folder")
+    _refuse_inside(f"{stream} {path!r}", os.path.realpath(path), folders)
     fd = os.open(path, _WRITE_FLAGS, 0o644)
     try:
         info = os.fstat(fd)
@@ -123,8 +132,7 @@ def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile
                 raise OutputRefused(f"{stream} {path!r}: where it leads cannot be checked ({err})") from err
             if system_tree(where) is not None:
                 raise OutputRefused(f"{stream} {path!r} leads to {where!r}, under /proc, /sys or /dev")
-            if _inside(where, own):  # a symbolic link changed since the check above
-                raise OutputRefused(f"{stream} {path!r} is inside the executor's own folder")
+            _refuse_inside(f"{stream} {path!r}", where, folders)  # a symbolic link changed since the check above
             opened = OpenedFile(path, info.st_dev, info.st_ino)
         # Opened without blocking for the checks; the job's own writes must block as usual.
         os.set_blocking(fd, True)
@@ -134,27 +142,26 @@ def _open_one(stream: str, path: str, own: Path | None) -> tuple[int, OpenedFile
     return fd, opened
 
 
-def make_working_directory(path: str, own: Path | None) -> None:
-    """Make a job's working folder (and its parents), or raise ``OutputRefused``: not inside the
-    executor's own folder, where the folders it would make could pass for an entry of its outbox or
-    for a later job's records (it makes them, not the job)."""
-    where = "working_directory"
-    if _inside(os.path.realpath(path), own):
-        raise OutputRefused(f"{where} {path!r} is inside the executor's own folder")
+def make_working_directory(path: str, folders: Protected) -> None:
+    """Make a job's working folder (and its parents), or raise ``OutputRefused``: not inside a
+    protected folder, where the folders it would make could pass for an entry of the executor's
+    outbox or for a later job's records (it makes them, not the job)."""
+    what = f"working_directory {path!r}"
+    _refuse_inside(what, os.path.realpath(path), folders)
     Path(path).mkdir(parents=True, exist_ok=True)
-    if _inside(os.path.realpath(path), own):  # a symbolic link changed since the check above
-        raise OutputRefused(f"{where} {path!r} is inside the executor's own folder")
+    _refuse_inside(what, os.path.realpath(path), folders)  # a symbolic link changed since the check above
 
 
-def open_outputs(files: JobFiles, own: Path | None = None) -> JobOutputs:
+def open_outputs(files: JobFiles, folders: Protected | None = None) -> JobOutputs:
     """Open (create, truncate) a job's stdout and stderr for its process, or raise why not (an
     ``OutputRefused`` or the OSError of the open: ELOOP for a symbolic link, ENXIO for a FIFO).
-    ``own``: the executor's state folder, resolved; nothing in it is opened for a job."""
-    out, stdout = _open_one("standard_output", files.stdout, own)
+    ``folders``: resolved; nothing in them is opened for a job."""
+    folders = folders or {}
+    out, stdout = _open_one("standard_output", files.stdout, folders)
     if files.stderr == files.stdout:
         return JobOutputs(out, out, Recorded(stdout, stdout))
     try:
-        err, stderr = _open_one("standard_error", files.stderr, own)
+        err, stderr = _open_one("standard_error", files.stderr, folders)
     except BaseException:
         os.close(out)
         raise

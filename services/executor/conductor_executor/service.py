@@ -58,7 +58,14 @@ from conductor_executor.liveness import Liveness
 from conductor_executor.memory_sample import trees_memory_mb
 from conductor_executor.outbox import Outbox
 from conductor_executor.outcomes import outcome_event
-from conductor_executor.output import make_working_directory, open_outputs, record_files, recorded_files, upload
+from conductor_executor.output import (
+    OWN_FOLDER,
+    make_working_directory,
+    open_outputs,
+    record_files,
+    recorded_files,
+    upload,
+)
 from conductor_executor.placements import PlacementReader, durable_name, subscribe
 from conductor_executor.process import JobProcess, start_supervisor, supervised
 from conductor_executor.retention import FolderSweep, Key, keep_bounded
@@ -115,8 +122,12 @@ class Executor:
         self._uploaded: set[tuple[int, int]] = set()
         # The stream sequence of this node's newest registration stored (0: none seen by this process).
         self.registered_seq = 0
-        # Resolved once: a job's output path is compared with it wherever the path's links lead.
-        self._own_dir = settings.state_dir.resolve()
+        # Resolved once: a job's output path is compared with them wherever the path's links lead.
+        self._protected = {settings.state_dir.resolve(): OWN_FOLDER} | {
+            folder.resolve(): f"{folder}, a folder this node protects (CONDUCTOR_PROTECTED_DIRS)"
+            for folder in settings.protected_dirs
+        }
+        self._protecting: tuple[Path | None, dict[Path, str]] = (None, self._protected)
         # The latest run (>= 1) of each requeued job with a folder here, read from the jobs folder at
         # the first placement and kept up as folders are made: listing a folder that keeps every job
         # ever run here, for every placement, cost more per job the longer the executor ran.
@@ -578,6 +589,15 @@ class Executor:
         child, start = await asyncio.to_thread(self._start_job, folder, job, files, env, cpus)
         return supervised(job_id, folder, child, start, self.settings.kill_grace_s, placement.memory_mb)
 
+    def _protected_with(self, supervisor: Path | None) -> dict[Path, str]:
+        """The protected folders, and the compiled supervisor's program: a job that truncated it
+        (its output named it) would fail every job after it. Resolved once per program."""
+        if supervisor is None:
+            return self._protected
+        if self._protecting[0] != supervisor:
+            self._protecting = (supervisor, self._protected | {supervisor.resolve(): "the job supervisor's program"})
+        return self._protecting[1]
+
     def _start_job(
         self, folder: Path, job: ev.JobSubmitted, files: envs.JobFiles, env: dict[str, str], cpus: set[int]
     ) -> tuple[subprocess.Popen[bytes], float]:
@@ -586,8 +606,9 @@ class Executor:
         script = (folder / "script.sh").absolute()
         with naming(script):
             script.write_text(job.script)
-        make_working_directory(job.working_directory, self._own_dir)
-        outputs = open_outputs(files, self._own_dir)
+        folders = self._protected_with(self.supervisor)
+        make_working_directory(job.working_directory, folders)
+        outputs = open_outputs(files, folders)
         try:
             # Only now, with the files open and checked: a job whose start failed before this has no
             # output to keep, whatever is at the paths it named.

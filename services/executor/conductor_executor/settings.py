@@ -27,6 +27,9 @@ class ExecutorSettings(CommonSettings):
     memory: str = Field(default_factory=lambda: f"{machine_memory_mb()}M")
     partitions: list[str] = Field(default_factory=lambda: ["default"])
     state_dir: Path = Path("var/executor")
+    # Folders no job may name as its working directory or output, besides the state folder
+    # (``conductor up`` adds its var folder: NATS's log and PostgreSQL's data are there).
+    protected_dirs: list[Path] = Field(default_factory=list)
     kill_grace_s: float = Field(default=10.0, ge=0)
     # How often a running job's memory is sampled against its memory_per_node.
     memory_poll_s: float = Field(default=1.0, gt=0)

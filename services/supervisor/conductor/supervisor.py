@@ -14,6 +14,7 @@ here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), th
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -263,6 +264,10 @@ class Supervisor:
         env.setdefault("CONDUCTOR_STATE_DIR", str(self.options.var_dir / "executor"))
         # Where `conductor compact` puts the log's oldest events, and the scheduler and a rebuild find them.
         env.setdefault("CONDUCTOR_ARCHIVE_DIR", str(self.options.var_dir / "archive"))
+        # NATS's log, PostgreSQL's data and the archive: no job may name them as its output (which is
+        # truncated) or its working directory.
+        protected = [str(self.options.var_dir.resolve()), str(Path(env["CONDUCTOR_ARCHIVE_DIR"]).resolve())]
+        env.setdefault("CONDUCTOR_PROTECTED_DIRS", json.dumps(protected))
         # Ctrl-C stops everything, jobs included; an executor that dies is restarted and takes its
         # jobs over (only a stop asks it to end them).
         env.setdefault("CONDUCTOR_STOP_JOBS_ON_EXIT", "1")
