@@ -239,11 +239,12 @@ async def _all(stream: AsyncIterator[Sse]) -> list[Sse]:
         # Named up to five: 3,000 unknown names made a 32 KB answer.
         ("?type=" + ",".join(f"T{i:04}" for i in range(3000)), {}, "'T0004' and 2995 more; known"),
         ("?type=JobCompleted,Nope", {}, "'Nope'"),
-        ("?job_id=abc", {}, "valid integer"),
+        ("?job_id=abc", {}, "digits 0-9 alone"),
         ("?job_id=0", {}, "greater than or equal to 1"),
         ("?since=-1", {}, "greater than or equal to 0"),
         ("?since=99999999999999999999999", {}, "less than or equal to"),
-        ("", {"Last-Event-ID": "abc"}, "valid integer"),
+        ("", {"Last-Event-ID": "abc"}, "digits 0-9 alone"),
+        ("?since=1_000", {}, "digits 0-9 alone"),
         ("?account=" + "x" * 201, {}, "at most 200 characters"),
     ],
 )

@@ -98,7 +98,9 @@ async def test_a_content_length_no_int_can_hold_is_413(client: httpx.AsyncClient
     [
         ({"cursor": "9" * 30}, "query.cursor", "less than or equal"),  # was a 503: bigint out of range
         ({"cursor": "-1"}, "query.cursor", "greater than or equal"),
-        ({"cursor": "\u0663"}, "query.cursor", "valid integer"),
+        ({"cursor": "\u0663"}, "query.cursor", "digits 0-9 alone"),
+        ({"cursor": "1_0"}, "query.cursor", "digits 0-9 alone"),
+        ({"account": "  "}, "query.account", "empty once stripped"),
         ({"account": "a\x00b"}, "query.account", "control characters"),  # was a 503: Postgres refuses NUL
         ({"name": "\x00"}, "query.name", "control characters"),
         ({"account": "a" * 201}, "query.account", "at most 200"),
@@ -122,6 +124,10 @@ async def test_bad_list_filters_are_422_naming_the_parameter(
         "/jobs/query/-1",
         "/jobs/query/%00",
         "/jobs/query/1e3",
+        "/jobs/query/1_0",
+        "/jobs/query/+2",
+        "/jobs/query/2.0",
+        "/jobs/query/%202",
         "/jobs/" + "9" * 400 + "/output",
         "/jobs/1/output?stream=%00",
     ],

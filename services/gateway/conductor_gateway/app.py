@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from sqlalchemy.exc import SQLAlchemyError
 
 from conductor_contracts import api, subjects
@@ -37,6 +37,7 @@ from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import bus_spec, errors, feed, queries, views, workflows
 from conductor_gateway.backends import State, job_submitted, missing_jobs, submission
+from conductor_gateway.errors import digits
 from conductor_gateway.fast_submit import FastSubmit
 from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
@@ -53,7 +54,7 @@ CANCELS = Counter("conductor_gateway_cancels_total", "Cancel requests accepted b
 
 
 MAX_JOB_ID = 2**63 - 1  # ids are stream sequences, kept in BIGINT columns
-JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="the job id returned by submit")]
+JobId = Annotated[int, BeforeValidator(digits), Path(ge=1, le=MAX_JOB_ID, description="the job id returned by submit")]
 NodeName = Annotated[str, Path(min_length=1, max_length=api.MAX_LABEL_CHARS, description="a node's name")]
 
 # The first submission's hash, kept on its message, so that a retry can be told from a reuse.
@@ -67,7 +68,9 @@ def _filter_text(value: str | None) -> str | None:
     if value is not None and any(ord(c) < 0x20 or c == "\x7f" for c in value):
         raise ValueError("must not contain control characters (no job has them in its name or account)")
     # Stripped as the names and accounts of submits are: " edge " finds the jobs of "edge".
-    return None if value is None else value.strip()
+    if value is not None and not (value := value.strip()):
+        raise ValueError("is empty once stripped of spaces: no job has an empty name or account")
+    return value
 
 
 Filter = Annotated[
@@ -296,7 +299,9 @@ def create_app(
         account: Filter = None,
         name: Filter = None,
         cursor: Annotated[
-            int | None, Query(ge=1, le=MAX_JOB_ID, description="next_cursor of the previous page")
+            int | None,
+            BeforeValidator(digits),
+            Query(ge=1, le=MAX_JOB_ID, description="next_cursor of the previous page"),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
     ) -> api.JobList:

@@ -32,3 +32,12 @@ def validation_errors(err: RequestValidationError) -> list[dict[str, Any]]:
         }
         for e in err.errors()[:100]
     ]
+
+
+def digits(value: object) -> object:
+    """A number of the URL as a client writes a job id or a position: ASCII digits only (a minus sign
+    is left to the bounds to refuse). Parsed as a Python int, ``1_0`` was job 10 and ``+2``, `` 2``
+    and ``2.0`` job 2."""
+    if isinstance(value, str) and not ((number := value.removeprefix("-")).isascii() and number.isdigit()):
+        raise ValueError("must be a number written in digits 0-9 alone")
+    return value

@@ -15,12 +15,13 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import StreamingResponse
+from pydantic import BeforeValidator
 from starlette.types import Message, Receive, Scope, Send
 
 from conductor_gateway import queries
 from conductor_gateway.backends import State
 from conductor_gateway.client_feed import ClientFeed, FeedLimits
-from conductor_gateway.errors import documented
+from conductor_gateway.errors import digits, documented
 from conductor_gateway.feed_items import FeedFilter, compacted, parse_types
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.archive import compacted_below
@@ -119,7 +120,9 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         },
     )
     async def events(
-        job_id: Annotated[int | None, Query(ge=1, le=MAX_SEQ, description="events of this job")] = None,
+        job_id: Annotated[
+            int | None, BeforeValidator(digits), Query(ge=1, le=MAX_SEQ, description="events of this job")
+        ] = None,
         workflow_id: Annotated[str | None, LABEL] = None,
         account: Annotated[str | None, LABEL] = None,
         type_: Annotated[
@@ -127,10 +130,14 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             Query(alias="type", description="event type names, repeated or comma-separated (JobCompleted,JobFailed)"),
         ] = None,
         since: Annotated[
-            int | None, Query(ge=0, le=MAX_SEQ, description="start after this stream sequence (0: from the start)")
+            int | None,
+            BeforeValidator(digits),
+            Query(ge=0, le=MAX_SEQ, description="start after this stream sequence (0: from the start)"),
         ] = None,
         last_event_id: Annotated[
-            int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_SEQ, description="resume: wins over since")
+            int | None,
+            BeforeValidator(digits),
+            Header(alias="Last-Event-ID", ge=0, le=MAX_SEQ, description="resume: wins over since"),
         ] = None,
     ) -> FeedResponse:
         try:
