@@ -218,6 +218,26 @@ async def test_projected_workflow_and_cancel(
     assert asked == [int(j) for j in created["job_ids"]]
 
 
+async def test_users_are_listed_page_by_page(client: httpx.AsyncClient, projector: None) -> None:
+    names = [f"user{i}" for i in range(5)]
+    for name in names:
+        await _user(client, name)
+
+    async def all_projected() -> bool:
+        return len((await client.get("/users")).json()["users"]) == len(names)
+
+    await eventually(all_projected, what="every user in the read model")
+    seen, cursor = [], None
+    for _ in range(3):
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/users", params=params)).json()
+        seen += [u["username"] for u in page["users"]]
+        cursor = page["next_cursor"]
+    assert seen == names and cursor is None
+    unknown = await client.get("/users", params={"cursor": str(uuid.uuid4())})
+    assert unknown.status_code == 422 and "no user's" in unknown.text
+
+
 async def test_a_batch_cut_short_or_refused_stores_nothing_of_it(bus: Bus) -> None:
     """A workflow is one atomic batch: a publish that fails halfway (a message the connection will
     not send) or a batch the stream refuses (here, a message id it has seen) leaves nothing of it."""

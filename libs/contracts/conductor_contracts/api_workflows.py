@@ -82,6 +82,7 @@ class UserView(BaseModel):
 
 class UserList(BaseModel):
     users: list[UserView]
+    next_cursor: str | None = None
 
 
 ShortLabel = Annotated[

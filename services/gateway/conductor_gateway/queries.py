@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import func, literal, select, tuple_
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -81,9 +81,18 @@ async def user(engine: AsyncEngine, user_id: str) -> RowMapping | None:
         return (await conn.execute(select(t.users).where(t.users.c.user_id == user_id))).mappings().first()
 
 
-async def users(engine: AsyncEngine, limit: int) -> Sequence[RowMapping]:
+async def users(engine: AsyncEngine, limit: int, after: str | None = None) -> Sequence[RowMapping] | None:
+    """Users in the order they were made, from the one after user ``after`` (None: that user is not
+    known, so neither is where its page ended)."""
+    u = t.users.c
+    query = select(t.users).order_by(u.created_at, u.username).limit(limit)
     async with engine.connect() as conn:
-        result = await conn.execute(select(t.users).order_by(t.users.c.created_at, t.users.c.username).limit(limit))
+        if after is not None:
+            mark = (await conn.execute(select(u.created_at, u.username).where(u.user_id == after))).first()
+            if mark is None:
+                return None
+            query = query.where(tuple_(u.created_at, u.username) > tuple_(literal(mark[0]), literal(mark[1])))
+        result = await conn.execute(query)
         return result.mappings().all()
 
 

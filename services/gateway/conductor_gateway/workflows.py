@@ -72,10 +72,16 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
     async def get_user(user_id: uuid.UUID) -> wf.UserView:
         return await find_user(user_id)
 
-    @routes.get("/users", response_model=wf.UserList, tags=["users"])
-    async def list_users(limit: Annotated[int, Query(ge=1, le=1000)] = 500) -> wf.UserList:
-        rows = await queries.users(state.engine, limit)
-        return wf.UserList(users=[_user(r["user_id"], r["username"], r["created_at"]) for r in rows])
+    @routes.get("/users", response_model=wf.UserList, responses=errors.documented(503), tags=["users"])
+    async def list_users(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+        cursor: Annotated[uuid.UUID | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> wf.UserList:
+        rows = await queries.users(state.engine, limit, None if cursor is None else str(cursor))
+        if rows is None:
+            raise HTTPException(422, f"cursor {cursor} is no user's: use the next_cursor of a page")
+        users = [_user(r["user_id"], r["username"], r["created_at"]) for r in rows]
+        return wf.UserList(users=users, next_cursor=users[-1].id if len(users) == limit else None)
 
     @routes.post(
         "/workflows/",
