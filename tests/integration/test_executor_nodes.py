@@ -133,6 +133,33 @@ async def test_a_requeued_job_runs_again_on_the_same_node_as_its_next_run(
         assert sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST
 
 
+async def test_a_placement_on_the_cores_of_runs_the_loss_is_killing_waits_for_them(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """The scheduler frees a lost node's cores at the NodeLost, and a placement may come before the
+    runs it ended are gone (a restarted executor registers before it reads the NodeLost): it used to
+    end FAILED, "placement does not fit this node" (review of 2026-12-02)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    # The run dies slowly: SIGTERM ignored, so it waits out the kill's grace for SIGKILL.
+    async with running(bus, executor_settings(nats_url, tmp_path, kill_grace_s=2)):
+        stubborn = await bus.publish(
+            submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
+        )
+        await _place(bus, stubborn)
+        await eventually(lambda: _started(bus, stubborn), what="job started")
+        await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+        after = await _submit(bus, work)
+        await _place(bus, after)  # on core 1, still held by the run being killed
+        (work / "go").touch()
+
+        async def outcome() -> ev.Event | None:
+            ended = [e for _, e in await _of(bus, after) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+            return ended[0] if ended else None
+
+        assert isinstance(done := await eventually(outcome, 30, "its outcome"), ev.JobCompleted), done
+
+
 async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     """Handled after the NodeLost (a placement nak'd and delivered again later): that run is over."""
     work = tmp_path / "work"

@@ -115,15 +115,25 @@ class Liveness:
         return dropped
 
     async def _register_after(self, victims: list[JobProcess], seq: int) -> None:
-        # Once the killed jobs are gone: a placement on their cores before that would be refused.
+        # Once the killed jobs are gone and their cores free (their monitors end after the kill and a
+        # look for what they left): a placement on their cores before that would wait for them.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.ex.settings.kill_grace_s + 5
         waits = [asyncio.shield(p.exited) for p in victims]
         if waits:
             with contextlib.suppress(Exception):
-                await asyncio.wait(waits, timeout=2 * self.ex.settings.kill_grace_s + 5)
+                await asyncio.wait(waits, timeout=deadline - loop.time())
+        # Polled: cores are given back in several places, and this runs once per NodeLost.
+        while any(self._holds(p) for p in victims) and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         if self.ex.registered_seq > seq:
             return  # the node registered after that loss already (an old NodeLost, read late)
         if await self.ex.outbox.keep(self.ex.registration(), self.ex.stop):
             log.info("node registered again after being declared lost", extra={"node": self.ex.node, "seq": seq})
+
+    def _holds(self, process: JobProcess) -> bool:
+        held = self.ex.placements.get(process.job_id)
+        return held is not None and held.run == process.run
 
     # -- self-fencing ----------------------------------------------------------------------------
     def fence(self, silent_s: float) -> None:

@@ -421,6 +421,30 @@ class Executor:
                 return False
             seq = msg.seq + 1
 
+    def _dying(self) -> list[int]:
+        """Jobs whose cores are still held by a run that is being killed (its node declared lost, a
+        cancel, its time limit) or that ended and is not yet gone."""
+        return [
+            job_id
+            for job_id, held in self.placements.items()
+            if (process := self.running.get(job_id)) is None or process.run != held.run or process.reasons
+        ]
+
+    async def _dying_gone(self) -> bool:
+        """Waits, for at most a kill's grace twice and 10 s, until the runs being killed have given
+        back their cores; True if there were any. The scheduler frees a lost node's cores at the
+        NodeLost, and the node registers again once its killed runs are gone: a placement can come
+        in while they die (a restarted executor registers before it reads the NodeLost), and failing
+        it for not fitting ended jobs FAILED without running, several at once (review of 2026-12-02)."""
+        if not self._dying():
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * self.settings.kill_grace_s + 10
+        # Polled: a run starting beside this one leaves the list as it starts, which no event says.
+        while self._dying() and loop.time() < deadline and not self.stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        return True
+
     async def lost_after(self, seq: int) -> int:
         """The stream sequence of the first NodeLost of this node stored after ``seq``, 0 when there
         is none: a placement at ``seq`` below it is a run the scheduler has ended."""
@@ -516,6 +540,8 @@ class Executor:
             self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node, run=run), carried)
             return
         why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
+        if why is not None and await self._dying_gone():
+            why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
         if why is not None:
             message = f"placement does not fit this node: {why}"
             failed = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run)
