@@ -130,6 +130,21 @@ def test_a_job_outlives_its_killed_executor_and_ends_with_its_own_exit(system: S
     assert system.wait_state(after, "COMPLETED")["state"] == "COMPLETED"
 
 
+def test_a_requeue_job_stopped_with_its_executor_runs_again(system: System) -> None:
+    """``conductor up`` stops its jobs with an executor it stops (SIGTERM) and starts it again: its
+    jobs are NODE_FAIL and requeue jobs run again, as Slurm's on a node going down. They were
+    FAILED 143 without a word, the requeue job lost (review of 2026-12-02)."""
+    runs = system.work / "requeued-runs"
+    job_id = system.submit(f"echo run >> {runs}; [ $(wc -l < {runs}) -ge 2 ] || sleep 300", requeue=True)
+    wait_for(lambda: system.job(job_id)["start_time"], what="job started")
+    executor = _child(system, "conductor_executor")
+    executor.terminate()
+    wait_for(lambda: _restarted(system, executor), what="executor restarted")
+    job = system.wait_state(job_id, "COMPLETED", "FAILED", "NODE_FAIL", "CANCELLED", timeout=90)
+    assert job["state"] == "COMPLETED" and job["restarts"] == 1, job
+    assert runs.read_text() == "run\nrun\n"
+
+
 def _restarted(system: System, old: psutil.Process) -> bool:
     try:
         return bool(_child(system, "conductor_executor").pid != old.pid)

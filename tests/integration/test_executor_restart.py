@@ -296,3 +296,6 @@ async def test_a_stop_with_stop_jobs_on_exit_ends_the_jobs(bus: Bus, settings: E
     assert await _gone(group)
     stopped = await _outcome(bus, job_id)
     assert isinstance(stopped, ev.JobFailed) and stopped.exit_code == 128 + signal.SIGTERM
+    # As Slurm's jobs on a node going down: NODE_FAIL (a requeue job is requeued), and said why. It
+    # was FAILED 143 without a word, and a requeue job lost (review of 2026-12-02).
+    assert stopped.node_fail and "as its executor stopped" in (stopped.message or "")

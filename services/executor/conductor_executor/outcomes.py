@@ -11,6 +11,8 @@ FENCED = (
     "killed by its executor, which could not reach NATS for longer than node_lost_after_s: its node may "
     "have been declared lost and the job requeued elsewhere"
 )
+# As Slurm's jobs on a node that goes down: NODE_FAIL, and a job that asked to be requeued is.
+STOPPED = "killed as its executor stopped (CONDUCTOR_STOP_JOBS_ON_EXIT, as under conductor up)"
 
 
 def outcome_event(
@@ -37,6 +39,8 @@ def outcome_event(
         return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "fenced" in reasons:
         return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=FENCED, node_fail=True, **at)
+    if "stopped" in reasons:
+        return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=STOPPED, node_fail=True, **at)
     if "oom" in reasons:
         return ev.JobOutOfMemory(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "timeout" in reasons:

@@ -120,8 +120,16 @@ class JobProcess:
         out_of_memory: bool = False,
         lost: bool = False,
         fenced: bool = False,
+        stopped: bool = False,
     ) -> None:
-        asked = {"cancelled": cancelled, "timeout": timed_out, "oom": out_of_memory, sv.LOST: lost, sv.FENCED: fenced}
+        asked = {
+            "cancelled": cancelled,
+            "timeout": timed_out,
+            "oom": out_of_memory,
+            sv.LOST: lost,
+            sv.FENCED: fenced,
+            sv.STOPPED: stopped,
+        }
         reasons = self.reasons | {reason for reason, yes in asked.items() if yes}
         if reasons != self.reasons:
             self.reasons = frozenset(reasons)

@@ -903,7 +903,7 @@ class Executor:
         ``stop_jobs_on_exit`` says, as when the executor dies."""
         if self.settings.stop_jobs_on_exit and not leave_jobs:
             for process in list(self.running.values()):
-                process.kill()
+                process.kill(stopped=True)
         else:
             for task in list(self.watchers.values()):
                 task.cancel()
