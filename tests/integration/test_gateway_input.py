@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import nats.errors
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,6 +16,7 @@ from conductor_contracts import subjects
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
 from tests.integration.test_gateway import JOB, gateway
+from tests.unit.scheduling import submitted
 
 
 @pytest.fixture
@@ -192,3 +194,20 @@ async def test_a_body_of_thousands_of_bad_entries_is_one_error(client: httpx.Asy
     )
     assert answer.status_code == 422, answer.text
     assert fields(answer) == ["body.job.environment.-0.[key]"]
+
+
+async def test_a_write_the_log_did_not_acknowledge_in_time_may_have_been_recorded(
+    client: httpx.AsyncClient, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancel answered "unavailable; retry" was stored all the same once a stopped nats-server
+    resumed (review of 2026-12-02): the answer says it may have been."""
+    job_id = await bus.publish(submitted())
+
+    async def silent(*_: Any, **__: Any) -> int:
+        raise nats.errors.TimeoutError
+
+    monkeypatch.setattr(Bus, "publish", silent)
+    monkeypatch.setattr(Bus, "publish_acked", silent)
+    for answer in (await client.post(f"/jobs/cancel/{job_id}"), await post(client, raw(JOB))):
+        assert answer.status_code == 503, answer.text
+        assert "may have been recorded" in answer.json()["detail"] and "Idempotency-Key" in answer.text

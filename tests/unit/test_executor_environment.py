@@ -16,6 +16,9 @@ def test_slurm_variables_and_conductor_twins() -> None:
     assert env["SLURM_JOB_NODELIST"] == "n1"
     assert env["MY_VAR"] == "1" and env["PATH"] == "/bin"
     assert "CONDUCTOR_NATS_URL" not in env and "NATS_URL" not in env
+    assert env["SLURM_RESTART_COUNT"] == "0"
+    rerun = job_environment({}, 42, job, placement.model_copy(update={"run": 2}))
+    assert rerun["SLURM_RESTART_COUNT"] == rerun["CONDUCTOR_RESTART_COUNT"] == "2"
 
 
 def test_files_default_to_slurm_pattern_and_stderr_joins_stdout() -> None:

@@ -49,6 +49,8 @@ def job_environment(
         "MEM_PER_NODE": str(job.memory_mb),
         "SUBMIT_DIR": job.working_directory,
         "CPU_BIND_LIST": ",".join(str(c) for c in placement.cores),
+        # How many times the job was requeued before this run: a rerun can tell it is one.
+        "RESTART_COUNT": str(placement.run),
     }
     env.update({f"SLURM_{k}": v for k, v in values.items()})
     env["SLURM_JOBID"] = str(job_id)

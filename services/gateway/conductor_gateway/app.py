@@ -156,11 +156,17 @@ def create_app(
     @app.exception_handler(PostgresInterfaceError)
     @app.exception_handler(TimeoutError)
     @app.exception_handler(OSError)
-    async def unavailable(_: Request, err: Exception) -> JSONResponse:
+    async def unavailable(request: Request, err: Exception) -> JSONResponse:
         # The log or the read models are away (restarting): say so, let the client retry.
         log.warning("backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
         if closed.closed_for_good(getattr(state, "bus", None)):
             detail = "this gateway lost its connection to the job log and is restarting; retry shortly"
+        elif request.method == "POST" and isinstance(err, TimeoutError):  # nats-py's timeouts are ones too
+            # A write the server did not acknowledge in time may be stored all the same.
+            detail = (
+                "the job log did not answer in time: what was asked may have been recorded. A retry is safe "
+                "for a cancel, and for a submit with the same Idempotency-Key (without one it may submit twice)"
+            )
         else:
             detail = "the job log or the read models are unavailable; retry shortly"
         return JSONResponse({"detail": detail}, status_code=503)
