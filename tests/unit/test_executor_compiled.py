@@ -3,6 +3,7 @@ required (no compiler: the shell form), and safer than the shell with what a job
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import logging
 import os
@@ -18,8 +19,9 @@ import psutil
 import pytest
 from pydantic import ValidationError
 
-from conductor_executor import compiled
+from conductor_executor import compiled, fence_lease
 from conductor_executor import supervision as sv
+from conductor_executor.process import supervisor_argv
 from conductor_executor.settings import ExecutorSettings
 from tests.disks import fill, tmpfs
 from tests.unit.test_executor_supervision import _supervise
@@ -320,3 +322,42 @@ def test_a_build_left_half_done_by_a_killed_executor_is_swept(built_supervisor: 
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     assert compiled.build(tmp_path) == tmp_path / built_supervisor.name
     assert not old.exists() and recent.exists()
+
+
+@pytest.mark.parametrize("requeue", [True, False])
+def test_a_requeue_jobs_shell_dies_with_its_supervisor(tmp_path: Path, built_supervisor: Path, requeue: bool) -> None:
+    """A requeue job's fence is its supervisor: killed with the executor gone too, the job ran on
+    beside its requeued run (review of 2026-12-02: 22 s of two runs at once)."""
+    script = tmp_path / "script.sh"
+    script.write_text("echo $$ > shell; while :; do sleep 0.1; done\n")
+    lease = tmp_path / "lease"
+    lease.touch()
+    fence = {fence_lease.LEASE_ENV: str(lease), fence_lease.AFTER_ENV: "600"} if requeue else {}
+    argv, program = supervisor_argv(script, built_supervisor)
+    supervisor = subprocess.Popen(
+        argv, executable=program, env=os.environ | fence, cwd=tmp_path, start_new_session=True, stdin=subprocess.DEVNULL
+    )
+    shell = None
+    try:
+        while not (tmp_path / "shell").is_file() or not (tmp_path / "shell").read_text().endswith("\n"):
+            time.sleep(0.01)
+        shell = int((tmp_path / "shell").read_text())
+        supervisor.kill()
+        supervisor.wait()
+        deadline = time.monotonic() + 10
+        while _running(shell) and requeue and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _running(shell) is not requeue
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+        if shell is not None:  # the job's group is its shell's
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False

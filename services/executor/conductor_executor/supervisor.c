@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -154,6 +155,7 @@ int main(int argc, char **argv) {
     /* Inherited as ignored, SIGCHLD would make the kernel reap the job itself: no status to wait for. */
     signal(SIGCHLD, SIG_DFL);
 
+    pid_t supervisor = getpid();
     pid_t job = fork();
     if (job < 0) {
         perror("conductor-job: fork");
@@ -162,6 +164,15 @@ int main(int argc, char **argv) {
     if (job == 0) {
         /* A fresh child is never a group leader: setsid() cannot fail here. */
         setsid();
+        if (lease.after_s > 0) {
+            /* A requeue job's fence is this process: killed (with its executor gone too), nothing
+             * would stop the job from running on beside its requeued run. Its shell goes with it;
+             * what the shell started and left running, only a restarted executor finds. */
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != supervisor) {
+                _exit(137);
+            }
+        }
         unsetenv("CONDUCTOR_FENCE_LEASE");
         unsetenv("CONDUCTOR_FENCE_AFTER_S");
         execl("/bin/bash", "/bin/bash", script, (char *)NULL);
