@@ -7,9 +7,11 @@ from typing import Any
 
 from conductor_contracts import events as ev
 
+# By its executor, or by its supervisor when the executor itself was stopped, frozen or gone.
 FENCED = (
-    "killed by its executor, which could not reach NATS for longer than node_lost_after_s: its node may "
-    "have been declared lost and the job requeued elsewhere"
+    "killed as its executor's heartbeats had not got through for longer than node_lost_after_s (the "
+    "executor cut off from NATS, stopped or gone): its node may have been declared lost and the job "
+    "requeued elsewhere"
 )
 # As Slurm's jobs on a node that goes down: NODE_FAIL, and a job that asked to be requeued is.
 STOPPED = "killed as its executor stopped (CONDUCTOR_STOP_JOBS_ON_EXIT, as under conductor up)"
