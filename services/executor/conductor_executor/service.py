@@ -111,6 +111,8 @@ class Executor:
         self._bus: Bus | None = None
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
+        # Those of ``placements`` whose job is being started (not running yet, and not dying).
+        self._starting: dict[int, ev.JobPlaced] = {}
         self.monitors: set[asyncio.Task[None]] = set()
         # Placements given up and reported failed with no folder to say so (the disk refused it):
         # a redelivery must not start them. Held in memory only, so not across a restart.
@@ -427,7 +429,8 @@ class Executor:
         return [
             job_id
             for job_id, held in self.placements.items()
-            if (process := self.running.get(job_id)) is None or process.run != held.run or process.reasons
+            if held is not self._starting.get(job_id)
+            and ((process := self.running.get(job_id)) is None or process.run != held.run or process.reasons)
         ]
 
     async def _dying_gone(self) -> bool:
@@ -550,10 +553,12 @@ class Executor:
             return
         # Held from now: placements started together each see the others' cores and memory.
         self.placements[job_id] = placement
+        self._starting[job_id] = placement
         try:
             files = envs.job_files(job_id, job)
             process = await self._spawn(folder, job_id, job, placement, files)
         except Exception as err:  # a NUL in a value, a bad path, no such user...: never a stuck job
+            self._starting.pop(job_id, None)
             self.self_drain.consider(err)
             if self.placements.get(job_id) is placement:
                 del self.placements[job_id]
@@ -565,6 +570,7 @@ class Executor:
         process.run, process.placed_seq, process.requeue = run, seq or None, job.requeue
         process.traceparent = placed
         self.running[job_id] = process
+        self._starting.pop(job_id, None)
         # The time of the spawn, not of this line: placements started together resume one by one.
         started = self._started(job_id, process.pid, process.start, run)
         # Its JobStarted goes into the outbox from the job's monitor, which waits for it before the
