@@ -160,6 +160,36 @@ async def test_a_placement_on_the_cores_of_runs_the_loss_is_killing_waits_for_th
         assert isinstance(done := await eventually(outcome, 30, "its outcome"), ev.JobCompleted), done
 
 
+async def test_a_placement_waiting_for_cores_is_left_to_the_next_executor_by_a_stop(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """Refused at the stop, it ended FAILED without running; marked before its wait, a kill left it
+    NODE_FAIL "while the job ran" (review of 2026-12-02)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = executor_settings(nats_url, tmp_path, kill_grace_s=5)
+    async with running(bus, settings):
+        stubborn = await bus.publish(
+            submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
+        )
+        await _place(bus, stubborn)
+        await eventually(lambda: _started(bus, stubborn), what="job started")
+        await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+        after = await _submit(bus, work)
+        await _place(bus, after)
+        await asyncio.sleep(1)  # it waits for the stubborn run's cores
+    assert not (settings.jobs_dir / str(after)).exists()
+    assert not [e for _, e in await _of(bus, after) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+    (work / "go").touch()
+    async with running(bus, settings):
+
+        async def outcome() -> ev.Event | None:
+            ended = [e for _, e in await _of(bus, after) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+            return ended[0] if ended else None
+
+        assert isinstance(done := await eventually(outcome, 60, "its outcome"), ev.JobCompleted), done
+
+
 async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     """Handled after the NodeLost (a placement nak'd and delivered again later): that run is over."""
     work = tmp_path / "work"

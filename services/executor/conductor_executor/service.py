@@ -423,6 +423,9 @@ class Executor:
                 return False
             seq = msg.seq + 1
 
+    def _misfit(self, placement: ev.JobPlaced) -> str | None:
+        return misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
+
     def _dying(self) -> list[int]:
         """Jobs whose cores are still held by a run that is being killed (its node declared lost, a
         cancel, its time limit) or that ended and is not yet gone."""
@@ -536,15 +539,17 @@ class Executor:
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         ahead = self._lookups.pop((job_id, run), None)
         cancelled, job = await (ahead if ahead is not None else self._lookup(job_id))
+        # Before anything is marked: a stop (or a kill) while it waits leaves the placement to be
+        # delivered again, to this node's next executor, instead of refused or lost with a folder.
+        if not cancelled and self._misfit(placement) is not None and await self._dying_gone() and self.stop.is_set():
+            raise StoppedWaiting("the executor stopped while the placement waited for its cores")
         self._make_folder(job_id, run)
         # From here on every path ends in an outcome: the marker stops any redelivery from doing so.
         self._supersede(job_id, run)
         if cancelled:
             self._report(job_id, ev.JobCancelled(job_id=job_id, node=self.node, run=run), carried)
             return
-        why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
-        if why is not None and await self._dying_gone():
-            why = misfit(placement, self.settings.cpus, self.settings.memory_mb, self.placements.values())
+        why = self._misfit(placement)
         if why is not None:
             message = f"placement does not fit this node: {why}"
             failed = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run)
@@ -939,6 +944,10 @@ async def _settle(reply: Awaitable[None]) -> None:
 
 # nats-server's default ``sync_interval``: how long an acknowledged write may stay unsynced.
 _NATS_SYNC_S = 120.0
+
+
+class StoppedWaiting(Exception):
+    """A placement left unhandled by a stop: its message is not acknowledged, so it comes back."""
 
 
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
