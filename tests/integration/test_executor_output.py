@@ -139,8 +139,13 @@ async def test_nothing_in_a_protected_folder_is_opened_for_a_job(bus: Bus, nats_
         assert "a folder this node protects (CONDUCTOR_PROTECTED_DIRS)" in await _failed_to_start(bus, named)
         inside = await _run(bus, data, script="touch ran")  # its default output would be made there
         assert "working_directory" in await _failed_to_start(bus, inside)
+        # Another name of a protected file, outside the folder (review of the fix: it was emptied).
+        os.link(data / "msgs.blk", tmp_path / "link")
+        linked = await _run(bus, tmp_path, script="touch ran", standard_output=str(tmp_path / "link"))
+        assert "other names (hard links)" in await _failed_to_start(bus, linked)
     assert (data / "msgs.blk").read_text() == "the log\n"
     assert list(data.iterdir()) == [data / "msgs.blk"]
+    assert not (tmp_path / "ran").exists()
 
 
 async def test_the_job_supervisors_program_is_not_opened_for_a_job(bus: Bus, nats_url: str, tmp_path: Path) -> None:

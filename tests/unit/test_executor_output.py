@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from conductor_executor.output import (
     NotTheJobsFile,
     OpenedFile,
     OutputRefused,
+    make_working_directory,
     open_outputs,
     read_tail,
     record_files,
@@ -186,3 +188,23 @@ def test_nothing_in_the_executors_own_folder_is_opened_even_through_a_link(tmp_p
         with pytest.raises(OutputRefused, match="inside the executor's own folder"):
             open_outputs(JobFiles(str(path), str(path)), {own.resolve(): OWN_FOLDER})
     assert owed.read_text() == "{}"
+
+
+def test_a_protected_folder_mounted_elsewhere_is_still_protected(tmp_path: Path) -> None:
+    own = tmp_path / "state"
+    own.mkdir()
+    (own / "record").write_text("kept\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if subprocess.run(["mount", "--bind", str(own), str(elsewhere)], capture_output=True).returncode != 0:
+        pytest.skip("no bind mount here (not root, or no mount namespace of our own)")
+    try:
+        for path in (elsewhere / "record", elsewhere / "new"):
+            with pytest.raises(OutputRefused, match="inside the executor's own folder"):
+                open_outputs(JobFiles(str(path), str(path)), {own.resolve(): OWN_FOLDER})
+        with pytest.raises(OutputRefused, match="inside the executor's own folder"):
+            make_working_directory(str(elsewhere / "work"), {own.resolve(): OWN_FOLDER})
+    finally:
+        subprocess.run(["umount", "--lazy", str(elsewhere)], check=True)  # lazy: an open file does not keep it
+    assert (own / "record").read_text() == "kept\n"
+    assert sorted(own.iterdir()) == [own / "record"], "nothing made in it"

@@ -47,7 +47,9 @@ NULL_DEVICE = "/dev/null"
 # O_NONBLOCK: a FIFO planted where the output goes (by an earlier job: ids are predictable) must not
 # hold the executor; O_NOFOLLOW: a final symbolic link could point anywhere, /proc/self included;
 # O_NOCTTY: a terminal device must never become the executor's controlling terminal.
-_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# No O_TRUNC: the file is emptied only once it passed every check (a hard link or a bind mount of a
+# protected file passes the path's).
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -111,11 +113,29 @@ def _refuse_inside(what: str, path: str, folders: Protected) -> None:
             raise OutputRefused(f"{what} is inside {name}")
 
 
+def _refuse_by_identity(what: str, where: str, folders: Protected) -> None:
+    """The same by what the folders are, not their names: a bind mount of a protected folder is the
+    same directory (device, inode) under another path."""
+    ids: dict[tuple[int, int], str] = {}
+    for folder, name in folders.items():
+        with contextlib.suppress(OSError):  # not there (yet): nothing in it to protect
+            info = os.stat(folder)
+            ids[info.st_dev, info.st_ino] = name
+    for ancestor in (Path(where), *Path(where).parents):
+        try:
+            info = os.stat(ancestor)
+        except OSError:
+            continue
+        if (found := ids.get((info.st_dev, info.st_ino))) is not None:
+            raise OutputRefused(f"{what} is inside {found} (as {ancestor})")
+
+
 def _open_one(stream: str, path: str, folders: Protected) -> tuple[int, OpenedFile | None]:
     if path != NULL_DEVICE and system_tree(path) is not None:
         raise OutputRefused(f"{stream} {path!r} is under /proc, /sys or /dev: only /dev/null may be named there")
-    # Before the open, which truncates: the executor's outbox, markers and records are not a job's.
-    _refuse_inside(f"{stream} {path!r}", os.path.realpath(path), folders)
+    # Before the open, which may create it: the executor's outbox, markers and records are not a job's.
+    _refuse_inside(f"{stream} {path!r}", real := os.path.realpath(path), folders)
+    _refuse_by_identity(f"{stream} {path!r}", real, folders)
     fd = os.open(path, _WRITE_FLAGS, 0o644)
     try:
         info = os.fstat(fd)
@@ -133,6 +153,10 @@ def _open_one(stream: str, path: str, folders: Protected) -> tuple[int, OpenedFi
             if system_tree(where) is not None:
                 raise OutputRefused(f"{stream} {path!r} leads to {where!r}, under /proc, /sys or /dev")
             _refuse_inside(f"{stream} {path!r}", where, folders)  # a symbolic link changed since the check above
+            _refuse_by_identity(f"{stream} {path!r}", where, folders)
+            if info.st_nlink > 1:  # another name of the file may be anywhere, a protected folder too
+                raise OutputRefused(f"{stream} {path!r} has other names (hard links): it is not emptied for a job")
+            os.ftruncate(fd, 0)
             opened = OpenedFile(path, info.st_dev, info.st_ino)
         # Opened without blocking for the checks; the job's own writes must block as usual.
         os.set_blocking(fd, True)
@@ -147,9 +171,11 @@ def make_working_directory(path: str, folders: Protected) -> None:
     protected folder, where the folders it would make could pass for an entry of the executor's
     outbox or for a later job's records (it makes them, not the job)."""
     what = f"working_directory {path!r}"
-    _refuse_inside(what, os.path.realpath(path), folders)
+    _refuse_inside(what, real := os.path.realpath(path), folders)
+    _refuse_by_identity(what, real, folders)
     Path(path).mkdir(parents=True, exist_ok=True)
-    _refuse_inside(what, os.path.realpath(path), folders)  # a symbolic link changed since the check above
+    _refuse_inside(what, where := os.path.realpath(path), folders)  # a symbolic link changed since the check above
+    _refuse_by_identity(what, where, folders)
 
 
 def open_outputs(files: JobFiles, folders: Protected | None = None) -> JobOutputs:

@@ -632,7 +632,12 @@ class Executor:
         if supervisor is None:
             return self._protected
         if self._protecting[0] != supervisor:
-            self._protecting = (supervisor, self._protected | {supervisor.resolve(): "the job supervisor's program"})
+            program = supervisor.resolve()
+            # Built here: the whole folder of builds (another executor's may be beside it). Named
+            # beforehand (the image's /usr/local/bin/conductor-job): the program alone.
+            cache = compiled.cache_folder()
+            where = program.parent if cache is not None and program.parent == cache.resolve() else program
+            self._protecting = (supervisor, self._protected | {where: "the job supervisor's program"})
         return self._protecting[1]
 
     def _start_job(
