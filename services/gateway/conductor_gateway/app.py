@@ -164,8 +164,9 @@ def create_app(
         elif request.method == "POST" and isinstance(err, TimeoutError):  # nats-py's timeouts are ones too
             # A write the server did not acknowledge in time may be stored all the same.
             detail = (
-                "the job log did not answer in time: what was asked may have been recorded. A retry is safe "
-                "for a cancel, and for a submit with the same Idempotency-Key (without one it may submit twice)"
+                "the job log did not answer in time: what was asked may have been recorded. Look before you "
+                "retry (a second cancel or user of the same name is a 409); a submit retried with the same "
+                "Idempotency-Key is one job, without one it may be two"
             )
         else:
             detail = "the job log or the read models are unavailable; retry shortly"
@@ -309,7 +310,7 @@ def create_app(
             BeforeValidator(digits),
             Query(ge=1, le=MAX_JOB_ID, description="next_cursor of the previous page"),
         ] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
+        limit: Annotated[int, BeforeValidator(digits), Query(ge=1, le=500)] = settings.page_size,
     ) -> api.JobList:
         rows = await queries.jobs(
             state.engine,

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from nats.js.errors import APIError
 from opentelemetry.trace import SpanKind
-from pydantic import ValidationError
+from pydantic import BeforeValidator, ValidationError
 
 from conductor_contracts import api, subjects
 from conductor_contracts import api_workflows as wf
@@ -19,6 +19,7 @@ from conductor_contracts.states import JobState
 from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views
 from conductor_gateway.backends import State, job_submitted, last_on, submission
+from conductor_gateway.errors import digits
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import tracing
 from conductor_platform.bus import WRONG_LAST_SEQUENCE, BatchRefused
@@ -74,7 +75,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
 
     @routes.get("/users", response_model=wf.UserList, responses=errors.documented(503), tags=["users"])
     async def list_users(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+        limit: Annotated[int, BeforeValidator(digits), Query(ge=1, le=1000)] = 500,
         cursor: Annotated[uuid.UUID | None, Query(description="next_cursor of the previous page")] = None,
     ) -> wf.UserList:
         rows = await queries.users(state.engine, limit, None if cursor is None else str(cursor))
@@ -184,7 +185,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
     async def list_workflows(
         user_id: uuid.UUID | None = None,
         cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = settings.page_size,
+        limit: Annotated[int, BeforeValidator(digits), Query(ge=1, le=500)] = settings.page_size,
     ) -> wf.WorkflowList:
         rows = await queries.workflows(
             state.engine, user_id=None if user_id is None else str(user_id), before=cursor, limit=limit
