@@ -17,6 +17,7 @@ from conductor.supervisor import (
     ManagedServer,
     Supervisor,
     UpOptions,
+    _backoff,
     _port_free,
     describe_exit,
     nats_sync_interval,
@@ -205,3 +206,17 @@ def test_a_gateway_port_that_is_no_port_is_refused_before_anything_starts(
     assert Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[])).run() == 2
     assert "must be a port number, not '8o8o'" in caplog.text
     assert not (tmp_path / "var").exists()
+
+
+def test_an_executor_is_started_again_before_its_node_can_be_declared_lost() -> None:
+    """Its restarts waited up to 30 s, the default node_lost_after_s: a review's executor stopped over
+    and over had its node declared lost, and its requeue jobs used up their requeues without running."""
+    for env, most in (
+        ({}, 10.0),
+        ({"CONDUCTOR_NODE_LOST_AFTER_S": "12"}, 4.0),
+        ({"CONDUCTOR_NODE_LOST_AFTER_S": "x"}, 10.0),
+    ):
+        backoff = _backoff("executor", env)
+        assert max(backoff.delay_after(0.0) for _ in range(20)) == most
+    other = _backoff("scheduler", {})
+    assert max(other.delay_after(0.0) for _ in range(20)) == 30.0

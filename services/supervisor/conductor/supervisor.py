@@ -98,6 +98,20 @@ def metrics_ports(env: dict[str, str], services: tuple[str, ...] = SERVICES, htt
     return ports
 
 
+def _backoff(service: str, env: dict[str, str]) -> Backoff:
+    """An executor down longer than ``node_lost_after_s`` has its node declared lost, its jobs ended
+    (NODE_FAIL, or requeued, a requeue each time: a review's executor stopped over and over waited 31 s
+    to start again, and its requeue jobs used up their requeues without running). Its restarts wait
+    at most a third of that."""
+    if service != "executor":
+        return Backoff()
+    try:
+        lost_after_s = float(env.get("CONDUCTOR_NODE_LOST_AFTER_S", "30"))
+    except ValueError:  # the executor says what is wrong with it when it starts
+        lost_after_s = 30.0
+    return Backoff(max_s=max(0.5, min(Backoff.max_s, lost_after_s / 3)))
+
+
 def _shown_host(host: str) -> str:
     # A wildcard address is reachable on the loopback; an IPv6 one needs its brackets in a URL.
     if host in ("", "0.0.0.0", "::"):
@@ -319,7 +333,7 @@ class Supervisor:
                 "gateway": [py, "-m", "conductor_gateway"],
             }
             self.children = [
-                Child(name, argv, env=env | {"CONDUCTOR_METRICS_PORT": str(ports[name])})
+                Child(name, argv, env=env | {"CONDUCTOR_METRICS_PORT": str(ports[name])}, backoff=_backoff(name, env))
                 for name, argv in argvs.items()
                 if name != "gateway"
             ]
