@@ -87,8 +87,15 @@ def _gone(pid: int) -> bool:
 
 
 def _child(system: System, module: str) -> psutil.Process:
-    [child] = [p for p in psutil.Process(system.process.pid).children() if module in " ".join(p.cmdline())]
+    [child] = [p for p in psutil.Process(system.process.pid).children() if module in _command(p)]
     return child
+
+
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # a child that ended and is not reaped yet (a zombie) has none
+        return ""
 
 
 def test_a_killed_gateway_comes_back(system: System) -> None:
@@ -139,6 +146,7 @@ def test_a_requeue_job_stopped_with_its_executor_runs_again(system: System) -> N
     wait_for(lambda: system.job(job_id)["start_time"], what="job started")
     executor = _child(system, "conductor_executor")
     executor.terminate()
+    executor.wait(60)
     wait_for(lambda: _restarted(system, executor), what="executor restarted")
     job = system.wait_state(job_id, "COMPLETED", "FAILED", "NODE_FAIL", "CANCELLED", timeout=90)
     assert job["state"] == "COMPLETED" and job["restarts"] == 1, job

@@ -8,16 +8,17 @@ import os
 from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import supervision as sv
 from conductor_executor.placements import ensure_consumer
-from conductor_executor.service import Executor
+from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually, read_log
-from tests.integration.test_executor import NODE, executor_settings, running
+from tests.integration.test_executor import NODE, _has, executor_settings, running
 from tests.unit.scheduling import submitted
 
 # Runs until the test lets it end (a file in its working directory): the first run is the one the
@@ -188,6 +189,36 @@ async def test_a_placement_waiting_for_cores_is_left_to_the_next_executor_by_a_s
             return ended[0] if ended else None
 
         assert isinstance(done := await eventually(outcome, 60, "its outcome"), ev.JobCompleted), done
+
+
+async def test_a_stopping_executor_beats_until_its_jobs_are_stopped(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    """It stopped beating at once while it spent the kill's grace on jobs that ignore SIGTERM: its
+    node was declared lost meanwhile (review of 2026-12-02)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = executor_settings(nats_url, tmp_path, kill_grace_s=3, heartbeat_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+    job_id = await bus.publish(
+        submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
+    )
+    await _place(bus, job_id)
+    await eventually(lambda: _started(bus, job_id), what="job started")
+    kv = await bus.heartbeats()
+
+    async def beats() -> int:
+        try:
+            return int((await kv.get(subjects.heartbeat_key(NODE))).revision or 0)
+        except NotFoundError:
+            return 0
+
+    before = await eventually(beats, what="a heartbeat")
+    stop.set()
+    await asyncio.sleep(2)  # within the 3 s its job takes to be killed
+    assert not task.done()
+    assert await beats() > before + 3
+    await task
 
 
 async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:

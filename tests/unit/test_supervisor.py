@@ -212,9 +212,9 @@ def test_an_executor_is_started_again_before_its_node_can_be_declared_lost() -> 
     """Its restarts waited up to 30 s, the default node_lost_after_s: a review's executor stopped over
     and over had its node declared lost, and its requeue jobs used up their requeues without running."""
     for env, most in (
-        ({}, 10.0),
-        ({"CONDUCTOR_NODE_LOST_AFTER_S": "12"}, 4.0),
-        ({"CONDUCTOR_NODE_LOST_AFTER_S": "x"}, 10.0),
+        ({}, 5.0),
+        ({"CONDUCTOR_NODE_LOST_AFTER_S": "12"}, 2.0),
+        ({"CONDUCTOR_NODE_LOST_AFTER_S": "x"}, 5.0),
     ):
         backoff = _backoff("executor", env)
         assert max(backoff.delay_after(0.0) for _ in range(20)) == most

@@ -111,6 +111,10 @@ class Executor:
         self._bus: Bus | None = None
         self.running: dict[int, JobProcess] = {}
         self.placements: dict[int, ev.JobPlaced] = {}  # of the running jobs: what they hold
+        # Set once a stop has ended (or left) the jobs and sent what it owed: the node's heartbeats
+        # last until then, else it was declared lost while it stopped jobs that ignore SIGTERM, and
+        # jobs placed on it meanwhile ended NODE_FAIL without running (review of 2026-12-02).
+        self.stopped = asyncio.Event()
         # Those of ``placements`` whose job is being started (not running yet, and not dying).
         self._starting: dict[int, ev.JobPlaced] = {}
         self.monitors: set[asyncio.Task[None]] = set()
@@ -972,7 +976,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         executor.liveness.fence,
         on_beat=fence_lease.touched(executor.lease),
     )
-    beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, stop))
+    beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, executor.stopped))
     # Needs no NATS: from the start, and once more at the end for the jobs that ended since the last.
     scanning = asyncio.create_task(sweep_ended(executor.ended, settings.leftover_scan_s, stop))
     if settings.job_retention_s < _NATS_SYNC_S:
@@ -984,6 +988,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
     try:
         await _run_connected(settings, executor, stop)
     finally:
+        executor.stopped.set()
         scanning.cancel()
         if executor.ended:
             try:
@@ -1060,6 +1065,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
                 drained = await executor.outbox.drained(_DRAIN_ON_STOP_S)
             if not drained:
                 log.warning("stopping with events still in the outbox; they go out at the next start")
+            executor.stopped.set()
             publisher.cancel()
     finally:
         try:

@@ -102,14 +102,16 @@ def _backoff(service: str, env: dict[str, str]) -> Backoff:
     """An executor down longer than ``node_lost_after_s`` has its node declared lost, its jobs ended
     (NODE_FAIL, or requeued, a requeue each time: a review's executor stopped over and over waited 31 s
     to start again, and its requeue jobs used up their requeues without running). Its restarts wait
-    at most a third of that."""
+    at most a sixth of that: a requeue job's supervisor fences it two beats before the node can be
+    declared lost, and the silence is the wait, the start (~1.5 s) and the time to the first beat.
+    An executor that dies again and again before it beats has its node declared lost all the same."""
     if service != "executor":
         return Backoff()
     try:
         lost_after_s = float(env.get("CONDUCTOR_NODE_LOST_AFTER_S", "30"))
     except ValueError:  # the executor says what is wrong with it when it starts
         lost_after_s = 30.0
-    return Backoff(max_s=max(0.5, min(Backoff.max_s, lost_after_s / 3)))
+    return Backoff(max_s=max(0.5, min(Backoff.max_s, lost_after_s / 6)))
 
 
 def _shown_host(host: str) -> str:
