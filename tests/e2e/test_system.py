@@ -167,6 +167,12 @@ def test_output_is_served_over_http(system: System) -> None:
     assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "stderr"}).text == "err line\n"
     assert system.http.get(f"/jobs/{job_id}/output", params={"stream": "both"}).status_code == 422
     assert system.http.get("/jobs/987654/output").status_code == 404
+    # Both streams named the same file: one file, kept as stdout (stderr was an empty 200).
+    joined = system.submit('echo "out"\necho "err" >&2\n', standard_output="j-%j.txt", standard_error="j-%j.txt")
+    system.wait_state(joined, "COMPLETED")
+    assert system.http.get(f"/jobs/{joined}/output").text == "out\nerr\n"
+    stderr = system.http.get(f"/jobs/{joined}/output", params={"stream": "stderr"})
+    assert stderr.status_code == 404 and "joined to stdout" in stderr.text
 
 
 def test_a_second_conductor_up_on_the_same_port_says_so(system: System, tmp_path: Path) -> None:

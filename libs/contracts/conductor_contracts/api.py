@@ -256,7 +256,7 @@ DOS_LINE_BREAKS = "script contains DOS line breaks (\\r\\n) instead of the expec
 
 def script_problem(script: str) -> str | None:
     """Why a script cannot be run, or None."""
-    if not script.strip():
+    if not script.replace("\ufeff", "").strip():  # a byte order mark alone is no script either
         return "script is empty"
     if "\r\n" in script:
         return DOS_LINE_BREAKS

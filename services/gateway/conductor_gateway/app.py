@@ -330,7 +330,7 @@ def create_app(
     ) -> PlainTextResponse:
         job = await find_job(job_id)
         path = job.standard_output if stream == "stdout" else job.standard_error
-        if path is None:
+        if path is None or (stream == "stderr" and path == job.standard_output):  # one file, kept as stdout
             raise HTTPException(404, f"job {job_id} has no separate stderr: it is joined to stdout")
         if job.state == JobState.PENDING:
             raise HTTPException(409, f"job {job_id} is PENDING: it has no output yet")

@@ -32,7 +32,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         detail = f"request body over the limit of {self.max_bytes} bytes"
-        length = Headers(scope=scope).get("content-length", "").strip()
+        # Leading zeros do not count: 0000...0123 (19 digits and more) is 123, not over the limit.
+        length = Headers(scope=scope).get("content-length", "").strip().lstrip("0") or "0"
         # Counted in digits first: int() of thousands of digits raises (a 500), and is slow anyway.
         if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > self.max_bytes):
             if len(length) <= 18 and int(length) <= DRAIN_MAX_BYTES:
