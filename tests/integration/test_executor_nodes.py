@@ -199,26 +199,29 @@ async def test_a_stopping_executor_beats_until_its_jobs_are_stopped(bus: Bus, na
     settings = executor_settings(nats_url, tmp_path, kill_grace_s=3, heartbeat_s=0.2)
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
-    await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
-    job_id = await bus.publish(
-        submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
-    )
-    await _place(bus, job_id)
-    await eventually(lambda: _started(bus, job_id), what="job started")
-    kv = await bus.heartbeats()
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job_id = await bus.publish(
+            submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
+        )
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+        kv = await bus.heartbeats()
 
-    async def beats() -> int:
-        try:
-            return int((await kv.get(subjects.heartbeat_key(NODE))).revision or 0)
-        except NotFoundError:
-            return 0
+        async def beats() -> int:
+            try:
+                return int((await kv.get(subjects.heartbeat_key(NODE))).revision or 0)
+            except NotFoundError:
+                return 0
 
-    before = await eventually(beats, what="a heartbeat")
-    stop.set()
-    await asyncio.sleep(2)  # within the 3 s its job takes to be killed
-    assert not task.done()
-    assert await beats() > before + 3
-    await task
+        before = await eventually(beats, what="a heartbeat")
+        stop.set()
+        await asyncio.sleep(2)  # within the 3 s its job takes to be killed
+        assert not task.done()
+        assert await beats() > before + 3
+    finally:  # stopped whatever happened: its job ends with it (stop_jobs_on_exit)
+        stop.set()
+        await task
 
 
 async def test_a_placement_older_than_the_loss_is_not_started(bus: Bus, nats_url: str, tmp_path: Path) -> None:
