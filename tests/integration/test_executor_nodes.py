@@ -134,6 +134,18 @@ async def test_a_requeued_job_runs_again_on_the_same_node_as_its_next_run(
         assert sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST
 
 
+async def _lost_under_a_stubborn_run(bus: Bus, work: Path) -> int:
+    """A run that dies slowly (SIGTERM ignored: it waits out the kill's grace for SIGKILL) on core
+    1, then the node's NodeLost: the id of a job submitted after it, to be placed on that core."""
+    stubborn = await bus.publish(
+        submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
+    )
+    await _place(bus, stubborn)
+    await eventually(lambda: _started(bus, stubborn), what="job started")
+    await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+    return await _submit(bus, work)
+
+
 async def test_a_placement_on_the_cores_of_runs_the_loss_is_killing_waits_for_them(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
@@ -142,15 +154,8 @@ async def test_a_placement_on_the_cores_of_runs_the_loss_is_killing_waits_for_th
     end FAILED, "placement does not fit this node" (review of 2026-12-02)."""
     work = tmp_path / "work"
     work.mkdir()
-    # The run dies slowly: SIGTERM ignored, so it waits out the kill's grace for SIGKILL.
     async with running(bus, executor_settings(nats_url, tmp_path, kill_grace_s=2)):
-        stubborn = await bus.publish(
-            submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
-        )
-        await _place(bus, stubborn)
-        await eventually(lambda: _started(bus, stubborn), what="job started")
-        await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
-        after = await _submit(bus, work)
+        after = await _lost_under_a_stubborn_run(bus, work)
         await _place(bus, after)  # on core 1, still held by the run being killed
         (work / "go").touch()
 
@@ -170,13 +175,7 @@ async def test_a_placement_waiting_for_cores_is_left_to_the_next_executor_by_a_s
     work.mkdir()
     settings = executor_settings(nats_url, tmp_path, kill_grace_s=5)
     async with running(bus, settings):
-        stubborn = await bus.publish(
-            submitted().model_copy(update={"working_directory": str(work), "script": "trap '' TERM\n" + _SCRIPT})
-        )
-        await _place(bus, stubborn)
-        await eventually(lambda: _started(bus, stubborn), what="job started")
-        await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
-        after = await _submit(bus, work)
+        after = await _lost_under_a_stubborn_run(bus, work)
         await _place(bus, after)
         await asyncio.sleep(1)  # it waits for the stubborn run's cores
     assert not (settings.jobs_dir / str(after)).exists()
