@@ -246,6 +246,10 @@ async def _all(stream: AsyncIterator[Sse]) -> list[Sse]:
         ("", {"Last-Event-ID": "abc"}, "digits 0-9 alone"),
         ("?since=1_000", {}, "digits 0-9 alone"),
         ("?account=" + "x" * 201, {}, "at most 200 characters"),
+        # As /jobs refuses them: no job has such an account or workflow (accepted, it matched nothing).
+        ("?account=%00", {}, "control characters"),
+        ("?workflow_id=%20%20", {}, "empty once stripped"),
+        ("?account=a&account=b", {}, "given more than once"),
     ],
 )
 async def test_bad_parameters_are_a_422_with_a_message(

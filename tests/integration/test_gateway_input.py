@@ -117,10 +117,12 @@ async def test_leading_zeros_of_a_content_length_do_not_count(client: httpx.Asyn
         ({"limit": "0"}, "query.limit", "greater than or equal"),
         ({"limit": "9" * 50}, "query.limit", "less than or equal"),
         ({"state": "\x00"}, "query.state", "Input should be"),
+        # The last of them was taken: PENDING and RUNNING listed only the running jobs.
+        ((("state", "PENDING"), ("state", "RUNNING")), "query.state", "given more than once"),
     ],
 )
 async def test_bad_list_filters_are_422_naming_the_parameter(
-    client: httpx.AsyncClient, params: dict[str, str], field: str, says: str
+    client: httpx.AsyncClient, params: dict[str, str] | tuple[tuple[str, str], ...], field: str, says: str
 ) -> None:
     answer = await client.get("/jobs", params=params)
     assert answer.status_code == 422, answer.text

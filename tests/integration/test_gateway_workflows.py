@@ -131,6 +131,13 @@ async def test_workflow_of_an_unknown_user_is_404_and_publishes_nothing(client: 
     assert await read_log(bus) == []
 
 
+@pytest.mark.parametrize("cursor", ["1_0", "+5", "2.0"])
+async def test_a_workflow_cursor_is_digits_alone(client: httpx.AsyncClient, cursor: str) -> None:
+    # As every other number of a URL: parsed as a Python int, 1_0 was the cursor 10.
+    answer = await client.get("/workflows", params={"cursor": cursor})
+    assert answer.status_code == 422 and "digits 0-9 alone" in answer.text
+
+
 async def test_oversized_workflow_script_is_413(client: httpx.AsyncClient) -> None:
     user = await _user(client)
     answer = await client.post("/workflows/", json={"user_id": user, "jobs": [{"name": "a", "script": "x" * 1001}]})

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 
 from asyncpg.exceptions import InterfaceError as PostgresInterfaceError
 from asyncpg.exceptions import PostgresError
-from fastapi import FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.errors import Error as NatsError
@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import BeforeValidator
 from sqlalchemy.exc import SQLAlchemyError
 
 from conductor_contracts import api, subjects
@@ -42,6 +42,7 @@ from conductor_gateway.fast_submit import FastSubmit
 from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
+from conductor_gateway.params import Filter, once_each
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed, database, tracing
 from conductor_platform.bus import Bus, connect
@@ -61,23 +62,6 @@ NodeName = Annotated[str, Path(min_length=1, max_length=api.MAX_LABEL_CHARS, des
 REQUEST_HASH_HEADER = "Conductor-Request-Hash"
 SUBMIT_SPAN = "conductor.gateway.submit"
 CANCEL_SPAN = "conductor.gateway.cancel"
-
-
-def _filter_text(value: str | None) -> str | None:
-    # Such a value cannot be stored in a read model (NUL is refused by PostgreSQL), so no job has it.
-    if value is not None and any(ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise ValueError("must not contain control characters (no job has them in its name or account)")
-    # Stripped as the names and accounts of submits are: " edge " finds the jobs of "edge".
-    if value is not None and not (value := value.strip()):
-        raise ValueError("is empty once stripped of spaces: no job has an empty name or account")
-    return value
-
-
-Filter = Annotated[
-    str | None,
-    Query(max_length=api.MAX_LABEL_CHARS, description="exact match; at most 200 characters, no control characters"),
-    AfterValidator(_filter_text),
-]
 
 
 async def _connect_unless(settings: GatewaySettings, stopping: Callable[[], bool]) -> Bus | None:
@@ -139,7 +123,7 @@ def create_app(
             await state.bus.close()
             await state.engine.dispose()
 
-    app = FastAPI(title="SCNS-Conductor", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="SCNS-Conductor", version="0.1.0", lifespan=lifespan, dependencies=[Depends(once_each)])
 
     # Routes, not a mount of prometheus_client's app: a mount answers /metrics with a redirect to
     # /metrics/ (still answered, for whoever scrapes that). Sync, so a scrape is collected in the

@@ -23,6 +23,7 @@ from conductor_gateway.backends import State
 from conductor_gateway.client_feed import ClientFeed, FeedLimits
 from conductor_gateway.errors import digits, documented
 from conductor_gateway.feed_items import FeedFilter, compacted, parse_types
+from conductor_gateway.params import Filter
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.archive import compacted_below
 from conductor_platform.jobs import JobDirectory
@@ -32,7 +33,6 @@ log = logging.getLogger("conductor.gateway.feed")
 MAX_SEQ = 2**63 - 1
 # How long past events_stall_s one write to a client may wait before its feed is ended.
 SEND_GRACE_S = 10.0
-LABEL = Query(max_length=200, description="exact match")
 
 
 class _NotReading(Exception):
@@ -123,8 +123,8 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         job_id: Annotated[
             int | None, BeforeValidator(digits), Query(ge=1, le=MAX_SEQ, description="events of this job")
         ] = None,
-        workflow_id: Annotated[str | None, LABEL] = None,
-        account: Annotated[str | None, LABEL] = None,
+        workflow_id: Filter = None,
+        account: Filter = None,
         type_: Annotated[
             list[str] | None,
             Query(alias="type", description="event type names, repeated or comma-separated (JobCompleted,JobFailed)"),

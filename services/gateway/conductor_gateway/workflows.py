@@ -184,7 +184,11 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
     @routes.get("/workflows", response_model=wf.WorkflowList, tags=["workflows"])
     async def list_workflows(
         user_id: uuid.UUID | None = None,
-        cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            int | None,
+            BeforeValidator(digits),
+            Query(ge=1, le=2**63 - 1, description="next_cursor of the previous page"),
+        ] = None,
         limit: Annotated[int, BeforeValidator(digits), Query(ge=1, le=500)] = settings.page_size,
     ) -> wf.WorkflowList:
         rows = await queries.workflows(
