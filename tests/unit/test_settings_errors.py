@@ -63,6 +63,15 @@ def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
         (GatewaySettings, "CONDUCTOR_PORT", "70000"),
         (GatewaySettings, "CONDUCTOR_MAX_OUTPUT_BYTES", "-1"),
         (ExecutorSettings, "CONDUCTOR_KILL_GRACE_S", "-1"),
+        # Infinity crashed the executor's fence arithmetic; 1e12 s was a NATS max_age no int64 holds.
+        (ExecutorSettings, "CONDUCTOR_HEARTBEAT_S", "inf"),
+        (ExecutorSettings, "CONDUCTOR_NODE_LOST_AFTER_S", "nan"),
+        (ProjectorSettings, "CONDUCTOR_PUBLIC_RETENTION_S", "1e12"),
+        (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "1e400"),
+        (GatewaySettings, "CONDUCTOR_EVENTS_HEARTBEAT_S", "1e-6"),
+        (ExecutorSettings, "CONDUCTOR_PARTITIONS", '[""]'),
+        (ExecutorSettings, "CONDUCTOR_PARTITIONS", "[]"),
+        (ExecutorSettings, "CONDUCTOR_PARTITIONS", '["x/y"]'),
     ],
 )
 def test_a_number_out_of_its_range_is_a_bad_setting(
@@ -73,6 +82,27 @@ def test_a_number_out_of_its_range_is_a_bad_setting(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("CONDUCTOR_").lower()):
         settings()
+
+
+def test_heartbeats_further_apart_than_a_node_may_be_silent_are_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 45 s beats against the 30 s silence: the node was declared lost between beats, its jobs NODE_FAIL.
+    monkeypatch.setenv("CONDUCTOR_HEARTBEAT_S", "45")
+    with pytest.raises(ValidationError, match="would be declared lost between two beats"):
+        ExecutorSettings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("CONDUCTOR_PARTITIONS", "default"), ("NATS_URL", ","), ("NATS_URL", " ")]
+)
+def test_a_list_setting_that_is_not_json_or_no_server_is_a_bad_setting(variable: str, value: str) -> None:
+    # A list not in JSON was a traceback and exit 1: conductor up restarted the executor for ever. No
+    # server at all left nats-py spinning a core in its connect, deaf to SIGTERM.
+    env = os.environ | {variable: value}
+    done = subprocess.run(
+        [sys.executable, "-m", "conductor_executor"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT_BAD_SETTING
+    assert done.stderr.startswith("conductor executor: ") and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("state", ["/proc/nope", "a file", "a file/below"])

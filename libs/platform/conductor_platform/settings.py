@@ -7,7 +7,7 @@ import sys
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 S = TypeVar("S", bound=BaseSettings)
 
@@ -22,12 +22,23 @@ def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
     with what is wrong, by setting, and no traceback (exit code ``EXIT_BAD_SETTING``)."""
     try:
         return cls(**overrides)
-    except ValidationError as err:
-        print(f"{program}: {err}", file=sys.stderr)
+    except (ValidationError, SettingsError) as err:
+        # SettingsError: a list or object setting that is not JSON (CONDUCTOR_PARTITIONS=default).
+        cause = f" ({err.__cause__})" if isinstance(err, SettingsError) and err.__cause__ is not None else ""
+        hint = ' (a list is JSON, like ["a", "b"])' if cause else ""
+        print(f"{program}: {err}{cause}{hint}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTING)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _servers(value: str) -> str:
+    # nats-py given no server ("", ",", " ") spun in its connect at a full core, deaf to SIGTERM.
+    servers = [server.strip() for server in value.split(",") if server.strip()]
+    if not servers:
+        raise ValueError("names no server: give one or more nats:// URLs, comma-separated")
+    return ",".join(servers)
 
 
 def _level_name(value: str) -> str:
@@ -37,9 +48,11 @@ def _level_name(value: str) -> str:
 
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CONDUCTOR_", extra="ignore")
+    # No setting is a duration or a size that infinity or NaN could mean (inf heartbeats crashed the
+    # executor in its fence's arithmetic, and conductor up restarted it for ever).
+    model_config = SettingsConfigDict(env_prefix="CONDUCTOR_", extra="ignore", allow_inf_nan=False)
 
-    nats_url: str = Field(
+    nats_url: Annotated[str, AfterValidator(_servers)] = Field(
         default="nats://127.0.0.1:4222", validation_alias=AliasChoices("NATS_URL", "CONDUCTOR_NATS_URL")
     )
     database_url: str = Field(
@@ -62,7 +75,7 @@ class CommonSettings(BaseSettings):
     # Node liveness: each executor writes its heartbeat every heartbeat_s; the scheduler declares a
     # node lost (NodeLost) after node_lost_after_s without one (Slurm's SlurmdTimeout), and an
     # executor that could not write one for that long stops the jobs that would be requeued.
-    heartbeat_s: float = Field(default=2.0, gt=0)
+    heartbeat_s: float = Field(default=2.0, gt=0, le=3600)
     node_lost_after_s: float = Field(default=30.0, gt=0)
     # CONDUCTOR_ARCHIVE_DIR: where `conductor compact` moves the log's oldest events; a reader that
     # replays a compacted log from the start (a scheduler without a snapshot, a rebuild) reads it there.

@@ -4,10 +4,12 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from conductor_contracts import events as ev
+from conductor_contracts.api import Label
 from conductor_contracts.parsing import parse_memory_mb
 from conductor_executor import compiled
 from conductor_platform.settings import CommonSettings
@@ -25,7 +27,8 @@ class ExecutorSettings(CommonSettings):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "node1")
     cpus: int = Field(default_factory=machine_cpus, ge=1, le=ev.MAX_NODE_CPUS)
     memory: str = Field(default_factory=lambda: f"{machine_memory_mb()}M")
-    partitions: list[str] = Field(default_factory=lambda: ["default"])
+    # As a job names its partition: a node in none, or in one no submit can name, takes no work.
+    partitions: list[Label] = Field(default_factory=lambda: ["default"], min_length=1)
     state_dir: Path = Path("var/executor")
     # Folders no job may name as its working directory or output, besides the state folder
     # (``conductor up`` adds its var folder: NATS's log and PostgreSQL's data are there).
@@ -81,6 +84,17 @@ class ExecutorSettings(CommonSettings):
     def _memory(cls, value: str) -> str:
         parse_memory_mb(value)
         return value
+
+    @model_validator(mode="after")
+    def _beats_within_the_silence(self) -> Self:
+        # Heartbeats 45 s apart against a 30 s silence: the node was declared lost between two of them,
+        # and its running jobs ended NODE_FAIL, again and again.
+        if self.node_lost_after_s < 1.5 * self.heartbeat_s:
+            raise ValueError(
+                f"CONDUCTOR_NODE_LOST_AFTER_S ({self.node_lost_after_s:g}) must be at least 1.5 times "
+                f"CONDUCTOR_HEARTBEAT_S ({self.heartbeat_s:g}): the node would be declared lost between two beats"
+            )
+        return self
 
     @property
     def memory_mb(self) -> int:

@@ -27,7 +27,7 @@ class GatewaySettings(CommonSettings):
     local_output: bool = True
     # GET /events (the live feed). A comment line every events_heartbeat_s keeps proxies from cutting
     # an idle stream.
-    events_heartbeat_s: float = Field(default=15.0, gt=0)
+    events_heartbeat_s: float = Field(default=15.0, ge=0.1, le=3600)  # 1e-6 flooded a quiet feed
     # Events held per client between the log and its connection (and as many read ahead from the
     # log): the bound of a client's memory in the gateway.
     events_buffer: int = Field(default=128, ge=1, le=10_000)

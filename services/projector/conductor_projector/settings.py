@@ -17,7 +17,7 @@ class ProjectorSettings(CommonSettings):
     # CONDUCTOR_PUBLIC_SUBJECTS: publish every event again on the public subjects (its type, account,
     # workflow and job in the subject; conductor_contracts.public), kept public_retention_s.
     public_subjects: bool = True
-    public_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    public_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0, le=100 * 365 * 24 * 3600.0)  # NATS: ns in int64
     # CONDUCTOR_KEPT_ROWS: rows of unfinished jobs kept between batches (row_cache; ~2-3 KB each),
     # which spares a live batch reading back the rows the one before it wrote. 0: none kept.
     kept_rows: int = Field(default=10_000, ge=0, le=1_000_000)
