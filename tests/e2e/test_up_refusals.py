@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor.supervisor import lock_var_dir
 from conductor_platform.localservers import free_port
 from tests.system import connected_to
 
@@ -55,6 +56,35 @@ def test_a_gateway_port_that_is_no_port_is_refused(tmp_path: Path, port: str) ->
     assert done.returncode == 2, done.stderr
     assert "must be a port number" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_a_var_folder_another_conductor_up_holds_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # Two on one folder ran a second nats-server on the first one's JetStream store.
+    held = lock_var_dir(tmp_path / "var")
+    assert held is not None
+    try:
+        up = _up(tmp_path, str(free_port()))
+        _, stderr = up.communicate(timeout=60)
+        assert up.returncode == 2, stderr
+        assert f"another conductor up (pid {os.getpid()}) uses the var folder" in stderr
+        assert not (tmp_path / "var" / "nats").exists() and "Traceback" not in stderr
+    finally:
+        os.close(held)
+
+
+def test_port_zero_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path / "var"), "--port", "0"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "must be a port number 1-65535, not '0'" in done.stderr
+
+
+def test_a_host_the_gateway_cannot_listen_on_is_not_called_a_port_in_use(tmp_path: Path) -> None:
+    up = _up(tmp_path, str(free_port()), CONDUCTOR_HOST="no-such-host.invalid")
+    _, stderr = up.communicate(timeout=60)
+    assert up.returncode == 2, stderr
+    assert "the gateway cannot listen on CONDUCTOR_HOST='no-such-host.invalid'" in stderr
+    assert "in use" not in stderr
 
 
 def test_an_external_postgresql_that_refuses_is_one_line(tmp_path: Path) -> None:

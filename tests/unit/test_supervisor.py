@@ -204,7 +204,7 @@ def test_a_gateway_port_that_is_no_port_is_refused_before_anything_starts(
 ) -> None:
     monkeypatch.setenv("CONDUCTOR_PORT", "8o8o")
     assert Supervisor(UpOptions(var_dir=tmp_path / "var", executor_args=[])).run() == 2
-    assert "must be a port number, not '8o8o'" in caplog.text
+    assert "must be a port number 1-65535, not '8o8o'" in caplog.text
     assert not (tmp_path / "var").exists()
 
 

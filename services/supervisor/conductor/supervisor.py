@@ -13,6 +13,8 @@ here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), th
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import functools
 import json
 import logging
@@ -35,14 +37,39 @@ from conductor_projector import migrate
 log = logging.getLogger("conductor.supervisor")
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
-        try:
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on, or None."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
             s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    except OSError as err:  # socket.gaierror too: a host that resolves to nothing
+        return err
+    return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    return _bind_error(host, port) is None
+
+
+LOCK_FILE = "conductor-up.lock"
+
+
+def lock_var_dir(var_dir: Path) -> int | None:
+    """An open file holding an exclusive lock on ``var_dir`` for as long as this process lives, or None
+    when another ``conductor up`` holds it: two on one folder started a second nats-server on the
+    first one's JetStream store, and, given the first one's PostgreSQL, answered "not found" for
+    jobs the first had acknowledged. Not inherited by the servers and services (close-on-exec)."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 _GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))")
@@ -229,6 +256,7 @@ class Supervisor:
         self.servers: list[ManagedServer] = []
         self.children: list[Child] = []
         self.stopping = False
+        self.lock: int | None = None
         # The gateway's and the metrics ports, chosen before anything binds them (the test session
         # may have chosen them in its own process): the servers' ports must leave them out.
         self.reserved: set[int] = set()
@@ -289,16 +317,20 @@ class Supervisor:
         env.setdefault("CONDUCTOR_STOP_JOBS_ON_EXIT", "1")
         # One scheduler here: a stable id lets the restarted one take its lease back at once.
         env.setdefault("CONDUCTOR_SCHEDULER_ID", f"{socket.gethostname()}-{self.options.var_dir}")
-        if self.options.gateway_port:
+        if self.options.gateway_port is not None:  # --port 0 was taken for "not given": 8000
             env["CONDUCTOR_PORT"] = str(self.options.gateway_port)
         port_text = env.get("CONDUCTOR_PORT", "8000")
         port = _port_number(port_text)
         if port is None:
-            log.error("the gateway's port (--port, CONDUCTOR_PORT) must be a port number, not %r", port_text)
+            log.error("the gateway's port (--port, CONDUCTOR_PORT) must be a port number 1-65535, not %r", port_text)
             return 2
-        if not _port_free(env.get("CONDUCTOR_HOST", "127.0.0.1"), port):
-            log.error("port %s is in use (another conductor up?): choose another with --port or CONDUCTOR_PORT", port)
-            return 1
+        host = env.get("CONDUCTOR_HOST", "127.0.0.1")
+        if (error := _bind_error(host, port)) is not None:
+            if error.errno == errno.EADDRINUSE:
+                log.error("port %s is in use (another conductor up?): choose --port or CONDUCTOR_PORT", port)
+                return 1
+            log.error("the gateway cannot listen on CONDUCTOR_HOST=%r, port %s: %s", host, port, error)
+            return 2
         try:
             ports = metrics_ports(env, http_port=port)
         except ValueError as error:
@@ -313,7 +345,19 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         try:
-            self.options.var_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.lock = lock_var_dir(self.options.var_dir)
+            except OSError as err:
+                log.error("cannot use the var folder %s: %s", self.options.var_dir, err)
+                return 2
+            if self.lock is None:
+                holder = (self.options.var_dir / LOCK_FILE).read_text(errors="replace").strip()
+                log.error(
+                    "another conductor up (pid %s) uses the var folder %s: stop it, or choose another --var-dir",
+                    holder or "?",
+                    self.options.var_dir,
+                )
+                return 2
             try:
                 self._servers(env)
             except (RuntimeError, OSError, subprocess.SubprocessError) as error:
