@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import nats
@@ -395,9 +395,17 @@ async def _on_error(err: Exception) -> None:
     log.warning("NATS: %s", err or type(err).__name__)
 
 
-async def _on_disconnected() -> None:
-    DISCONNECTS.inc()
-    log.warning("disconnected from NATS; reconnecting")
+def _on_disconnected(client: dict[str, Client]) -> Callable[[], Awaitable[None]]:
+    async def disconnected() -> None:
+        # nats-py calls it from close() too (the client is closed by then): every planned stop of a
+        # service, every `conductor compact`, warned and counted an outage, and fired its alert.
+        nc = client.get("nc")
+        if nc is not None and nc.is_closed:
+            return
+        DISCONNECTS.inc()
+        log.warning("disconnected from NATS; reconnecting")
+
+    return disconnected
 
 
 async def _on_reconnected() -> None:
@@ -408,6 +416,7 @@ async def _on_reconnected() -> None:
 async def connect(url: str, *, name: str, attempts: int = 60, replicas: int = 1) -> Bus:
     """Connect (retrying while the server comes up), and make sure the stream exists with ``replicas``
     copies (a single nats-server holds one; a cluster of three, three)."""
+    client: dict[str, Client] = {}
     for attempt in range(1, attempts + 1):
         try:
             nc = await nats.connect(
@@ -420,9 +429,10 @@ async def connect(url: str, *, name: str, attempts: int = 60, replicas: int = 1)
                 drain_timeout=5,
                 allow_reconnect=True,
                 error_cb=_on_error,
-                disconnected_cb=_on_disconnected,
+                disconnected_cb=_on_disconnected(client),
                 reconnected_cb=_on_reconnected,
             )
+            client["nc"] = nc
             break
         except Exception as err:
             if attempt == attempts:

@@ -1,0 +1,28 @@
+"""A close asked for is not an outage: nats-py calls the disconnected callback from ``close()`` too."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client import REGISTRY
+
+from conductor_platform.bus import connect
+
+
+def _disconnects() -> float:
+    return REGISTRY.get_sample_value("conductor_nats_disconnects_total") or 0.0
+
+
+async def test_closing_the_connection_is_neither_warned_nor_counted_as_a_disconnect(
+    nats_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every planned stop of a service and every `conductor compact` warned "disconnected from NATS;
+    # reconnecting" and counted one in conductor_nats_disconnects_total, which alerts watch.
+    bus = await connect(nats_url, name="closing")
+    before = _disconnects()
+    with caplog.at_level(logging.INFO, logger="conductor_platform.bus"):
+        await bus.close()
+    assert bus.nc.is_closed
+    assert _disconnects() == before
+    assert "disconnected from NATS" not in caplog.text
