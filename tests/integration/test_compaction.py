@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from conductor import compact
 from conductor_contracts import events as ev
 from conductor_platform.archive import compacted_below, read_archive, segments
 from conductor_platform.bus import Bus, next_batch, read_from
+from conductor_platform.localservers import free_port
 from conductor_projector import tables as t
 from conductor_projector.service import run as project
 from conductor_projector.settings import ProjectorSettings
@@ -100,7 +104,7 @@ async def test_compaction_archives_what_no_reader_needs(
 
     done = await compact.compact(bus, database_url, archive, keep_s=0, public_subjects=False)
 
-    assert done.watermark.limited_by() == "the oldest job not ended"
+    assert done.watermark.limited_by() == "the oldest job not ended when the scheduler saved its snapshot"
     assert done.below == jobs[2]
     archived = list(read_archive(archive))
     assert [seq for seq, *_ in archived] == list(range(1, jobs[2]))
@@ -499,3 +503,20 @@ async def test_a_rebuild_that_starts_during_a_compaction_holds_its_purge_back(
     assert again.segment is None and again.purged
     assert (await bus.js.stream_info(bus.stream)).state.first_seq == jobs[2]
     assert [seq for seq, *_ in read_archive(archive)] == list(range(1, jobs[2]))
+
+
+@pytest.mark.parametrize("away", ["DATABASE_URL", "NATS_URL"])
+def test_compact_without_a_server_it_reads_says_so_in_one_line(nats_url: str, away: str, tmp_path: Path) -> None:
+    # Without PostgreSQL it ended in a 40-line asyncpg traceback.
+    closed_port = free_port()
+    env = os.environ | {
+        "NATS_URL": nats_url,
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed_port}/conductor",
+    }
+    if away == "NATS_URL":
+        env["NATS_URL"] = f"nats://127.0.0.1:{closed_port}"
+    argv = [sys.executable, "-m", "conductor", "compact", "--archive", str(tmp_path / "archive")]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "conductor compact: cannot " in done.stderr and away in done.stderr
+    assert "Traceback" not in done.stderr

@@ -79,7 +79,7 @@ def _duration(text: str) -> float:
 
 
 def _compact(argv: list[str]) -> None:
-    from conductor.compact import run
+    from conductor.compact import Unreachable, run
     from conductor_platform.settings import load_settings
     from conductor_projector.settings import ProjectorSettings
 
@@ -97,7 +97,11 @@ def _compact(argv: list[str]) -> None:
     )
     parser.add_argument("--keep", type=_duration, default=7 * 86400.0, help="keep events younger than this (7d)")
     args = parser.parse_args(argv)
-    done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
+    try:
+        done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
+    except Unreachable as err:
+        print(f"conductor compact: {err}", file=sys.stderr)
+        sys.exit(1)
     mark = done.watermark
     if done.segment is None:
         print(f"nothing to compact: the log is kept from {done.first}, held back by {mark.limited_by()}")

@@ -38,6 +38,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from conductor_contracts import subjects
+from conductor_contracts.text import printable
 from conductor_platform.archive import (
     COMPACTION_KEY,
     compacted_below,
@@ -72,7 +73,8 @@ class Watermark:
             "the scheduler's snapshot": self.snapshot,
             "the read models' position": self.read_models,
             "the public subjects' position": self.public,
-            "the oldest job not ended": self.oldest_live_job,
+            # Known from the snapshot: the job may have ended since, and the next snapshot moves it.
+            "the oldest job not ended when the scheduler saved its snapshot": self.oldest_live_job,
             "--keep": self.keep,
         }
         return min(bounds, key=lambda name: bounds[name])
@@ -101,12 +103,24 @@ async def _first_younger_than(bus: Bus, keep_s: float, after: int) -> int:
         await bus.js.delete_consumer(bus.stream, info.name)
 
 
+CONNECT_S = 15.0
+
+
+class Unreachable(Exception):
+    """A server compaction must read is away or refuses: said in one line, not a traceback."""
+
+
 async def _read_models_position(database_url: str) -> int:
     """The lowest position of the read models (0 while a rebuild has just reset them)."""
     engine = create_async_engine(async_database_url(database_url))
     try:
         async with engine.connect() as conn:
             return int(await conn.scalar(select(func.min(tables.positions.c.position))) or 0)
+    except Exception as err:
+        raise Unreachable(
+            f"cannot read the read models' position at DATABASE_URL ({printable(err, 300)}): what a projector "
+            "has not read yet must not be compacted, so set DATABASE_URL to the read models' PostgreSQL"
+        ) from err
     finally:
         await engine.dispose()
 
@@ -236,7 +250,12 @@ def run(nats_url: str, database_url: str, archive: Path, keep_s: float, public_s
     from conductor_platform.bus import connect
 
     async def main() -> Compaction:
-        bus = await connect(nats_url, name="conductor-compact", attempts=5)
+        try:
+            # nats-py tries a first connection for ever: a command run by hand, or by cron, gives up.
+            bus = await asyncio.wait_for(connect(nats_url, name="conductor-compact", attempts=5), CONNECT_S)
+        except Exception as err:
+            why = printable(err, 300) or f"no connection within {CONNECT_S:g} s"
+            raise Unreachable(f"cannot reach NATS at NATS_URL ({why})") from err
         try:
             return await compact(bus, database_url, archive, keep_s, public_subjects)
         finally:
