@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
-from conductor_scheduler.policy import _orphaned, released_reasons  # not first fit's: taken as they are
+from conductor_scheduler.policy import _orphaned, held_away, released_reasons  # not first fit's: taken as they are
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
@@ -67,6 +67,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
                 partitions.setdefault(partition, []).append(n)
             else:
                 unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
+    away = {p: [n for n in nodes if p in n.partitions and not n.available] for p in unavailable}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
     done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
     evaluated: dict[str, int] = {}
@@ -104,7 +105,11 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         too_big = _never_fits(job, members)
         if too_big is not None:
             if explain:
-                reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
+                held = held_away(job, away.get(partition, []))
+                if held is None:
+                    reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
+                else:
+                    reason(job, PendingReason.RESOURCES, held)
             continue
         target = next(
             (n for n in members if len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb),

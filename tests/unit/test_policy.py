@@ -54,6 +54,21 @@ def test_a_job_bigger_than_every_node_waits_with_a_reason_and_blocks_no_one() ->
     assert (huge, "big", (0, 1, 2, 3)) in log.placements()
 
 
+def test_a_job_only_a_drained_node_could_hold_waits_for_it_and_says_so() -> None:
+    # It was ResourcesNeverSatisfiable, naming the small node as the partition's largest.
+    log = Log()
+    log.append(node("big", 8))
+    log.append(node("small", 2))
+    log.append(ev.NodeDrainRequested(node="big", reason="disk swap"))
+    wide = log.append(submitted(cpus=6))
+    small = log.append(submitted(cpus=1))
+    decisions = log.schedule()
+    assert [p[0] for p in log.placements()] == [small]  # it blocks no one meanwhile
+    reason = next(d for d in decisions if isinstance(d, ev.JobReasonChanged))
+    assert reason.job_id == wide and reason.reason == PendingReason.RESOURCES.value
+    assert "only nodes that take no work now could hold it" in reason.detail and "big (drained)" in reason.detail
+
+
 def test_partitions_are_separate_queues() -> None:
     log = Log()
     log.append(node("cpu1", 1, partitions=("cpu",)))

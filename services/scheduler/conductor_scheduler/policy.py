@@ -85,6 +85,17 @@ def _never_fits(job: PendingJob, nodes: list[Node]) -> str | None:
     )
 
 
+def held_away(job: PendingJob, away: list[Node]) -> str | None:
+    """Why a job too big for every node of its partition that takes work waits all the same: one
+    drained or lost would hold it (it was ResourcesNeverSatisfiable, naming a smaller node as the
+    largest, until the drained one was resumed and ran it). None when none would."""
+    able = [n for n in away if job.cpus <= n.cpus and job.memory_mb <= n.memory_mb]
+    if not able:
+        return None
+    names = ", ".join(f"{n.name} ({'lost' if n.lost else 'drained'})" for n in able)
+    return f"only nodes that take no work now could hold it ({job.cpus} CPUs, {job.memory_mb}M): {names}"
+
+
 def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
     """The pending jobs in queue order, the partitions side by side; a partition found in ``done`` is
     left: none of its jobs behind is even looked at."""
@@ -171,12 +182,14 @@ def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = M
     room = {n.name: _Room(n) for n in nodes if n.available}  # shared by the partitions a node serves
     members_of: dict[str, list[_Room]] = {}  # the nodes that may take work now
     unavailable: dict[str, list[str]] = {}  # the lost or drained ones, for the reason's detail
+    away: dict[str, list[Node]] = {}
     for n in nodes:
         for partition in n.partitions:
             if n.available:
                 members_of.setdefault(partition, []).append(room[n.name])
             else:
                 unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
+                away.setdefault(partition, []).append(n)
     partitions = {partition: _FirstFit(rooms) for partition, rooms in members_of.items()}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
     done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
@@ -215,7 +228,11 @@ def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = M
         too_big = members.never_fits(job)
         if too_big is not None:
             if explain:
-                reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
+                held = held_away(job, away.get(partition, []))
+                if held is None:
+                    reason(job, PendingReason.RESOURCES_NEVER_SATISFIABLE, too_big)
+                else:
+                    reason(job, PendingReason.RESOURCES, held)
             continue
         target = members.place(job)
         if target is None:
