@@ -17,6 +17,7 @@ import tempfile
 
 from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
+from conductor_executor.twins import TwinExecutor
 from conductor_platform import logging as logs
 from conductor_platform import metrics, tracing
 from conductor_platform.runner import run_until_signalled
@@ -61,10 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     tracing.setup("executor")
     metrics.serve("executor", settings.metrics_port)
 
+    refused: list[str] = []
+
     async def _main(stop: asyncio.Event) -> None:
-        await run(settings, stop)
+        try:
+            await run(settings, stop)
+        except TwinExecutor as err:
+            refused.append(str(err))
 
     run_until_signalled(_main)
+    if refused:
+        # A setting that does not hold (two executors given one node's name): restarting cannot mend it.
+        print(f"conductor executor: node {settings.node}: {refused[0]}", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTING)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -55,8 +56,9 @@ class Silence:
         return now - self.last_ok
 
 
-def value(registration: ev.NodeRegistered, now: float) -> bytes:
-    """What the key holds: when it was written and what the node registered (small: a KV value)."""
+def value(registration: ev.NodeRegistered, now: float, instance: str = "") -> bytes:
+    """What the key holds: when it was written and what the node registered (small: a KV value), and
+    who wrote it (``twins.py``)."""
     return json.dumps(
         {
             "node": registration.node,
@@ -65,6 +67,8 @@ def value(registration: ev.NodeRegistered, now: float) -> bytes:
             "memory_mb": registration.memory_mb,
             "partitions": list(registration.partitions),
             "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "instance": instance,
         }
     ).encode()
 
@@ -78,8 +82,10 @@ class Heartbeat:
         on_silence: Callable[[float], None],
         clock: Callable[[], float] = time.monotonic,
         on_beat: Callable[[], None] = lambda: None,
+        instance: str = "",
     ) -> None:
         self._registration = registration
+        self.instance = instance
         self.every_s = every_s
         self._on_silence = on_silence
         self._on_beat = on_beat
@@ -97,7 +103,7 @@ class Heartbeat:
             self._kv = await bus.heartbeats()
             self._kv_of = bus
         registration = self._registration()
-        await self._kv.put(subjects.heartbeat_key(registration.node), value(registration, time.time()))
+        await self._kv.put(subjects.heartbeat_key(registration.node), value(registration, time.time(), self.instance))
 
     async def beat_once(self, bus: Bus | None) -> None:
         try:

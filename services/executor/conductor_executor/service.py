@@ -47,7 +47,7 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_contracts.text import printable
-from conductor_executor import compiled, fence_lease, traces
+from conductor_executor import compiled, fence_lease, traces, twins
 from conductor_executor import environment as envs
 from conductor_executor import supervision as sv
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
@@ -961,6 +961,15 @@ class StoppedWaiting(Exception):
 
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
+    node_folder = settings.state_dir / settings.node
+    lock = twins.lock_node_folder(node_folder)
+    try:
+        await _run_locked(settings, stop, twins.instance_id(node_folder))
+    finally:
+        os.close(lock)
+
+
+async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance: str) -> None:
     executor = Executor(settings, stop)
     executor.supervisor = await _job_supervisor(settings, stop)
     if stop.is_set():
@@ -975,6 +984,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         settings.node_lost_after_s,
         executor.liveness.fence,
         on_beat=fence_lease.touched(executor.lease),
+        instance=instance,
     )
     beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, executor.stopped))
     # Needs no NATS: from the start, and once more at the end for the jobs that ended since the last.
@@ -986,7 +996,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
             extra={"job_retention_s": settings.job_retention_s, "sync_interval_s": _NATS_SYNC_S},
         )
     try:
-        await _run_connected(settings, executor, stop)
+        await _run_connected(settings, executor, stop, instance)
     finally:
         executor.stopped.set()
         scanning.cancel()
@@ -998,6 +1008,15 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+
+
+async def _checked(bus: Bus, key: str, instance: str, watch_s: float) -> str:
+    """Why this executor must not run (another of its node does), or "" (retried while NATS is away)."""
+    try:
+        await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s)
+    except twins.TwinExecutor as err:
+        return str(err)
+    return ""
 
 
 # What exec says of a program that is gone, not ours to run, or not a program (any more).
@@ -1018,7 +1037,7 @@ async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> Pa
         stopping.cancel()
 
 
-async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: asyncio.Event) -> None:
+async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: asyncio.Event, instance: str) -> None:
     bus = await retrying(
         "connecting to NATS",
         lambda: connect(
@@ -1029,8 +1048,23 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
     )
     if bus is None:
         return
-    executor._bus = bus
     try:
+        # Before this executor's own heartbeat is written (it waits for ``_bus``), so that a beat seen
+        # meanwhile is another's. NATS away: the check is tried again, as is everything else here.
+        watch_s = 2.5 * settings.heartbeat_s + 1
+        key = subjects.heartbeat_key(settings.node)
+        checked = await retrying(
+            "looking for another executor of this node",
+            lambda: _checked(bus, key, instance, watch_s),
+            stop,
+            executor.backoff(),
+            bus,
+        )
+        if checked is None:
+            return
+        if checked:
+            raise twins.TwinExecutor(checked)
+        executor._bus = bus
         # The consumer exists before the outbox may announce the node, so it cannot miss a placement;
         # a new one starts at new messages, so placements for an earlier node of the same name are
         # not replayed.

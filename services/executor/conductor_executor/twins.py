@@ -1,0 +1,100 @@
+"""One executor per node: a second one with the node's name is refused at its start.
+
+Two executors of one node share its placement consumer: a placement one of them fetched and was slow
+to acknowledge went to the other, and both ran it (review of 2026-12-02: two jobs ran twice at once);
+each cancel reached one of them, and a cancel that reached the other was dropped; the live one kept
+the node's heartbeat while the dead one's jobs stayed RUNNING for ever. Nothing told them apart.
+
+- On one machine, with one state folder, a lock on the node's state folder (held while the process
+  lives) refuses the second.
+- Elsewhere (two hosts whose names agree up to their first dot, the default node name), the heartbeat
+  tells: it names the writer's instance, an id kept in the node's state folder, so an executor that
+  restarts on the same folder is the same instance. A start that finds another instance's heartbeat
+  watches the key for a while longer than a beat: a beat of that instance meanwhile is a live twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("conductor.executor")
+
+LOCK = "executor.lock"
+INSTANCE = "instance"
+
+
+class TwinExecutor(Exception):
+    """Another executor of this node runs: this one must not."""
+
+
+def lock_node_folder(folder: Path) -> int:
+    """The open, locked lock file of the node's state folder (kept for the process's life; not
+    inherited by jobs). Raises TwinExecutor when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = (folder / LOCK).read_text(errors="replace").strip() or "?"
+        raise TwinExecutor(f"another executor (pid {holder}) uses the state folder {folder}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def instance_id(folder: Path) -> str:
+    """This node's executor instance: the same across restarts on this state folder."""
+    path = folder / INSTANCE
+    with contextlib.suppress(OSError):
+        if known := path.read_text().strip():
+            return known
+    made = uuid.uuid4().hex
+    with contextlib.suppress(OSError):  # unwritable: a new id each start, and a wait at each
+        path.write_text(made + "\n")
+    return made
+
+
+def _instance(value: bytes | None) -> tuple[str | None, str]:
+    try:
+        data = json.loads(value or b"")
+        return data.get("instance"), f"pid {data.get('pid')} on {data.get('host', '?')}"
+    except (ValueError, AttributeError):
+        return None, "?"
+
+
+async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float) -> None:
+    """Raises TwinExecutor if another instance writes the node's heartbeat within ``watch_s``, once
+    its last one is found there (a heartbeat of this instance, or none: nothing to wait for)."""
+    try:
+        entry = await kv.get(key)
+    except Exception:  # no key (KeyNotFoundError, or deleted): no one beats for this node
+        return
+    other, _ = _instance(entry.value)
+    if other is None or other == mine:
+        return
+    log.info(
+        "the node's last heartbeat is another executor's: waiting to see whether it still beats",
+        extra={"key": key, "watch_s": watch_s},
+    )
+    seen = entry.revision
+    deadline = asyncio.get_running_loop().time() + watch_s
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        await asyncio.sleep(min(0.25, left))  # a beat stays readable until the next one: 2 s apart
+        try:
+            entry = await kv.get(key)
+        except Exception:
+            continue
+        writer, where = _instance(entry.value)
+        if entry.revision != seen and writer not in (None, mine):
+            raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
+        seen = entry.revision
