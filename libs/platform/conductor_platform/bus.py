@@ -215,19 +215,30 @@ class Bus:
         return int(ack.seq)
 
     async def leases(self, ttl_s: float = 10.0) -> KeyValue:
-        """The leases bucket; a lease not renewed within ``ttl_s`` expires (the bucket's max age)."""
+        """The leases bucket; a lease not renewed within ``ttl_s`` expires (the bucket's max age). A
+        bucket made with another ttl is changed to this one: CONDUCTOR_LEASE_TTL_S raised after the first
+        start was not applied, and the scheduler, renewing at its own pace, lost its lease between
+        renewals and took it again, every 20 s."""
         try:
-            return await self.js.key_value(subjects.LEASES_BUCKET)
+            kv = await self.js.key_value(subjects.LEASES_BUCKET)
         except NotFoundError:
-            return await self.js.create_key_value(
-                KeyValueConfig(
-                    bucket=subjects.LEASES_BUCKET,
-                    ttl=ttl_s,
-                    history=1,
-                    storage=StorageType.FILE,
-                    replicas=self.replicas,
-                )
+            pass
+        else:
+            stream = f"KV_{subjects.LEASES_BUCKET}"
+            config = (await self.js.stream_info(stream)).config
+            if config.max_age is None or abs(config.max_age - ttl_s) > 1e-3:
+                log.warning("the leases' ttl changes", extra={"was_s": config.max_age, "now_s": ttl_s})
+                await self.js.update_stream(replace(config, max_age=ttl_s))
+            return kv
+        return await self.js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.LEASES_BUCKET,
+                ttl=ttl_s,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self.replicas,
             )
+        )
 
     async def heartbeats(self, keep_s: float = 24 * 3600) -> KeyValue:
         """The node heartbeats bucket; a key unwritten for ``keep_s`` goes (a node gone for good)."""

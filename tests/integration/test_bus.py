@@ -1,4 +1,4 @@
-"""A close asked for is not an outage: nats-py calls the disconnected callback from ``close()`` too."""
+"""The connection and buckets every service shares."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from conductor_platform.bus import connect
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, connect
 
 
 def _disconnects() -> float:
@@ -26,3 +27,12 @@ async def test_closing_the_connection_is_neither_warned_nor_counted_as_a_disconn
     assert bus.nc.is_closed
     assert _disconnects() == before
     assert "disconnected from NATS" not in caplog.text
+
+
+async def test_a_lease_ttl_changed_since_the_bucket_was_made_is_applied(bus: Bus) -> None:
+    # It was kept at the first start's: a scheduler renewing at a longer ttl's pace lost its lease
+    # between renewals and took it back, every 20 s.
+    await bus.leases(10.0)
+    await bus.leases(30.0)
+    info = await bus.js.stream_info(f"KV_{subjects.LEASES_BUCKET}")
+    assert info.config.max_age == 30.0
