@@ -4,6 +4,7 @@ node's placements: a placement one of them was slow to acknowledge ran on both."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -44,7 +45,9 @@ async def test_a_second_executor_of_a_node_elsewhere_is_refused_and_the_first_ru
 async def test_an_executor_restarted_on_its_own_folder_is_no_twin(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     settings = executor_settings(nats_url, tmp_path, heartbeat_s=0.5)
     async with running(bus, settings):
-        await eventually(lambda: _beats(bus), what="a heartbeat")
+        beat = json.loads(await eventually(lambda: _beats(bus), what="a heartbeat"))
+        # What the scheduler waits for before it declares the node lost, at least (its liveness.py).
+        assert beat["lost_after_s"] == settings.node_lost_after_s and beat["instance"]
     # Its last beat is its own instance's: the restart starts (a twin's check would refuse it).
     async with running(bus, settings):
         job_id = await _submit_and_place(bus, tmp_path / "work", "true\n")

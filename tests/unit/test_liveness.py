@@ -64,3 +64,25 @@ def test_nobody_is_lost_before_a_watch_on_this_connection_heard_every_key() -> N
     liveness.listening()
     clock.now += 29
     assert liveness.silent(log.state, connection=1) == []
+
+
+def test_a_node_whose_executor_waits_longer_before_it_fences_is_given_its_own_silence() -> None:
+    # Its executor set 90 s, the scheduler 30: the job requeued at 30 s ran on there until its fence
+    # at 86 s, twice at once.
+    clock, liveness, log = _setup()
+    liveness.heard_from("a", revision=1, value=b'{"node": "a", "lost_after_s": 90}')
+    liveness.heard_from("b", revision=1, value=b'{"node": "b", "lost_after_s": 10}')  # shorter: ours holds
+    clock.now += 31
+    assert [e.node for e in liveness.silent(log.state, connection=0)] == ["b"]
+    clock.now += 60
+    [lost] = [e for e in liveness.silent(log.state, connection=0) if e.node == "a"]
+    assert "the limit is 90 s" in lost.reason
+
+
+def test_a_heartbeat_that_says_no_usable_silence_leaves_the_schedulers_own() -> None:
+    clock, liveness, log = _setup()
+    for value in (b"not json", b'{"lost_after_s": "90"}', b'{"lost_after_s": 1e999}', b"[]", b'{"lost_after_s": -5}'):
+        liveness.heard_from("a", revision=hash(value), value=value)
+    liveness.heard_from("b", revision=1)
+    clock.now += 31
+    assert [e.node for e in liveness.silent(log.state, connection=0)] == ["a", "b"]

@@ -56,7 +56,7 @@ class Silence:
         return now - self.last_ok
 
 
-def value(registration: ev.NodeRegistered, now: float, instance: str = "") -> bytes:
+def value(registration: ev.NodeRegistered, now: float, instance: str = "", lost_after_s: float = 0.0) -> bytes:
     """What the key holds: when it was written and what the node registered (small: a KV value), and
     who wrote it (``twins.py``)."""
     return json.dumps(
@@ -69,6 +69,8 @@ def value(registration: ev.NodeRegistered, now: float, instance: str = "") -> by
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "instance": instance,
+            # Its own silence before it fences: the scheduler waits at least as long (its liveness.py).
+            "lost_after_s": lost_after_s,
         }
     ).encode()
 
@@ -103,7 +105,8 @@ class Heartbeat:
             self._kv = await bus.heartbeats()
             self._kv_of = bus
         registration = self._registration()
-        await self._kv.put(subjects.heartbeat_key(registration.node), value(registration, time.time(), self.instance))
+        written = value(registration, time.time(), self.instance, self.silence.lost_after_s)
+        await self._kv.put(subjects.heartbeat_key(registration.node), written)
 
     async def beat_once(self, bus: Bus | None) -> None:
         try:

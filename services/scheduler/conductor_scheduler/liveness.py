@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ class Liveness:
         self.since = clock()  # nobody is silent for longer than we have been listening
         self.heard: dict[str, float] = {}
         self.revisions: dict[str, int] = {}
+        self.limits: dict[str, float] = {}  # what each node's executor takes for the silence that loses it
         # The connection (its count of reconnects) on which the current watch delivered every key.
         # Nobody is declared lost on another one: heartbeats written meanwhile may not be heard yet.
         self.watched_on: int | None = None
@@ -40,13 +42,22 @@ class Liveness:
     def listening(self) -> None:
         self.since = self.clock()
 
-    def heard_from(self, node: str, revision: int | None = None) -> None:
-        """A heartbeat (a new ``revision`` of the node's key), or a registration (no revision)."""
+    def heard_from(self, node: str, revision: int | None = None, value: bytes | None = None) -> None:
+        """A heartbeat (a new ``revision`` of the node's key, its ``value``), or a registration (no
+        revision)."""
         if revision is not None:
             if self.revisions.get(node) == revision:
                 return  # the value we saw already, delivered again by a new watch
             self.revisions[node] = revision
         self.heard[node] = self.clock()
+        if value is not None and (own := _own_limit(value)) is not None:
+            self.limits[node] = own
+
+    def limit_of(self, node: str) -> float:
+        """The silence after which ``node`` is lost: ours, or the node's own if longer. Its executor
+        fences its requeue jobs two beats short of its own; with 90 s there against our 30 s, a job we
+        requeued at 30 s ran on there until 86 s, twice at once."""
+        return max(self.lost_after_s, self.limits.get(node, 0.0))
 
     def silent(self, state: ClusterState, connection: int) -> list[ev.NodeLost]:
         if self.watched_on != connection:
@@ -57,10 +68,25 @@ class Liveness:
             if state.nodes[name].lost:
                 continue
             silence = now - max(self.heard.get(name, self.since), self.since)
-            if silence > self.lost_after_s:
-                reason = f"no heartbeat for {silence:.0f} s (the limit is {self.lost_after_s:g} s)"
+            limit = self.limit_of(name)
+            if silence > limit:
+                reason = f"no heartbeat for {silence:.0f} s (the limit is {limit:g} s)"
                 lost.append(ev.NodeLost(node=name, reason=reason))
         return lost
+
+
+# An executor's own CONDUCTOR_NODE_LOST_AFTER_S, as its heartbeat says it, is taken up to this (a week).
+_MAX_OWN_LIMIT_S = 7 * 24 * 3600.0
+
+
+def _own_limit(value: bytes) -> float | None:
+    try:
+        own = json.loads(value).get("lost_after_s")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf"):
+        return min(float(own), _MAX_OWN_LIMIT_S)
+    return None
 
 
 def connection_of(bus: Bus) -> int:
@@ -94,7 +120,7 @@ async def watch(bus: Callable[[], Bus], liveness: Liveness, stop: asyncio.Event,
                         liveness.listening()  # a new connection: everyone gets a full silence again
                         liveness.watched_on = connection
                 elif entry.key:
-                    liveness.heard_from(subjects.node_of_heartbeat_key(entry.key), entry.revision)
+                    liveness.heard_from(subjects.node_of_heartbeat_key(entry.key), entry.revision, entry.value)
         except asyncio.CancelledError:
             raise
         except Exception as err:
