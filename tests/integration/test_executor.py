@@ -336,6 +336,8 @@ async def test_a_placement_that_does_not_fit_the_node_is_refused(
     for job_id, why in placed.items():
         outcome = await _failed(bus, job_id)
         assert outcome.message == f"placement does not fit this node: {why}"
+        # Nothing of it ran: the scheduler places it again (it ended FAILED when the node had shrunk).
+        assert outcome.never_started and outcome.node_fail
     assert not (tmp_path / "ran.txt").exists()
     # What does fit still runs beside the holder.
     job = submitted().model_copy(update={"working_directory": str(tmp_path), "script": "echo ran >> ran.txt"})

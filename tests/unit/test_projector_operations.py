@@ -275,6 +275,21 @@ def test_a_requeue_job_whose_node_failed_waits_for_its_requeue() -> None:
     assert (rows[1]["state"], rows[1]["restarts"]) == ("PENDING", 1)
 
 
+def test_a_job_its_node_refused_before_it_started_waits_for_its_requeue_requeue_or_not() -> None:
+    rows: dict[int, dict[str, object]] = {}
+    columns = (*COLUMNS, "cpus", "memory_mb", "restarts", "requeue", "cores", "pid", "start_time", "reason_detail")
+    refused = ev.JobFailed(job_id=1, node="n", exit_code=None, node_fail=True, never_started=True, message="no")
+    events: list[tuple[int, ev.Event]] = [
+        (1, submitted()),
+        (2, ev.JobPlaced(job_id=1, node="n", cores=(0,), memory_mb=100)),
+        (3, refused),
+    ]
+    fold_jobs(rows, [op for seq, e in events for op in to_operations(seq, e)], columns)
+    assert rows[1]["state"] == "RUNNING"  # not NODE_FAIL (nor FAILED, as it was): it runs again
+    fold_jobs(rows, to_operations(4, ev.JobRequeued(job_id=1, node="n", run=0, reason="refused")), columns)
+    assert (rows[1]["state"], rows[1]["restarts"], rows[1]["reason_detail"]) == ("PENDING", 1, "refused")
+
+
 def test_a_requeue_job_failed_by_the_scheduler_past_its_requeues_ends_failed() -> None:
     # What the policy decides once a requeue job's runs were lost CONDUCTOR_MAX_REQUEUES times: a
     # JobFailed that is not node_fail, which the read model takes, not waits past for a requeue.

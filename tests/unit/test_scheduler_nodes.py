@@ -185,3 +185,39 @@ def test_a_requeue_says_whether_the_node_was_lost_or_the_run_failed_under_it() -
     reasons = {d.job_id: d.reason for d in log.schedule() if isinstance(d, ev.JobRequeued)}
     assert reasons[on_lost] == f"node {placed[on_lost]} was lost (its executor went silent)"
     assert "ended without a record of how" in reasons[failed_under] and "lost" not in reasons[failed_under]
+
+
+def test_a_run_its_node_refused_before_it_started_is_placed_again_requeue_or_not() -> None:
+    # A node back smaller than when the job was placed there refuses it: it ended FAILED, never run.
+    log = Log()
+    log.append(node("n0", 4))
+    job = log.append(submitted(cpus=4))
+    assert _decisions(log) == [("JobPlaced", job)]
+    log.append(node("n0", 2))  # registered again, smaller
+    log.append(node("n1", 4))
+    why = "placement does not fit this node: cores [2, 3] are outside this node's 0..1"
+    log.append(
+        ev.JobFailed(job_id=job, node="n0", exit_code=None, message=why, node_fail=True, never_started=True, run=0)
+    )
+    decisions = log.schedule()
+    [requeued] = [d for d in decisions if isinstance(d, ev.JobRequeued)]
+    assert requeued.job_id == job and "refused its run before it started" in requeued.reason and why in requeued.reason
+    assert _decisions(log) == [("JobPlaced", job)]
+    assert log.state.running[job].node == "n1" and log.state.running[job].run == 1
+    assert replay(log.events).running == log.state.running  # the fold alone says the same
+
+
+def test_a_run_refused_before_it_started_too_often_ends_failed() -> None:
+    log = Log()
+    log.append(node("n0", 1))
+    job = log.append(submitted())
+    refused = ev.JobFailed(job_id=job, node="n0", exit_code=None, message="no", node_fail=True, never_started=True)
+    for run in range(MAX_REQUEUES):
+        assert _decisions(log) == [("JobPlaced", job)]
+        log.append(refused.model_copy(update={"run": run}))
+        assert _decisions(log) == [("JobRequeued", job)]
+    assert _decisions(log) == [("JobPlaced", job)]
+    log.append(refused.model_copy(update={"run": MAX_REQUEUES}))
+    [ended] = [d for d in log.schedule() if isinstance(d, ev.JobFailed)]
+    assert not ended.node_fail and f"requeued {MAX_REQUEUES} times already" in ended.message
+    assert job not in log.state.running and job not in log.state.pending

@@ -27,7 +27,9 @@ actions = st.lists(
         # A node declared lost, drained or resumed; a report of a run that is no longer current.
         st.tuples(st.sampled_from(["lose", "drain", "resume"]), st.integers(0, 3)),
         st.tuples(st.just("late"), st.integers(0, 50)),
-        st.tuples(st.just("finish"), st.integers(0, 50), st.sampled_from(["completed", "failed", "cancelled"])),
+        st.tuples(
+            st.just("finish"), st.integers(0, 50), st.sampled_from(["completed", "failed", "cancelled", "refused"])
+        ),
         st.tuples(st.just("cancel"), st.integers(0, 50)),
         st.tuples(st.just("schedule")),
         # An executor restarted with another size while its jobs run.
@@ -66,6 +68,10 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[A
                     "completed": ev.JobCompleted(job_id=job_id, node=where, run=run),
                     "failed": ev.JobFailed(job_id=job_id, node=where, exit_code=1, run=run),
                     "cancelled": ev.JobCancelled(job_id=job_id, node=where, run=run),
+                    # Its node refused the placement before it started (back smaller): runs again.
+                    "refused": ev.JobFailed(
+                        job_id=job_id, node=where, exit_code=None, node_fail=True, never_started=True, run=run
+                    ),
                 }
                 outcome = outcomes[str(how)]
                 log.append(outcome)

@@ -146,6 +146,9 @@ class JobFailed(EventBase):
     message: str = ""
     node_fail: bool = False
     run: Run = 0
+    # The node refused the placement before anything of the job ran (it no longer fits the node: the
+    # node came back smaller): the scheduler runs it again, requeue or not.
+    never_started: bool = False
 
 
 class JobTimedOut(EventBase):

@@ -556,7 +556,17 @@ class Executor:
         why = self._misfit(placement)
         if why is not None:
             message = f"placement does not fit this node: {why}"
-            failed = ev.JobFailed(job_id=job_id, node=self.node, exit_code=None, message=message, run=run)
+            # The node came back smaller than when the job was placed, say: nothing of it ran, so
+            # the scheduler places it again (it ended FAILED, review of 2026-12-02).
+            failed = ev.JobFailed(
+                job_id=job_id,
+                node=self.node,
+                exit_code=None,
+                message=message,
+                node_fail=True,
+                never_started=True,
+                run=run,
+            )
             self._report(job_id, failed, carried)
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return

@@ -224,6 +224,8 @@ def to_operations(seq: int, event: ev.Event) -> list[Operation]:
                 "reason_detail": event.reason or None,
             }
             return [UpdateJob(event.job_id, requeued, only_in=(JobState.RUNNING.value,), run=event.run)]
+        case ev.JobFailed(never_started=True):
+            return []  # the scheduler places it again (JobRequeued), or ends it (a JobFailed of its own)
         case ev.JobFailed():
             ended = _ended(event, ev.final_state(event), message=event.message or None)
             return [replace(ended, unless_requeue=event.node_fail)]

@@ -140,15 +140,19 @@ def _orphaned(state: ClusterState, max_requeues: int = MAX_REQUEUES) -> list[Dec
         if allocation is None:
             continue
         node = state.nodes.get(name)
-        if node is None or node.lost:
+        unstarted = state.unstarted.get(job_id)
+        if unstarted is not None:  # nothing of it ran: run again, requeue or not
+            why = f"node {name} refused its run before it started: {unstarted}"
+        elif node is None or node.lost:
             why = f"node {name} was lost (its executor went silent)"
         else:  # its executor said so: the job's supervisor vanished, or the executor fenced it off
             why = f"its run on node {name} ended without a record of how (a node failure)"
+        again = allocation.job.requeue or unstarted is not None
         if job_id in state.cancel_requested:  # not run again: its user cancelled it
             decisions.append(ev.JobCancelled(job_id=job_id, node=name, run=allocation.run))
-        elif allocation.job.requeue and allocation.run < max_requeues:
+        elif again and allocation.run < max_requeues:
             decisions.append(ev.JobRequeued(job_id=job_id, node=name, run=allocation.run, reason=why))
-        elif allocation.job.requeue:
+        elif again:
             # Not node_fail: that would make it an orphan again, and the read model waits for a
             # requeue after a requeue job's NODE_FAIL.
             message = f"{why}; requeued {allocation.run} times already, the most allowed (CONDUCTOR_MAX_REQUEUES)"

@@ -99,6 +99,7 @@ def encode(state: ClusterState) -> dict[str, Any]:
         "doomed": [[job, why] for job, why in state.doomed.items()],
         "ready_noops": sorted(state.ready_noops),
         "orphans": [[job, node] for job, node in state.orphans.items()],
+        "unstarted": [[job, why] for job, why in state.unstarted.items()],
         "released": sorted(state.released),
         "last_seq": state.last_seq,
         "last_scheduler_seq": state.last_scheduler_seq,
@@ -126,6 +127,8 @@ def decode(d: dict[str, Any]) -> ClusterState:
         doomed={int(job): str(why) for job, why in d["doomed"]},
         ready_noops=set(d["ready_noops"]),
         orphans={int(job): str(node) for job, node in d["orphans"]},
+        # Absent from a snapshot made before it existed, when no executor reported a run unstarted.
+        unstarted={int(job): str(why) for job, why in d.get("unstarted", [])},
         released={int(job) for job in d["released"]},
         last_seq=int(d["last_seq"]),
         last_scheduler_seq=int(d["last_scheduler_seq"]),

@@ -84,6 +84,9 @@ class ClusterState:
     ready_noops: set[int] = field(default_factory=set)
     # Running jobs whose node was declared lost, with its name: the policy ends or requeues them.
     orphans: dict[int, str] = field(default_factory=dict)
+    # Orphans whose run never started (their node refused the placement), with what it said: the
+    # policy runs them again whether or not they asked to be requeued.
+    unstarted: dict[int, str] = field(default_factory=dict)
     # Pending jobs a dependency let go that still show the reason Dependency: the policy gives each a
     # reason, "None" where it explains nothing (past queue_depth), as Slurm clears it at that moment.
     released: set[int] = field(default_factory=set)
@@ -197,6 +200,7 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted, traceparen
 
 def _free(state: ClusterState, job_id: int) -> None:
     state.orphans.pop(job_id, None)
+    state.unstarted.pop(job_id, None)
     allocation = state.running.pop(job_id, None)
     if allocation is None:
         return
@@ -219,7 +223,7 @@ def _of_current_run(state: ClusterState, event: ev.TerminalJobEvent) -> bool:
 
 def _requeues(state: ClusterState, event: ev.JobFailed) -> bool:
     allocation = state.running.get(event.job_id)
-    return allocation is not None and allocation.job.requeue and event.run == allocation.run
+    return allocation is not None and (allocation.job.requeue or event.never_started) and event.run == allocation.run
 
 
 def _release(state: ClusterState, job_id: int, final: JobState) -> None:
@@ -289,8 +293,11 @@ def evolve(
                 state.released.discard(job_id)
         case ev.JobFailed(node_fail=True, job_id=job_id) if _requeues(state, event):
             # Its node failed under it (its supervisor vanished, or its executor fenced it off): a
-            # job that asked to be requeued is, as if its node had been declared lost.
+            # job that asked to be requeued is, as if its node had been declared lost. So is one whose
+            # node refused it before it started: nothing of it ran.
             state.orphans[job_id] = event.node
+            if event.never_started:
+                state.unstarted[job_id] = event.message
         case ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
             if _of_current_run(state, event):
                 _release(state, event.job_id, ev.final_state(event))
