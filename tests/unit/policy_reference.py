@@ -69,6 +69,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
                 unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
     away = {p: [n for n in nodes if p in n.partitions and not n.available] for p in unavailable}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
+    held_nodes: set[str] = set()  # the nodes of blocked partitions
     done: set[str] = set()  # blocked or down, and past queue_depth: nothing more to decide there
     evaluated: dict[str, int] = {}
 
@@ -112,11 +113,18 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
                     reason(job, PendingReason.RESOURCES, held)
             continue
         target = next(
-            (n for n in members if len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb),
+            (
+                n
+                for n in members
+                if n.name not in held_nodes
+                and len(room[n.name].cores) >= job.cpus
+                and room[n.name].memory_mb >= job.memory_mb
+            ),
             None,
         )
         if target is None:
             blocked.add(partition)
+            held_nodes.update(n.name for n in members)  # a blocked partition's nodes take nothing more this cycle
             if explain:
                 reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
             continue

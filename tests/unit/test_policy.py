@@ -204,3 +204,21 @@ def test_a_node_that_re_registers_with_less_memory_is_not_over_committed() -> No
     assert not [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
     log.append(ev.JobCompleted(job_id=first, node="n1"))
     assert [d for d in log.schedule() if isinstance(d, ev.JobPlaced)]
+
+
+def test_a_blocked_partition_s_nodes_take_no_job_of_another_partition_that_cycle() -> None:
+    # A 4-CPU job of pa waited while every later 1-CPU job of pb ran on the node they share: a steady
+    # stream of them held it back for ever (Slurm's builtin scheduler holds the nodes back too).
+    log = Log()
+    log.append(node("a-shared", 4, partitions=("pa", "pb")))
+    log.append(node("z-pb-only", 1, partitions=("pb",)))
+    running = log.append(submitted(cpus=1, partition="pb"))
+    log.schedule()
+    big = log.append(submitted(cpus=4, partition="pa"))
+    later = [log.append(submitted(cpus=1, partition="pb")) for _ in range(3)]
+    log.schedule()
+    placed = {p[0]: p[1] for p in log.placements()}
+    assert placed == {running: "a-shared", later[0]: "z-pb-only"}  # the node of pb alone still takes work
+    log.append(ev.JobCompleted(job_id=running, node="a-shared"))
+    log.schedule()
+    assert {p[0]: p[1] for p in log.placements()}[big] == "a-shared"

@@ -3,7 +3,9 @@
 - Jobs are taken in submit order. A job goes to the first node (by name) of its partition with enough
   free cores and memory, and gets the lowest-numbered free cores.
 - A job that does not fit now blocks the jobs behind it in its partition (strict FIFO: no backfill),
-  so a big job is not starved by a stream of small ones.
+  so a big job is not starved by a stream of small ones; and the nodes of that partition take no job
+  of another partition in that cycle either (Slurm's builtin scheduler does the same), or a stream of
+  small jobs of a partition sharing its nodes would starve it all the same.
 - A job larger than every node of its partition could ever hold does not block anyone: it waits with
   reason ResourcesNeverSatisfiable, and a bigger node registering later can still take it.
 - A job held by a dependency is passed over (reason Dependency, set at submit): it blocks nobody. One
@@ -29,16 +31,18 @@ class _Room:
     """What a node still offers new placements in this cycle. Its free cores are listed (sorted) only
     when a job is placed on it: a cycle costs nothing per idle core of the nodes it only looks at."""
 
-    __slots__ = ("_cores", "count", "memory_mb", "node")
+    __slots__ = ("_cores", "count", "held", "memory_mb", "node")
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.count = min(len(node.free_cores), max(0, node.cpus - node.alloc_cpus))  # len(usable_cores())
         self.memory_mb = node.free_memory_mb
         self._cores: list[int] | None = None
+        # Kept for a blocked partition's head job: nothing more goes here in this cycle.
+        self.held = False
 
     def fits(self, job: PendingJob) -> bool:
-        return self.count >= job.cpus and self.memory_mb >= job.memory_mb
+        return not self.held and self.count >= job.cpus and self.memory_mb >= job.memory_mb
 
     def take(self, job: PendingJob) -> tuple[int, ...]:
         """The lowest-numbered free cores for ``job``, and its memory."""
@@ -241,6 +245,8 @@ def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = M
         target = members.place(job)
         if target is None:
             blocked.add(partition)
+            for kept in members.rooms:
+                kept.held = True
             if explain:
                 reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
             continue
