@@ -112,7 +112,8 @@ async def test_invalid_usernames_are_422(client: httpx.AsyncClient, username: st
         ([{"name": "a"}, {"name": "b", "memory_per_node": "8X", "script": "true"}], "job 1: memory_per_node"),
         ([{"name": "a", "script": "   "}], "job 0: script is empty"),
         ([{"name": "a", "script": "true"}, {"name": "b", "script": "echo\r\ntrue"}], "job 1: script contains DOS"),
-        ([{"name": "a", "dependency": "afterok:1"}], "unknown field 'dependency'"),
+        # As the README says: not just "unknown field" (the parents are its dependency).
+        ([{"name": "a", "dependency": "afterok:1"}], "parent_indices) are its dependency"),
     ],
 )
 async def test_bad_workflows_are_422_naming_the_job(client: httpx.AsyncClient, jobs: list[Any], says: str) -> None:

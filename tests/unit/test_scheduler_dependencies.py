@@ -100,6 +100,21 @@ def test_dependency_on_a_job_that_ended_long_ago_or_no_job() -> None:
     decisions = log.schedule()
     assert (ev.JobPlaced, ok) in [(type(d), d.job_id) for d in decisions]
     assert (ev.JobCancelled, missing) in [(type(d), d.job_id) for d in decisions]
+    [cancelled] = [d for d in decisions if isinstance(d, ev.JobCancelled)]
+    assert cancelled.detail.endswith(": 999999 is no job")
+
+
+def test_a_dependency_doomed_at_submit_names_the_job_that_dooms_it() -> None:
+    # It said "its dependency afterok:3:7 can never be satisfied", not which of them ended how.
+    log = Log()
+    log.append(node("n0", 2))
+    a, b = log.append(submitted()), log.append(submitted())
+    log.schedule()
+    _finish(log, a)
+    _finish(log, b, ev.JobFailed)
+    doomed = log.append(submitted(dependency=deps.parse(f"afterok:{a}:{b}")))
+    [cancelled] = [d for d in log.schedule() if isinstance(d, ev.JobCancelled) and d.job_id == doomed]
+    assert cancelled.detail == f"its dependency afterok:{a}:{b} can never be satisfied: job {b} ended FAILED"
 
 
 def test_singleton_waits_for_earlier_jobs_of_the_same_name_and_account() -> None:

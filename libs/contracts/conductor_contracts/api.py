@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Annotated, Self
+from typing import Annotated, ClassVar, Self
 
 from pydantic import (
     AfterValidator,
@@ -100,10 +100,15 @@ class Closed(BaseModel):
     instance ever holds one."""
 
     model_config = ConfigDict(extra="allow", frozen=True, json_schema_extra={"additionalProperties": False})
+    # Fields a client may well send that this object does not take, with why (the 422 says it).
+    _not_taken: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="after")
     def _no_unknown_fields(self) -> Self:
         if unknown := self.__pydantic_extra__:
+            for name, why in self._not_taken.items():
+                if name in unknown:
+                    raise ValueError(f"{name!r} is not taken here: {why}")
             named = ", ".join(shown(str(key)) for key in list(unknown)[:5])
             more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
             raise ValueError(f"unknown field {named}{more}; the fields are {', '.join(type(self).model_fields)}")

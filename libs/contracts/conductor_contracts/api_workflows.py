@@ -13,7 +13,7 @@ from __future__ import annotations
 import unicodedata
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
@@ -92,6 +92,10 @@ ShortLabel = Annotated[
 
 class WorkflowJobSpec(Closed):
     """One job of ``POST /workflows/``."""
+
+    _not_taken: ClassVar[dict[str, str]] = {
+        "dependency": "a workflow job's parents (parent_indices) are its dependency"
+    }
 
     name: Label = Field(description="The job's name (seed).")
     job_type: ShortLabel | None = Field(default=None, description="What kind of job (seed): 'tiling', 'inference'...")

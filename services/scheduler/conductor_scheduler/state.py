@@ -191,11 +191,25 @@ def _submitted(state: ClusterState, seq: int, event: ev.JobSubmitted, traceparen
     state.reasons[seq] = PendingReason.DEPENDENCY.value
     verdict = state.holds.hold(seq, dependency)
     if verdict is deps.Verdict.NEVER:
-        state.doomed[seq] = f"its dependency {dependency} can never be satisfied"
+        because = _never_because(state, seq, dependency)
+        state.doomed[seq] = f"its dependency {dependency} can never be satisfied{because}"
     elif verdict is deps.Verdict.HOLDS and job.noop:
         state.ready_noops.add(seq)
     elif verdict is deps.Verdict.HOLDS:  # satisfied already (a finished parent, a free singleton)
         state.released.add(seq)
+
+
+def _never_because(state: ClusterState, job_id: int, dependency: deps.Dependency) -> str:
+    """Which job makes a new job's dependency fail from the start (the first condition that can never
+    hold), as ``: job N ended FAILED``; "" if none alone does."""
+    for condition in dependency.conditions:
+        if condition.kind is deps.Kind.SINGLETON:
+            continue
+        target = condition.job_id or 0
+        current = state.holds.states.get(target) if target < job_id else None
+        if deps.settle(condition.kind, current) is deps.Verdict.NEVER:
+            return f": job {target} ended {current.value}" if current is not None else f": {target} is no job"
+    return ""
 
 
 def _free(state: ClusterState, job_id: int) -> None:
