@@ -230,30 +230,19 @@ class Bus:
                 log.warning("the leases' ttl changes", extra={"was_s": config.max_age, "now_s": ttl_s})
                 await self.js.update_stream(replace(config, max_age=ttl_s))
             return kv
-        return await self.js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.LEASES_BUCKET,
-                ttl=ttl_s,
-                history=1,
-                storage=StorageType.FILE,
-                replicas=self.replicas,
-            )
-        )
+        return await self._bucket(subjects.LEASES_BUCKET, ttl_s)
+
+    async def _bucket(self, name: str, ttl_s: float) -> KeyValue:
+        """A KV bucket of one value per key, on disk, with this connection's replicas."""
+        config = KeyValueConfig(bucket=name, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=self.replicas)
+        return await self.js.create_key_value(config)
 
     async def heartbeats(self, keep_s: float = 24 * 3600) -> KeyValue:
         """The node heartbeats bucket; a key unwritten for ``keep_s`` goes (a node gone for good)."""
         try:
             return await self.js.key_value(subjects.HEARTBEATS_BUCKET)
         except NotFoundError:
-            return await self.js.create_key_value(
-                KeyValueConfig(
-                    bucket=subjects.HEARTBEATS_BUCKET,
-                    ttl=keep_s,
-                    history=1,
-                    storage=StorageType.FILE,
-                    replicas=self.replicas,
-                )
-            )
+            return await self._bucket(subjects.HEARTBEATS_BUCKET, keep_s)
 
     async def outputs(self) -> ObjectStore:
         """The job-output bucket, looked up (or created) once per connection."""

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 
 from nats.js.kv import KeyValue
+
+from conductor_platform.folder_lock import holder, lock_folder
 
 log = logging.getLogger("conductor.executor")
 
@@ -39,16 +39,9 @@ class TwinExecutor(Exception):
 def lock_node_folder(folder: Path) -> int:
     """The open, locked lock file of the node's state folder (kept for the process's life; not
     inherited by jobs). Raises TwinExecutor when another process holds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        holder = (folder / LOCK).read_text(errors="replace").strip() or "?"
-        raise TwinExecutor(f"another executor (pid {holder}) uses the state folder {folder}") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    fd = lock_folder(folder, LOCK)
+    if fd is None:
+        raise TwinExecutor(f"another executor (pid {holder(folder, LOCK)}) uses the state folder {folder}")
     return fd
 
 

@@ -14,7 +14,6 @@ here. SIGINT/SIGTERM stops the services first (so executors stop their jobs), th
 from __future__ import annotations
 
 import errno
-import fcntl
 import functools
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from conductor_contracts.text import printable
 from conductor_platform import localservers
+from conductor_platform.folder_lock import holder, lock_folder
 from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_projector import migrate
 
@@ -60,16 +60,7 @@ def lock_var_dir(var_dir: Path) -> int | None:
     when another ``conductor up`` holds it: two on one folder started a second nats-server on the
     first one's JetStream store, and, given the first one's PostgreSQL, answered "not found" for
     jobs the first had acknowledged. Not inherited by the servers and services (close-on-exec)."""
-    var_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(var_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+    return lock_folder(var_dir, LOCK_FILE)
 
 
 _GO_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))")
@@ -351,10 +342,9 @@ class Supervisor:
                 log.error("cannot use the var folder %s: %s", self.options.var_dir, err)
                 return 2
             if self.lock is None:
-                holder = (self.options.var_dir / LOCK_FILE).read_text(errors="replace").strip()
                 log.error(
                     "another conductor up (pid %s) uses the var folder %s: stop it, or choose another --var-dir",
-                    holder or "?",
+                    holder(self.options.var_dir, LOCK_FILE),
                     self.options.var_dir,
                 )
                 return 2
