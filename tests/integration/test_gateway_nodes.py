@@ -60,6 +60,8 @@ async def test_a_drain_outlives_a_loss_and_a_resume_of_a_lost_node_leaves_it_dow
     assert (await client.post("/nodes/n1/drain", json={"reason": "disk swap"})).status_code == 200
     await eventually(lambda: _node(client, "DRAINED"), what="drained")
     await _lost(client, bus)
+    # DOWN showed only the loss: that it will come back drained was hidden until it did.
+    assert (down := await _node(client, "DOWN")) is not None and down["drain"] == "disk swap"
     await bus.publish(node("n1", 4, 2048))
     drained = await eventually(lambda: _node(client, "DRAINED"), what="drained again once back")
     assert drained["reason"] == "disk swap"
@@ -71,7 +73,7 @@ async def test_a_drain_outlives_a_loss_and_a_resume_of_a_lost_node_leaves_it_dow
     assert await _node(client, "DOWN"), "a lost node shown up before it registered"
     await bus.publish(node("n1", 4, 2048))
     up = await eventually(lambda: _node(client, "UP"), what="up once it registered, the drain resumed")
-    assert up["reason"] is None
+    assert up["reason"] is None and up["drain"] is None
 
 
 async def _named(client: httpx.AsyncClient, name: str) -> bool:

@@ -356,6 +356,11 @@ class NodeView(BaseModel):
         description="UP; DRAINING (drained, jobs still running) or DRAINED; DOWN (lost: its executor went silent)"
     )
     reason: str | None = Field(default=None, description="why it is drained or down")
+    drain: str | None = Field(
+        default=None,
+        description="set while the node is drained, to the drain's reason (maybe empty), also while it is DOWN: "
+        "a drained node that is lost comes back drained",
+    )
     registered_at: datetime
     cpus_alloc: int = 0
     memory_alloc_mb: int = 0
