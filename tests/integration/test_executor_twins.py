@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,27 @@ async def test_a_second_executor_of_a_node_elsewhere_is_refused_and_the_first_ru
         assert (tmp_path / "work" / "runs").read_text() == "once\n"
 
 
+async def test_of_two_executors_of_a_node_started_together_one_is_refused(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    # Both found no live twin (no heartbeat yet) and both ran: only one may write over what they saw.
+    stop = asyncio.Event()
+    runs = [
+        asyncio.create_task(run(executor_settings(nats_url, tmp_path / name, heartbeat_s=0.5), stop))
+        for name in ("a", "b")
+    ]
+    try:
+        done, _ = await asyncio.wait(runs, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        [refused] = done
+        with pytest.raises(twins.TwinExecutor, match="a node has one executor"):
+            refused.result()
+        await asyncio.sleep(2)  # the other runs on
+        assert not [task for task in runs if task is not refused and task.done()]
+    finally:
+        stop.set()
+        await asyncio.gather(*runs, return_exceptions=True)
+
+
 async def test_an_executor_restarted_on_its_own_folder_is_no_twin(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     settings = executor_settings(nats_url, tmp_path, heartbeat_s=0.5)
     async with running(bus, settings):
@@ -62,3 +85,18 @@ def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -
     finally:
         os.close(held)
     os.close(twins.lock_node_folder(tmp_path))  # released with its holder
+
+
+def test_a_refused_executor_exits_for_a_retry_not_as_a_bad_setting(tmp_path: Path) -> None:
+    # It exited 78, which stopped all of `conductor up`, though the other executor may be on its way out.
+    state = tmp_path / "state"
+    held = twins.lock_node_folder(state / NODE)
+    try:
+        env = os.environ | {"CONDUCTOR_STATE_DIR": str(state), "CONDUCTOR_NODE": NODE, "NATS_URL": "nats://127.0.0.1:1"}
+        done = subprocess.run(
+            [sys.executable, "-m", "conductor_executor"], env=env, capture_output=True, text=True, timeout=60
+        )
+    finally:
+        os.close(held)
+    assert done.returncode == os.EX_TEMPFAIL, done.stderr
+    assert f"node {NODE}: another executor (pid {os.getpid()}) uses the state folder" in done.stderr

@@ -79,6 +79,17 @@ def test_a_node_whose_executor_waits_longer_before_it_fences_is_given_its_own_si
     assert "the limit is 90 s" in lost.reason
 
 
+def test_a_node_s_own_silence_counts_up_to_ten_times_the_schedulers() -> None:
+    # 1e9 kept a dead node UP, its jobs RUNNING, for good.
+    clock, liveness, log = _setup()
+    liveness.heard_from("a", revision=1, value=b'{"node": "a", "lost_after_s": 1e9}')
+    liveness.heard_from("b", revision=1)
+    clock.now += 299
+    assert [e.node for e in liveness.silent(log.state, connection=0)] == ["b"]
+    clock.now += 2
+    assert "a" in [e.node for e in liveness.silent(log.state, connection=0)]
+
+
 def test_a_heartbeat_that_says_no_usable_silence_leaves_the_schedulers_own() -> None:
     clock, liveness, log = _setup()
     for value in (b"not json", b'{"lost_after_s": "90"}', b'{"lost_after_s": 1e999}', b"[]", b'{"lost_after_s": -5}'):

@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
 
     run_until_signalled(_main)
     if refused:
-        # A setting that does not hold (two executors given one node's name): restarting cannot mend it.
+        # Not a setting that does not hold (78 stopped all of `conductor up`): the other executor may
+        # be one on its way out, and a supervisor tries again later (EX_TEMPFAIL).
         print(f"conductor executor: node {settings.node}: {refused[0]}", file=sys.stderr)
-        sys.exit(EXIT_BAD_SETTING)
+        sys.exit(os.EX_TEMPFAIL)
 
 
 if __name__ == "__main__":

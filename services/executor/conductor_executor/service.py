@@ -33,6 +33,7 @@ import logging
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,7 @@ from conductor_executor import supervision as sv
 from conductor_executor.adoption import LOST_SUPERVISOR, take_stock
 from conductor_executor.fit import misfit
 from conductor_executor.heartbeat import Heartbeat
+from conductor_executor.heartbeat import value as heartbeat_value
 from conductor_executor.leftovers import kill_left_by_ended, kill_unrecorded, start_time, sweep_ended
 from conductor_executor.liveness import Liveness
 from conductor_executor.memory_sample import trees_memory_mb
@@ -358,12 +360,16 @@ class Executor:
             partitions=tuple(self.settings.partitions),
         )
 
+    def heartbeat_value(self, instance: str) -> bytes:
+        """A heartbeat as ``heartbeat.Heartbeat`` writes it (the first one, written by the twin check)."""
+        return heartbeat_value(self.registration(), time.time(), instance, self.settings.node_lost_after_s)
+
     async def register(self) -> None:
         # Through the outbox too: it reaches the log after the outcomes a previous run still owed.
         if not await self.outbox.keep(self.registration(), self.stop):
             return
         log.info(
-            "node registered",
+            "node registration queued",
             extra={"node": self.node, "cpus": self.settings.cpus, "memory_mb": self.settings.memory_mb},
         )
 
@@ -1020,10 +1026,10 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
             await beating
 
 
-async def _checked(bus: Bus, key: str, instance: str, watch_s: float) -> str:
+async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> str:
     """Why this executor must not run (another of its node does), or "" (retried while NATS is away)."""
     try:
-        await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s)
+        await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s, first)
     except twins.TwinExecutor as err:
         return str(err)
     return ""
@@ -1065,7 +1071,7 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         key = subjects.heartbeat_key(settings.node)
         checked = await retrying(
             "looking for another executor of this node",
-            lambda: _checked(bus, key, instance, watch_s),
+            lambda: _checked(bus, key, instance, watch_s, executor.heartbeat_value(instance)),
             stop,
             executor.backoff(),
             bus,

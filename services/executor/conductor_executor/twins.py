@@ -22,6 +22,7 @@ import logging
 import uuid
 from pathlib import Path
 
+import nats.js.errors
 from nats.js.kv import KeyValue
 
 from conductor_platform.folder_lock import holder, lock_folder
@@ -65,15 +66,19 @@ def _instance(value: bytes | None) -> tuple[str | None, str]:
         return None, "?"
 
 
-async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float) -> None:
+async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: bytes) -> None:
     """Raises TwinExecutor if another instance writes the node's heartbeat within ``watch_s``, once
-    its last one is found there (a heartbeat of this instance, or none: nothing to wait for)."""
+    its last one is found there (a heartbeat of this instance, or none: nothing to wait for); then
+    writes ``first``, this instance's first beat, only over the last value it saw: two that started
+    together both saw no live twin, and only one of them can write over that value."""
     try:
         entry = await kv.get(key)
-    except Exception:  # no key (KeyNotFoundError, or deleted): no one beats for this node
+    except nats.js.errors.KeyNotFoundError:  # no key, or deleted: no one beats for this node
+        await _take_over(kv, key, mine, first, None)
         return
     other, _ = _instance(entry.value)
     if other is None or other == mine:
+        await _take_over(kv, key, mine, first, entry.revision)
         return
     log.info(
         "the node's last heartbeat is another executor's: waiting to see whether it still beats",
@@ -91,3 +96,19 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float) -> None
         if entry.revision != seen and writer not in (None, mine):
             raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
         seen = entry.revision
+    await _take_over(kv, key, mine, first, seen)
+
+
+async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int | None) -> None:
+    try:
+        if last is None:
+            await kv.create(key, first)
+        else:
+            await kv.update(key, first, last=last)
+    except nats.js.errors.KeyWrongLastSequenceError:
+        entry = await kv.get(key)
+        writer, where = _instance(entry.value)
+        if writer not in (None, mine):
+            raise TwinExecutor(
+                f"another executor of this node started at the same moment ({where}): a node has one executor"
+            ) from None

@@ -54,10 +54,11 @@ class Liveness:
             self.limits[node] = own
 
     def limit_of(self, node: str) -> float:
-        """The silence after which ``node`` is lost: ours, or the node's own if longer. Its executor
-        fences its requeue jobs two beats short of its own; with 90 s there against our 30 s, a job we
-        requeued at 30 s ran on there until 86 s, twice at once."""
-        return max(self.lost_after_s, self.limits.get(node, 0.0))
+        """The silence after which ``node`` is lost: ours, or the node's own if longer, up to ten times
+        ours. Its executor fences its requeue jobs two beats short of its own; with 90 s there against
+        our 30 s, a job we requeued at 30 s ran on there until 86 s, twice at once. Unbounded, an
+        executor set to 1e9 kept its dead node UP and its jobs RUNNING for good."""
+        return max(self.lost_after_s, min(self.limits.get(node, 0.0), OWN_LIMIT_TIMES * self.lost_after_s))
 
     def silent(self, state: ClusterState, connection: int) -> list[ev.NodeLost]:
         if self.watched_on != connection:
@@ -75,8 +76,9 @@ class Liveness:
         return lost
 
 
-# An executor's own CONDUCTOR_NODE_LOST_AFTER_S, as its heartbeat says it, is taken up to this (a week).
-_MAX_OWN_LIMIT_S = 7 * 24 * 3600.0
+# An executor's own CONDUCTOR_NODE_LOST_AFTER_S, as its heartbeat says it, is taken up to this many
+# times the scheduler's (30 s: 300 s, Slurm's default SlurmdTimeout).
+OWN_LIMIT_TIMES = 10.0
 
 
 def _own_limit(value: bytes) -> float | None:
@@ -85,7 +87,7 @@ def _own_limit(value: bytes) -> float | None:
     except (ValueError, AttributeError):
         return None
     if isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf"):
-        return min(float(own), _MAX_OWN_LIMIT_S)
+        return float(own)
     return None
 
 
