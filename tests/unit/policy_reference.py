@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 from conductor_contracts import events as ev
 from conductor_contracts.states import PendingReason
-from conductor_scheduler.policy import _orphaned, held_away, released_reasons  # not first fit's: taken as they are
+from conductor_scheduler.policy import (  # not first fit's: taken as they are
+    _orphaned,
+    held_away,
+    released_reasons,
+    waits_for,
+)
 from conductor_scheduler.state import ClusterState, Node, PendingJob
 
 Decision = ev.JobPlaced | ev.JobCancelled | ev.JobCompleted | ev.JobFailed | ev.JobRequeued | ev.JobReasonChanged
@@ -124,9 +129,13 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
         )
         if target is None:
             blocked.add(partition)
+            held_for_another = any(
+                n.name in held_nodes and len(room[n.name].cores) >= job.cpus and room[n.name].memory_mb >= job.memory_mb
+                for n in members
+            )
             held_nodes.update(n.name for n in members)  # a blocked partition's nodes take nothing more this cycle
             if explain:
-                reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
+                reason(job, PendingReason.RESOURCES, waits_for(job, held_for_another))
             continue
         free = room[target.name]
         cores, free.cores = free.cores[: job.cpus], free.cores[job.cpus :]

@@ -216,9 +216,12 @@ def test_a_blocked_partition_s_nodes_take_no_job_of_another_partition_that_cycle
     log.schedule()
     big = log.append(submitted(cpus=4, partition="pa"))
     later = [log.append(submitted(cpus=1, partition="pb")) for _ in range(3)]
-    log.schedule()
+    decisions = log.schedule()
     placed = {p[0]: p[1] for p in log.placements()}
     assert placed == {running: "a-shared", later[0]: "z-pb-only"}  # the node of pb alone still takes work
+    # Not "waits for 1 CPUs to be free": a-shared has three, held for the big job.
+    [why] = [d.detail for d in decisions if isinstance(d, ev.JobReasonChanged) and d.job_id == later[1]]
+    assert "held for an earlier job of another partition" in why
     log.append(ev.JobCompleted(job_id=running, node="a-shared"))
     log.schedule()
     assert {p[0]: p[1] for p in log.placements()}[big] == "a-shared"

@@ -100,6 +100,18 @@ def held_away(job: PendingJob, away: list[Node]) -> str | None:
     return f"only nodes that take no work now could hold it ({job.cpus} CPUs, {job.memory_mb}M): {names}"
 
 
+def waits_for(job: PendingJob, held_for_another: bool) -> str:
+    """The detail of a job that does not fit now. ``held_for_another``: a node of its partition has the
+    room, but an earlier job of another partition sharing it is waiting for it (it said the CPUs were
+    not free while GET /nodes showed them free)."""
+    if held_for_another:
+        return (
+            f"waits for {job.cpus} CPUs and {job.memory_mb}M: the nodes that have them are held for an earlier "
+            "job of another partition that does not fit yet"
+        )
+    return f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free"
+
+
 def _in_line(state: ClusterState, done: set[str]) -> Iterator[PendingJob]:
     """The pending jobs in queue order, the partitions side by side; a partition found in ``done`` is
     left: none of its jobs behind is even looked at."""
@@ -245,10 +257,13 @@ def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = M
         target = members.place(job)
         if target is None:
             blocked.add(partition)
+            held_for_another = any(
+                r.held and r.count >= job.cpus and r.memory_mb >= job.memory_mb for r in members.rooms
+            )
             for kept in members.rooms:
                 kept.held = True
             if explain:
-                reason(job, PendingReason.RESOURCES, f"waits for {job.cpus} CPUs and {job.memory_mb}M to be free")
+                reason(job, PendingReason.RESOURCES, waits_for(job, held_for_another))
             continue
         cores = target.take(job)
         decisions.append(
