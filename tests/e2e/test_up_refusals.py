@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conductor.supervisor import lock_var_dir
-from conductor_platform.localservers import free_port
+from conductor_platform.localservers import free_port, start_nats
 from tests.system import connected_to
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,7 @@ def test_a_var_folder_another_conductor_up_holds_is_refused_before_anything_star
         up = _up(tmp_path, str(free_port()))
         _, stderr = up.communicate(timeout=60)
         assert up.returncode == 2, stderr
-        assert f"another conductor up (pid {os.getpid()}) uses the var folder" in stderr
+        assert f"another conductor up (pid {os.getpid()}), or a server or service it started" in stderr
         assert not (tmp_path / "var" / "nats").exists() and "Traceback" not in stderr
     finally:
         os.close(held)
@@ -118,3 +118,20 @@ def test_ctrl_c_while_an_external_postgresql_never_answers_stops_at_once(tmp_pat
             pytest.fail(f"conductor up still ran 10 s after Ctrl-C: {up.communicate()[1]}")
     assert up.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+def test_the_var_folder_stays_locked_while_a_server_conductor_up_started_lives(tmp_path: Path) -> None:
+    # A SIGKILL of conductor up left its nats-server running and released the lock: a second conductor
+    # up ran another nats-server on the live JetStream store (jobs lost, one id given to two jobs).
+    var = tmp_path / "var"
+    held = lock_var_dir(var)
+    assert held is not None
+    server = start_nats(var / "nats", keep_fds=(held,))
+    try:
+        os.close(held)  # as the kernel does for a conductor up killed
+        assert lock_var_dir(var) is None
+    finally:
+        server.stop()
+    again = lock_var_dir(var)
+    assert again is not None
+    os.close(again)

@@ -68,6 +68,7 @@ def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
         (ExecutorSettings, "CONDUCTOR_NODE_LOST_AFTER_S", "nan"),
         (ProjectorSettings, "CONDUCTOR_PUBLIC_RETENTION_S", "1e12"),
         (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "1e400"),
+        (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "0.05"),  # NATS: 100 ms at least; 1e-12 never expired
         (GatewaySettings, "CONDUCTOR_EVENTS_HEARTBEAT_S", "1e-6"),
         (ExecutorSettings, "CONDUCTOR_PARTITIONS", '[""]'),
         (ExecutorSettings, "CONDUCTOR_PARTITIONS", "[]"),

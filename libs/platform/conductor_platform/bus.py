@@ -228,7 +228,10 @@ class Bus:
             config = (await self.js.stream_info(stream)).config
             if config.max_age is None or abs(config.max_age - ttl_s) > 1e-3:
                 log.warning("the leases' ttl changes", extra={"was_s": config.max_age, "now_s": ttl_s})
-                await self.js.update_stream(replace(config, max_age=ttl_s))
+                # NATS refuses a duplicate window longer than the max age: a ttl lowered (10 -> 5 s)
+                # was refused for ever, and the scheduler never started.
+                window = min(config.duplicate_window or ttl_s, ttl_s)
+                await self.js.update_stream(replace(config, max_age=ttl_s, duplicate_window=window))
             return kv
         return await self._bucket(subjects.LEASES_BUCKET, ttl_s)
 

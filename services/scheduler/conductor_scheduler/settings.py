@@ -7,7 +7,7 @@ from conductor_scheduler.policy import MAX_REQUEUES
 
 
 class SchedulerSettings(CommonSettings):
-    lease_ttl_s: float = Field(default=10.0, gt=0, le=3600)
+    lease_ttl_s: float = Field(default=10.0, ge=1, le=3600)  # NATS: a max age of 100 ms at least
     # Who holds the lease. Random by default; a stable id (one per scheduler instance) lets a
     # restarted scheduler take its lease back at once instead of waiting for it to expire.
     scheduler_id: str = ""

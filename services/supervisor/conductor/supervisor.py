@@ -176,8 +176,10 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     backoff: Backoff = field(default_factory=Backoff)
 
+    keep_fds: tuple[int, ...] = ()
+
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env)
+        self.process = subprocess.Popen(self.argv, env=self.env, pass_fds=self.keep_fds)
         self.started_at = time.monotonic()
         log.info("started %s (pid %s)", self.name, self.process.pid)
 
@@ -265,6 +267,7 @@ class Supervisor:
                     var / "nats",
                     localservers.free_port(avoid=self.reserved),
                     sync_interval=self.options.nats_sync,
+                    keep_fds=self._held(),
                 ),
             )
             self.servers.append(nats)
@@ -277,12 +280,21 @@ class Supervisor:
             pg = ManagedServer(
                 "postgres",
                 functools.partial(
-                    localservers.start_postgres, var / "postgres", localservers.free_port(avoid=self.reserved)
+                    localservers.start_postgres,
+                    var / "postgres",
+                    localservers.free_port(avoid=self.reserved),
+                    keep_fds=self._held(),
                 ),
             )
             self.servers.append(pg)
             env["DATABASE_URL"] = pg.first_start().url
             log.info("PostgreSQL at %s (data in %s)", env["DATABASE_URL"], var / "postgres")
+
+    def _held(self) -> tuple[int, ...]:
+        """The var folder's lock, for every process started here to hold too: a SIGKILL of conductor up
+        left its servers and services running, the lock released, and a second conductor up started
+        another nats-server on the live store (jobs lost, one id given to two jobs)."""
+        return () if self.lock is None else (self.lock,)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -343,7 +355,8 @@ class Supervisor:
                 return 2
             if self.lock is None:
                 log.error(
-                    "another conductor up (pid %s) uses the var folder %s: stop it, or choose another --var-dir",
+                    "another conductor up (pid %s), or a server or service it started and left running, uses the "
+                    "var folder %s: stop them, or choose another --var-dir",
                     holder(self.options.var_dir, LOCK_FILE),
                     self.options.var_dir,
                 )
@@ -375,6 +388,7 @@ class Supervisor:
             ]
             self.children += self._gateways(argvs["gateway"], env, ports)
             for child in self.children:
+                child.keep_fds = self._held()
                 child.start()
             log.info("SCNS-Conductor is up: http://127.0.0.1:%s (Ctrl-C stops everything)", port)
             shown = _shown_host(env.get("CONDUCTOR_HOST", "127.0.0.1"))
