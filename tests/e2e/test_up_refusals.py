@@ -38,7 +38,7 @@ def test_a_bad_setting_stops_conductor_up_with_the_setting_named(tmp_path: Path,
         _, stderr = up.communicate(timeout=90)
         pytest.fail(f"conductor up still ran after 90 s:\n{stderr}")
     assert up.returncode == 1, stderr
-    assert "conductor projector: " in stderr and "kept_rows" in stderr
+    assert "conductor projector: CONDUCTOR_KEPT_ROWS: " in stderr
     assert "projector exited: a setting does not hold" in stderr
     assert "restarting in" not in stderr
     assert "Traceback" not in stderr
@@ -70,6 +70,13 @@ def test_a_var_folder_another_conductor_up_holds_is_refused_before_anything_star
         assert not (tmp_path / "var" / "nats").exists() and "Traceback" not in stderr
     finally:
         os.close(held)
+
+
+def test_a_port_in_other_digits_is_refused(tmp_path: Path) -> None:
+    # int() took "\u0663" (Arabic-Indic three) for port 3.
+    argv = [sys.executable, "-m", "conductor", "up", "--var-dir", str(tmp_path / "var"), "--port", "\u0663"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "digits 0-9" in done.stderr, done.stderr
 
 
 def test_port_zero_is_refused_not_taken_for_the_default(tmp_path: Path) -> None:

@@ -221,3 +221,9 @@ async def test_a_write_the_log_did_not_acknowledge_in_time_may_have_been_recorde
     for answer in (await client.post(f"/jobs/cancel/{job_id}"), await post(client, raw(JOB))):
         assert answer.status_code == 503, answer.text
         assert "may have been recorded" in answer.json()["detail"] and "Look before you retry" in answer.text
+
+
+async def test_prometheus_name_filter_may_be_repeated(client: httpx.AsyncClient) -> None:
+    # Its own filter, repeated by design: the rule against parameters given twice made it a 422.
+    answer = await client.get("/metrics", params=(("name[]", "conductor_http_requests"), ("name[]", "x")))
+    assert answer.status_code == 200, answer.text

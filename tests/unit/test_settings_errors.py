@@ -33,10 +33,10 @@ def test_a_bad_setting_is_told_by_name_without_a_traceback(module: str, program:
     done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == EXIT_BAD_SETTING
     assert done.stderr.startswith(f"{program}: ")
-    assert "retry_max_s" in done.stderr and "greater than 0" in done.stderr
+    assert "CONDUCTOR_RETRY_MAX_S: Input should be greater than 0" in done.stderr
     assert "Traceback" not in done.stderr
     if module == "conductor_projector":
-        assert "kept_rows" in done.stderr
+        assert "CONDUCTOR_KEPT_ROWS" in done.stderr
 
 
 def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
@@ -45,7 +45,7 @@ def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
         [sys.executable, "-m", "conductor_scheduler"], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == EXIT_BAD_SETTING
-    assert "log_level" in done.stderr and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in done.stderr
+    assert "CONDUCTOR_LOG_LEVEL" in done.stderr and "DEBUG, INFO, WARNING, ERROR, CRITICAL" in done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -68,7 +68,10 @@ def test_a_log_level_python_does_not_know_is_a_bad_setting() -> None:
         (ExecutorSettings, "CONDUCTOR_NODE_LOST_AFTER_S", "nan"),
         (ProjectorSettings, "CONDUCTOR_PUBLIC_RETENTION_S", "1e12"),
         (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "1e400"),
-        (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "0.05"),  # NATS: 100 ms at least; 1e-12 never expired
+        (SchedulerSettings, "CONDUCTOR_LEASE_TTL_S", "0.05"),
+        (ExecutorSettings, "CONDUCTOR_HEARTBEAT_S", "0.001"),
+        (ExecutorSettings, "CONDUCTOR_KILL_GRACE_S", "1e300"),
+        (ExecutorSettings, "CONDUCTOR_MEMORY_POLL_S", "1e300"),  # NATS: 100 ms at least; 1e-12 never expired
         (GatewaySettings, "CONDUCTOR_EVENTS_HEARTBEAT_S", "1e-6"),
         (ExecutorSettings, "CONDUCTOR_PARTITIONS", '[""]'),
         (ExecutorSettings, "CONDUCTOR_PARTITIONS", "[]"),
@@ -83,6 +86,18 @@ def test_a_number_out_of_its_range_is_a_bad_setting(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=variable.removeprefix("CONDUCTOR_").lower()):
         settings()
+
+
+def test_a_bad_setting_is_one_line_that_quotes_no_other_setting() -> None:
+    # An error of the whole (heartbeats against the silence) quoted every setting given, DATABASE_URL's
+    # password included, in four lines naming fields rather than variables.
+    env = os.environ | {"CONDUCTOR_HEARTBEAT_S": "45", "DATABASE_URL": "postgresql://u:s3cret@db/c"}
+    done = subprocess.run(
+        [sys.executable, "-m", "conductor_executor"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == EXIT_BAD_SETTING
+    assert len(done.stderr.strip().splitlines()) == 1 and "s3cret" not in done.stderr
+    assert "CONDUCTOR_NODE_LOST_AFTER_S (30) must be at least 1.5 times CONDUCTOR_HEARTBEAT_S" in done.stderr
 
 
 def test_heartbeats_further_apart_than_a_node_may_be_silent_are_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:

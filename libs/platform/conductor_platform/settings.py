@@ -22,12 +22,26 @@ def load_settings(cls: type[S], program: str, **overrides: Any) -> S:
     with what is wrong, by setting, and no traceback (exit code ``EXIT_BAD_SETTING``)."""
     try:
         return cls(**overrides)
-    except (ValidationError, SettingsError) as err:
-        # SettingsError: a list or object setting that is not JSON (CONDUCTOR_PARTITIONS=default).
-        cause = f" ({err.__cause__})" if isinstance(err, SettingsError) and err.__cause__ is not None else ""
-        hint = ' (a list is JSON, like ["a", "b"])' if cause else ""
-        print(f"{program}: {err}{cause}{hint}", file=sys.stderr)
+    except ValidationError as err:
+        print(f"{program}: {_told(err, cls)}", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTING)
+    except SettingsError as err:
+        # A list or object setting that is not JSON (CONDUCTOR_PARTITIONS=default).
+        cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
+        print(f'{program}: {err}{cause} (a list is JSON, like ["a", "b"])', file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTING)
+
+
+def _told(err: ValidationError, cls: type[BaseSettings]) -> str:
+    """Each error by the variable that sets it, without the values given: pydantic's own text quoted
+    every setting for an error of the whole (DATABASE_URL and its password included)."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    lines = []
+    for error in err.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in error.get("loc", ()))
+        name = field if not field or field.isupper() else f"{prefix}{field}".upper()
+        lines.append(f"{name}: {error.get('msg', '')}" if name else str(error.get("msg", "")))
+    return "; ".join(lines)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -75,7 +89,7 @@ class CommonSettings(BaseSettings):
     # Node liveness: each executor writes its heartbeat every heartbeat_s; the scheduler declares a
     # node lost (NodeLost) after node_lost_after_s without one (Slurm's SlurmdTimeout), and an
     # executor that could not write one for that long stops the jobs that would be requeued.
-    heartbeat_s: float = Field(default=2.0, gt=0, le=3600)
+    heartbeat_s: float = Field(default=2.0, ge=0.1, le=3600)  # 0.001: 461 writes a second
     node_lost_after_s: float = Field(default=30.0, gt=0)
     # CONDUCTOR_ARCHIVE_DIR: where `conductor compact` moves the log's oldest events; a reader that
     # replays a compacted log from the start (a scheduler without a snapshot, a rebuild) reads it there.

@@ -33,9 +33,9 @@ class ExecutorSettings(CommonSettings):
     # Folders no job may name as its working directory or output, besides the state folder
     # (``conductor up`` adds its var folder: NATS's log and PostgreSQL's data are there).
     protected_dirs: list[Path] = Field(default_factory=list)
-    kill_grace_s: float = Field(default=10.0, ge=0)
+    kill_grace_s: float = Field(default=10.0, ge=0, le=86400)  # 1e300: never a SIGKILL
     # How often a running job's memory is sampled against its memory_per_node.
-    memory_poll_s: float = Field(default=1.0, gt=0)
+    memory_poll_s: float = Field(default=1.0, ge=0.05, le=3600)  # 1e300: never sampled
     # The end of each output file kept in the object store when a job ends.
     output_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     # A placement or cancel that fails this many deliveries (other than by NATS being away) is

@@ -11,8 +11,9 @@ from pydantic import AfterValidator
 
 from conductor_contracts import api
 
-# The parameters that may be repeated: each value adds to the list (``/events?type=A&type=B``).
-REPEATABLE = frozenset({"type"})
+# The parameters that may be repeated: each value adds to the list (``/events?type=A&type=B``;
+# ``/metrics?name[]=a&name[]=b``, Prometheus' own filter).
+REPEATABLE = frozenset({"type", "name[]"})
 
 
 def filter_text(value: str | None) -> str | None:

@@ -18,6 +18,12 @@ def _up(argv: list[str]) -> None:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
+    def digits(value: str) -> int:
+        # int() takes "٣" for 3, and " 8000" and "8_000" too.
+        if not (value.isascii() and value.isdigit()):
+            raise argparse.ArgumentTypeError(f"takes a number in digits 0-9, not {value!r}")
+        return int(value)
+
     def gateway_count(value: str) -> int:
         if not value.isdigit() or not 1 <= int(value) <= 64:
             raise argparse.ArgumentTypeError(f"--gateways takes a number from 1 to 64, not {value!r}")
@@ -27,7 +33,7 @@ def _up(argv: list[str]) -> None:
     parser.add_argument(
         "--var-dir", default=os.environ.get("CONDUCTOR_VAR_DIR", "var"), help="data folder (default ./var)"
     )
-    parser.add_argument("--port", type=int, help="gateway port (default 8000, or CONDUCTOR_PORT)")
+    parser.add_argument("--port", type=digits, help="gateway port (default 8000, or CONDUCTOR_PORT)")
     parser.add_argument(
         "--gateways",
         type=gateway_count,
@@ -97,6 +103,8 @@ def _compact(argv: list[str]) -> None:
     )
     parser.add_argument("--keep", type=_duration, default=7 * 86400.0, help="keep events younger than this (7d)")
     args = parser.parse_args(argv)
+    # Each failed connection attempt was a line of its own (30 before the one that says NATS is away).
+    logging.getLogger("conductor_platform.bus").setLevel(logging.ERROR)
     try:
         done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
     except Unreachable as err:
