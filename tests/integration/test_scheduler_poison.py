@@ -122,8 +122,10 @@ async def test_the_scheduler_waits_for_jetstream_instead_of_exiting(tmp_path: Pa
             await other.close()
         finally:
             stop.set()
-            await task
-            real.stop()
+            try:
+                await task
+            finally:
+                real.stop()  # whatever the scheduler ended with: a failed run left this server running
     finally:
         stop.set()
         if plain.returncode is None:
