@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 import asyncpg
 import httpx
 import nats
+import nats.errors
+import nats.js.errors
 import psutil
 
 from conductor_contracts import events as ev
@@ -336,6 +338,12 @@ class Faults:
         victims = self.up.find("executor")
         if len(victims) != 1:
             return None, f"{len(victims)} executors found"
+        # A node still lost from the fault before (an executor killed and slow to beat again, lost
+        # after 3 s) would be frozen without being declared lost again, and never "come back".
+        try:
+            _wait(lambda: asyncio.run(_node_settled(self.nats_url, victims[0].pid)), self.timeout_s, "node settled")
+        except TimeoutError:
+            return None, "the executor never beat and registered after the node's last loss"
         lost_before = asyncio.run(_node_losses(self.nats_url))
         started = time.monotonic()
         victims[0].suspend()
@@ -656,6 +664,28 @@ async def _node_losses(nats_url: str) -> int:
         lost = subjects.subject_for(ev.NodeLost(node="*"))
         info = await nc.jetstream().stream_info(subjects.STREAM, subjects_filter=lost)
         return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+async def _node_settled(nats_url: str, pid: int) -> bool:
+    """Has the executor ``pid`` written the node's heartbeat, and the node registered after its last
+    NodeLost (the log's own order)?"""
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        beat = await (await js.key_value(subjects.HEARTBEATS_BUCKET)).get(subjects.heartbeat_key(NODE))
+        if json.loads(beat.value or b"{}").get("pid") != pid:
+            return False
+        registration = subjects.subject_for(ev.NodeRegistered(node=NODE, cpus=1, memory_mb=1))
+        registered = await js.get_last_msg(subjects.STREAM, registration)
+        try:
+            lost = await js.get_last_msg(subjects.STREAM, subjects.node_lost_of(NODE))
+        except nats.js.errors.NotFoundError:
+            return True
+        return (registered.seq or 0) > (lost.seq or 0)
+    except (nats.errors.Error, ValueError):
+        return False
     finally:
         await nc.close()
 
