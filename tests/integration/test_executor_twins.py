@@ -17,7 +17,7 @@ from conductor_contracts import subjects
 from conductor_executor import twins
 from conductor_executor.service import run
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, read_log
 from tests.integration.test_executor import NODE, _outcome, _submit_and_place, executor_settings, running
 
 
@@ -75,6 +75,42 @@ async def test_an_executor_restarted_on_its_own_folder_is_no_twin(bus: Bus, nats
     async with running(bus, settings):
         job_id = await _submit_and_place(bus, tmp_path / "work", "true\n")
         assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+
+
+async def _registrations(bus: Bus) -> list[ev.NodeRegistered]:
+    return [e for _, _, e in await read_log(bus) if isinstance(e, ev.NodeRegistered)]
+
+
+async def test_an_executor_replacing_another_of_its_node_starts_none_of_that_ones_placements(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    # The first executor is gone and the node's next one has another state folder (a pod given a new
+    # emptyDir): a placement the first never took is one of its runs, which the scheduler ends (a
+    # NodeLost once the first is surely gone), so it must not run here too.
+    first = executor_settings(nats_url, tmp_path / "a", heartbeat_s=0.5)
+    async with running(bus, first):
+        await eventually(lambda: _beats(bus), what="the first executor's heartbeat")
+    left = await _submit_and_place(bus, tmp_path / "work", "echo left >> runs\n")
+    second = executor_settings(nats_url, tmp_path / "b", heartbeat_s=0.5)
+    stop = asyncio.Event()
+    replacing = asyncio.create_task(run(second, stop))
+    try:
+
+        async def by_second() -> list[ev.NodeRegistered]:
+            return (await _registrations(bus))[1:]
+
+        [again] = await eventually(by_second, what="the second executor's registration")
+        [before] = (await _registrations(bus))[:1]
+        assert again.instance and before.instance and again.instance != before.instance
+        job_id = await _submit_and_place(bus, tmp_path / "work", "echo placed-after >> runs\n")
+        assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    finally:
+        stop.set()
+        await replacing
+    # The first's placement came first in the node's consumer: skipped, with nothing reported.
+    assert (tmp_path / "work" / "runs").read_text() == "placed-after\n"
+    about_left = [e.type for _, _, e in await read_log(bus) if getattr(e, "job_id", None) == left]
+    assert about_left == ["JobPlaced"]  # a submission's id is its sequence, not a field
 
 
 def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 from conductor_contracts import events as ev
@@ -112,3 +113,55 @@ async def test_a_requeue_job_past_its_requeues_ends_failed_and_scheduling_goes_o
     finally:
         stop.set()
         await scheduler
+
+
+async def test_a_node_whose_executor_was_replaced_ends_the_runs_of_the_one_before(bus: Bus, nats_url: str) -> None:
+    # The node's executor died and another started on another state folder (a pod given a new
+    # emptyDir): it beats for the node and cannot adopt the first one's runs, and nothing reported
+    # them: they stayed RUNNING for good, their cores taken.
+    settings = SchedulerSettings(nats_url=nats_url, node_lost_after_s=1.5, use_lease=False)
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(run(settings, stop))
+    kv = await bus.heartbeats()
+    writer = {"instance": "first"}
+
+    async def beat() -> None:
+        while True:
+            await kv.put(subjects.heartbeat_key("swap"), json.dumps(writer).encode())
+            await asyncio.sleep(0.2)
+
+    beats = asyncio.create_task(beat())
+    try:
+        await bus.publish(ev.NodeRegistered(node="swap", cpus=2, memory_mb=4000, instance="first"))
+        plain = await bus.publish(submitted())
+        again = await bus.publish(submitted(requeue=True))
+
+        async def placed(job_id: int, run_number: int) -> bool:
+            log = [e for _, _, e in await read_log(bus)]
+            return any(isinstance(e, ev.JobPlaced) and (e.job_id, e.run) == (job_id, run_number) for e in log)
+
+        await eventually(lambda: placed(plain, 0), what="the plain job placed")
+        await eventually(lambda: placed(again, 0), what="the requeue job placed")
+        writer["instance"] = "second"  # the node never stops beating
+        await bus.publish(ev.NodeRegistered(node="swap", cpus=2, memory_mb=4000, instance="second"))
+        meanwhile = await bus.publish(submitted())
+
+        async def lost() -> ev.NodeLost | None:
+            return next((e for _, _, e in await read_log(bus) if isinstance(e, ev.NodeLost)), None)
+
+        declared = await eventually(lost, timeout=30, what="the node declared lost")
+        assert "replaced" in declared.reason
+        assert not await placed(meanwhile, 0), "placed on the node before the runs there were ended"
+        await bus.publish(ev.NodeRegistered(node="swap", cpus=2, memory_mb=4000, instance="second"))
+        await eventually(lambda: placed(again, 1), timeout=30, what="the requeue job placed again")
+        await eventually(lambda: placed(meanwhile, 0), what="the job submitted meanwhile placed")
+    finally:
+        beats.cancel()
+        stop.set()
+        await scheduler
+    log = [e for _, _, e in await read_log(bus)]
+    [failed] = [e for e in log if isinstance(e, ev.JobFailed)]
+    assert (failed.job_id, failed.node_fail, failed.run) == (plain, True, 0)
+    [requeued] = [e for e in log if isinstance(e, ev.JobRequeued)]
+    assert (requeued.job_id, requeued.run) == (again, 0)
+    assert len([e for e in log if isinstance(e, ev.NodeLost)]) == 1

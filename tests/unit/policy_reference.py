@@ -71,7 +71,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100) -> list[Decision]:
             if n.available:
                 partitions.setdefault(partition, []).append(n)
             else:
-                unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
+                unavailable.setdefault(partition, []).append(f"{n.name} {n.away_as}")
     away = {p: [n for n in nodes if p in n.partitions and not n.available] for p in unavailable}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back
     held_nodes: set[str] = set()  # the nodes of blocked partitions

@@ -32,8 +32,11 @@ actions = st.lists(
         ),
         st.tuples(st.just("cancel"), st.integers(0, 50)),
         st.tuples(st.just("schedule")),
-        # An executor restarted with another size while its jobs run.
-        st.tuples(st.just("register"), st.integers(0, 3), st.integers(1, 8), st.integers(100, 4000)),
+        # An executor restarted with another size while its jobs run; on another state folder (another
+        # instance), it replaces the one before, whose runs must end before the node takes work.
+        st.tuples(
+            st.just("register"), st.integers(0, 3), st.integers(1, 8), st.integers(100, 4000), st.sampled_from("aab")
+        ),
     ),
     max_size=60,
 )
@@ -42,7 +45,7 @@ actions = st.lists(
 def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[Any, ...]]) -> Log:
     log = Log()
     for i, (cpus, mem, parts) in enumerate(node_specs):
-        log.append(node(f"n{i}", cpus, mem, parts))
+        log.append(node(f"n{i}", cpus, mem, parts).model_copy(update={"instance": "a"}))
     submitted_ids: list[int] = []
     for step in steps:
         match step:
@@ -79,9 +82,10 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[A
                 log.append(ev.JobCancelRequested(job_id=submitted_ids[int(index) % len(submitted_ids)]))
             case ("schedule",):
                 _schedule(log)
-            case ("register", index, cpus, mem) if node_specs:
+            case ("register", index, cpus, mem, *instance) if node_specs:
                 i = int(index) % len(node_specs)
-                log.append(node(f"n{i}", int(cpus), int(mem), node_specs[i][2]))
+                again = node(f"n{i}", int(cpus), int(mem), node_specs[i][2])
+                log.append(again.model_copy(update={"instance": str(instance[0]) if instance else "a"}))
         _check_no_overallocation(log)
     _schedule(log)
     _check_no_overallocation(log)

@@ -186,6 +186,11 @@ class NodeRegistered(EventBase):
     cpus: Annotated[int, Field(ge=1, le=MAX_NODE_CPUS)]
     memory_mb: Positive
     partitions: tuple[str, ...] = ("default",)
+    # Which executor registers: an id kept in its state folder, the same across its restarts ("": an
+    # executor older than the field). A node registered by another instance while runs of the one
+    # before are in the log has had its executor replaced: those runs end once that one is surely
+    # gone (the scheduler's liveness.py).
+    instance: Annotated[str, Field(max_length=64, pattern=r"^[-_A-Za-z0-9]*$")] = ""
 
 
 class JobRequeued(EventBase):

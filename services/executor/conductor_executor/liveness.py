@@ -66,9 +66,15 @@ class Liveness:
         self.mark = executor.settings.state_dir / executor.node / _MARK
         # The highest NodeLost of this node handled: placements below it are runs already ended.
         self.lost_seq = read_mark(self.mark)
+        # Set when this executor took the node over from another instance: placements stored before
+        # its registration are that one's runs (``Executor.replacing``).
+        self.replaced_before = 0
+
+    def replaced(self, placed_seq: int) -> bool:
+        return 0 < placed_seq < self.replaced_before
 
     def stale(self, placed_seq: int) -> bool:
-        return ended_by_loss(placed_seq, self.lost_seq)
+        return ended_by_loss(placed_seq, self.lost_seq) or self.replaced(placed_seq)
 
     # -- NodeLost --------------------------------------------------------------------------------
     def node_lost(self, event: ev.NodeLost, seq: int) -> None:

@@ -103,9 +103,10 @@ def _short(err: BaseException) -> str:
 
 
 class Executor:
-    def __init__(self, settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
+    def __init__(self, settings: ExecutorSettings, stop: asyncio.Event | None = None, instance: str = "") -> None:
         self.settings = settings
         self.node = settings.node
+        self.instance = instance  # twins.instance_id: which executor of the node this is
         self._placed_subject = subjects.placements_for(settings.node)
         self._lost_subject = subjects.node_lost_of(settings.node)
         # Set when the executor stops: what keeps retrying a write to the disk gives up then.
@@ -358,11 +359,12 @@ class Executor:
             cpus=self.settings.cpus,
             memory_mb=self.settings.memory_mb,
             partitions=tuple(self.settings.partitions),
+            instance=self.instance,
         )
 
-    def heartbeat_value(self, instance: str) -> bytes:
+    def heartbeat_value(self) -> bytes:
         """A heartbeat as ``heartbeat.Heartbeat`` writes it (the first one, written by the twin check)."""
-        return heartbeat_value(self.registration(), time.time(), instance, self.settings.node_lost_after_s)
+        return heartbeat_value(self.registration(), time.time(), self.instance, self.settings.node_lost_after_s)
 
     async def register(self) -> None:
         # Through the outbox too: it reaches the log after the outcomes a previous run still owed.
@@ -372,6 +374,24 @@ class Executor:
             "node registration queued",
             extra={"node": self.node, "cpus": self.settings.cpus, "memory_mb": self.settings.memory_mb},
         )
+
+    async def replacing(self, previous: str) -> bool:
+        """This executor took the node over from ``previous``, another instance that stopped beating
+        (its state folder is not this one's: nothing of its runs can be adopted here). Its placements
+        still in the consumer are its runs, which the scheduler ends once it is surely gone (its
+        requeue jobs fenced), not runs to start here: consuming waits until this executor's
+        registration is stored, and what was placed before it is not started. False: stopped first."""
+        while not self.registered_seq:
+            if self.stop.is_set():
+                return False
+            await pause(self.stop, 0.05)
+        self.liveness.replaced_before = self.registered_seq
+        log.warning(
+            "this executor replaces another of this node whose runs it cannot adopt: the scheduler ends "
+            "them once that one is surely gone, and this node takes no job meanwhile",
+            extra={"node": self.node, "previous": previous, "registered_seq": self.registered_seq},
+        )
+        return True
 
     # -- handling ----------------------------------------------------------------------------------
     async def handle(self, event: ev.Event, seq: int = 0, traceparent: str | None = None) -> None:
@@ -504,6 +524,8 @@ class Executor:
         job_id, run = placement.job_id, placement.run
         if self.folder(job_id, run).exists() or (job_id, run) in self._given_up:
             return "placement redelivered; not starting the job again"
+        if self.liveness.replaced(seq):
+            return "placement for the executor this one replaced: the scheduler ends that run"
         if self.liveness.stale(seq):
             return "placement from before the node was declared lost: the scheduler ended that run"
         if self._latest_rerun(job_id) > run:
@@ -986,7 +1008,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
 
 
 async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance: str) -> None:
-    executor = Executor(settings, stop)
+    executor = Executor(settings, stop, instance)
     executor.supervisor = await _job_supervisor(settings, stop)
     if stop.is_set():
         return
@@ -1026,13 +1048,13 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
             await beating
 
 
-async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> str:
-    """Why this executor must not run (another of its node does), or "" (retried while NATS is away)."""
+async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> tuple[str, str | None]:
+    """Why this executor must not run (another of its node does), or ""; and the instance it replaces
+    (retried while NATS is away)."""
     try:
-        await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s, first)
+        return "", await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s, first)
     except twins.TwinExecutor as err:
-        return str(err)
-    return ""
+        return str(err), None
 
 
 # What exec says of a program that is gone, not ours to run, or not a program (any more).
@@ -1071,15 +1093,16 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         key = subjects.heartbeat_key(settings.node)
         checked = await retrying(
             "looking for another executor of this node",
-            lambda: _checked(bus, key, instance, watch_s, executor.heartbeat_value(instance)),
+            lambda: _checked(bus, key, instance, watch_s, executor.heartbeat_value()),
             stop,
             executor.backoff(),
             bus,
         )
         if checked is None:
             return
-        if checked:
-            raise twins.TwinExecutor(checked)
+        refused, replaced = checked
+        if refused:
+            raise twins.TwinExecutor(refused)
         executor._bus = bus
         # The consumer exists before the outbox may announce the node, so it cannot miss a placement;
         # a new one starts at new messages, so placements for an earlier node of the same name are
@@ -1090,6 +1113,9 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         if sub is None:
             return
         publisher = asyncio.create_task(executor.outbox.run())
+        if replaced and not await executor.replacing(replaced):
+            publisher.cancel()
+            return
         police = asyncio.create_task(executor.police_memory(stop))
         sweep = FolderSweep(settings.jobs_dir, settings.job_retention_s)
         sweeping = asyncio.create_task(

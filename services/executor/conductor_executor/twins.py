@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -46,11 +47,15 @@ def lock_node_folder(folder: Path) -> int:
     return fd
 
 
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
 def instance_id(folder: Path) -> str:
-    """This node's executor instance: the same across restarts on this state folder."""
+    """This node's executor instance: the same across restarts on this state folder (a file that does
+    not hold one, edited or damaged, is replaced: the id goes into every registration)."""
     path = folder / INSTANCE
-    with contextlib.suppress(OSError):
-        if known := path.read_text().strip():
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if _ID.match(known := path.read_text().strip()):
             return known
     made = uuid.uuid4().hex
     with contextlib.suppress(OSError):  # unwritable: a new id each start, and a wait at each
@@ -61,25 +66,27 @@ def instance_id(folder: Path) -> str:
 def _instance(value: bytes | None) -> tuple[str | None, str]:
     try:
         data = json.loads(value or b"")
-        return data.get("instance"), f"pid {data.get('pid')} on {data.get('host', '?')}"
+        instance = data.get("instance")
+        return (instance if isinstance(instance, str) else None), f"pid {data.get('pid')} on {data.get('host', '?')}"
     except (ValueError, AttributeError):
         return None, "?"
 
 
-async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: bytes) -> None:
+async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: bytes) -> str | None:
     """Raises TwinExecutor if another instance writes the node's heartbeat within ``watch_s``, once
     its last one is found there (a heartbeat of this instance, or none: nothing to wait for); then
     writes ``first``, this instance's first beat, only over the last value it saw: two that started
-    together both saw no live twin, and only one of them can write over that value."""
+    together both saw no live twin, and only one of them can write over that value. Returns the
+    instance this one replaces (its heartbeat was the node's last), None when there is none."""
     try:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:  # no key, or deleted: no one beats for this node
         await _take_over(kv, key, mine, first, None)
-        return
+        return None
     other, _ = _instance(entry.value)
-    if other is None or other == mine:
+    if not other or other == mine:
         await _take_over(kv, key, mine, first, entry.revision)
-        return
+        return None
     log.info(
         "the node's last heartbeat is another executor's: waiting to see whether it still beats",
         extra={"key": key, "watch_s": watch_s},
@@ -97,6 +104,7 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
             raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
         seen = entry.revision
     await _take_over(kv, key, mine, first, seen)
+    return other
 
 
 async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int | None) -> None:

@@ -58,7 +58,7 @@ def snapshot(state: ClusterState) -> Snapshot:
     node_cpus, node_memory = {}, {}
     partition_cpus: dict[str, tuple[int, int]] = {}
     for n in state.nodes.values():
-        nodes[_node_state(n.lost, n.draining, n.alloc_cpus)] += 1
+        nodes[_node_state(n.lost or n.replaced, n.draining, n.alloc_cpus)] += 1
         node_cpus[n.name] = (n.cpus, n.alloc_cpus)
         node_memory[n.name] = (n.memory_mb, n.memory_mb - n.free_memory_mb)
         for p in n.partitions:

@@ -35,6 +35,10 @@ class Liveness:
         self.heard: dict[str, float] = {}
         self.revisions: dict[str, int] = {}
         self.limits: dict[str, float] = {}  # what each node's executor takes for the silence that loses it
+        # The executor instance each node's heartbeat names, and when the instance before it was last
+        # heard, for a node whose executor was replaced (state.Node.replaced).
+        self.instances: dict[str, str] = {}
+        self.replaced_heard: dict[str, float] = {}
         # The connection (its count of reconnects) on which the current watch delivered every key.
         # Nobody is declared lost on another one: heartbeats written meanwhile may not be heard yet.
         self.watched_on: int | None = None
@@ -49,9 +53,17 @@ class Liveness:
             if self.revisions.get(node) == revision:
                 return  # the value we saw already, delivered again by a new watch
             self.revisions[node] = revision
+        before = self.heard.get(node)
         self.heard[node] = self.clock()
-        if value is not None and (own := _own_limit(value)) is not None:
+        if value is None:
+            return
+        own, instance = _read(value)
+        if own is not None:
             self.limits[node] = own
+        if instance and instance != self.instances.get(node):
+            if node in self.instances and before is not None:
+                self.replaced_heard[node] = before  # the last beat of the instance it replaces
+            self.instances[node] = instance
 
     def limit_of(self, node: str) -> float:
         """The silence after which ``node`` is lost: ours, or the node's own if longer, up to ten times
@@ -73,7 +85,23 @@ class Liveness:
             if silence > limit:
                 reason = f"no heartbeat for {silence:.0f} s (the limit is {limit:g} s)"
                 lost.append(ev.NodeLost(node=name, reason=reason))
+            elif (replaced := self._replaced_for(state, name, now)) is not None and replaced > limit:
+                # As long as a silence: the instance replaced has fenced its requeue jobs by then
+                # (its own liveness.py, or their supervisors' lease), so none runs twice.
+                reason = (
+                    f"its executor was replaced by another, which cannot adopt the runs of the one before: "
+                    f"they are over ({replaced:.0f} s without it, the limit is {limit:g} s)"
+                )
+                lost.append(ev.NodeLost(node=name, reason=reason))
         return lost
+
+    def _replaced_for(self, state: ClusterState, name: str, now: float) -> float | None:
+        """How long the instance a node's executor replaced has been silent, or None: the node's
+        executor was not replaced, or the heartbeat of the one that registered is not heard yet."""
+        node = state.nodes[name]
+        if not node.replaced or self.instances.get(name) != node.instance:
+            return None
+        return now - max(self.replaced_heard.get(name, self.since), self.since)
 
 
 # An executor's own CONDUCTOR_NODE_LOST_AFTER_S, as its heartbeat says it, is taken up to this many
@@ -81,14 +109,16 @@ class Liveness:
 OWN_LIMIT_TIMES = 10.0
 
 
-def _own_limit(value: bytes) -> float | None:
+def _read(value: bytes) -> tuple[float | None, str | None]:
+    """A heartbeat's own silence limit and instance, each None when it has none that can be used."""
     try:
-        own = json.loads(value).get("lost_after_s")
+        data = json.loads(value)
+        own, instance = data.get("lost_after_s"), data.get("instance")
     except (ValueError, AttributeError):
-        return None
-    if isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf"):
-        return float(own)
-    return None
+        return None, None
+    if not (isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf")):
+        own = None
+    return (None if own is None else float(own)), (instance if isinstance(instance, str) else None)
 
 
 def connection_of(bus: Bus) -> int:

@@ -96,7 +96,7 @@ def held_away(job: PendingJob, away: list[Node]) -> str | None:
     able = [n for n in away if job.cpus <= n.cpus and job.memory_mb <= n.memory_mb]
     if not able:
         return None
-    names = ", ".join(f"{n.name} ({'lost' if n.lost else 'drained'})" for n in able)
+    names = ", ".join(f"{n.name} ({n.away_as})" for n in able)
     return f"only nodes that take no work now could hold it ({job.cpus} CPUs, {job.memory_mb}M): {names}"
 
 
@@ -208,7 +208,7 @@ def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = M
             if n.available:
                 members_of.setdefault(partition, []).append(room[n.name])
             else:
-                unavailable.setdefault(partition, []).append(f"{n.name} {'lost' if n.lost else 'drained'}")
+                unavailable.setdefault(partition, []).append(f"{n.name} {n.away_as}")
                 away.setdefault(partition, []).append(n)
     partitions = {partition: _FirstFit(rooms) for partition, rooms in members_of.items()}
     blocked: set[str] = set()  # a job there did not fit: strict FIFO holds the rest back

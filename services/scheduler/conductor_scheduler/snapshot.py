@@ -84,6 +84,8 @@ def _node(n: Node) -> list[Any]:
         n.alloc_cpus,
         n.lost,
         n.draining,
+        n.instance,
+        n.replaced,
     ]
 
 
@@ -108,11 +110,14 @@ def encode(state: ClusterState) -> dict[str, Any]:
 
 def decode(d: dict[str, Any]) -> ClusterState:
     nodes = {}
-    for name, cpus, memory, partitions, free, free_memory, alloc, lost, draining in d["nodes"]:
+    for name, cpus, memory, partitions, free, free_memory, alloc, lost, draining, *since in d["nodes"]:
         nodes[str(name)] = Node(
             str(name), int(cpus), int(memory), tuple(partitions), set(free), int(free_memory), int(alloc), bool(lost)
         )
         nodes[str(name)].draining = draining
+        # Absent from a snapshot made before executors had instances: none registered with one.
+        if since:
+            nodes[str(name)].instance, nodes[str(name)].replaced = str(since[0]), bool(since[1])
     return ClusterState(
         nodes=nodes,
         pending={job.job_id: job for job in map(_job_from, d["pending"])},

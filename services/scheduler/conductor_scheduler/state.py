@@ -31,10 +31,20 @@ class Node:
     # Declared lost (NodeLost) until it registers again; drained (with its reason) until resumed.
     lost: bool = False
     draining: str | None = None
+    # The executor instance that registered it last ("": one older than instances), and whether that
+    # one replaced another whose runs are still in the log: the node takes no work until the liveness
+    # check has declared it lost, which ends those runs (liveness.py).
+    instance: str = ""
+    replaced: bool = False
 
     @property
     def available(self) -> bool:
-        return not self.lost and self.draining is None
+        return not self.lost and self.draining is None and not self.replaced
+
+    @property
+    def away_as(self) -> str:
+        """Why it takes no work, for a reason's detail."""
+        return "lost" if self.lost else "its executor replaced" if self.replaced else "drained"
 
     def usable_cores(self) -> list[int]:
         """The cores a new placement may take: free ones, as many as the capacity still allows."""
@@ -112,6 +122,11 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
     used = [a for a in state.running.values() if a.node == event.node]
     busy = {core for a in used for core in a.cores}
     before = state.nodes.get(event.node)
+    # Runs of another executor instance, which this one (another state folder) cannot have adopted:
+    # nothing would ever report them. Not those a NodeLost has ended already (orphans).
+    other = before is not None and bool(before.instance and event.instance) and before.instance != event.instance
+    unreported = other and any(a.node == event.node and j not in state.orphans for j, a in state.running.items())
+    replaced = before is not None and not before.lost and (before.replaced or unreported)
     state.nodes[event.node] = Node(
         name=event.node,
         cpus=event.cpus,
@@ -122,6 +137,8 @@ def _register(state: ClusterState, event: ev.NodeRegistered) -> None:
         alloc_cpus=sum(len(a.cores) for a in used),
         # A drain outlives an executor restart, as in Slurm; being lost does not (it is back).
         draining=None if before is None else before.draining,
+        instance=event.instance,
+        replaced=replaced,
     )
 
 
