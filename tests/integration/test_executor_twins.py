@@ -4,8 +4,10 @@ node's placements: a placement one of them was slow to acknowledge ran on both."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +113,71 @@ async def test_an_executor_replacing_another_of_its_node_starts_none_of_that_one
     assert (tmp_path / "work" / "runs").read_text() == "placed-after\n"
     about_left = [e.type for _, _, e in await read_log(bus) if getattr(e, "job_id", None) == left]
     assert about_left == ["JobPlaced"]  # a submission's id is its sequence, not a field
+
+
+async def test_an_executor_frozen_while_another_took_its_node_over_gives_the_node_up_when_thawed(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    # It ran beside the one that replaced it: both took the node's placements and ran its jobs.
+    env = os.environ | {
+        "NATS_URL": nats_url,
+        "CONDUCTOR_NODE": NODE,
+        "CONDUCTOR_STATE_DIR": str(tmp_path / "a"),
+        "CONDUCTOR_HEARTBEAT_S": "0.5",
+        "CONDUCTOR_KILL_GRACE_S": "1",
+    }
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "conductor_executor", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        work = tmp_path / "work"
+        await eventually(lambda: _registrations(bus), what="the first executor's registration")
+        job_id = await _submit_and_place(bus, work, "echo $$ > pid\nsleep 120\n")
+        pid = int(await eventually(lambda: _read(work / "pid"), what="the job running on the first executor"))
+        os.kill(first.pid, signal.SIGSTOP)
+        stop = asyncio.Event()
+        second = asyncio.create_task(run(executor_settings(nats_url, tmp_path / "b", heartbeat_s=0.5), stop))
+        try:
+
+            async def by_second() -> list[ev.NodeRegistered]:
+                registered = await _registrations(bus)
+                return [r for r in registered if r.instance != registered[0].instance]
+
+            await eventually(by_second, what="the second executor's registration")
+            os.kill(first.pid, signal.SIGCONT)
+            stderr = (await asyncio.wait_for(first.communicate(), 60))[1].decode()
+            assert first.returncode == os.EX_TEMPFAIL, stderr
+            assert "another executor of this node took it over" in stderr
+            outcome = await _outcome(bus, job_id)
+            assert isinstance(outcome, ev.JobFailed) and outcome.node_fail and "took the node over" in outcome.message
+            assert not _alive(pid)
+            assert not second.done()  # the second runs on
+            later = await _submit_and_place(bus, work, "true\n")
+            assert isinstance(await _outcome(bus, later), ev.JobCompleted)
+        finally:
+            stop.set()
+            await second
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(first.pid, signal.SIGCONT)
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+
+
+async def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:

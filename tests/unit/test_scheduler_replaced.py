@@ -126,3 +126,16 @@ def test_a_scheduler_that_never_heard_the_instance_before_waits_the_limit_from_i
     assert _lost(liveness, log.state) == []
     clock.now += 2
     assert len(_lost(liveness, log.state)) == 1
+
+
+def test_a_replaced_node_whose_runs_before_all_ended_takes_work_without_a_loss() -> None:
+    # The executor replaced was frozen, not dead: thawed, it gave the node up and reported its runs.
+    log, plain, again = _with_runs()
+    log.append(_registered("n0", "second"))
+    later = log.append(submitted(cpus=1))
+    log.append(ev.JobFailed(job_id=plain, node="n0", exit_code=None, node_fail=True))
+    assert _placed(log.schedule()) == []
+    log.append(ev.JobFailed(job_id=again, node="n0", exit_code=None, node_fail=True))
+    log.schedule()  # the requeue job requeued
+    assert not log.state.nodes["n0"].replaced
+    assert sorted(_placed(log.schedule())) == sorted([later, again])

@@ -18,10 +18,12 @@ import socket
 import time
 from collections.abc import Callable
 
+import nats.js.errors
 from nats.js.kv import KeyValue
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import twins
 from conductor_platform.bus import Bus
 from conductor_platform.retry import pause
 
@@ -75,6 +77,10 @@ def value(registration: ev.NodeRegistered, now: float, instance: str = "", lost_
     ).encode()
 
 
+class Replaced(Exception):
+    """Another instance of the node's executor wrote its heartbeat over this one's."""
+
+
 class Heartbeat:
     def __init__(
         self,
@@ -85,9 +91,16 @@ class Heartbeat:
         clock: Callable[[], float] = time.monotonic,
         on_beat: Callable[[], None] = lambda: None,
         instance: str = "",
+        on_replaced: Callable[[str], None] = lambda _: None,
     ) -> None:
         self._registration = registration
         self.instance = instance
+        # Each beat is written over the revision of the one before: a value of another instance in
+        # between means this executor was frozen or cut off long enough for another of its node to
+        # take it over (twins.py), and it must give the node up (``on_replaced``, once).
+        self._revision: int | None = None
+        self._on_replaced = on_replaced
+        self.replaced = False
         self.every_s = every_s
         self._on_silence = on_silence
         self._on_beat = on_beat
@@ -106,11 +119,34 @@ class Heartbeat:
             self._kv_of = bus
         registration = self._registration()
         written = value(registration, time.time(), self.instance, self.silence.lost_after_s)
-        await self._kv.put(subjects.heartbeat_key(registration.node), written)
+        key = subjects.heartbeat_key(registration.node)
+        if self._revision is not None:
+            try:
+                self._revision = await self._kv.update(key, written, last=self._revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if (other := await self._writer(key)) is not None:
+                    raise Replaced(other) from None
+        self._revision = await self._kv.put(key, written)
+
+    async def _writer(self, key: str) -> str | None:
+        """Where the instance that wrote the key runs, if another instance of this node's executor:
+        None when it is this one, or none that names itself (the key deleted, an older executor)."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        other, where = twins.writer(entry.value)
+        return where if other and other != self.instance else None
 
     async def beat_once(self, bus: Bus | None) -> None:
         try:
             await asyncio.wait_for(self._write(bus), max(1.0, self.every_s))
+        except Replaced as err:
+            self.replaced = True
+            self._on_replaced(str(err))
+            return
         except Exception as err:
             self._kv = None  # looked up again: the bucket may have been recreated meanwhile
             first = not self.silence.failing
@@ -127,7 +163,7 @@ class Heartbeat:
 
     async def run(self, bus: Callable[[], Bus | None], stop: asyncio.Event) -> None:
         """Until ``stop`` (or cancelled); ``bus``: the executor's connection, None until it has one."""
-        while not stop.is_set():
+        while not stop.is_set() and not self.replaced:
             try:
                 await self.beat_once(bus())
             except Exception:  # a bug in a beat must not end the beating

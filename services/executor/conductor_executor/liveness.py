@@ -134,6 +134,8 @@ class Liveness:
             await asyncio.sleep(0.05)
         if self.ex.registered_seq > seq:
             return  # the node registered after that loss already (an old NodeLost, read late)
+        if not await self.ex.still_ours():
+            return  # another executor took the node over meanwhile: it registers it
         if await self.ex.outbox.keep(self.ex.registration(), self.ex.stop):
             log.info("node registered again after being declared lost", extra={"node": self.ex.node, "seq": seq})
 

@@ -15,6 +15,10 @@ FENCED = (
 )
 # As Slurm's jobs on a node that goes down: NODE_FAIL, and a job that asked to be requeued is.
 STOPPED = "killed as its executor stopped (CONDUCTOR_STOP_JOBS_ON_EXIT, as under conductor up)"
+REPLACED = (
+    "killed as another executor of its node took the node over while this job's executor was frozen or "
+    "cut off (a node has one executor)"
+)
 
 
 def outcome_event(
@@ -41,6 +45,8 @@ def outcome_event(
         return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "fenced" in reasons:
         return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=FENCED, node_fail=True, **at)
+    if "replaced" in reasons:
+        return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=REPLACED, node_fail=True, **at)
     if "stopped" in reasons:
         return ev.JobFailed(job_id=job_id, node=node, exit_code=exit_code, message=STOPPED, node_fail=True, **at)
     if "oom" in reasons:

@@ -121,6 +121,7 @@ class JobProcess:
         lost: bool = False,
         fenced: bool = False,
         stopped: bool = False,
+        replaced: bool = False,
     ) -> None:
         asked = {
             "cancelled": cancelled,
@@ -129,6 +130,7 @@ class JobProcess:
             sv.LOST: lost,
             sv.FENCED: fenced,
             sv.STOPPED: stopped,
+            sv.REPLACED: replaced,
         }
         reasons = self.reasons | {reason for reason, yes in asked.items() if yes}
         if reasons != self.reasons:

@@ -107,6 +107,8 @@ class Executor:
         self.settings = settings
         self.node = settings.node
         self.instance = instance  # twins.instance_id: which executor of the node this is
+        # Set when another executor of the node took it over while this one was frozen or cut off.
+        self.taken_over_by: str | None = None
         self._placed_subject = subjects.placements_for(settings.node)
         self._lost_subject = subjects.node_lost_of(settings.node)
         # Set when the executor stops: what keeps retrying a write to the disk gives up then.
@@ -205,7 +207,7 @@ class Executor:
         files = recorded_files(folder)
         if files is None:  # it never started: there is no output
             return
-        if sv.FENCED in sv.read_kill(folder):
+        if {sv.FENCED, sv.REPLACED} & sv.read_kill(folder):
             # Its run may have been ended and the job run again elsewhere meanwhile: this copy must not
             # replace that run's output.
             return
@@ -391,6 +393,38 @@ class Executor:
             "them once that one is surely gone, and this node takes no job meanwhile",
             extra={"node": self.node, "previous": previous, "registered_seq": self.registered_seq},
         )
+        return True
+
+    def taken_over(self, where: str) -> None:
+        """Another executor of this node wrote its heartbeat over this one's: it started while this
+        one was frozen or cut off, took the node over, and beats for it. This one stops, stopping its
+        jobs first and reporting them (NODE_FAIL; requeue jobs run again): the other cannot adopt
+        them, and would be given their cores."""
+        if self.taken_over_by is not None:
+            return
+        self.taken_over_by = where
+        log.error(
+            "another executor of this node took it over while this one was frozen or cut off: "
+            "stopping, and stopping this one's jobs",
+            extra={"node": self.node, "other": where, "jobs": sorted(self.running)},
+        )
+        self.stop.set()
+
+    async def still_ours(self) -> bool:
+        """Is the node's heartbeat still this executor's (or nobody's)? Asked before registering again
+        after a loss: one taken over meanwhile must not announce the node (it would hold the node of
+        the executor that took it over). Unknown (NATS away) counts as ours."""
+        if self._bus is None:
+            return True
+        try:
+            kv = await self._bus.heartbeats()
+            entry = await kv.get(subjects.heartbeat_key(self.node))
+            other, where = twins.writer(entry.value)
+        except Exception:
+            return True
+        if other and other != self.instance:
+            self.taken_over(where)
+            return False
         return True
 
     # -- handling ----------------------------------------------------------------------------------
@@ -958,8 +992,12 @@ class Executor:
         """A stop leaves the jobs running under their supervisors, for the next start to take over;
         with ``stop_jobs_on_exit`` it stops them and reports how they ended. ``leave_jobs``: not a
         stop but an end for a restart (a connection closed for good): the jobs run on whatever
-        ``stop_jobs_on_exit`` says, as when the executor dies."""
-        if self.settings.stop_jobs_on_exit and not leave_jobs:
+        ``stop_jobs_on_exit`` says, as when the executor dies. Taken over by another executor of the
+        node: the jobs are stopped and reported whatever the setting (``taken_over``)."""
+        if self.taken_over_by is not None:
+            for process in list(self.running.values()):
+                process.kill(replaced=True)
+        elif self.settings.stop_jobs_on_exit and not leave_jobs:
             for process in list(self.running.values()):
                 process.kill(stopped=True)
         else:
@@ -1023,6 +1061,7 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
         executor.liveness.fence,
         on_beat=fence_lease.touched(executor.lease),
         instance=instance,
+        on_replaced=executor.taken_over,
     )
     beating = asyncio.create_task(heartbeat.run(lambda: executor._bus, executor.stopped))
     # Needs no NATS: from the start, and once more at the end for the jobs that ended since the last.
@@ -1046,6 +1085,8 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
         beating.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beating
+    if executor.taken_over_by is not None:
+        raise twins.TwinExecutor(f"another executor of this node took it over ({executor.taken_over_by})")
 
 
 async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> tuple[str, str | None]:

@@ -95,13 +95,14 @@ echo "exit $c" >>"$d/status"
 # Room left after process.json's text for the rewrites that make it longer (``mark_done``).
 _ROOM = 40
 
-KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced", "stopped")
+KILL_REASONS = ("cancelled", "timeout", "oom", "lost", "fenced", "stopped", "replaced")
 # The run of a job that the scheduler ended (NodeLost): killed, and nothing is reported for it.
 LOST = "lost"
 # Killed by its own executor after a silence it could not end (``liveness.py``).
 FENCED = "fenced"
 # Killed by its executor's stop (``stop_jobs_on_exit``): the node went away under it.
 STOPPED = "stopped"
+REPLACED = "replaced"  # another executor of the node took it over (``Executor.taken_over``)
 
 
 @functools.lru_cache(maxsize=64)

@@ -11,6 +11,8 @@ the node's heartbeat while the dead one's jobs stayed RUNNING for ever. Nothing 
   tells: it names the writer's instance, an id kept in the node's state folder, so an executor that
   restarts on the same folder is the same instance. A start that finds another instance's heartbeat
   watches the key for a while longer than a beat: a beat of that instance meanwhile is a live twin.
+- One that was frozen while another took the node over finds, thawed, the other's beat over its own
+  (``heartbeat.Replaced``) and gives the node up (``Executor.taken_over``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ def instance_id(folder: Path) -> str:
     return made
 
 
-def _instance(value: bytes | None) -> tuple[str | None, str]:
+def writer(value: bytes | None) -> tuple[str | None, str]:
+    """The instance that wrote a heartbeat (None: none named) and where it runs, for messages."""
     try:
         data = json.loads(value or b"")
         instance = data.get("instance")
@@ -83,7 +86,7 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
     except nats.js.errors.KeyNotFoundError:  # no key, or deleted: no one beats for this node
         await _take_over(kv, key, mine, first, None)
         return None
-    other, _ = _instance(entry.value)
+    other, _ = writer(entry.value)
     if not other or other == mine:
         await _take_over(kv, key, mine, first, entry.revision)
         return None
@@ -99,8 +102,8 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
             entry = await kv.get(key)
         except Exception:
             continue
-        writer, where = _instance(entry.value)
-        if entry.revision != seen and writer not in (None, mine):
+        by, where = writer(entry.value)
+        if entry.revision != seen and by not in (None, mine):
             raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
         seen = entry.revision
     await _take_over(kv, key, mine, first, seen)
@@ -115,8 +118,8 @@ async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int 
             await kv.update(key, first, last=last)
     except nats.js.errors.KeyWrongLastSequenceError:
         entry = await kv.get(key)
-        writer, where = _instance(entry.value)
-        if writer not in (None, mine):
+        by, where = writer(entry.value)
+        if by not in (None, mine):
             raise TwinExecutor(
                 f"another executor of this node started at the same moment ({where}): a node has one executor"
             ) from None

@@ -240,6 +240,10 @@ def _free(state: ClusterState, job_id: int) -> None:
         node.free_cores.update(c for c in allocation.cores if c < node.cpus)
         node.free_memory_mb += allocation.memory_mb
         node.alloc_cpus -= len(allocation.cores)
+        if node.alloc_cpus == 0:
+            # The runs of the executor it replaced are all ended (reported by that one, which gave
+            # the node up): nothing left for a NodeLost to end. No run was placed there since.
+            node.replaced = False
 
 
 def _of_current_run(state: ClusterState, event: ev.TerminalJobEvent) -> bool:
