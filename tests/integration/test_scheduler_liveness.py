@@ -8,9 +8,14 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import nats.errors
+import pytest
+
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import placements
 from conductor_platform.bus import Bus
+from conductor_scheduler import delivered
 from conductor_scheduler.service import run
 from conductor_scheduler.settings import SchedulerSettings
 from tests.integration.helpers import eventually, read_log
@@ -165,3 +170,68 @@ async def test_a_node_whose_executor_was_replaced_ends_the_runs_of_the_one_befor
     [requeued] = [e for e in log if isinstance(e, ev.JobRequeued)]
     assert (requeued.job_id, requeued.run) == (again, 0)
     assert len([e for e in log if isinstance(e, ev.NodeLost)]) == 1
+
+
+async def test_a_run_placed_on_a_dead_node_after_it_took_its_last_message_runs_again(bus: Bus, nats_url: str) -> None:
+    # It ended NODE_FAIL without having run: a node that dies with free cores takes placements until
+    # it is declared lost, and nothing told those from runs that had started.
+    settings = SchedulerSettings(nats_url=nats_url, node_lost_after_s=1.5, use_lease=False)
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(run(settings, stop))
+
+    async def placement(job_id: int) -> int | None:
+        return next((s for s, _, e in await read_log(bus) if isinstance(e, ev.JobPlaced) and e.job_id == job_id), None)
+
+    try:
+        async with beating(bus, "dies"):
+            await bus.publish(node("dies", 2, 4000))
+            sub = await placements.subscribe(bus, "dies")  # its executor's consumer
+            taken = await bus.publish(submitted())
+            taken_at = await eventually(lambda: placement(taken), what="the first job placed")
+            [msg] = await sub.fetch(1, timeout=10)
+            await msg.ack()  # the executor took it (and started it, as far as anyone knows)
+            never = await bus.publish(submitted())
+            never_at = await eventually(lambda: placement(never), what="the second job placed")
+        # The node dies before it fetches the second placement.
+
+        async def lost() -> ev.NodeLost | None:
+            return next((e for _, _, e in await read_log(bus) if isinstance(e, ev.NodeLost)), None)
+
+        declared = await eventually(lost, timeout=30, what="the node declared lost")
+        assert declared.delivered is not None and taken_at <= declared.delivered < never_at
+        async with beating(bus, "keeps"):
+            await bus.publish(node("keeps", 1, 4000))
+
+            async def placed_again() -> bool:
+                log = [e for _, _, e in await read_log(bus)]
+                return any(isinstance(e, ev.JobPlaced) and (e.job_id, e.run) == (never, 1) for e in log)
+
+            await eventually(placed_again, timeout=30, what="the job that never reached the node placed again")
+        info = await bus.js.consumer_info(bus.stream, subjects.executor_consumer("dies"))
+        assert not info.paused, "the consumer is resumed once the NodeLost is stored"
+    finally:
+        stop.set()
+        await scheduler
+    log = [e for _, _, e in await read_log(bus)]
+    [failed] = [e for e in log if isinstance(e, ev.JobFailed)]
+    assert (failed.job_id, failed.node_fail) == (taken, True)
+    [requeued] = [e for e in log if isinstance(e, ev.JobRequeued)]
+    assert requeued.job_id == never and "never reached node dies" in requeued.reason
+
+
+async def test_a_lost_node_s_consumer_hands_out_nothing_between_the_look_and_the_resume(bus: Bus) -> None:
+    # What the NodeLost says was not handed out must not be, until it is stored.
+    sub = await placements.subscribe(bus, "frozen")
+    first = await bus.publish(ev.JobPlaced(job_id=1, node="frozen", cores=(0,), memory_mb=1), by_scheduler=True)
+    [msg] = await sub.fetch(1, timeout=10)
+    await msg.ack()
+    await bus.publish(ev.JobPlaced(job_id=2, node="frozen", cores=(1,), memory_mb=1), by_scheduler=True)
+    lost = await delivered.paused_at(bus, ev.NodeLost(node="frozen"))
+    assert lost.delivered == first
+    with pytest.raises(nats.errors.TimeoutError):
+        await sub.fetch(1, timeout=1.5)
+    await delivered.resume(bus, "frozen")
+    [later] = await sub.fetch(1, timeout=10)
+    assert later.metadata.sequence.stream == first + 1
+    unknown = await delivered.paused_at(bus, ev.NodeLost(node="never-had-an-executor"))
+    assert unknown.delivered is None

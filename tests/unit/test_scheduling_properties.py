@@ -26,6 +26,8 @@ actions = st.lists(
         ),
         # A node declared lost, drained or resumed; a report of a run that is no longer current.
         st.tuples(st.sampled_from(["lose", "drain", "resume"]), st.integers(0, 3)),
+        # Lost, saying how far its executor was handed its placements: those after never started.
+        st.tuples(st.just("lose"), st.integers(0, 3), st.floats(0, 1)),
         st.tuples(st.just("late"), st.integers(0, 50)),
         st.tuples(
             st.just("finish"), st.integers(0, 50), st.sampled_from(["completed", "failed", "cancelled", "refused"])
@@ -53,8 +55,9 @@ def _run(node_specs: list[tuple[int, int, tuple[str, ...]]], steps: list[tuple[A
                 submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition), requeue=bool(requeue))))
             case ("submit", cpus, mem, partition):
                 submitted_ids.append(log.append(submitted(int(cpus), int(mem), str(partition))))
-            case ("lose", index) if node_specs:
-                log.append(ev.NodeLost(node=f"n{int(index) % len(node_specs)}"), by_scheduler=True)
+            case ("lose", index, *through) if node_specs:
+                delivered = int(float(through[0]) * len(log.events)) if through else None
+                log.append(ev.NodeLost(node=f"n{int(index) % len(node_specs)}", delivered=delivered), by_scheduler=True)
             case ("drain", index) if node_specs:
                 log.append(ev.NodeDrainRequested(node=f"n{int(index) % len(node_specs)}"))
             case ("resume", index) if node_specs:

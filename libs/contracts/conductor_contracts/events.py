@@ -211,6 +211,10 @@ class NodeLost(EventBase):
     type: Literal["NodeLost"] = "NodeLost"
     node: str
     reason: str = ""
+    # The stream sequence through which the node's executor had been handed its messages (its
+    # consumer paused meanwhile), None when not known: a run placed after it never reached the node,
+    # never started, and runs again whether or not it asked to be requeued.
+    delivered: Annotated[int, Field(ge=0)] | None = None
 
 
 class NodeDrainRequested(EventBase):

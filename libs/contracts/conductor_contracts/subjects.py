@@ -100,6 +100,11 @@ def placements_for(node: str) -> str:
     return f"{ROOT}.sched.placed.{node}"
 
 
+def executor_consumer(node: str) -> str:
+    """The durable consumer through which a node's executor reads its placements."""
+    return f"executor-{node}"
+
+
 def node_lost_of(node: str) -> str:
     return f"{ROOT}.sched.node.{node}.lost"
 

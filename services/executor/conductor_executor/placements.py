@@ -46,7 +46,7 @@ def filters(node: str) -> list[str]:
 
 
 def durable_name(node: str) -> str:
-    return f"executor-{node}"
+    return subjects.executor_consumer(node)
 
 
 async def ensure_consumer(bus: Bus, node: str) -> str:

@@ -158,7 +158,7 @@ def _orphaned(state: ClusterState, max_requeues: int = MAX_REQUEUES) -> list[Dec
         node = state.nodes.get(name)
         unstarted = state.unstarted.get(job_id)
         if unstarted is not None:  # nothing of it ran: run again, requeue or not
-            why = f"node {name} refused its run before it started: {unstarted}"
+            why = unstarted
         elif node is None or node.lost:
             why = f"node {name} was lost (its executor went silent)"
         else:  # its executor said so: the job's supervisor vanished, or the executor fenced it off

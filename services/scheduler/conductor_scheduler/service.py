@@ -46,7 +46,7 @@ from conductor_platform.bus import (
 from conductor_platform.closed import raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
-from conductor_scheduler import allocator, history, shrink, snapshot, traces
+from conductor_scheduler import allocator, delivered, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
@@ -152,7 +152,17 @@ class Scheduler:
     async def decide_and_publish(self) -> None:
         if self.state.last_seq < self.awaiting_seq:
             return
-        lost = self.liveness.silent(self.state, connection_of(self.bus))
+        lost = [
+            await delivered.paused_at(self.bus, e) for e in self.liveness.silent(self.state, connection_of(self.bus))
+        ]
+        try:
+            await self._decide_and_publish(lost)
+        finally:
+            for e in lost:
+                if e.delivered is not None:
+                    await delivered.resume(self.bus, e.node)
+
+    async def _decide_and_publish(self, lost: list[ev.NodeLost]) -> None:
         with DECIDE_SECONDS.time():
             decided = decide(self.state, queue_depth=self.settings.queue_depth, max_requeues=self.settings.max_requeues)
             decisions = [*lost, *decided]

@@ -94,7 +94,10 @@ def encode(state: ClusterState) -> dict[str, Any]:
         "nodes": [_node(n) for n in state.nodes.values()],
         "pending": [_job(j) for j in state.pending.values()],  # in submit order
         "queued": state.queued,
-        "running": [[job, a.node, list(a.cores), a.memory_mb, _job(a.job), a.run] for job, a in state.running.items()],
+        "running": [
+            [job, a.node, list(a.cores), a.memory_mb, _job(a.job), a.run, a.placed_seq]
+            for job, a in state.running.items()
+        ],
         "cancel_requested": sorted(state.cancel_requested),
         "reasons": [[job, reason] for job, reason in state.reasons.items()],
         "holds": _holds(state.holds),
@@ -123,8 +126,11 @@ def decode(d: dict[str, Any]) -> ClusterState:
         pending={job.job_id: job for job in map(_job_from, d["pending"])},
         queued={str(k): int(v) for k, v in d["queued"].items()},
         running={
-            int(job): Allocation(str(node), tuple(cores), int(memory), _job_from(spec), int(run))
-            for job, node, cores, memory, spec, run in d["running"]
+            # A snapshot made before placements' sequences were kept has none: 0, never "not delivered".
+            int(job): Allocation(
+                str(node), tuple(cores), int(memory), _job_from(spec), int(run), int(placed[0]) if placed else 0
+            )
+            for job, node, cores, memory, spec, run, *placed in d["running"]
         },
         cancel_requested=set(d["cancel_requested"]),
         reasons={int(job): str(reason) for job, reason in d["reasons"]},

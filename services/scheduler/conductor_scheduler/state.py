@@ -74,6 +74,7 @@ class Allocation:
     memory_mb: int
     job: PendingJob  # what it was while pending: a requeued job is queued again as such
     run: int = 0
+    placed_seq: int = 0  # its JobPlaced's stream sequence (0: not known, from an older snapshot)
 
 
 @dataclass
@@ -94,8 +95,8 @@ class ClusterState:
     ready_noops: set[int] = field(default_factory=set)
     # Running jobs whose node was declared lost, with its name: the policy ends or requeues them.
     orphans: dict[int, str] = field(default_factory=dict)
-    # Orphans whose run never started (their node refused the placement), with what it said: the
-    # policy runs them again whether or not they asked to be requeued.
+    # Orphans whose run never started (their node refused the placement, or never got it before it
+    # was lost), with why: the policy runs them again whether or not they asked to be requeued.
     unstarted: dict[int, str] = field(default_factory=dict)
     # Pending jobs a dependency let go that still show the reason Dependency: the policy gives each a
     # reason, "None" where it explains nothing (past queue_depth), as Slurm clears it at that moment.
@@ -280,7 +281,7 @@ def _requeue(state: ClusterState, event: ev.JobRequeued) -> None:
     _enqueue(state, replace(allocation.job, run=event.run + 1))
 
 
-def _lose(state: ClusterState, name: str) -> None:
+def _lose(state: ClusterState, name: str, delivered: int | None) -> None:
     node = state.nodes.get(name)
     if node is None or node.lost:
         return
@@ -288,6 +289,8 @@ def _lose(state: ClusterState, name: str) -> None:
     for job_id, allocation in state.running.items():
         if allocation.node == name:
             state.orphans[job_id] = name
+            if delivered is not None and allocation.placed_seq > delivered:
+                state.unstarted[job_id] = f"its placement never reached node {name} before the node was lost"
 
 
 def evolve(
@@ -314,7 +317,7 @@ def evolve(
                 return state
             _dequeue(state, job_id)
             state.reasons.pop(job_id, None)
-            state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb, job, event.run)
+            state.running[job_id] = Allocation(event.node, tuple(event.cores), event.memory_mb, job, event.run, seq)
             node = state.nodes.get(event.node)
             if node is not None:
                 node.free_cores.difference_update(event.cores)
@@ -332,14 +335,14 @@ def evolve(
             # node refused it before it started: nothing of it ran.
             state.orphans[job_id] = event.node
             if event.never_started:
-                state.unstarted[job_id] = event.message
+                state.unstarted[job_id] = f"node {event.node} refused its run before it started: {event.message}"
         case ev.JobCompleted() | ev.JobFailed() | ev.JobTimedOut() | ev.JobOutOfMemory() | ev.JobCancelled():
             if _of_current_run(state, event):
                 _release(state, event.job_id, ev.final_state(event))
         case ev.JobRequeued():
             _requeue(state, event)
-        case ev.NodeLost(node=name):
-            _lose(state, name)
+        case ev.NodeLost(node=name, delivered=delivered):
+            _lose(state, name, delivered)
         case ev.NodeDrainRequested(node=name, reason=reason):
             if name in state.nodes:
                 state.nodes[name].draining = reason

@@ -1,0 +1,56 @@
+"""How far a lost node's executor was handed its messages, for the NodeLost to say.
+
+A run placed after that point never reached the node and never started: the fold runs it again,
+requeue or not, where it would otherwise end NODE_FAIL without having run (a node that dies with free
+cores takes placements until it is declared lost). The node's consumer is paused first
+(nats-server >= 2.11), so that nothing more is handed out between the look and the NodeLost being
+stored: an executor alive but not beating (its heartbeat writes failing, its fetches not) could
+otherwise take and start a placement the fold counts as never delivered, and the job would run twice.
+The consumer is resumed once the NodeLost is stored or refused; a scheduler that dies in between
+leaves it paused until ``PAUSE_S`` have passed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from conductor_contracts import events as ev
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus
+
+log = logging.getLogger("conductor.scheduler")
+
+PAUSE_S = 60.0
+
+
+async def paused_at(bus: Bus, lost: ev.NodeLost) -> ev.NodeLost:
+    """``lost`` with the sequence its node's consumer had delivered through, its consumer paused;
+    as it is (not known) when the consumer cannot be paused or read (no such consumer, an older
+    nats-server, NATS away)."""
+    name = subjects.executor_consumer(lost.node)
+    until = (datetime.now(UTC) + timedelta(seconds=PAUSE_S)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        pause = await bus.js.pause_consumer(bus.stream, name, until)
+        if not pause.paused:
+            return lost
+        info = await bus.js.consumer_info(bus.stream, name)
+    except Exception as err:
+        log.info(
+            "could not pause a lost node's consumer: its runs are ended as started",
+            extra={"node": lost.node, "error": f"{type(err).__name__}: {err}"[:300]},
+        )
+        return lost
+    if info.delivered is None:
+        return lost
+    return lost.model_copy(update={"delivered": int(info.delivered.stream_seq)})
+
+
+async def resume(bus: Bus, node: str) -> None:
+    try:
+        await bus.js.resume_consumer(bus.stream, subjects.executor_consumer(node))
+    except Exception as err:  # it resumes by itself after PAUSE_S
+        log.warning(
+            "could not resume a lost node's consumer; it resumes by itself",
+            extra={"node": node, "pause_s": PAUSE_S, "error": f"{type(err).__name__}: {err}"[:300]},
+        )

@@ -1,0 +1,48 @@
+"""Runs placed on a node after its executor was last handed a message (the NodeLost says up to
+which sequence) never started: they run again, requeue or not, instead of ending NODE_FAIL."""
+
+from __future__ import annotations
+
+from conductor_contracts import events as ev
+from conductor_scheduler import snapshot
+from tests.unit.scheduling import Log, node, submitted
+
+
+def _two_placed() -> tuple[Log, int, int, int]:
+    log = Log()
+    log.append(node("n0", 2))
+    first = log.append(submitted())
+    log.schedule()
+    [(_, delivered)] = [(e.job_id, seq) for seq, e, _ in log.events if isinstance(e, ev.JobPlaced)]
+    second = log.append(submitted())
+    log.schedule()
+    assert set(log.state.running) == {first, second}
+    return log, first, second, delivered
+
+
+def test_a_run_placed_after_what_the_node_was_handed_runs_again_the_one_before_ends_node_fail() -> None:
+    log, first, second, delivered = _two_placed()
+    log.append(ev.NodeLost(node="n0", delivered=delivered), by_scheduler=True)
+    ended = {(d.type, d.job_id): d for d in log.schedule()}
+    assert set(ended) == {("JobFailed", first), ("JobRequeued", second)}
+    failed, requeued = ended["JobFailed", first], ended["JobRequeued", second]
+    assert isinstance(failed, ev.JobFailed) and failed.node_fail
+    assert isinstance(requeued, ev.JobRequeued) and "never reached node n0" in requeued.reason
+    log.append(node("n1", 1))
+    assert [(d.job_id, d.run) for d in log.schedule() if isinstance(d, ev.JobPlaced)] == [(second, 1)]
+
+
+def test_a_loss_that_does_not_say_ends_every_run_as_started() -> None:
+    log, first, second, _ = _two_placed()
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    assert sorted((d.type, d.job_id) for d in log.schedule()) == [("JobFailed", first), ("JobFailed", second)]
+
+
+def test_a_snapshot_keeps_where_runs_were_placed_and_reads_one_made_before() -> None:
+    log, first, _, delivered = _two_placed()
+    restored = snapshot.load(snapshot.dump(log.state))
+    assert restored == log.state and restored is not None
+    assert restored.running[first].placed_seq == delivered
+    older = snapshot.encode(log.state)
+    older["running"] = [row[:6] for row in older["running"]]
+    assert {a.placed_seq for a in snapshot.decode(older).running.values()} == {0}  # never "not delivered"
