@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
+from conductor_executor import placements
 from conductor_executor import supervision as sv
 from conductor_executor.placements import ensure_consumer
 from conductor_executor.service import Executor, run
@@ -296,6 +297,36 @@ async def test_a_loss_read_after_a_restart_kills_the_runs_placed_before_it(
         await eventually(lambda: _started(bus, job_id), what="job started")
     group = await _group(settings, job_id)
     lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+
+        async def gone() -> bool:
+            return not _alive(group)
+
+        await eventually(gone, what="the run the loss ended killed")
+        await eventually(lambda: _registered_after(bus, lost), what="registered after the loss")
+        await asyncio.sleep(0.5)
+        assert not [e for _, e in await _of(bus, job_id) if isinstance(e, ev.TERMINAL_JOB_EVENTS)]
+
+
+async def test_a_loss_another_executor_of_the_node_read_still_kills_the_runs_taken_over_at_a_restart(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """While this executor was away, another of the node (on another state folder, since gone) read
+    the NodeLost on the node's shared consumer: it never comes here. The run taken over at the next
+    start was ended by it all the same (it ran on, and its cores went to new placements, refused)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    settings = _leaving_jobs(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit(bus, work)
+        await _place(bus, job_id)
+        await eventually(lambda: _started(bus, job_id), what="job started")
+    group = await _group(settings, job_id)
+    lost = await bus.publish(ev.NodeLost(node=NODE), by_scheduler=True)
+    other = await placements.subscribe(bus, NODE)  # the other executor, on the same durable consumer
+    for msg in await other.fetch(10, timeout=10):
+        await msg.ack()
+    await other.unsubscribe()
     async with running(bus, executor_settings(nats_url, tmp_path)):
 
         async def gone() -> bool:

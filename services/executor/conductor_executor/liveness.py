@@ -27,7 +27,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nats.js.errors import NotFoundError
+
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_executor import supervision as sv
 from conductor_executor.process import JobProcess
 
@@ -107,6 +110,26 @@ class Liveness:
         task = asyncio.create_task(self._register_after(victims, seq))
         self.ex.monitors.add(task)
         task.add_done_callback(self.ex.monitors.discard)
+
+    async def catch_up(self) -> bool:
+        """At start, the node's newest NodeLost, if this executor has not handled it: another executor
+        of the node may have read it (one that replaced this one while it was away acknowledged it
+        on the node's shared consumer), and then it never comes here, while runs this one adopts
+        were ended by it (review of 2026-12-02: they ran on, and the cores they held were given to
+        new placements, refused five times each until those jobs ended FAILED). True once looked."""
+        try:
+            msg = await self.ex.bus.js.get_last_msg(self.ex.bus.stream, subjects.node_lost_of(self.ex.node))
+        except NotFoundError:
+            return True
+        if msg.seq is None or msg.seq <= self.lost_seq:
+            return True
+        try:
+            event = ev.decode(msg.data or b"")
+        except ValueError:
+            return True
+        if isinstance(event, ev.NodeLost) and event.node == self.ex.node:
+            self.node_lost(event, msg.seq)
+        return True
 
     def _drop_owed(self, seq: int) -> int:
         """Reports still in the outbox about runs placed before the loss (a job that ended while NATS

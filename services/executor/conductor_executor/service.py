@@ -1153,6 +1153,10 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         )
         if sub is None:
             return
+        if not await retrying(
+            "looking for a loss of the node read elsewhere", executor.liveness.catch_up, stop, executor.backoff(), bus
+        ):
+            return
         publisher = asyncio.create_task(executor.outbox.run())
         if replaced and not await executor.replacing(replaced):
             publisher.cancel()
