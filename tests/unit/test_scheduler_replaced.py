@@ -139,3 +139,14 @@ def test_a_replaced_node_whose_runs_before_all_ended_takes_work_without_a_loss()
     log.schedule()  # the requeue job requeued
     assert not log.state.nodes["n0"].replaced
     assert sorted(_placed(log.schedule())) == sorted([later, again])
+
+
+def test_the_runs_a_loss_ends_say_what_it_said() -> None:
+    # They said "its executor went silent" whatever the loss was: a replaced executor's too.
+    log, plain, _ = _with_runs()
+    log.append(_registered("n0", "second"))
+    log.append(ev.NodeLost(node="n0", reason="its executor was replaced by another"), by_scheduler=True)
+    [failed] = [d for d in log.schedule() if isinstance(d, ev.JobFailed)]
+    assert failed.job_id == plain and failed.message.startswith("node n0 was lost: its executor was replaced")
+    restored = snapshot.load(snapshot.dump(log.state))
+    assert restored is not None and restored.nodes["n0"].lost_reason == "its executor was replaced by another"

@@ -159,6 +159,8 @@ def _orphaned(state: ClusterState, max_requeues: int = MAX_REQUEUES) -> list[Dec
         unstarted = state.unstarted.get(job_id)
         if unstarted is not None:  # nothing of it ran: run again, requeue or not
             why = unstarted
+        elif node is not None and node.lost and node.lost_reason:
+            why = f"node {name} was lost: {node.lost_reason}"
         elif node is None or node.lost:
             why = f"node {name} was lost (its executor went silent)"
         else:  # its executor said so: the job's supervisor vanished, or the executor fenced it off

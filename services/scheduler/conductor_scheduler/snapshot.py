@@ -86,6 +86,7 @@ def _node(n: Node) -> list[Any]:
         n.draining,
         n.instance,
         n.replaced,
+        n.lost_reason,
     ]
 
 
@@ -121,6 +122,8 @@ def decode(d: dict[str, Any]) -> ClusterState:
         # Absent from a snapshot made before executors had instances: none registered with one.
         if since:
             nodes[str(name)].instance, nodes[str(name)].replaced = str(since[0]), bool(since[1])
+        if len(since) > 2:
+            nodes[str(name)].lost_reason = str(since[2])
     return ClusterState(
         nodes=nodes,
         pending={job.job_id: job for job in map(_job_from, d["pending"])},

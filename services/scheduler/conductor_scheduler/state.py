@@ -36,6 +36,7 @@ class Node:
     # check has declared it lost, which ends those runs (liveness.py).
     instance: str = ""
     replaced: bool = False
+    lost_reason: str = ""  # what the NodeLost said, for the jobs it ends
 
     @property
     def available(self) -> bool:
@@ -281,11 +282,12 @@ def _requeue(state: ClusterState, event: ev.JobRequeued) -> None:
     _enqueue(state, replace(allocation.job, run=event.run + 1))
 
 
-def _lose(state: ClusterState, name: str, delivered: int | None) -> None:
+def _lose(state: ClusterState, name: str, delivered: int | None, reason: str) -> None:
     node = state.nodes.get(name)
     if node is None or node.lost:
         return
     node.lost = True
+    node.lost_reason = reason[:300]
     for job_id, allocation in state.running.items():
         if allocation.node == name:
             state.orphans[job_id] = name
@@ -341,8 +343,8 @@ def evolve(
                 _release(state, event.job_id, ev.final_state(event))
         case ev.JobRequeued():
             _requeue(state, event)
-        case ev.NodeLost(node=name, delivered=delivered):
-            _lose(state, name, delivered)
+        case ev.NodeLost(node=name, delivered=delivered, reason=reason):
+            _lose(state, name, delivered, reason)
         case ev.NodeDrainRequested(node=name, reason=reason):
             if name in state.nodes:
                 state.nodes[name].draining = reason
