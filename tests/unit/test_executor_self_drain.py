@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from conductor_contracts import events as ev
+from conductor_executor import service
 from conductor_executor.self_drain import SelfDrain, disk_fault, naming
+from conductor_executor.settings import ExecutorSettings
 
 STATE = Path("/var/lib/conductor/executor")
 
@@ -81,3 +83,29 @@ def test_a_write_refused_without_a_file_named_is_named_by_what_was_written() -> 
     with pytest.raises(OSError) as kept, naming(STATE / "elsewhere"):
         raise _refused(errno.ENOSPC, "/home/alice/out")
     assert kept.value.filename == "/home/alice/out"  # one that names its file keeps it
+
+
+async def test_killed_jobs_that_do_not_die_drain_the_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Slurm's "Kill task failed": every placement on their cores waited for them, was refused, and
+    # was placed here again, until each job's requeues ran out.
+    monkeypatch.setattr(service, "_DYING_EXTRA_S", 0.2)
+    executor = service.Executor(ExecutorSettings(node="n", cpus=2, memory="1G", state_dir=tmp_path, kill_grace_s=0))
+    asked: list[ev.Event] = []
+
+    async def publish(event: ev.Event) -> None:
+        asked.append(event)
+
+    executor.self_drain._publish = publish
+    monkeypatch.setattr(executor, "_dying", lambda: [7, 3])
+    assert await executor._dying_gone()
+    await asyncio.sleep(0.05)  # the ask goes out in the background
+    [drain] = asked
+    assert isinstance(drain, ev.NodeDrainRequested) and drain.by_node and drain.node == "n"
+    assert drain.reason.startswith("kill task failed: job(s) 3, 7 still hold their cores")
+    died = service.Executor(ExecutorSettings(node="m", cpus=2, memory="1G", state_dir=tmp_path, kill_grace_s=0))
+    died.self_drain._publish = publish
+    gone: list[list[int]] = [[5], []]
+    monkeypatch.setattr(died, "_dying", lambda: gone.pop(0) if len(gone) > 1 else gone[0])
+    assert await died._dying_gone()  # it died within the wait: no drain
+    await asyncio.sleep(0.05)
+    assert [e.node for e in asked if isinstance(e, ev.NodeDrainRequested)] == ["n"]

@@ -1,4 +1,4 @@
-"""A node whose own disk refuses jobs' files asks to be drained.
+"""A node whose own disk refuses jobs' files, or whose killed jobs do not die, asks to be drained.
 
 Every job placed on such a node fails the same way (its folder, its script, its records cannot be
 written), and its cores look free again a few seconds later: the node takes jobs faster than any
@@ -6,7 +6,9 @@ other and could fail most of a queue. As Slurm drains a node whose prolog fails,
 publishes ``NodeDrainRequested(by_node=True)`` with the error as its reason: the scheduler places
 nothing more there, what runs there finishes, and an operator resumes the node
 (``POST /nodes/{name}/resume``) once the disk is mended. A path a job names (its working directory,
-its output files) is the job's: an error there fails that job only.
+its output files) is the job's: an error there fails that job only. Jobs killed that still hold their
+cores long after (processes stuck in the kernel, on a hung file system) are Slurm's "Kill task
+failed", which drains the node too: every placement on those cores would be refused meanwhile.
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ class SelfDrain:
     def consider(self, err: BaseException) -> None:
         """Ask for the drain (in the background) when ``err`` is the node's disk refusing its files."""
         reason = disk_fault(err, self._own_dirs)
-        if reason is None or (self._asking is not None and not self._asking.done()):
+        if reason is not None:
+            self.ask(reason)
+
+    def ask(self, reason: str) -> None:
+        """Ask for the drain (in the background), once for a burst of asks."""
+        if self._asking is not None and not self._asking.done():
             return
         if self._asked_at is not None and time.monotonic() - self._asked_at < ASK_EVERY_S:
             return
@@ -87,7 +94,7 @@ class SelfDrain:
             )
             return
         self._asked_at = time.monotonic()
-        log.error("this node's disk refuses jobs' files: drain requested", extra={"reason": reason})
+        log.error("this node cannot take jobs: drain requested", extra={"reason": reason})
 
     async def close(self) -> None:
         if self._asking is not None:

@@ -509,10 +509,18 @@ class Executor:
         if not self._dying():
             return False
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 2 * self.settings.kill_grace_s + 10
+        waited = 2 * self.settings.kill_grace_s + _DYING_EXTRA_S
+        deadline = loop.time() + waited
         # Polled: a run starting beside this one leaves the list as it starts, which no event says.
         while self._dying() and loop.time() < deadline and not self.stop.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+        if (stuck := self._dying()) and not self.stop.is_set():
+            # Their processes do not die (stuck in the kernel): every placement on their cores would be
+            # refused and run again, here again, until its requeues ran out (Slurm: Kill task failed).
+            jobs = ", ".join(map(str, sorted(stuck)[:10]))
+            self.self_drain.ask(
+                f"kill task failed: job(s) {jobs} still hold their cores {waited:g} s after they were killed"
+            )
         return True
 
     async def lost_after(self, seq: int) -> int:
@@ -1026,6 +1034,9 @@ async def _settle(reply: Awaitable[None]) -> None:
     except Exception as err:
         log.warning("could not acknowledge a message", extra={"error": _short(err)})
 
+
+# How much longer than twice the kill's grace a placement waits for killed runs to give their cores back.
+_DYING_EXTRA_S = 10.0
 
 # nats-server's default ``sync_interval``: how long an acknowledged write may stay unsynced.
 _NATS_SYNC_S = 120.0
