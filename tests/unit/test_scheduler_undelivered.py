@@ -4,7 +4,7 @@ which sequence) never started: they run again, requeue or not, instead of ending
 from __future__ import annotations
 
 from conductor_contracts import events as ev
-from conductor_scheduler import snapshot
+from conductor_scheduler import delivered, snapshot
 from tests.unit.scheduling import Log, node, submitted
 
 
@@ -46,3 +46,18 @@ def test_a_snapshot_keeps_where_runs_were_placed_and_reads_one_made_before() -> 
     older = snapshot.encode(log.state)
     older["running"] = [row[:6] for row in older["running"]]
     assert {a.placed_seq for a in snapshot.decode(older).running.values()} == {0}  # never "not delivered"
+
+
+def test_a_loss_published_long_after_its_consumer_was_paused_says_nothing_of_what_was_delivered() -> None:
+    # The pause may have ended before it is stored: what was handed out meanwhile is not counted.
+    said, unknown = ev.NodeLost(node="n0", delivered=7), ev.NodeLost(node="n1")
+    assert delivered.fresh([said, unknown], paused_at=100.0, now=100.0 + delivered.FRESH_S) == [said, unknown]
+    late = delivered.fresh([said, unknown], paused_at=100.0, now=100.1 + delivered.FRESH_S)
+    assert [e.delivered for e in late] == [None, None] and late[0].node == "n0"
+
+
+def test_the_servers_pause_remaining_is_read_in_seconds() -> None:
+    assert delivered._seconds(15_000_000_000) == 15.0
+    assert delivered._seconds("2500000000") == 2.5
+    nothing: tuple[object, ...] = (None, 0, -5, "soon", [])
+    assert [delivered._seconds(v) for v in nothing] == [None] * 5

@@ -389,8 +389,9 @@ class Executor:
             await pause(self.stop, 0.05)
         self.liveness.replaced_before = self.registered_seq
         log.warning(
-            "this executor replaces another of this node whose runs it cannot adopt: the scheduler ends "
-            "them once that one is surely gone, and this node takes no job meanwhile",
+            "this executor replaces another of this node, whose runs it cannot adopt: it starts none of "
+            "that one's placements; runs of it still in the log end once it is surely gone, and until "
+            "then the node takes no job",
             extra={"node": self.node, "previous": previous, "registered_seq": self.registered_seq},
         )
         return True

@@ -7,7 +7,11 @@ cores takes placements until it is declared lost). The node's consumer is paused
 stored: an executor alive but not beating (its heartbeat writes failing, its fetches not) could
 otherwise take and start a placement the fold counts as never delivered, and the job would run twice.
 The consumer is resumed once the NodeLost is stored or refused; a scheduler that dies in between
-leaves it paused until ``PAUSE_S`` have passed.
+leaves it paused until ``PAUSE_S`` have passed (review of 2026-12-02: 60 s held the node's placements
+and cancels that long). A NodeLost published later than ``FRESH_S`` after the pause might be stored
+after the pause ended: it says nothing then. The pause's end is the scheduler's clock, which
+nats-server reads with its own: a pause the server reports much longer than asked (a clock far ahead)
+is undone, one already over (far behind) is none, and the NodeLost says nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from conductor_platform.bus import Bus
 
 log = logging.getLogger("conductor.scheduler")
 
-PAUSE_S = 60.0
+PAUSE_S = 15.0
+FRESH_S = 8.0
 
 
 async def paused_at(bus: Bus, lost: ev.NodeLost) -> ev.NodeLost:
@@ -34,6 +39,10 @@ async def paused_at(bus: Bus, lost: ev.NodeLost) -> ev.NodeLost:
         pause = await bus.js.pause_consumer(bus.stream, name, until)
         if not pause.paused:
             return lost
+        remaining = _seconds(pause.pause_remaining)
+        if remaining is None or remaining > 3 * PAUSE_S:
+            await bus.js.resume_consumer(bus.stream, name)
+            return lost
         info = await bus.js.consumer_info(bus.stream, name)
     except Exception as err:
         log.info(
@@ -44,6 +53,23 @@ async def paused_at(bus: Bus, lost: ev.NodeLost) -> ev.NodeLost:
     if info.delivered is None:
         return lost
     return lost.model_copy(update={"delivered": int(info.delivered.stream_seq)})
+
+
+def fresh(lost: list[ev.NodeLost], paused_at: float, now: float) -> list[ev.NodeLost]:
+    """The NodeLosts as they may be published at ``now`` (monotonic), their consumers paused at
+    ``paused_at``: past ``FRESH_S`` they say nothing of what was delivered."""
+    if now - paused_at <= FRESH_S:
+        return lost
+    return [e.model_copy(update={"delivered": None}) if e.delivered is not None else e for e in lost]
+
+
+def _seconds(remaining: object) -> float | None:
+    """nats-server's ``pause_remaining`` (nanoseconds), in seconds; None when it says none."""
+    try:
+        seconds = float(remaining) / 1e9  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
 
 
 async def resume(bus: Bus, node: str) -> None:

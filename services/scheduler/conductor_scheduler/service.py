@@ -152,20 +152,21 @@ class Scheduler:
     async def decide_and_publish(self) -> None:
         if self.state.last_seq < self.awaiting_seq:
             return
+        paused_at = time.monotonic()
         lost = [
             await delivered.paused_at(self.bus, e) for e in self.liveness.silent(self.state, connection_of(self.bus))
         ]
         try:
-            await self._decide_and_publish(lost)
+            await self._decide_and_publish(lost, paused_at)
         finally:
             for e in lost:
                 if e.delivered is not None:
                     await delivered.resume(self.bus, e.node)
 
-    async def _decide_and_publish(self, lost: list[ev.NodeLost]) -> None:
+    async def _decide_and_publish(self, lost: list[ev.NodeLost], paused_at: float) -> None:
         with DECIDE_SECONDS.time():
             decided = decide(self.state, queue_depth=self.settings.queue_depth, max_requeues=self.settings.max_requeues)
-            decisions = [*lost, *decided]
+            decisions = [*delivered.fresh(lost, paused_at, time.monotonic()), *decided]
         expected = self.state.last_scheduler_seq
         # A cycle's decisions go as atomic batches, each fenced on the decision stored last: one round
         # trip per thousand decisions, and a batch is stored whole or refused whole.
