@@ -53,7 +53,12 @@ class BenchSystem:
 async def conductor_up(node_cpus: int, memory: str = "64G", extra_executors: int = 0) -> AsyncIterator[BenchSystem]:
     """``extra_executors``: nodes ``bench-2``... each with an executor process of its own beside
     ``conductor up``'s node ``bench``, each offering ``node_cpus`` CPUs."""
-    with tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp:
+    # The jobs' folder beside the var folder, not in it: conductor up protects its var folder, and
+    # every job working there failed at its start (the bench counted those failures as completions).
+    with (
+        tempfile.TemporaryDirectory(prefix="conductor-bench-") as tmp,
+        tempfile.TemporaryDirectory(prefix="conductor-bench-work-") as work,
+    ):
         var = Path(tmp)
         nats_server = start_nats(var / "nats")
         postgres = start_postgres(var / "postgres")
@@ -71,7 +76,7 @@ async def conductor_up(node_cpus: int, memory: str = "64G", extra_executors: int
         url = f"http://127.0.0.1:{port}"
         try:
             await _until_registered(url, 1 + extra_executors, [up, *executors])
-            yield BenchSystem(url, nats_server, postgres, up, var, executors)
+            yield BenchSystem(url, nats_server, postgres, up, Path(work), executors)
         finally:
             for process in [*executors, up]:
                 process.send_signal(signal.SIGINT)
@@ -112,6 +117,16 @@ class Timeline:
     placed: dict[int, float] = field(default_factory=dict)
     started: dict[int, float] = field(default_factory=dict)
     ended: dict[int, float] = field(default_factory=dict)
+    outcomes: dict[int, str] = field(default_factory=dict)  # each ended job's terminal event type
+
+    def not_completed(self) -> dict[str, int]:
+        """How many jobs ended otherwise than COMPLETED, by how: a figure of completions over those
+        would measure failures."""
+        counts: dict[str, int] = {}
+        for kind in self.outcomes.values():
+            if kind != "JobCompleted":
+                counts[kind] = counts.get(kind, 0) + 1
+        return counts
 
 
 _OUTCOME_TOKENS = frozenset(t.removeprefix("Job").lower() for t in ev.TERMINAL_TYPES)
@@ -156,6 +171,7 @@ async def follow(nats_url: str, ids: set[int], deadline_s: float, *, outcomes: i
                 times.started[event.job_id] = at
             elif isinstance(event, ev.TERMINAL_JOB_EVENTS) and event.job_id in ids:
                 times.ended[event.job_id] = at
+                times.outcomes[event.job_id] = event.type
     await bus.close()
     return times
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 
 import aiohttp
@@ -229,6 +230,8 @@ async def main() -> None:
             return
         times = await follow(nats_server.url, set(ids), deadline_s=600, outcomes=len(ids))
         submitted, placed, started, ended = times.submitted, times.placed, times.started, times.ended
+        if failed := times.not_completed():
+            sys.exit(f"jobs that did not complete: {failed}: the figures would not measure completions")
         wall = time.perf_counter() - t0
         first_submit = min(submitted.values())
         completed_rate = len(ended) / (max(ended.values()) - first_submit) if ended else 0.0

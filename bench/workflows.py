@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from typing import Any
 
@@ -37,6 +38,8 @@ async def _span(system: BenchSystem, client: httpx.AsyncClient, user: str, jobs:
     times = await follow(system.nats.url, set(ids), deadline_s=600)
     if len(times.ended) < len(ids):
         return float("nan")
+    if failed := times.not_completed():
+        sys.exit(f"workflow jobs that did not complete: {failed}: the figures would not measure completions")
     return max(times.ended.values()) - start
 
 
