@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
+
+import nats.js.errors
 
 from conductor_contracts import events as ev
 from conductor_executor import supervision as sv
@@ -94,3 +97,68 @@ def test_the_process_record_keeps_placement_and_requeue() -> None:
     assert back is not None and back.placed_seq == 77 and back.requeue
     older = sv.parse_process('{"pid": 10, "started": 1.0, "supervised": true}')
     assert older is not None and older.placed_seq is None and not older.requeue
+
+
+class _Entry:
+    def __init__(self, value: bytes, revision: int) -> None:
+        self.value, self.revision = value, revision
+
+
+class _Key:
+    """The node's heartbeat key as nats-server keeps it: revisions, and update on the last one."""
+
+    def __init__(self) -> None:
+        self.entry: _Entry | None = None
+        self.next = 1
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.entry, self.next = _Entry(value, self.next), self.next + 1
+        return self.entry.revision
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        if self.entry is None or self.entry.revision != last:
+            raise nats.js.errors.KeyWrongLastSequenceError()
+        return await self.put(key, value)
+
+    async def get(self, key: str) -> _Entry:
+        assert self.entry is not None
+        return self.entry
+
+
+class _Bus:
+    def __init__(self, kv: _Key) -> None:
+        self.nc = type("Nc", (), {"is_connected": True})()
+        self._kv = kv
+
+    async def heartbeats(self) -> _Key:
+        return self._kv
+
+
+def _beating(kv: _Key) -> tuple[Heartbeat, list[str], Bus]:
+    taken: list[str] = []
+    registration = ev.NodeRegistered(node="n", cpus=1, memory_mb=100)
+    beat = Heartbeat(lambda: registration, 1.0, 30.0, lambda _: None, instance="mine", on_replaced=taken.append)
+    return beat, taken, cast(Bus, _Bus(kv))
+
+
+async def test_a_beat_of_another_instance_over_this_ones_gives_the_node_up() -> None:
+    kv = _Key()
+    beat, taken, bus = _beating(kv)
+    await beat.beat_once(bus)
+    await beat.beat_once(bus)
+    await kv.put("n", b'{"instance": "other", "pid": 7, "host": "h2"}')  # it took the node over
+    await beat.beat_once(bus)
+    assert taken == ["pid 7 on h2"] and beat.replaced
+
+
+async def test_a_key_that_went_back_to_another_instances_beat_is_no_twin() -> None:
+    # nats-server lost its last writes in a crash: what is left is the beat of the instance this one
+    # replaced, at an older revision. Giving the node up would stop every job here for nothing.
+    kv = _Key()
+    await kv.put("n", b'{"instance": "replaced"}')
+    beat, taken, bus = _beating(kv)
+    await beat.beat_once(bus)
+    await beat.beat_once(bus)
+    kv.entry = _Entry(b'{"instance": "replaced"}', 1)  # the crash
+    await beat.beat_once(bus)
+    assert taken == [] and not beat.replaced and kv.entry.revision > 3

@@ -125,19 +125,23 @@ class Heartbeat:
                 self._revision = await self._kv.update(key, written, last=self._revision)
                 return
             except nats.js.errors.KeyWrongLastSequenceError:
-                if (other := await self._writer(key)) is not None:
+                if (other := await self._writer(key, self._revision)) is not None:
                     raise Replaced(other) from None
         self._revision = await self._kv.put(key, written)
 
-    async def _writer(self, key: str) -> str | None:
-        """Where the instance that wrote the key runs, if another instance of this node's executor:
-        None when it is this one, or none that names itself (the key deleted, an older executor)."""
+    async def _writer(self, key: str, mine: int) -> str | None:
+        """Where the instance that wrote the key over this one's revision ``mine`` runs, if another
+        instance of this node's executor: None when it is this one, or none that names itself (the key
+        deleted, an older executor), or when the key went back below ``mine`` (nats-server lost its
+        last writes in a crash: what is left may be the beat of an instance this one replaced)."""
         assert self._kv is not None
         try:
             entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
         other, where = twins.writer(entry.value)
+        if entry.revision is not None and entry.revision < mine:
+            return None
         return where if other and other != self.instance else None
 
     async def beat_once(self, bus: Bus | None) -> None:
