@@ -105,15 +105,32 @@ def test_the_replaced_node_is_lost_once_the_instance_before_was_silent_for_the_l
     clock.now += 5
     log.append(_registered("n0", "second"))
     assert _lost(liveness, log.state) == []  # the second's heartbeat not heard yet: wait for it
-    _beat(liveness, "second", 2)
-    for revision in range(3, 8):  # the node beats on
+    _beat(liveness, "second", 2)  # counted from here: a stalled watch may have missed the first's last beats
+    for revision in range(3, 9):  # the node beats on
         clock.now += 5
         _beat(liveness, "second", revision)
-        assert _lost(liveness, log.state) == []  # 10 to 30 s since the first's last beat
+        assert _lost(liveness, log.state) == []  # 5 to 30 s since the second's first beat heard
     clock.now += 1
-    _beat(liveness, "second", 8)
+    _beat(liveness, "second", 9)
     [reason] = _lost(liveness, log.state)
     assert "replaced" in reason and "31 s without it" in reason
+
+
+def test_the_replaced_instance_s_own_longer_silence_is_waited_for() -> None:
+    # It fences its requeue jobs after its own 90 s: declared lost after the new one's 30 s, a requeue
+    # job ran again elsewhere while it still ran there.
+    log, _, _ = _with_runs()
+    clock, liveness = _liveness(log)
+    liveness.heard_from("n0", 1, b'{"instance": "first", "lost_after_s": 90}')
+    log.append(_registered("n0", "second"))
+    liveness.heard_from("n0", 2, b'{"instance": "second", "lost_after_s": 30}')
+    clock.now += 89
+    _beat(liveness, "second", 3)
+    assert _lost(liveness, log.state) == []
+    clock.now += 2
+    _beat(liveness, "second", 4)
+    [reason] = _lost(liveness, log.state)
+    assert "the limit is 90 s" in reason
 
 
 def test_a_scheduler_that_never_heard_the_instance_before_waits_the_limit_from_its_start() -> None:

@@ -4,7 +4,7 @@ which sequence) never started: they run again, requeue or not, instead of ending
 from __future__ import annotations
 
 from conductor_contracts import events as ev
-from conductor_scheduler import delivered, snapshot
+from conductor_scheduler import delivered, policy, snapshot
 from tests.unit.scheduling import Log, node, submitted
 
 
@@ -61,3 +61,19 @@ def test_the_servers_pause_remaining_is_read_in_seconds() -> None:
     assert delivered._seconds("2500000000") == 2.5
     nothing: tuple[object, ...] = (None, 0, -5, "soon", [])
     assert [delivered._seconds(v) for v in nothing] == [None] * 5
+
+
+def test_nothing_is_placed_on_a_node_in_the_cycle_that_declares_it_lost() -> None:
+    # The batch was [NodeLost(n0), JobPlaced(j on n0)]: a placement after the loss is no run it ends,
+    # and the job stayed RUNNING for good on a node that never came back.
+    log = Log()
+    log.append(node("n0", 2))
+    job = log.append(submitted())
+    decisions = policy.decide_losing(log.state, {"n0"})
+    assert not [d for d in decisions if isinstance(d, ev.JobPlaced)]
+    assert not log.state.nodes["n0"].lost  # the fold declares it lost, from the NodeLost
+    log.append(ev.NodeLost(node="n0"), by_scheduler=True)
+    for decision in decisions:
+        log.append(decision, by_scheduler=True)
+    log.append(node("n1", 1))
+    assert [(d.job_id, d.node) for d in log.schedule() if isinstance(d, ev.JobPlaced)] == [(job, "n1")]

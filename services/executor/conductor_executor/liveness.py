@@ -80,7 +80,7 @@ class Liveness:
         return ended_by_loss(placed_seq, self.lost_seq) or self.replaced(placed_seq)
 
     # -- NodeLost --------------------------------------------------------------------------------
-    def node_lost(self, event: ev.NodeLost, seq: int) -> None:
+    def node_lost(self, event: ev.NodeLost, seq: int, *, register_again: bool = True) -> None:
         """Synchronous: handled in the consumer's order, before the next placement."""
         if seq <= self.lost_seq:
             return  # handled already (a redelivery)
@@ -107,6 +107,8 @@ class Liveness:
                 "reports_dropped": dropped,
             },
         )
+        if not register_again:
+            return
         task = asyncio.create_task(self._register_after(victims, seq))
         self.ex.monitors.add(task)
         task.add_done_callback(self.ex.monitors.discard)
@@ -128,7 +130,8 @@ class Liveness:
         except ValueError:
             return True
         if isinstance(event, ev.NodeLost) and event.node == self.ex.node:
-            self.node_lost(event, msg.seq)
+            # The start's own registration, queued already, is stored after it: no second one.
+            self.node_lost(event, msg.seq, register_again=False)
         return True
 
     def _drop_owed(self, seq: int) -> int:

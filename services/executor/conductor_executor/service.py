@@ -133,6 +133,7 @@ class Executor:
         self._uploaded: set[tuple[int, int]] = set()
         # The stream sequence of this node's newest registration stored (0: none seen by this process).
         self.registered_seq = 0
+        self.first_registered_seq = 0  # this process's first registration stored
         # Resolved once: a job's output path is compared with them wherever the path's links lead.
         self._protected = {settings.state_dir.resolve(): OWN_FOLDER} | {
             folder.resolve(): f"{folder}, a folder this node protects (CONDUCTOR_PROTECTED_DIRS)"
@@ -197,6 +198,7 @@ class Executor:
             self._uploaded.discard((event.job_id, event.run))
         elif isinstance(event, ev.NodeRegistered):
             self.registered_seq = max(self.registered_seq, seq)
+            self.first_registered_seq = self.first_registered_seq or seq
 
     async def _keep_output(self, event: ev.Event) -> None:
         """Before a job's outcome is published: its output into the object store. NATS being away
@@ -383,16 +385,17 @@ class Executor:
         still in the consumer are its runs, which the scheduler ends once it is surely gone (its
         requeue jobs fenced), not runs to start here: consuming waits until this executor's
         registration is stored, and what was placed before it is not started. False: stopped first."""
-        while not self.registered_seq:
+        while not self.first_registered_seq:
             if self.stop.is_set():
                 return False
             await pause(self.stop, 0.05)
-        self.liveness.replaced_before = self.registered_seq
+        # Its first: placements between it and a second (after a loss) are this executor's own.
+        self.liveness.replaced_before = self.first_registered_seq
         log.warning(
             "this executor replaces another of this node, whose runs it cannot adopt: it starts none of "
             "that one's placements; runs of it still in the log end once it is surely gone, and until "
             "then the node takes no job",
-            extra={"node": self.node, "previous": previous, "registered_seq": self.registered_seq},
+            extra={"node": self.node, "previous": previous, "registered_seq": self.first_registered_seq},
         )
         return True
 

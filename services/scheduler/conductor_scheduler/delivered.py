@@ -10,8 +10,8 @@ The consumer is resumed once the NodeLost is stored or refused; a scheduler that
 leaves it paused until ``PAUSE_S`` have passed (review of 2026-12-02: 60 s held the node's placements
 and cancels that long). A NodeLost published later than ``FRESH_S`` after the pause might be stored
 after the pause ended: it says nothing then. The pause's end is the scheduler's clock, which
-nats-server reads with its own: a pause the server reports much longer than asked (a clock far ahead)
-is undone, one already over (far behind) is none, and the NodeLost says nothing.
+nats-server reads with its own: a pause the server reads as much longer or shorter than asked (clocks
+apart) is undone, and the NodeLost says nothing.
 """
 
 from __future__ import annotations
@@ -37,18 +37,25 @@ async def paused_at(bus: Bus, lost: ev.NodeLost) -> ev.NodeLost:
     until = (datetime.now(UTC) + timedelta(seconds=PAUSE_S)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:
         pause = await bus.js.pause_consumer(bus.stream, name, until)
-        if not pause.paused:
-            return lost
-        remaining = _seconds(pause.pause_remaining)
-        if remaining is None or remaining > 3 * PAUSE_S:
-            await bus.js.resume_consumer(bus.stream, name)
-            return lost
-        info = await bus.js.consumer_info(bus.stream, name)
     except Exception as err:
         log.info(
             "could not pause a lost node's consumer: its runs are ended as started",
             extra={"node": lost.node, "error": f"{type(err).__name__}: {err}"[:300]},
         )
+        return lost
+    if not pause.paused:
+        return lost
+    try:
+        remaining = _seconds(pause.pause_remaining)
+        if remaining is None or remaining > 3 * PAUSE_S or remaining < PAUSE_S - FRESH_S:
+            raise ValueError(f"the server reads the pause as {remaining} s, not {PAUSE_S:g}: clocks apart")
+        info = await bus.js.consumer_info(bus.stream, name)
+    except Exception as err:
+        log.info(
+            "could not read a lost node's paused consumer: its runs are ended as started",
+            extra={"node": lost.node, "error": f"{type(err).__name__}: {err}"[:300]},
+        )
+        await resume(bus, lost.node)
         return lost
     if info.delivered is None:
         return lost

@@ -39,6 +39,7 @@ class Liveness:
         # heard, for a node whose executor was replaced (state.Node.replaced).
         self.instances: dict[str, str] = {}
         self.replaced_heard: dict[str, float] = {}
+        self.replaced_limit: dict[str, float] = {}  # the silence the instance replaced fences after
         # The connection (its count of reconnects) on which the current watch delivered every key.
         # Nobody is declared lost on another one: heartbeats written meanwhile may not be heard yet.
         self.watched_on: int | None = None
@@ -53,24 +54,28 @@ class Liveness:
             if self.revisions.get(node) == revision:
                 return  # the value we saw already, delivered again by a new watch
             self.revisions[node] = revision
-        before = self.heard.get(node)
         self.heard[node] = self.clock()
         if value is None:
             return
         own, instance = _read(value)
+        if instance and instance != self.instances.get(node):
+            if node in self.instances:
+                # Counted from the first beat of the new instance heard, not the last of the old one:
+                # a watch that stalled may not have delivered the old one's last beats. Its own silence
+                # limit is kept: its requeue jobs are fenced after that, not after the new one's.
+                self.replaced_heard[node] = self.clock()
+                self.replaced_limit[node] = self.limits.get(node, 0.0)
+            self.instances[node] = instance
         if own is not None:
             self.limits[node] = own
-        if instance and instance != self.instances.get(node):
-            if node in self.instances and before is not None:
-                self.replaced_heard[node] = before  # the last beat of the instance it replaces
-            self.instances[node] = instance
 
-    def limit_of(self, node: str) -> float:
+    def limit_of(self, node: str, own: float | None = None) -> float:
         """The silence after which ``node`` is lost: ours, or the node's own if longer, up to ten times
         ours. Its executor fences its requeue jobs two beats short of its own; with 90 s there against
         our 30 s, a job we requeued at 30 s ran on there until 86 s, twice at once. Unbounded, an
         executor set to 1e9 kept its dead node UP and its jobs RUNNING for good."""
-        return max(self.lost_after_s, min(self.limits.get(node, 0.0), OWN_LIMIT_TIMES * self.lost_after_s))
+        own = self.limits.get(node, 0.0) if own is None else own
+        return max(self.lost_after_s, min(own, OWN_LIMIT_TIMES * self.lost_after_s))
 
     def silent(self, state: ClusterState, connection: int) -> list[ev.NodeLost]:
         if self.watched_on != connection:
@@ -85,12 +90,14 @@ class Liveness:
             if silence > limit:
                 reason = f"no heartbeat for {silence:.0f} s (the limit is {limit:g} s)"
                 lost.append(ev.NodeLost(node=name, reason=reason))
-            elif (replaced := self._replaced_for(state, name, now)) is not None and replaced > limit:
+            elif (replaced := self._replaced_for(state, name, now)) is not None and replaced > (
+                replaced_limit := max(limit, self.limit_of(name, self.replaced_limit.get(name, 0.0)))
+            ):
                 # As long as a silence: the instance replaced has fenced its requeue jobs by then
                 # (its own liveness.py, or their supervisors' lease), so none runs twice.
                 reason = (
                     f"its executor was replaced by another, which cannot adopt the runs of the one before: "
-                    f"they are over ({replaced:.0f} s without it, the limit is {limit:g} s)"
+                    f"they are over ({replaced:.0f} s without it, the limit is {replaced_limit:g} s)"
                 )
                 lost.append(ev.NodeLost(node=name, reason=reason))
         return lost

@@ -187,6 +187,23 @@ def _orphaned(state: ClusterState, max_requeues: int = MAX_REQUEUES) -> list[Dec
     return decisions
 
 
+def decide_losing(
+    state: ClusterState, losing: set[str], *, queue_depth: int = 100, max_requeues: int = MAX_REQUEUES
+) -> list[Decision]:
+    """``decide`` in a cycle that also declares the nodes ``losing`` lost: nothing is placed on them.
+    Their NodeLosts go first in the cycle's batch, and a placement after a node's NodeLost is no run
+    the loss ends: it stayed RUNNING for good on a node that never came back (review of 2026-12-02).
+    The nodes are taken as lost while deciding, as the fold will take them."""
+    flipped = [n for name in sorted(losing) if (n := state.nodes.get(name)) is not None and not n.lost]
+    for n in flipped:
+        n.lost = True
+    try:
+        return decide(state, queue_depth=queue_depth, max_requeues=max_requeues)
+    finally:
+        for n in flipped:
+            n.lost = False
+
+
 def decide(state: ClusterState, *, queue_depth: int = 100, max_requeues: int = MAX_REQUEUES) -> list[Decision]:
     decisions: list[Decision] = _orphaned(state, max_requeues)
     for job_id in sorted(state.cancel_requested):

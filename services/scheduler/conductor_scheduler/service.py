@@ -50,7 +50,7 @@ from conductor_scheduler import allocator, delivered, history, shrink, snapshot,
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
 from conductor_scheduler.liveness import Liveness, connection_of, watch
-from conductor_scheduler.policy import decide
+from conductor_scheduler.policy import decide_losing
 from conductor_scheduler.settings import SchedulerSettings
 from conductor_scheduler.state import ClusterState, evolve
 
@@ -165,7 +165,12 @@ class Scheduler:
 
     async def _decide_and_publish(self, lost: list[ev.NodeLost], paused_at: float) -> None:
         with DECIDE_SECONDS.time():
-            decided = decide(self.state, queue_depth=self.settings.queue_depth, max_requeues=self.settings.max_requeues)
+            decided = decide_losing(
+                self.state,
+                {e.node for e in lost},
+                queue_depth=self.settings.queue_depth,
+                max_requeues=self.settings.max_requeues,
+            )
             decisions = [*delivered.fresh(lost, paused_at, time.monotonic()), *decided]
         expected = self.state.last_scheduler_seq
         # A cycle's decisions go as atomic batches, each fenced on the decision stored last: one round

@@ -27,9 +27,12 @@ from conductor_scheduler.state import Allocation, ClusterState, Node, PendingJob
 
 log = logging.getLogger("conductor.scheduler")
 
-# 2: the jobs a dependency let go that still show Dependency ("released"). A snapshot of another
-# format is not loaded: the log is folded from the start, once, after an upgrade.
-FORMAT = 2
+# 2: the jobs a dependency let go that still show Dependency ("released"). 3: nodes' executor
+# instances and replacement, the reason they were lost, runs' placement sequences: a snapshot of 2,
+# folded on, would not know the instances its log had registered (a replacement then went unseen,
+# its runs RUNNING for good). A snapshot of another format is not loaded: the log is folded from the
+# start, once, after an upgrade.
+FORMAT = 3
 MAGIC = b"conductor-scheduler-snapshot"
 
 
