@@ -109,10 +109,12 @@ async def test_an_executor_replacing_another_of_its_node_starts_none_of_that_one
     finally:
         stop.set()
         await replacing
-    # The first's placement came first in the node's consumer: skipped, with nothing reported.
+    # The first's placement came first in the node's consumer: not run, and, as the first never had
+    # it, reported as never started (the scheduler runs it again).
     assert (tmp_path / "work" / "runs").read_text() == "placed-after\n"
-    about_left = [e.type for _, _, e in await read_log(bus) if getattr(e, "job_id", None) == left]
-    assert about_left == ["JobPlaced"]  # a submission's id is its sequence, not a field
+    about_left = [e for _, _, e in await read_log(bus) if getattr(e, "job_id", None) == left]
+    assert [e.type for e in about_left] == ["JobPlaced", "JobFailed"]  # a submission's id is its sequence
+    assert isinstance(about_left[1], ev.JobFailed) and about_left[1].never_started
 
 
 async def test_an_executor_frozen_while_another_took_its_node_over_gives_the_node_up_when_thawed(

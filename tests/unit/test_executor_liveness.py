@@ -14,6 +14,8 @@ from conductor_executor import supervision as sv
 from conductor_executor.heartbeat import Heartbeat, Silence
 from conductor_executor.liveness import ended_by_loss, read_mark, write_mark
 from conductor_executor.outcomes import FENCED, outcome_event
+from conductor_executor.service import Executor
+from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 
 
@@ -162,3 +164,13 @@ async def test_a_key_that_went_back_to_another_instances_beat_is_no_twin() -> No
     kv.entry = _Entry(b'{"instance": "replaced"}', 1)  # the crash
     await beat.beat_once(bus)
     assert taken == [] and not beat.replaced and kv.entry.revision > 3
+
+
+def test_what_a_replacing_executor_must_not_start_is_kept_across_its_restarts(tmp_path: Path) -> None:
+    # Restarted on its own folder it is the same instance and finds its own heartbeat: nothing would
+    # tell it again that the placements before its registration were the previous executor's.
+    settings = ExecutorSettings(node="n", cpus=1, memory="1G", state_dir=tmp_path)
+    (tmp_path / "n").mkdir()
+    Executor(settings).liveness.replacing(42)
+    again = Executor(settings).liveness
+    assert again.replaced(41) and again.stale(41) and not again.replaced(42)

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conductor.executor")
 
 _MARK = "lost"
+_REPLACED = "replaced"
 
 
 def ended_by_loss(placed_seq: int | None, lost_seq: int) -> bool:
@@ -70,8 +71,17 @@ class Liveness:
         # The highest NodeLost of this node handled: placements below it are runs already ended.
         self.lost_seq = read_mark(self.mark)
         # Set when this executor took the node over from another instance: placements stored before
-        # its registration are that one's runs (``Executor.replacing``).
-        self.replaced_before = 0
+        # its registration are that one's runs (``Executor.replacing``). Kept on disk: a restart on
+        # this folder is this instance again, and must not start them either.
+        self.replaced_mark = executor.settings.state_dir / executor.node / _REPLACED
+        self.replaced_before = read_mark(self.replaced_mark)
+
+    def replacing(self, registered_seq: int) -> None:
+        self.replaced_before = max(self.replaced_before, registered_seq)
+        try:
+            write_mark(self.replaced_mark, self.replaced_before)
+        except OSError as err:  # only a restart before the node's loss needs it
+            log.warning("could not record the replacement", extra={"seq": registered_seq, "error": str(err)})
 
     def replaced(self, placed_seq: int) -> bool:
         return 0 < placed_seq < self.replaced_before

@@ -390,7 +390,7 @@ class Executor:
                 return False
             await pause(self.stop, 0.05)
         # Its first: placements between it and a second (after a loss) are this executor's own.
-        self.liveness.replaced_before = self.first_registered_seq
+        self.liveness.replacing(self.first_registered_seq)
         log.warning(
             "this executor replaces another of this node, whose runs it cannot adopt: it starts none of "
             "that one's placements; runs of it still in the log end once it is surely gone, and until "
@@ -432,12 +432,13 @@ class Executor:
         return True
 
     # -- handling ----------------------------------------------------------------------------------
-    async def handle(self, event: ev.Event, seq: int = 0, traceparent: str | None = None) -> None:
-        """``seq``: the event's stream sequence (0 when unknown); ``traceparent``: its message's."""
+    async def handle(self, event: ev.Event, seq: int = 0, traceparent: str | None = None, deliveries: int = 0) -> None:
+        """``seq``: the event's stream sequence (0 when unknown); ``traceparent``: its message's;
+        ``deliveries``: how many times the node's consumer has handed it out (0: not known)."""
         match event:
             case ev.JobPlaced(node=node) if node == self.node:
                 with traces.starting(event.job_id, event.run, node, traceparent) as carried:
-                    await self.start(event, seq, traceparent, carried)
+                    await self.start(event, seq, traceparent, carried, deliveries)
             case ev.NodeLost(node=node) if node == self.node:
                 self.liveness.node_lost(event, seq)
             case ev.JobCancelRequested(job_id=job_id) if job_id in self.running:
@@ -598,10 +599,16 @@ class Executor:
         return folder
 
     async def start(
-        self, placement: ev.JobPlaced, seq: int = 0, placed: str | None = None, carried: str | None = None
+        self,
+        placement: ev.JobPlaced,
+        seq: int = 0,
+        placed: str | None = None,
+        carried: str | None = None,
+        deliveries: int = 0,
     ) -> None:
         """``placed``: the placement's traceparent (the outcome's span is its child, also after a
-        restart); ``carried``: the one the events published from here carry."""
+        restart); ``carried``: the one the events published from here carry; ``deliveries``: how many
+        times the consumer handed it out."""
         job_id, run = placement.job_id, placement.run
         folder = self.folder(job_id, run)
         why = self._superseded(placement, seq)
@@ -613,6 +620,23 @@ class Executor:
             if (ahead := self._lookups.pop((job_id, run), None)) is not None:
                 ahead.cancel()
             log.info(why, extra={"job_id": job_id, "run": run, "seq": seq})
+            if deliveries == 1 and self.liveness.replaced(seq) and not folder.exists():
+                # Placed for the executor this one replaced, and handed out for the first time now:
+                # that one never had it, so nothing of it ran. Said so, it runs again (else it ended
+                # NODE_FAIL at the node's loss: a pod restarted within the 30 s, review of 2026-12-02).
+                self._make_folder(job_id, run)
+                self._supersede(job_id, run)
+                message = "placed for the node's previous executor, which never received it"
+                failed = ev.JobFailed(
+                    job_id=job_id,
+                    node=self.node,
+                    exit_code=None,
+                    message=message,
+                    node_fail=True,
+                    never_started=True,
+                    run=run,
+                )
+                self._report(job_id, failed, carried)
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         ahead = self._lookups.pop((job_id, run), None)
@@ -974,7 +998,7 @@ class Executor:
             return
         traceparent = tracing.of_headers(msg.headers)
         try:
-            await self.handle(event, seq, traceparent)
+            await self.handle(event, seq, traceparent, deliveries)
         except Exception as err:
             self.self_drain.consider(err)
             about = {"seq": seq, "subject": msg.subject, "job_id": getattr(event, "job_id", None)}
