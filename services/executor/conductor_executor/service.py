@@ -34,7 +34,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -109,6 +109,7 @@ class Executor:
         self.instance = instance  # twins.instance_id: which executor of the node this is
         # Set when another executor of the node took it over while this one was frozen or cut off.
         self.taken_over_by: str | None = None
+        self.last_beat = time.monotonic()  # the last heartbeat that got through
         self._placed_subject = subjects.placements_for(settings.node)
         self._lost_subject = subjects.node_lost_of(settings.node)
         # Set when the executor stops: what keeps retrying a write to the disk gives up then.
@@ -413,6 +414,15 @@ class Executor:
             extra={"node": self.node, "other": where, "jobs": sorted(self.running)},
         )
         self.stop.set()
+
+    def beaten(self, then: Callable[[], None]) -> Callable[[], None]:
+        """What a heartbeat that got through does: note when, then ``then``."""
+
+        def beat() -> None:
+            self.last_beat = time.monotonic()
+            then()
+
+        return beat
 
     async def still_ours(self) -> bool:
         """Is the node's heartbeat still this executor's (or nobody's)? Asked before registering again
@@ -916,6 +926,12 @@ class Executor:
                 await pause(stop, delay)
                 continue
             backoff.reset()
+            if time.monotonic() - self.last_beat > 2 * self.settings.heartbeat_s and not await self.still_ours():
+                # Frozen or cut off, and the node taken over meanwhile: these messages are the other
+                # executor's (a cancel taken here would never reach the job it names).
+                for msg in msgs:
+                    await _settle(msg.nak())
+                break
             self._look_ahead(msgs)
             try:
                 await self._take_all(msgs)
@@ -1098,7 +1114,7 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
         settings.heartbeat_s,
         settings.node_lost_after_s,
         executor.liveness.fence,
-        on_beat=fence_lease.touched(executor.lease),
+        on_beat=executor.beaten(fence_lease.touched(executor.lease)),
         instance=instance,
         on_replaced=executor.taken_over,
     )
@@ -1114,6 +1130,10 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
     try:
         await _run_connected(settings, executor, stop, instance)
     finally:
+        if executor.taken_over_by is not None and executor.running:
+            # Taken over before its consumer ran (while it subscribed or caught up): the jobs it
+            # adopted are stopped all the same; their reports wait in the outbox.
+            await executor.shutdown()
         executor.stopped.set()
         scanning.cancel()
         if executor.ended:
