@@ -608,6 +608,20 @@ class Executor:
             self._reruns[job_id] = run
         return folder
 
+    def _never_started(self, placement: ev.JobPlaced, message: str, carried: str | None) -> None:
+        """Reports a placement of which nothing ran (its folder made and marked): the scheduler runs
+        it again, whether or not it asked to be requeued."""
+        failed = ev.JobFailed(
+            job_id=placement.job_id,
+            node=self.node,
+            exit_code=None,
+            message=message,
+            node_fail=True,
+            never_started=True,
+            run=placement.run,
+        )
+        self._report(placement.job_id, failed, carried)
+
     async def start(
         self,
         placement: ev.JobPlaced,
@@ -636,17 +650,9 @@ class Executor:
                 # NODE_FAIL at the node's loss: a pod restarted within the 30 s, review of 2026-12-02).
                 self._make_folder(job_id, run)
                 self._supersede(job_id, run)
-                message = "placed for the node's previous executor, which never received it"
-                failed = ev.JobFailed(
-                    job_id=job_id,
-                    node=self.node,
-                    exit_code=None,
-                    message=message,
-                    node_fail=True,
-                    never_started=True,
-                    run=run,
+                self._never_started(
+                    placement, "placed for the node's previous executor, which never received it", carried
                 )
-                self._report(job_id, failed, carried)
             return
         # Look-ups first: if they fail, nothing is marked and the redelivered placement starts over.
         ahead = self._lookups.pop((job_id, run), None)
@@ -663,19 +669,9 @@ class Executor:
             return
         why = self._misfit(placement)
         if why is not None:
-            message = f"placement does not fit this node: {why}"
             # The node came back smaller than when the job was placed, say: nothing of it ran, so
             # the scheduler places it again (it ended FAILED, review of 2026-12-02).
-            failed = ev.JobFailed(
-                job_id=job_id,
-                node=self.node,
-                exit_code=None,
-                message=message,
-                node_fail=True,
-                never_started=True,
-                run=run,
-            )
-            self._report(job_id, failed, carried)
+            self._never_started(placement, f"placement does not fit this node: {why}", carried)
             log.warning("placement refused", extra={"job_id": job_id, "reason": why})
             return
         # Held from now: placements started together each see the others' cores and memory.
