@@ -35,8 +35,8 @@ class Liveness:
         self.heard: dict[str, float] = {}
         self.revisions: dict[str, int] = {}
         self.limits: dict[str, float] = {}  # what each node's executor takes for the silence that loses it
-        # The executor instance each node's heartbeat names, and when the instance before it was last
-        # heard, for a node whose executor was replaced (state.Node.replaced).
+        # The executor instance each node's heartbeat names, and, for a node whose executor was
+        # replaced (state.Node.replaced), when the new instance was first heard.
         self.instances: dict[str, str] = {}
         self.replaced_heard: dict[str, float] = {}
         self.replaced_limit: dict[str, float] = {}  # the silence the instance replaced fences after
