@@ -174,3 +174,14 @@ def test_what_a_replacing_executor_must_not_start_is_kept_across_its_restarts(tm
     Executor(settings).liveness.replacing(42)
     again = Executor(settings).liveness
     assert again.replaced(41) and again.stale(41) and not again.replaced(42)
+
+
+async def test_the_first_beat_after_the_start_is_written_over_the_start_s_own() -> None:
+    # Frozen right after its start, an executor's first beat of the loop was a blind put: thawed after
+    # another had taken the node over, it wrote over that one's beat and won the node back from it.
+    kv = _Key()
+    beat, taken, bus = _beating(kv)
+    beat.written(await kv.put("n", b'{"instance": "mine"}'))  # the twin check's first beat
+    await kv.put("n", b'{"instance": "other", "pid": 8, "host": "h3"}')  # took it over meanwhile
+    await beat.beat_once(bus)
+    assert taken == ["pid 8 on h3"]

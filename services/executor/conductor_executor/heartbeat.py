@@ -129,6 +129,11 @@ class Heartbeat:
                     raise Replaced(other) from None
         self._revision = await self._kv.put(key, written)
 
+    def written(self, revision: int | None) -> None:
+        """The key's revision after a beat written elsewhere (the twin check's first): the next beat
+        is written over it."""
+        self._revision = revision
+
     async def _writer(self, key: str, mine: int) -> str | None:
         """Where the instance that wrote the key over this one's revision ``mine`` runs, if another
         instance of this node's executor: None when it is this one, or none that names itself (the key

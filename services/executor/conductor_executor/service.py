@@ -1124,7 +1124,7 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
             extra={"job_retention_s": settings.job_retention_s, "sync_interval_s": _NATS_SYNC_S},
         )
     try:
-        await _run_connected(settings, executor, stop, instance)
+        await _run_connected(settings, executor, stop, instance, heartbeat)
     finally:
         if executor.taken_over_by is not None and executor.running:
             # Taken over before its consumer ran (while it subscribed or caught up): the jobs it
@@ -1144,13 +1144,13 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
         raise twins.TwinExecutor(f"another executor of this node took it over ({executor.taken_over_by})")
 
 
-async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> tuple[str, str | None]:
-    """Why this executor must not run (another of its node does), or ""; and the instance it replaces
-    (retried while NATS is away)."""
+async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: bytes) -> tuple[str, twins.TookOver]:
+    """Why this executor must not run (another of its node does), or ""; and how it took the node's
+    heartbeat over (retried while NATS is away)."""
     try:
         return "", await twins.refuse_twin(await bus.heartbeats(), key, instance, watch_s, first)
     except twins.TwinExecutor as err:
-        return str(err), None
+        return str(err), twins.TookOver(None, None)
 
 
 # What exec says of a program that is gone, not ours to run, or not a program (any more).
@@ -1171,7 +1171,9 @@ async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> Pa
         stopping.cancel()
 
 
-async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: asyncio.Event, instance: str) -> None:
+async def _run_connected(
+    settings: ExecutorSettings, executor: Executor, stop: asyncio.Event, instance: str, heartbeat: Heartbeat
+) -> None:
     bus = await retrying(
         "connecting to NATS",
         lambda: connect(
@@ -1196,9 +1198,14 @@ async def _run_connected(settings: ExecutorSettings, executor: Executor, stop: a
         )
         if checked is None:
             return
-        refused, replaced = checked
+        refused, took = checked
         if refused:
             raise twins.TwinExecutor(refused)
+        replaced = took.replaced
+        # The heartbeat's next beats are written over this first one, never blindly: one frozen just
+        # after its start and thawed once another took the node over would write over that one's beat
+        # and win the node back from it (review of 2026-12-02).
+        heartbeat.written(took.revision)
         executor._bus = bus
         # The consumer exists before the outbox may announce the node, so it cannot miss a placement;
         # a new one starts at new messages, so placements for an earlier node of the same name are

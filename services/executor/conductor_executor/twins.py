@@ -24,6 +24,7 @@ import logging
 import re
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -75,21 +76,25 @@ def writer(value: bytes | None) -> tuple[str | None, str]:
         return None, "?"
 
 
-async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: bytes) -> str | None:
+class TookOver(NamedTuple):
+    """The node's heartbeat key as this executor's start left it."""
+
+    replaced: str | None  # the instance this one replaces (its beat was the node's last), or None
+    revision: int | None  # the key's revision after this one's first beat: the next is written over it
+
+
+async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: bytes) -> TookOver:
     """Raises TwinExecutor if another instance writes the node's heartbeat within ``watch_s``, once
     its last one is found there (a heartbeat of this instance, or none: nothing to wait for); then
     writes ``first``, this instance's first beat, only over the last value it saw: two that started
-    together both saw no live twin, and only one of them can write over that value. Returns the
-    instance this one replaces (its heartbeat was the node's last), None when there is none."""
+    together both saw no live twin, and only one of them can write over that value."""
     try:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:  # no key, or deleted: no one beats for this node
-        await _take_over(kv, key, mine, first, None)
-        return None
+        return TookOver(None, await _take_over(kv, key, mine, first, None))
     other, _ = writer(entry.value)
     if not other or other == mine:
-        await _take_over(kv, key, mine, first, entry.revision)
-        return None
+        return TookOver(None, await _take_over(kv, key, mine, first, entry.revision))
     log.info(
         "the node's last heartbeat is another executor's: waiting to see whether it still beats",
         extra={"key": key, "watch_s": watch_s},
@@ -106,16 +111,15 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
         if entry.revision != seen and by not in (None, mine):
             raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
         seen = entry.revision
-    await _take_over(kv, key, mine, first, seen)
-    return other
+    return TookOver(other, await _take_over(kv, key, mine, first, seen))
 
 
-async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int | None) -> None:
+async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int | None) -> int | None:
+    """The revision of the key after this executor's first beat (None: not known)."""
     try:
         if last is None:
-            await kv.create(key, first)
-        else:
-            await kv.update(key, first, last=last)
+            return await kv.create(key, first)
+        return await kv.update(key, first, last=last)
     except nats.js.errors.KeyWrongLastSequenceError:
         entry = await kv.get(key)
         by, where = writer(entry.value)
@@ -123,3 +127,4 @@ async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int 
             raise TwinExecutor(
                 f"another executor of this node started at the same moment ({where}): a node has one executor"
             ) from None
+        return entry.revision
