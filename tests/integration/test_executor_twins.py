@@ -21,6 +21,7 @@ from conductor_executor.service import run
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually, read_log
 from tests.integration.test_executor import NODE, _outcome, _submit_and_place, executor_settings, running
+from tests.integration.test_executor_nodes import _alive
 
 
 async def _beats(bus: Bus) -> bytes | None:
@@ -152,7 +153,11 @@ async def test_an_executor_frozen_while_another_took_its_node_over_gives_the_nod
             assert "another executor of this node took it over" in stderr
             outcome = await _outcome(bus, job_id)
             assert isinstance(outcome, ev.JobFailed) and outcome.node_fail and "took the node over" in outcome.message
-            assert not _alive(pid)
+
+            async def gone() -> bool:
+                return not _alive(pid)  # the job's bash leads its process group: the group is gone
+
+            await eventually(gone, what="the job's processes gone")
             assert not second.done()  # the second runs on
             later = await _submit_and_place(bus, work, "true\n")
             assert isinstance(await _outcome(bus, later), ev.JobCompleted)
@@ -172,14 +177,6 @@ async def _read(path: Path) -> str | None:
         return path.read_text().strip() or None
     except OSError:
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:
