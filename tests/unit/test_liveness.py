@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conductor_contracts import heartbeats
 from conductor_scheduler.liveness import Liveness
 from tests.unit.scheduling import Log, node
 
@@ -97,3 +98,17 @@ def test_a_heartbeat_that_says_no_usable_silence_leaves_the_schedulers_own() -> 
     liveness.heard_from("b", revision=1)
     clock.now += 31
     assert [e.node for e in liveness.silent(log.state, connection=0)] == ["a", "b"]
+
+
+def test_a_heartbeat_is_read_as_it_was_written_and_anything_else_as_saying_nothing() -> None:
+    registration = node("a", 2)
+    written = heartbeats.encode(registration, 5.0, instance="i1", lost_after_s=90.0, pid=7, host="h")
+    assert heartbeats.decode(written) == heartbeats.Beat("i1", 90.0, "pid 7 on h")
+    for value in (
+        None,
+        b"",
+        b"[]",
+        b'{"instance": "", "lost_after_s": true}',
+        b'{"instance": 5, "lost_after_s": 1e999}',
+    ):
+        assert (heartbeats.decode(value).instance, heartbeats.decode(value).lost_after_s) == (None, None)

@@ -11,7 +11,6 @@ Nothing here ends the executor: a failed write is logged once per outage, and tr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -22,8 +21,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
-from conductor_executor import twins
+from conductor_contracts import heartbeats, subjects
 from conductor_platform.bus import Bus
 from conductor_platform.retry import pause
 
@@ -59,22 +57,11 @@ class Silence:
 
 
 def value(registration: ev.NodeRegistered, now: float, instance: str = "", lost_after_s: float = 0.0) -> bytes:
-    """What the key holds: when it was written and what the node registered (small: a KV value), and
-    who wrote it (``twins.py``)."""
-    return json.dumps(
-        {
-            "node": registration.node,
-            "at": now,
-            "cpus": registration.cpus,
-            "memory_mb": registration.memory_mb,
-            "partitions": list(registration.partitions),
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "instance": instance,
-            # Its own silence before it fences: the scheduler waits at least as long (its liveness.py).
-            "lost_after_s": lost_after_s,
-        }
-    ).encode()
+    """What the key holds (``heartbeats.encode``), written by this process. ``lost_after_s``: its own
+    silence before it fences, which the scheduler waits at least as long as (its liveness.py)."""
+    return heartbeats.encode(
+        registration, now, instance=instance, lost_after_s=lost_after_s, pid=os.getpid(), host=socket.gethostname()
+    )
 
 
 class Replaced(Exception):
@@ -144,10 +131,10 @@ class Heartbeat:
             entry = await self._kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
-        other, where = twins.writer(entry.value)
+        beat = heartbeats.decode(entry.value)
         if entry.revision is not None and entry.revision < mine:
             return None
-        return where if other and other != self.instance else None
+        return beat.where if beat.instance not in (None, self.instance) else None
 
     async def beat_once(self, bus: Bus | None) -> None:
         try:

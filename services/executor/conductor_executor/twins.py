@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import uuid
@@ -29,6 +28,7 @@ from typing import NamedTuple
 import nats.js.errors
 from nats.js.kv import KeyValue
 
+from conductor_contracts import heartbeats
 from conductor_platform.folder_lock import holder, lock_folder
 
 log = logging.getLogger("conductor.executor")
@@ -68,12 +68,8 @@ def instance_id(folder: Path) -> str:
 
 def writer(value: bytes | None) -> tuple[str | None, str]:
     """The instance that wrote a heartbeat (None: none named) and where it runs, for messages."""
-    try:
-        data = json.loads(value or b"")
-        instance = data.get("instance")
-        return (instance if isinstance(instance, str) else None), f"pid {data.get('pid')} on {data.get('host', '?')}"
-    except (ValueError, AttributeError):
-        return None, "?"
+    beat = heartbeats.decode(value)
+    return beat.instance, beat.where
 
 
 class TookOver(NamedTuple):

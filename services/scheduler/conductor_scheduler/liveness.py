@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
+from conductor_contracts import heartbeats, subjects
 from conductor_platform.bus import Bus
 from conductor_platform.retry import Backoff
 from conductor_scheduler.state import ClusterState
@@ -57,7 +56,8 @@ class Liveness:
         self.heard[node] = self.clock()
         if value is None:
             return
-        own, instance = _read(value)
+        beat = heartbeats.decode(value)
+        own, instance = beat.lost_after_s, beat.instance
         if instance and instance != self.instances.get(node):
             if node in self.instances:
                 # Counted from the first beat of the new instance heard, not the last of the old one:
@@ -114,18 +114,6 @@ class Liveness:
 # An executor's own CONDUCTOR_NODE_LOST_AFTER_S, as its heartbeat says it, is taken up to this many
 # times the scheduler's (30 s: 300 s, Slurm's default SlurmdTimeout).
 OWN_LIMIT_TIMES = 10.0
-
-
-def _read(value: bytes) -> tuple[float | None, str | None]:
-    """A heartbeat's own silence limit and instance, each None when it has none that can be used."""
-    try:
-        data = json.loads(value)
-        own, instance = data.get("lost_after_s"), data.get("instance")
-    except (ValueError, AttributeError):
-        return None, None
-    if not (isinstance(own, int | float) and not isinstance(own, bool) and 0 < own < float("inf")):
-        own = None
-    return (None if own is None else float(own)), (instance if isinstance(instance, str) else None)
 
 
 def connection_of(bus: Bus) -> int:
