@@ -172,6 +172,8 @@ async def follow(nats_url: str, ids: set[int], deadline_s: float, *, outcomes: i
             elif isinstance(event, ev.TERMINAL_JOB_EVENTS) and event.job_id in ids:
                 times.ended[event.job_id] = at
                 times.outcomes[event.job_id] = event.type
+                if event.started_at is not None:  # a short run: no JobStarted, its start is here
+                    times.started[event.job_id] = event.started_at.timestamp()
     await bus.close()
     return times
 

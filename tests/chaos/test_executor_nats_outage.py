@@ -26,7 +26,7 @@ from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 from conductor_platform.localservers import LocalServer, free_port, start_nats, wait_for_port
-from tests.integration.helpers import eventually, fast_executor, read_log
+from tests.integration.helpers import eventually, fast_executor, read_log, starts
 from tests.unit.scheduling import submitted
 
 pytestmark = pytest.mark.chaos
@@ -100,7 +100,7 @@ async def _place(bus: Bus, work: Path, script: str, core: int) -> int:
 
 
 async def _started(bus: Bus, job_id: int) -> bool:
-    return any(isinstance(e, ev.JobStarted) for e in await _events(bus, job_id))
+    return bool(starts(await _events(bus, job_id)))
 
 
 async def _the_outcome(bus: Bus, job_id: int) -> ev.Event:

@@ -16,7 +16,7 @@ import psutil
 from conductor_contracts import events as ev
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
-from tests.integration.helpers import read_log
+from tests.integration.helpers import read_log, starts
 from tests.integration.test_executor import NODE
 from tests.integration.test_executor_restart import ExecutorProcess
 from tests.unit.scheduling import submitted
@@ -30,6 +30,14 @@ async def events_by_job(
     for _, _, event in await read_log(bus):
         if isinstance(event, kinds):
             found.setdefault(getattr(event, "job_id", 0), []).append(event)
+    return found
+
+
+async def starts_by_job(bus: Bus) -> dict[int, list[ev.JobStarted]]:
+    """Each job's runs' starts, in order (``helpers.starts``: a short run's is in its outcome)."""
+    found: dict[int, list[ev.JobStarted]] = {}
+    for started in starts(e for _, _, e in await read_log(bus)):
+        found.setdefault(started.job_id, []).append(started)
     return found
 
 

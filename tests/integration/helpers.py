@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +24,18 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout: float = 
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+def starts(events: Iterable[ev.Event]) -> list[ev.JobStarted]:
+    """Every run's start the log records: its JobStarted, or, for a run that ended within the
+    executor's start report delay, the pid and start its outcome carries (given as a JobStarted)."""
+    found: list[ev.JobStarted] = []
+    for e in events:
+        if isinstance(e, ev.JobStarted):
+            found.append(e)
+        elif isinstance(e, ev.TERMINAL_JOB_EVENTS) and e.started_at is not None and e.pid is not None and e.node:
+            found.append(ev.JobStarted(job_id=e.job_id, node=e.node, pid=e.pid, run=e.run, occurred_at=e.started_at))
+    return found
 
 
 async def read_log(bus: Bus) -> list[tuple[int, str, ev.Event]]:

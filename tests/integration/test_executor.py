@@ -24,7 +24,7 @@ from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
 from tests.disks import fill, tmpfs
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, starts
 from tests.unit.scheduling import submitted
 
 NODE = "testnode"
@@ -79,6 +79,11 @@ async def _has(bus: Bus, kind: type, job_id: int | None = None) -> list[ev.Event
     return [e for e in await _events(bus) if isinstance(e, kind) and getattr(e, "job_id", None) in (job_id, None)]
 
 
+async def _starts(bus: Bus, job_id: int) -> list[ev.JobStarted]:
+    """The job's runs' starts: its JobStarted, or what its outcome carries for a short run."""
+    return [s for s in starts(await _events(bus)) if s.job_id == job_id]
+
+
 async def _submit_and_place(bus: Bus, workdir: Path, script: str, time_limit_s: int | None = 60) -> int:
     job = submitted().model_copy(
         update={"working_directory": str(workdir), "script": script, "time_limit_s": time_limit_s, "name": "tj"}
@@ -110,7 +115,7 @@ async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: Execut
     assert f"id={job_id} name=tj cid={job_id} pwd={tmp_path / 'work'}" in text
     assert "cpus=1\n" in text  # pinned to the one core it was given, children included
     assert "oops" in text  # no standard_error given: stderr joins stdout, as in Slurm
-    [started] = await _has(bus, ev.JobStarted, job_id)
+    [started] = await _starts(bus, job_id)
     assert isinstance(started, ev.JobStarted) and started.pid > 0
     # Queued by the job's monitor, after the record: which then says so (a restart owes nothing).
     record = sv.read_process(executor.jobs_dir / str(job_id))
@@ -140,7 +145,7 @@ async def _gone(pid: int) -> bool:
 
 async def test_cancel_of_a_running_job(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
     job_id = await _submit_and_place(bus, tmp_path, "sleep 300")
-    await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="started")
+    await eventually(lambda: _starts(bus, job_id), what="started")
     await bus.publish(ev.JobCancelRequested(job_id=job_id))
     outcome = await _outcome(bus, job_id)
     assert isinstance(outcome, ev.JobCancelled) and outcome.node == NODE
@@ -163,7 +168,7 @@ async def test_a_cancelled_job_that_kills_its_supervisor_is_cancelled(
     bus: Bus, executor: ExecutorSettings, tmp_path: Path
 ) -> None:
     job_id = await _submit_and_place(bus, tmp_path, _KILLS_ITS_SUPERVISOR)
-    await eventually(lambda: _has(bus, ev.JobStarted, job_id), what="started")
+    await eventually(lambda: _starts(bus, job_id), what="started")
     await bus.publish(ev.JobCancelRequested(job_id=job_id))
     outcome = await _outcome(bus, job_id)
     assert isinstance(outcome, ev.JobCancelled) and outcome.exit_code is None
@@ -229,7 +234,7 @@ async def test_a_redelivered_placement_does_not_run_twice(bus: Bus, executor: Ex
     marker = await _submit_and_place(bus, tmp_path, "true")  # handled after the duplicate, in order
     await _outcome(bus, marker)
     assert (tmp_path / "runs.txt").read_text() == "run\n"
-    assert len(await _has(bus, ev.JobStarted, job_id)) == 1
+    assert len(await _starts(bus, job_id)) == 1
 
 
 async def test_a_job_over_its_memory_is_killed_out_of_memory(
@@ -290,7 +295,7 @@ async def _place_duplicates_and_cancels(bus: Bus, tmp_path: Path) -> None:
 async def _failed(bus: Bus, job_id: int) -> ev.JobFailed:
     outcome = await _outcome(bus, job_id)
     assert isinstance(outcome, ev.JobFailed), outcome
-    assert not await _has(bus, ev.JobStarted, job_id)
+    assert not await _starts(bus, job_id)
     return outcome
 
 
@@ -321,7 +326,7 @@ async def test_a_placement_that_does_not_fit_the_node_is_refused(
     bus: Bus, executor: ExecutorSettings, tmp_path: Path
 ) -> None:
     holder = await _submit_and_place(bus, tmp_path, "sleep 300")  # core 1, 100M
-    await eventually(lambda: _has(bus, ev.JobStarted, holder), what="started")
+    await eventually(lambda: _starts(bus, holder), what="started")
     misfits = {
         "cores [2] are outside this node's 0..1": ((0, 2), 10),
         f"cores [1] are in use by job(s) {holder}": ((1,), 10),
@@ -397,7 +402,7 @@ async def test_a_placement_whose_folder_the_disk_refuses_still_ends_its_job(
     await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(1,), memory_mb=100), by_scheduler=True)
     after = await _submit_and_place(bus, tmp_path, "true")
     assert isinstance(await _outcome(bus, after), ev.JobCompleted)
-    assert not (tmp_path / "ran").exists() and not await _has(bus, ev.JobStarted, job_id)
+    assert not (tmp_path / "ran").exists() and not await _starts(bus, job_id)
 
 
 async def test_a_node_whose_disk_refuses_jobs_files_asks_once_to_be_drained(

@@ -19,7 +19,7 @@ from conductor_executor.placements import ensure_consumer
 from conductor_executor.service import Executor, run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus
-from tests.integration.helpers import eventually, read_log
+from tests.integration.helpers import eventually, read_log, starts
 from tests.integration.test_executor import NODE, _has, executor_settings, running
 from tests.unit.scheduling import submitted
 
@@ -45,7 +45,7 @@ async def _of(bus: Bus, job_id: int) -> list[tuple[int, ev.Event]]:
 
 
 async def _started(bus: Bus, job_id: int, run: int = 0) -> bool:
-    return any(isinstance(e, ev.JobStarted) and e.run == run for _, e in await _of(bus, job_id))
+    return any(s.run == run for s in starts(e for _, e in await _of(bus, job_id)))
 
 
 def _alive(pgid: int) -> bool:
@@ -130,7 +130,7 @@ async def test_a_requeued_job_runs_again_on_the_same_node_as_its_next_run(
 
         [outcome] = await eventually(ended, what="run 1's outcome")
         assert isinstance(outcome, ev.JobCompleted) and outcome.run == 1 and outcome.node == NODE
-        started = [e for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)]
+        started = starts(e for _, e in await _of(bus, job_id))
         assert [s.run for s in started] == [0, 1]
         assert sv.read_done(settings.jobs_dir / f"{job_id}.1") == "JobCompleted"
         assert sv.read_done(settings.jobs_dir / str(job_id)) == sv.LOST
@@ -280,7 +280,7 @@ async def test_a_restarted_executor_reports_the_run_it_took_over(bus: Bus, nats_
 
         [outcome] = await eventually(ended, what="the outcome of the run taken over")
         assert isinstance(outcome, ev.JobCompleted) and outcome.run == 2
-        assert [e.run for _, e in await _of(bus, job_id) if isinstance(e, ev.JobStarted)] == [2]
+        assert [s.run for s in starts(e for _, e in await _of(bus, job_id))] == [2]
 
 
 @pytest.mark.parametrize("read_elsewhere", [False, True], ids=["delivered-at-restart", "read-by-another-executor"])

@@ -15,7 +15,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor.placements import ACK_WAIT_S, PlacementReader, ensure_consumer, filters, subscribe
 from conductor_platform.bus import Bus
-from tests.integration.executor_jobs import counted_job, events_by_job, place_as_one_batch
+from tests.integration.executor_jobs import counted_job, events_by_job, place_as_one_batch, starts_by_job
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, executor_settings
 from tests.integration.test_executor_restart import ExecutorProcess
@@ -54,7 +54,7 @@ async def test_placements_fetched_by_a_killed_executor_start_soon_after_its_rest
 
         await eventually(all_ended, timeout=60, what="every job's outcome")
         await asyncio.sleep(1.0)  # a second start or outcome would come now
-        started = await events_by_job(bus, (ev.JobStarted,))
+        started = await starts_by_job(bus)
         outcomes = await events_by_job(bus)
     finally:
         successor.kill()

@@ -24,7 +24,14 @@ from conductor_executor.service import run
 from conductor_executor.settings import ExecutorSettings
 from conductor_platform.bus import Bus, connect
 from conductor_platform.localservers import free_port, start_nats
-from tests.integration.executor_jobs import counted_job, events_by_job, kill_all_in, place_as_one_batch, processes_in
+from tests.integration.executor_jobs import (
+    counted_job,
+    events_by_job,
+    kill_all_in,
+    place_as_one_batch,
+    processes_in,
+    starts_by_job,
+)
 from tests.integration.helpers import eventually
 from tests.integration.test_executor import NODE, _has, _outcome, executor_settings, running
 from tests.integration.test_executor_restart import ExecutorProcess
@@ -139,7 +146,7 @@ async def test_executor_killed_again_and_again_amid_fast_sweeps_runs_nothing_twi
             print(f"folders left: {left} of {len(ids)} jobs")
             assert len(left) < len(ids), "no folder was swept: the test proves nothing"
         found = await events_by_job(bus)
-        started = await events_by_job(bus, (ev.JobStarted,))
+        started = await starts_by_job(bus)
         counts = {job_id: _runs(runs, job_id) for job_id in ids}
         twice = {job_id: n for job_id, n in counts.items() if n > 1}
         assert not twice, f"jobs that ran more than once: {twice}"
@@ -362,9 +369,9 @@ async def test_a_requeued_jobs_two_runs_are_swept_and_nothing_is_reported_again(
     async with running(bus, settings):
         await asyncio.sleep(2)
     outcomes = (await events_by_job(bus))[job_id]
-    started = (await events_by_job(bus, (ev.JobStarted,)))[job_id]
+    started = (await starts_by_job(bus))[job_id]
     assert len(outcomes) == 1, outcomes
-    assert [s.run for s in started if isinstance(s, ev.JobStarted)] == [0, 1], started
+    assert [s.run for s in started] == [0, 1], started
 
 
 async def test_what_a_job_that_ended_while_no_executor_ran_left_is_killed(

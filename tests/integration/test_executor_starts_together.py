@@ -16,7 +16,7 @@ from conductor_executor import service
 from conductor_executor.placements import ensure_consumer
 from conductor_executor.service import Executor
 from conductor_platform.bus import Bus
-from tests.integration.helpers import read_log
+from tests.integration.helpers import read_log, starts
 from tests.integration.test_executor import _outcome, executor_settings, running
 from tests.unit.scheduling import submitted
 
@@ -56,14 +56,14 @@ async def test_the_placements_of_a_batch_start_together_a_few_at_a_time(
     for core, job_id in enumerate(ids):
         placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1)
         await bus.publish(placed, by_scheduler=True)
-    starts = _SlowStarts(monkeypatch, 0.3)
+    slow = _SlowStarts(monkeypatch, 0.3)
     async with running(bus, settings):
         outcomes = [await _outcome(bus, job_id) for job_id in ids]
     assert all(isinstance(outcome, ev.JobCompleted) for outcome in outcomes)
-    assert starts.most == service._STARTS_AT_ONCE  # together, and never more than that at once
+    assert slow.most == service._STARTS_AT_ONCE  # together, and never more than that at once
     # A job's start time is its spawn's, whenever its placement's turn to report came.
     log = await read_log(bus)
-    started = {e.job_id: e.occurred_at for _, _, e in log if isinstance(e, ev.JobStarted)}
+    started = {s.job_id: s.occurred_at for s in starts(e for _, _, e in log)}
     assert all(started[o.job_id] <= o.occurred_at for o in outcomes if isinstance(o, ev.JobCompleted))
 
 

@@ -1,5 +1,6 @@
 import json
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -344,3 +345,18 @@ def test_thousands_of_bad_entries_are_one_error() -> None:
 def test_a_few_unknown_fields_are_named() -> None:
     (message,) = _errors(api.SubmitRequest, json.dumps({"job": SEED_JOB | {"nodes": 2}, "script": "true"}).encode())
     assert "unknown field 'nodes'; the fields are name, account" in message
+
+
+def test_an_outcome_carries_its_run_s_start_in_utc_or_nothing() -> None:
+    """An outcome stored before the fields existed decodes without a start; one with a start keeps it,
+    in UTC; a pid the read model's column cannot hold does not decode (no consumer could store it)."""
+    older = b'{"type":"JobCompleted","job_id":3,"node":"n","exit_code":0,"run":0,"occurred_at":"2026-01-01T00:00:00Z"}'
+    plain = ev.decode(older)
+    assert isinstance(plain, ev.JobCompleted) and plain.pid is None and plain.started_at is None
+    east = datetime(2026, 1, 1, 2, 0, tzinfo=timezone(timedelta(hours=2)))
+    carried = ev.decode(ev.encode(ev.JobFailed(job_id=3, node="n", exit_code=1, pid=77, started_at=east)))
+    assert isinstance(carried, ev.JobFailed) and carried.pid == 77
+    assert carried.started_at == east and carried.started_at.tzinfo is UTC
+    for pid in (-1, 2**31):
+        with pytest.raises(ValidationError):
+            ev.JobCompleted(job_id=3, node="n", pid=pid, started_at=east)

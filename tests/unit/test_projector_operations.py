@@ -24,6 +24,7 @@ from conductor_projector.operations import (
 from tests.unit.scheduling import node, submitted
 
 T = datetime(2026, 1, 1, tzinfo=UTC)
+S = T - timedelta(seconds=2)
 
 
 def test_submission_inserts_a_pending_job_with_resolved_files() -> None:
@@ -66,6 +67,19 @@ RUNNING = ("RUNNING",)  # what a node reports on: a pending job was never placed
         (
             ev.JobFailed(job_id=1, node="n", exit_code=3, occurred_at=T),
             {"state": "FAILED", "end_time": T, "exit_code": 3, "reason": None, "reason_detail": None, "message": None},
+            RUNNING,
+        ),
+        (  # a short run: its start came with its outcome, no JobStarted before it
+            ev.JobTimedOut(job_id=1, node="n", exit_code=143, pid=9, started_at=S, occurred_at=T),
+            {
+                "state": "TIMEOUT",
+                "end_time": T,
+                "exit_code": 143,
+                "reason": None,
+                "reason_detail": None,
+                "start_time": S,
+                "pid": 9,
+            },
             RUNNING,
         ),
         (

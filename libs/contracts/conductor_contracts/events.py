@@ -39,6 +39,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(value: datetime) -> datetime:
+    """In UTC: a time that has no UTC date (year 1 at +14:00) does not decode, rather than decode
+    for one consumer and be refused by PostgreSQL later."""
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError as err:
+        raise ValueError(f"{value.isoformat()} has no date in UTC") from err
+
+
 class EventBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -49,12 +58,8 @@ class EventBase(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
-        """Every consumer stores or compares it in UTC: a time that has no UTC date (year 1 at +14:00)
-        does not decode, rather than decode for one consumer and be refused by PostgreSQL later."""
-        try:
-            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        except OverflowError as err:
-            raise ValueError(f"{value.isoformat()} has no date in UTC") from err
+        """Every consumer stores or compares it in UTC."""
+        return _utc(value)
 
 
 class JobSubmitted(EventBase):
@@ -120,6 +125,21 @@ class JobReasonChanged(EventBase):
     detail: str = ""
 
 
+class RunOutcome(EventBase):
+    """An outcome that may carry its run's start: an executor holds a job's JobStarted back for a
+    moment (``CONDUCTOR_START_REPORT_DELAY_S``), and a run that ends within it reports its pid and
+    start time here instead, one event fewer (docs/decisions.md, "A short job's start goes out with
+    its outcome"). Both None: its JobStarted went out, or it never started."""
+
+    pid: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None  # the read model's column holds it
+    started_at: datetime | None = None
+
+    @field_validator("started_at")
+    @classmethod
+    def _started_in_utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else _utc(value)
+
+
 class JobStarted(EventBase):
     type: Literal["JobStarted"] = "JobStarted"
     job_id: int
@@ -128,7 +148,7 @@ class JobStarted(EventBase):
     run: Run = 0
 
 
-class JobCompleted(EventBase):
+class JobCompleted(RunOutcome):
     """``node`` is None for a no-op job, which the scheduler completes without running anything."""
 
     type: Literal["JobCompleted"] = "JobCompleted"
@@ -138,7 +158,7 @@ class JobCompleted(EventBase):
     run: Run = 0
 
 
-class JobFailed(EventBase):
+class JobFailed(RunOutcome):
     type: Literal["JobFailed"] = "JobFailed"
     job_id: int
     node: str
@@ -151,7 +171,7 @@ class JobFailed(EventBase):
     never_started: bool = False
 
 
-class JobTimedOut(EventBase):
+class JobTimedOut(RunOutcome):
     type: Literal["JobTimedOut"] = "JobTimedOut"
     job_id: int
     node: str
@@ -159,7 +179,7 @@ class JobTimedOut(EventBase):
     run: Run = 0
 
 
-class JobOutOfMemory(EventBase):
+class JobOutOfMemory(RunOutcome):
     type: Literal["JobOutOfMemory"] = "JobOutOfMemory"
     job_id: int
     node: str
@@ -167,7 +187,7 @@ class JobOutOfMemory(EventBase):
     run: Run = 0
 
 
-class JobCancelled(EventBase):
+class JobCancelled(RunOutcome):
     """Terminal. ``node`` is None when the scheduler cancelled a job that never reached a node."""
 
     type: Literal["JobCancelled"] = "JobCancelled"

@@ -29,6 +29,7 @@ def outcome_event(
     ended_at: float | None,
     lost_message: str,
     run: int = 0,
+    started: ev.JobStarted | None = None,
 ) -> ev.TerminalJobEvent:
     """A kill's reason wins over the status it caused (a cancelled job exits 143), and over a missing
     record of it: the executor writes its reason before it signals, so a job that then killed its
@@ -37,10 +38,13 @@ def outcome_event(
     vanished), NODE_FAIL with ``lost_message``.
     ``ended_at``: when the job ended (wall clock), the event's time; now when unknown. ``run``: the
     run of the job it ends (``JobPlaced.run``). A run killed as ``lost`` has no outcome at all: the
-    caller does not ask for one."""
+    caller does not ask for one. ``started``: the run's JobStarted when it did not go out: the outcome
+    carries its pid and start instead."""
     at: dict[str, Any] = {"run": run}
     if ended_at is not None:
         at["occurred_at"] = datetime.fromtimestamp(ended_at, UTC)
+    if started is not None:
+        at["pid"], at["started_at"] = started.pid, started.occurred_at
     if "cancelled" in reasons:
         return ev.JobCancelled(job_id=job_id, node=node, exit_code=exit_code, **at)
     if "fenced" in reasons:

@@ -294,14 +294,13 @@ class Executor:
             record = ended.record
             # As for a job this executor watched: the record's mtime is on a coarse clock.
             ended_at = ended.exit.ended_at if record is None else max(ended.exit.ended_at, record.start)
-            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run)
+            # A start that never went out goes with the outcome.
+            owed = None if record is None or record.announced else self._started(job_id, record.pid, record.start, run)
+            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run, owed)
             placed, started_at = (None, None) if record is None else (record.traceparent, record.start)
             if not ended.reasons and record is not None:  # what it left is looked for with the others'
                 self.ended[self.folder(job_id, run)] = record.start
             with traces.ending(job_id, run, self.node, placed, event.type, started_at) as carried:
-                if record is not None and not record.announced:
-                    started = self._started(job_id, record.pid, record.start, run)
-                    await self.outbox.keep(started, self.stop, placed)
                 await self.finish(job_id, event, traceparent=carried)
                 log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
         if stock.unrecorded:
@@ -829,8 +828,8 @@ class Executor:
             if queued is not None:
                 queued.cancel()
             raise
-        if queued is not None:
-            await queued
+        # Not announced (the run ended within the delay): its start goes out with its outcome.
+        unannounced = started if queued is not None and not await queued else None
         if not outcome.reasons and outcome.exit_code is not None:
             # Ended by itself: its group is gone, what left the group is looked for at the next sweep.
             self.ended[process.folder] = process.start
@@ -848,7 +847,7 @@ class Executor:
         # milliseconds could seem to end before its spawn.
         ended_at = None if outcome.ended_at is None else max(outcome.ended_at, process.start)
         event = outcome_event(
-            job_id, self.node, outcome.exit_code, outcome.reasons, ended_at, LOST_SUPERVISOR, process.run
+            job_id, self.node, outcome.exit_code, outcome.reasons, ended_at, LOST_SUPERVISOR, process.run, unannounced
         )
         ending = traces.ending(job_id, process.run, self.node, process.traceparent, event.type, process.start)
         with ending as carried:
@@ -859,9 +858,16 @@ class Executor:
 
     async def _announce(
         self, process: JobProcess, started: ev.JobStarted, record: sv.ProcessRecord | None, traceparent: str | None
-    ) -> None:
+    ) -> bool:
+        """Queues the job's JobStarted once it has run for CONDUCTOR_START_REPORT_DELAY_S; False if it
+        ended first (its outcome then carries its start) or the executor stopped."""
+        if (delay := self.settings.start_report_delay_s) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.exited), delay)
+            if process.exited.done():
+                return False
         if not await self.outbox.keep(started, self.stop, traceparent):
-            return
+            return False
         # A job that has ended is about to be marked done, which says it owes nothing (one rewrite
         # of its record fewer for a short job).
         if record is not None and not record.announced and not process.exited.done():
@@ -869,6 +875,7 @@ class Executor:
                 sv.mark_announced(process.folder)
             except (OSError, ValueError) as err:  # a restart queues it again: stored once all the same
                 log.warning("could not mark the job announced", extra={"job_id": process.job_id, "error": str(err)})
+        return True
 
     def held(self) -> set[Key]:
         """The runs this executor holds (running, or starting): their folders stay."""

@@ -157,6 +157,8 @@ def _ended(event: ev.TerminalJobEvent, state: JobState, **extra: Any) -> UpdateJ
         "reason": None,
         "reason_detail": None,
     }
+    if event.started_at is not None:  # a short run's start, reported with its end instead of a JobStarted
+        values["start_time"], values["pid"] = event.started_at, event.pid
     # A pending job is ended by the scheduler, whatever run it is at; a node reports on its run, and
     # only while the job runs (as the scheduler's fold has it): a pending job a node says it ended
     # was never placed there.

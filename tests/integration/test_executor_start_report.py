@@ -1,0 +1,107 @@
+"""A job's JobStarted is held back for CONDUCTOR_START_REPORT_DELAY_S: a run that ends sooner reports
+its pid and start with its outcome instead, one event fewer. Against a real nats-server, with real
+executors and jobs; the last two kill the executor inside the delay."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from conductor_contracts import events as ev
+from conductor_executor import supervision as sv
+from conductor_platform.bus import Bus
+from tests.integration.helpers import eventually
+from tests.integration.test_executor import _events, _has, _outcome, _submit_and_place, executor_settings, running
+from tests.integration.test_executor_restart import GATED, ExecutorProcess, _folder, _gone, _place
+
+
+def _of(events: list[ev.Event], job_id: int) -> list[ev.Event]:
+    return [e for e in events if getattr(e, "job_id", None) == job_id]
+
+
+async def test_a_short_job_reports_its_start_with_its_outcome(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+    settings = executor_settings(nats_url, tmp_path)
+    async with running(bus, settings):
+        job_id = await _submit_and_place(bus, tmp_path, "true\n")
+        outcome = await _outcome(bus, job_id)
+        record = sv.read_process(settings.jobs_dir / str(job_id))
+    assert isinstance(outcome, ev.JobCompleted)
+    assert record is not None and outcome.pid == record.pid
+    assert outcome.started_at == datetime.fromtimestamp(record.start, UTC) <= outcome.occurred_at
+    kinds = [e.type for e in _of(await _events(bus), job_id)]
+    assert kinds == ["JobPlaced", "JobCompleted"], kinds
+
+
+async def test_a_cancel_inside_the_delay_reports_the_start_with_the_cancel(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    settings = executor_settings(nats_url, tmp_path, start_report_delay_s=30)
+    async with running(bus, settings):
+        job_id = await _submit_and_place(bus, tmp_path, "sleep 60\n")
+        folder = settings.jobs_dir / str(job_id)
+        await eventually(lambda: _recorded(folder), what="the job spawned")
+        await bus.publish(ev.JobCancelRequested(job_id=job_id))
+        outcome = await _outcome(bus, job_id)
+    assert isinstance(outcome, ev.JobCancelled) and outcome.pid is not None and outcome.started_at is not None
+    assert not [e for e in _of(await _events(bus), job_id) if isinstance(e, ev.JobStarted)]
+
+
+async def _recorded(folder: Path) -> sv.ProcessRecord | None:
+    return sv.read_process(folder) if (folder / sv.PROCESS).exists() else None
+
+
+@pytest.mark.parametrize("delay_s", [0.2, 0.0])
+async def test_a_job_running_past_the_delay_reports_its_start_before_its_outcome(
+    bus: Bus, nats_url: str, tmp_path: Path, delay_s: float
+) -> None:
+    """With a delay of 0 a JobStarted goes out at once, even for a job that ends at once."""
+    settings = executor_settings(nats_url, tmp_path, start_report_delay_s=delay_s)
+    script = "sleep 1\n" if delay_s else "true\n"
+    async with running(bus, settings):
+        job_id = await _submit_and_place(bus, tmp_path, script)
+        outcome = await _outcome(bus, job_id)
+    events = _of(await _events(bus), job_id)
+    assert [e.type for e in events] == ["JobPlaced", "JobStarted", "JobCompleted"], events
+    started = events[1]
+    assert isinstance(started, ev.JobStarted) and isinstance(outcome, ev.JobCompleted)
+    assert outcome.pid is None and outcome.started_at is None
+    # Its time is the spawn's, not the report's.
+    record = sv.read_process(settings.jobs_dir / str(job_id))
+    assert record is not None and started.occurred_at == datetime.fromtimestamp(record.start, UTC)
+
+
+@pytest.mark.parametrize("ends_meanwhile", [True, False])
+async def test_an_executor_killed_inside_the_delay_leaves_the_start_to_the_next_one(
+    bus: Bus, nats_url: str, tmp_path: Path, ends_meanwhile: bool
+) -> None:
+    """The start is reported once: with the outcome when the job ended while no executor ran, as a
+    JobStarted when the next executor takes the job over running."""
+    settings = executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False)
+    executor = ExecutorProcess(settings, more={"CONDUCTOR_START_REPORT_DELAY_S": "60"})
+    try:
+        await eventually(lambda: _has(bus, ev.NodeRegistered), what="node registered")
+        job_id = await _place(bus, tmp_path, GATED.format(gate=tmp_path / "go", code=0), 0)
+        record = await eventually(lambda: _recorded(_folder(settings, job_id)), what="the job spawned")
+    finally:
+        executor.kill()
+    if ends_meanwhile:
+        (tmp_path / "go").touch()
+        await eventually(lambda: _gone(record.pid), what="the job and its supervisor ended")
+    async with running(bus, settings.model_copy(update={"stop_jobs_on_exit": True})):
+        if not ends_meanwhile:
+            await eventually(functools.partial(_has, bus, ev.JobStarted, job_id), what="the start reported")
+            (tmp_path / "go").touch()
+        outcome = await _outcome(bus, job_id)
+        await asyncio.sleep(0.5)  # a second report would come now
+    started = [e for e in _of(await _events(bus), job_id) if isinstance(e, ev.JobStarted)]
+    assert isinstance(outcome, ev.JobCompleted)
+    at = datetime.fromtimestamp(record.start, UTC)
+    if ends_meanwhile:
+        assert not started and outcome.pid == record.pid and outcome.started_at == at
+    else:
+        assert len(started) == 1 and started[0].pid == record.pid and started[0].occurred_at == at
+        assert outcome.started_at is None
