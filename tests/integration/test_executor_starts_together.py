@@ -84,3 +84,37 @@ async def test_placements_started_together_never_take_more_than_the_node_has(
     completed = [o for o in outcomes if isinstance(o, ev.JobCompleted)]
     refused = [o for o in outcomes if isinstance(o, ev.JobFailed) and "does not fit" in (o.message or "")]
     assert len(completed) == len(refused) == 1
+
+
+@pytest.mark.parametrize("cancels", ["none", "another job's", "one of the batch's"])
+async def test_a_batch_looks_its_cancels_up_once_unless_one_is_stored(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cancels: str
+) -> None:
+    """A cancel stored after a batch's earliest submission makes each of its jobs look its own up; with
+    none, one look-up answers for the whole batch (a request to nats-server fewer per job)."""
+    settings = executor_settings(nats_url, tmp_path, cpus=8)
+    await ensure_consumer(bus, settings.node)  # all is stored before the executor's first fetch
+    ids = [await _submit(bus, tmp_path / "work", "echo ran > ran-$SLURM_JOB_ID\n") for _ in range(5)]
+    if cancels == "another job's":
+        other = await _submit(bus, tmp_path / "work")  # never placed here
+        await bus.publish(ev.JobCancelRequested(job_id=other))
+    elif cancels == "one of the batch's":
+        await bus.publish(ev.JobCancelRequested(job_id=ids[2]))
+    for core, job_id in enumerate(ids):
+        placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1)
+        await bus.publish(placed, by_scheduler=True)
+    asked: list[int] = []
+    own_lookup = Executor.cancel_requested
+
+    async def counted(executor: Executor, job_id: int) -> bool:
+        asked.append(job_id)
+        return await own_lookup(executor, job_id)
+
+    monkeypatch.setattr(Executor, "cancel_requested", counted)
+    async with running(bus, settings):
+        outcomes = {job_id: await _outcome(bus, job_id) for job_id in ids}
+    cancelled = {ids[2]} if cancels == "one of the batch's" else set()
+    ran = {int(path.name.removeprefix("ran-")) for path in (tmp_path / "work").glob("ran-*")}
+    assert ran == set(ids) - cancelled
+    assert {j for j, o in outcomes.items() if isinstance(o, ev.JobCancelled)} == cancelled
+    assert sorted(asked) == ([] if cancels == "none" else ids)

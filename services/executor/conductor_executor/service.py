@@ -150,6 +150,7 @@ class Executor:
         self.ended: dict[Path, float] = {}
         # The look-ups sent ahead for the placements of the batch being handled, by (job, run).
         self._lookups: dict[tuple[int, int], asyncio.Future[tuple[bool, ev.JobSubmitted]]] = {}
+        self._cancels_ahead: asyncio.Future[bool] | None = None  # the last batch's (``_look_ahead``)
         # And one for the batch: the first NodeLost of this node stored after its first placement, with
         # that placement's sequence (``lost_after``).
         self._lost_ahead: tuple[int, asyncio.Future[int]] | None = None
@@ -943,6 +944,9 @@ class Executor:
                 for lookup in self._lookups.values():
                     lookup.cancel()
                 self._lookups.clear()
+                if self._cancels_ahead is not None:
+                    self._cancels_ahead.cancel()
+                    self._cancels_ahead = None
                 if self._lost_ahead is not None:
                     self._lost_ahead[1].cancel()
                     self._lost_ahead = None
@@ -975,29 +979,57 @@ class Executor:
         placement then waits for answers that are on their way, not for two round trips of its own.
         Sent after every message of the batch was stored, as when each is sent at its placement's
         turn: a cancel stored after the look-up comes through the consumer after the placement."""
-        first = 0
+        placed: list[tuple[Msg, ev.JobPlaced]] = []
         for msg in msgs:
             try:
                 event = ev.decode(msg.data)
             except Exception:  # ``take`` says why
                 continue
-            if not isinstance(event, ev.JobPlaced) or event.node != self.node:
-                continue
-            if msg.subject == subjects.subject_for(event):
-                lookup = asyncio.ensure_future(self._lookup(event.job_id))
-                lookup.add_done_callback(_retrieved)
-                self._lookups[event.job_id, event.run] = lookup
-                with contextlib.suppress(Exception):
-                    first = first or msg.metadata.sequence.stream
+            if (
+                isinstance(event, ev.JobPlaced)
+                and event.node == self.node
+                and msg.subject == subjects.subject_for(event)
+            ):
+                placed.append((msg, event))
+        if not placed:
+            return
+        # One look-up for the whole batch says that none of its jobs has a cancel stored (the common
+        # case); only when a cancel of any job is stored after the earliest of them does each job
+        # look its own up. A job's cancel is stored after its submission, whose sequence is its id.
+        self._cancels_ahead = cancels = asyncio.ensure_future(
+            self._any_cancel_from(min(event.job_id for _, event in placed) + 1)
+        )
+        cancels.add_done_callback(_retrieved)
+        first = 0
+        for msg, event in placed:
+            lookup = asyncio.ensure_future(self._lookup(event.job_id, cancels))
+            lookup.add_done_callback(_retrieved)
+            self._lookups[event.job_id, event.run] = lookup
+            with contextlib.suppress(Exception):
+                first = first or msg.metadata.sequence.stream
         if first:
             lost = asyncio.ensure_future(self.lost_after(first))
             lost.add_done_callback(_retrieved)
             self._lost_ahead = (first, lost)
 
-    async def _lookup(self, job_id: int) -> tuple[bool, ev.JobSubmitted]:
-        """Is a cancel of the job stored, and its submission."""
-        cancelled, job = await asyncio.gather(self.cancel_requested(job_id), self.submission(job_id))
+    async def _lookup(self, job_id: int, cancels: asyncio.Future[bool] | None = None) -> tuple[bool, ev.JobSubmitted]:
+        """Is a cancel of the job stored, and its submission. ``cancels``: whether any cancel is stored
+        after the earliest submission of the job's batch (False: none of this job either)."""
+        cancelled, job = await asyncio.gather(self._cancel_stored(job_id, cancels), self.submission(job_id))
         return cancelled, job
+
+    async def _cancel_stored(self, job_id: int, cancels: asyncio.Future[bool] | None) -> bool:
+        if cancels is not None and not await asyncio.shield(cancels):
+            return False
+        return await self.cancel_requested(job_id)
+
+    async def _any_cancel_from(self, seq: int) -> bool:
+        """Is any cancel request (of any job) stored at or after stream sequence ``seq``?"""
+        try:
+            await self.bus.js.get_msg(self.bus.stream, seq=seq, subject=subjects.CANCEL_ALL, next=True)
+        except NotFoundError:
+            return False
+        return True
 
     async def take(self, msg: Msg) -> None:
         try:
