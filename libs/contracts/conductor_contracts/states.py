@@ -8,7 +8,8 @@
        └──JobCancelled (by the scheduler, never reached a node)──► CANCELLED
 
 A placed job counts as RUNNING from its placement (Slurm does the same: resources are held from then);
-JobStarted only adds the pid and start time. Terminal states never change again: a later event for a
+JobStarted only adds the pid and start time (a run shorter than the executor's start report delay
+has none: its outcome carries them). Terminal states never change again: a later event for a
 finished job (a cancel that crossed a completion, a redelivered outcome) is ignored.
 """
 

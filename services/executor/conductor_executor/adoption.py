@@ -55,6 +55,8 @@ class Lost:
     message: str
     # Why its executor was killing it, if it was: what the outcome says (``outcomes.outcome_event``).
     reasons: frozenset[str] = frozenset()
+    # Its supervisor's record, when there is one: a start it owes is reported before the loss.
+    record: sv.ProcessRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def survey(folder: Path, job_id: int, grace_s: float, run: int = 0) -> Found:
     ended = sv.read_exit(folder)
     if ended is not None:
         return Ended(ended, sv.read_kill(folder), record)
-    return Lost(LOST_SUPERVISOR, sv.read_kill(folder))
+    return Lost(LOST_SUPERVISOR, sv.read_kill(folder), record)
 
 
 @dataclass

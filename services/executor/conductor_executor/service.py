@@ -295,13 +295,12 @@ class Executor:
             record = ended.record
             # As for a job this executor watched: the record's mtime is on a coarse clock.
             ended_at = ended.exit.ended_at if record is None else max(ended.exit.ended_at, record.start)
-            # A start that never went out goes with the outcome.
-            owed = None if record is None or record.announced else self._started(job_id, record.pid, record.start, run)
-            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run, owed)
+            event = outcome_event(job_id, self.node, ended.exit.code, ended.reasons, ended_at, "", run)
             placed, started_at = (None, None) if record is None else (record.traceparent, record.start)
             if not ended.reasons and record is not None:  # what it left is looked for with the others'
                 self.ended[self.folder(job_id, run)] = record.start
             with traces.ending(job_id, run, self.node, placed, event.type, started_at) as carried:
+                await self._owed_start(record, job_id, run, placed)
                 await self.finish(job_id, event, traceparent=carried)
                 log.info("job ended while no executor ran", extra={"job_id": job_id, "outcome": event.type})
         if stock.unrecorded:
@@ -311,8 +310,17 @@ class Executor:
                 log.exception("looking for unrecorded jobs failed")
         for (job_id, run), lost in stock.lost.items():
             event = outcome_event(job_id, self.node, None, lost.reasons, None, lost.message, run)
+            await self._owed_start(lost.record, job_id, run, None if lost.record is None else lost.record.traceparent)
             await self.finish(job_id, event)
             log.warning("job lost with a previous executor", extra={"job_id": job_id, "why": lost.message})
+
+    async def _owed_start(self, record: sv.ProcessRecord | None, job_id: int, run: int, placed: str | None) -> None:
+        """The JobStarted of a run an earlier executor started and had not marked announced, queued
+        before its outcome. As a JobStarted of its own, not in the outcome: that executor may have
+        queued it just before it stopped, and a JobStarted queued twice is stored once (its
+        Nats-Msg-Id), which a start in the outcome beside it would not be."""
+        if record is not None and not record.announced:
+            await self.outbox.keep(self._started(job_id, record.pid, record.start, run), self.stop, placed)
 
     def _started(self, job_id: int, pid: int, at: float | None, run: int) -> ev.JobStarted:
         when = {} if at is None else {"occurred_at": datetime.fromtimestamp(at, UTC)}
@@ -333,7 +341,8 @@ class Executor:
         owed = not record.announced and not process.lost
         started = self._started(job_id, record.pid, record.start, process.run) if owed else None
         deadline = None if record.time_limit_s is None else record.start + record.time_limit_s
-        self._watch(process, started, deadline, record)
+        # Not held back: the earlier executor may have queued it already (see ``_owed_start``).
+        self._watch(process, started, deadline, record, hold=False)
         log.info("job taken over from a previous executor", extra={"job_id": job_id, "pid": process.pid})
 
     def _supersede(self, job_id: int, run: int) -> None:
@@ -352,8 +361,10 @@ class Executor:
         deadline: float | None,
         record: sv.ProcessRecord | None = None,
         traceparent: str | None = None,
+        *,
+        hold: bool = True,
     ) -> None:
-        task = asyncio.create_task(self.monitor(process, started, deadline, record, traceparent))
+        task = asyncio.create_task(self.monitor(process, started, deadline, record, traceparent, hold=hold))
         self.monitors.add(task)
         self.watchers[process.job_id] = task
         task.add_done_callback(self._monitor_done)
@@ -809,16 +820,20 @@ class Executor:
         deadline: float | None,
         record: sv.ProcessRecord | None = None,
         traceparent: str | None = None,
+        *,
+        hold: bool = True,
     ) -> None:
         """Until the job ends, then its outcome. ``started``: its JobStarted, if still to be queued
         (``record``: the job's process.json, marked announced once it is; ``traceparent``: the one
         it is published with, the placement's by default); ``deadline``: the end of its time limit
-        (wall clock)."""
+        (wall clock); ``hold``: the JobStarted is held back for the start report delay, and goes
+        in the outcome of a run that ends within it (only a run this executor started, which
+        nothing can have announced yet)."""
         job_id = process.job_id
         # Queued from the job's own task, in the outbox before its outcome can be; while the disk
         # refuses it the job runs on and its time limit counts.
         queued = (
-            asyncio.ensure_future(self._announce(process, started, record, traceparent or process.traceparent))
+            asyncio.ensure_future(self._announce(process, started, record, traceparent or process.traceparent, hold))
             if started is not None
             else None
         )
@@ -858,11 +873,16 @@ class Executor:
             log.info("finished", extra={"job_id": job_id, "outcome": event.type, "exit_code": outcome.exit_code})
 
     async def _announce(
-        self, process: JobProcess, started: ev.JobStarted, record: sv.ProcessRecord | None, traceparent: str | None
+        self,
+        process: JobProcess,
+        started: ev.JobStarted,
+        record: sv.ProcessRecord | None,
+        traceparent: str | None,
+        hold: bool = True,
     ) -> bool:
-        """Queues the job's JobStarted once it has run for CONDUCTOR_START_REPORT_DELAY_S; False if it
-        ended first (its outcome then carries its start) or the executor stopped."""
-        if (delay := self.settings.start_report_delay_s) > 0:
+        """Queues the job's JobStarted (``hold``: once it has run for CONDUCTOR_START_REPORT_DELAY_S);
+        False if it ended first (its outcome then carries its start) or the executor stopped."""
+        if hold and (delay := self.settings.start_report_delay_s) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(process.exited), delay)
             if process.exited.done():
