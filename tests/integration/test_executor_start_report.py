@@ -28,7 +28,8 @@ def _of(events: list[ev.Event], job_id: int) -> list[ev.Event]:
 
 
 async def test_a_short_job_reports_its_start_with_its_outcome(bus: Bus, nats_url: str, tmp_path: Path) -> None:
-    settings = executor_settings(nats_url, tmp_path)
+    # A delay no loaded machine's event loop outlasts before it sees the job end (0.5 s by default).
+    settings = executor_settings(nats_url, tmp_path, start_report_delay_s=5)
     async with running(bus, settings):
         job_id = await _submit_and_place(bus, tmp_path, "true\n")
         outcome = await _outcome(bus, job_id)
@@ -64,7 +65,7 @@ async def test_a_job_running_past_the_delay_reports_its_start_before_its_outcome
 ) -> None:
     """With a delay of 0 a JobStarted goes out at once, even for a job that ends at once."""
     settings = executor_settings(nats_url, tmp_path, start_report_delay_s=delay_s)
-    script = "sleep 1\n" if delay_s else "true\n"
+    script = "sleep 2\n" if delay_s else "true\n"
     async with running(bus, settings):
         job_id = await _submit_and_place(bus, tmp_path, script)
         outcome = await _outcome(bus, job_id)
@@ -131,8 +132,9 @@ async def test_a_run_lost_with_its_supervisor_inside_the_delay_still_reports_its
     settings = executor_settings(nats_url, tmp_path, stop_jobs_on_exit=False)
     record = await _spawned_under_a_killed_executor(bus, settings, tmp_path, delay_s="60")
     group = await eventually(lambda: _async(sv.read_pgid(_folder(settings, record.job_id))), what="its group")
-    os.killpg(group, signal.SIGKILL)
+    # The supervisor first: it would otherwise record the job's end (killed, 137) before its own.
     os.kill(record.pid, signal.SIGKILL)
+    os.killpg(group, signal.SIGKILL)
     await eventually(lambda: _gone(record.pid), what="the supervisor gone")
     async with running(bus, settings):
         outcome = await _outcome(bus, record.job_id)
