@@ -129,19 +129,31 @@ def _check_no_overallocation(log: Log) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(nodes, actions)
+@example(  # placed, its node lost before it was delivered (run again), then cancelled while pending
+    [(1, 100, ("default",))],
+    [("submit", 1, 1, "default", False), ("schedule",), ("lose", 0, 0.0), ("schedule",), ("cancel", 0)],
+)
 def test_never_overallocates_and_never_places_twice(node_specs: list[Any], steps: list[tuple[Any, ...]]) -> None:
     log = _run(node_specs, steps)
-    placed = [job for job, _, _ in log.placements()]
     # A job is placed again only as its next run, after its previous run was requeued: never twice at once.
     runs: dict[int, int] = {}
+    running: set[int] = set()
+    cancelled_pending: set[int] = set()  # cancelled by the scheduler while pending: never placed after
     for _, e, _ in log.events:
         if isinstance(e, ev.JobPlaced):
             assert e.run == runs.get(e.job_id, 0), f"job {e.job_id} placed as run {e.run}"
+            assert e.job_id not in cancelled_pending, f"job {e.job_id} placed after its cancel"
             runs[e.job_id] = e.run + 1
+            running.add(e.job_id)
         elif isinstance(e, ev.JobRequeued):
             assert runs.get(e.job_id) == e.run + 1, f"job {e.job_id} requeued while not running"
-    cancelled_pending = {e.job_id for _, e, _ in log.events if isinstance(e, ev.JobCancelled) and e.node is None}
-    assert cancelled_pending.isdisjoint(placed)
+            running.discard(e.job_id)
+        elif isinstance(e, ev.JobCancelled) and e.node is None:
+            # Pending: never placed, or placed and requeued since (a lost node's run); not running.
+            assert e.job_id not in running, f"job {e.job_id} cancelled as pending while it runs"
+            cancelled_pending.add(e.job_id)
+        elif isinstance(e, ev.TERMINAL_JOB_EVENTS):
+            running.discard(e.job_id)
 
 
 @settings(max_examples=200, deadline=None)
