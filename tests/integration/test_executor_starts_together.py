@@ -118,3 +118,19 @@ async def test_a_batch_looks_its_cancels_up_once_unless_one_is_stored(
     assert ran == set(ids) - cancelled
     assert {j for j, o in outcomes.items() if isinstance(o, ev.JobCancelled)} == cancelled
     assert sorted(asked) == ([] if cancels == "none" else ids)
+
+
+async def test_a_placement_naming_no_submission_fails_alone_not_its_batch(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    """Anyone who can publish on the placement subject can name job -5: the batch's one cancel look-up
+    must not fail on it and take every placement of the batch down with it."""
+    settings = executor_settings(nats_url, tmp_path, cpus=8, max_deliveries=2)
+    await ensure_consumer(bus, settings.node)  # all is stored before the executor's first fetch
+    ids = [await _submit(bus, tmp_path / "work") for _ in range(3)]
+    for core, job_id in enumerate([-5, *ids]):
+        placed = ev.JobPlaced(job_id=job_id, node=settings.node, cores=(core,), memory_mb=1)
+        await bus.publish(placed, by_scheduler=True)
+    async with running(bus, settings):
+        outcomes = [await _outcome(bus, job_id) for job_id in ids]
+    assert all(isinstance(outcome, ev.JobCompleted) for outcome in outcomes), outcomes

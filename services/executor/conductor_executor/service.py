@@ -46,7 +46,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Counter
 
 from conductor_contracts import events as ev
-from conductor_contracts import subjects
+from conductor_contracts import heartbeats, subjects
 from conductor_contracts.text import printable
 from conductor_executor import compiled, fence_lease, traces, twins
 from conductor_executor import environment as envs
@@ -444,11 +444,11 @@ class Executor:
         try:
             kv = await self._bus.heartbeats()
             entry = await kv.get(subjects.heartbeat_key(self.node))
-            other, where = twins.writer(entry.value)
+            beat = heartbeats.decode(entry.value)
         except Exception:
             return True
-        if other and other != self.instance:
-            self.taken_over(where)
+        if beat.instance not in (None, self.instance):
+            self.taken_over(beat.where)
             return False
         return True
 
@@ -1016,9 +1016,9 @@ class Executor:
         # One look-up for the whole batch says that none of its jobs has a cancel stored (the common
         # case); only when a cancel of any job is stored after the earliest of them does each job
         # look its own up. A job's cancel is stored after its submission, whose sequence is its id.
-        self._cancels_ahead = cancels = asyncio.ensure_future(
-            self._any_cancel_from(min(event.job_id for _, event in placed) + 1)
-        )
+        # (At least 1: a job id below it names no submission, and must not fail its batch's look-ups.)
+        earliest = max(1, min(event.job_id for _, event in placed) + 1)
+        self._cancels_ahead = cancels = asyncio.ensure_future(self._any_cancel_from(earliest))
         cancels.add_done_callback(_retrieved)
         first = 0
         for msg, event in placed:

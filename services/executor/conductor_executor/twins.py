@@ -66,12 +66,6 @@ def instance_id(folder: Path) -> str:
     return made
 
 
-def writer(value: bytes | None) -> tuple[str | None, str]:
-    """The instance that wrote a heartbeat (None: none named) and where it runs, for messages."""
-    beat = heartbeats.decode(value)
-    return beat.instance, beat.where
-
-
 class TookOver(NamedTuple):
     """The node's heartbeat key as this executor's start left it."""
 
@@ -88,7 +82,7 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:  # no key, or deleted: no one beats for this node
         return TookOver(None, await _take_over(kv, key, mine, first, None))
-    other, _ = writer(entry.value)
+    other = heartbeats.decode(entry.value).instance
     if not other or other == mine:
         return TookOver(None, await _take_over(kv, key, mine, first, entry.revision))
     log.info(
@@ -103,9 +97,9 @@ async def refuse_twin(kv: KeyValue, key: str, mine: str, watch_s: float, first: 
             entry = await kv.get(key)
         except Exception:
             continue
-        by, where = writer(entry.value)
-        if entry.revision != seen and by not in (None, mine):
-            raise TwinExecutor(f"another executor of this node is running ({where}): a node has one executor")
+        beat = heartbeats.decode(entry.value)
+        if entry.revision != seen and beat.instance not in (None, mine):
+            raise TwinExecutor(f"another executor of this node is running ({beat.where}): a node has one executor")
         seen = entry.revision
     return TookOver(other, await _take_over(kv, key, mine, first, seen))
 
@@ -118,9 +112,9 @@ async def _take_over(kv: KeyValue, key: str, mine: str, first: bytes, last: int 
         return await kv.update(key, first, last=last)
     except nats.js.errors.KeyWrongLastSequenceError:
         entry = await kv.get(key)
-        by, where = writer(entry.value)
-        if by not in (None, mine):
+        beat = heartbeats.decode(entry.value)
+        if beat.instance not in (None, mine):
             raise TwinExecutor(
-                f"another executor of this node started at the same moment ({where}): a node has one executor"
+                f"another executor of this node started at the same moment ({beat.where}): a node has one executor"
             ) from None
         return entry.revision
