@@ -7,6 +7,10 @@ publishing again from what is really stored. Each message's ``Nats-Msg-Id`` is i
 two republishers (two projector replicas) or an overlap after a restart store each event once (within
 the duplicate window). Publishes are not awaited one by one: a batch is sent, then flushed; messages
 on one connection arrive in order, so nothing later can be stored past one that was lost.
+
+In the projector's process it takes the batches the projector reads (``shared_reads``) while it is level
+with them, and reads the log on its own only when it is not: behind them, well ahead of them (the
+projector catching up), or when the projector has stopped reading (PostgreSQL away).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 
+from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
@@ -25,10 +30,11 @@ from conductor_contracts import public, subjects
 from conductor_platform import tracing
 from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
-from conductor_platform.quick_reader import quick_read_from, stream_seq
+from conductor_platform.quick_reader import QuickLogReader, quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.operations import Undecodable
+from conductor_projector.shared_reads import Item, SharedReads, Taken, Where
 
 log = logging.getLogger("conductor.projector")
 
@@ -42,6 +48,16 @@ NOT_PUBLISHED = Counter(
 # max_payload by closing the connection, which nats-py does not reopen: the publish must not be sent.
 MAX_SUBJECT_BYTES = 4000
 DUPLICATE_WINDOW_S = 2 * 3600.0
+READ_ITSELF = Counter(
+    "conductor_public_events_read",
+    "Events the republisher read from the log itself rather than taking them from the projector's reads",
+)
+# An idle projector still reads once a second (and says so with an empty read): silent this long, it is
+# taken to have stopped reading (PostgreSQL away, a long transaction) and the republisher reads itself.
+STALE_S = 3.0
+# Ahead of the projector's reads by at most this many sequences (about half a second of its catch-up),
+# the republisher waits for them rather than reading the same events a second time.
+SLACK = 10_000
 
 
 async def ensure_stream(bus: Bus, retention_s: float) -> None:
@@ -107,19 +123,65 @@ def too_large(subject: str, headers: dict[str, str], data: bytes, max_payload: i
     return None
 
 
-async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Backoff, decoder: SharedDecoder) -> None:
+class _Source:
+    """Where the republisher's next events come from: the projector's reads when they hold them, else
+    a reader of its own, opened from the position and closed as soon as the projector's reads will do."""
+
+    def __init__(self, bus: Bus, decoder: SharedDecoder, shared: SharedReads | None, position: int) -> None:
+        self.bus, self.decoder, self.shared, self.position = bus, decoder, shared, position
+        self.own: QuickLogReader | None = None
+
+    async def next(self) -> list[tuple[int, Msg, Item]]:
+        """The events after ``position`` that are there now, in log order ([] after a wait)."""
+        shared = self.shared
+        where = Where.NOTHING if shared is None else shared.take(self.position)
+        if isinstance(where, Taken):
+            await self.close()
+            return where.events
+        if shared is not None and self._worth_waiting(shared, where):
+            await self.close()
+            await shared.wait(STALE_S)
+            return []
+        if self.own is None:
+            self.own = await quick_read_from(self.bus, self.position + 1)
+        # Up to 2000 at a time while catching up; live, what arrives within 50 ms: one flush
+        # (a round trip to the server) for each batch, not for each trickle of events. A short wait
+        # for the first: the projector's reads may hold what follows by then.
+        msgs = await next_batch(self.own, 2000, wait_s=0.25, linger_s=0.05)
+        READ_ITSELF.inc(len(msgs))
+        decode = self.decoder.decode
+        return [(seq, m, decode(seq, m.subject, m.data)) for m in msgs if (seq := stream_seq(m)) > self.position]
+
+    def _worth_waiting(self, shared: SharedReads, where: Where) -> bool:
+        """Whether the projector is reading and about to read what follows the position."""
+        if where is Where.LEVEL:
+            return shared.fresh(STALE_S)
+        if where is Where.AHEAD:
+            return shared.fresh(STALE_S) and self.position - (shared.newest or 0) <= SLACK
+        return False
+
+    async def close(self) -> None:
+        if self.own is not None:
+            own, self.own = self.own, None
+            with contextlib.suppress(Exception):  # the connection may be what failed
+                await own.unsubscribe()
+
+
+async def _follow(
+    bus: Bus,
+    jobs: JobDirectory,
+    stop: asyncio.Event,
+    retry: Backoff,
+    decoder: SharedDecoder,
+    shared: SharedReads | None,
+) -> None:
     positions = await _positions(bus)
-    start = await published_up_to(bus) + 1
-    sub = await quick_read_from(bus, start)
-    log.info("publishing on the public subjects", extra={"from_seq": start})
+    source = _Source(bus, decoder, shared, await published_up_to(bus))
+    log.info("publishing on the public subjects", extra={"from_seq": source.position + 1})
     try:
         while not stop.is_set():
-            # Up to 2000 at a time while catching up; live, what arrives within 50 ms: one flush
-            # (a round trip to the server) for each batch, not for each trickle of events.
-            msgs = await next_batch(sub, 2000, wait_s=1.0, linger_s=0.05)
-            for msg in msgs:
-                seq = stream_seq(msg)
-                event = decoder.decode(seq, msg.subject, msg.data)
+            batch = await source.next()
+            for seq, msg, event in batch:
                 if isinstance(event, Undecodable):  # what no consumer can read is not published either
                     continue
                 # The event's trace goes along: a subscriber can continue the job's trace.
@@ -131,28 +193,35 @@ async def _follow(bus: Bus, jobs: JobDirectory, stop: asyncio.Event, retry: Back
                     log.error("event left off the public subjects: %s", problem, extra={"seq": seq})
                     continue
                 await bus.nc.publish(subject, msg.data, headers=headers)
-            if msgs:
+            if batch:
                 await bus.nc.flush(timeout=10)
-                REPUBLISHED.inc(len(msgs))
+                REPUBLISHED.inc(len(batch))
+                source.position = batch[-1][0]
                 # Only read once the public stream is empty: its newest message says it otherwise.
-                await positions.put(POSITION_KEY, str(stream_seq(msgs[-1])).encode())
+                await positions.put(POSITION_KEY, str(source.position).encode())
                 retry.reset()
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await source.close()
 
 
 async def run(
-    bus: Bus, stop: asyncio.Event, retry: Backoff, retention_s: float, *, decoder: SharedDecoder | None = None
+    bus: Bus,
+    stop: asyncio.Event,
+    retry: Backoff,
+    retention_s: float,
+    *,
+    decoder: SharedDecoder | None = None,
+    shared: SharedReads | None = None,
 ) -> None:
     """Until ``stop``; any failure (NATS away) is followed by starting again from what is stored.
-    ``decoder``: shared with the projector's own reading of the log (each event decoded once)."""
+    ``decoder``: shared with the projector's own reading of the log (each event decoded once);
+    ``shared``: the projector's reads, taken instead of reading the log again while they hold what follows."""
     jobs = JobDirectory()
     decoder = decoder or SharedDecoder()
     while not stop.is_set():
         try:
             await ensure_stream(bus, retention_s)
-            await _follow(bus, jobs, stop, retry, decoder)
+            await _follow(bus, jobs, stop, retry, decoder, shared)
         except asyncio.CancelledError:
             raise
         except Exception as err:

@@ -40,6 +40,7 @@ from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
 from conductor_projector.operations import decode
 from conductor_projector.row_cache import RowCache
 from conductor_projector.settings import ProjectorSettings
+from conductor_projector.shared_reads import SharedReads
 from conductor_projector.sink import Item
 
 log = logging.getLogger("conductor.projector")
@@ -67,6 +68,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
     engine = database.engine(settings.database_url, timeout_s=settings.database_timeout_s, pool_size=2)
     bus: Bus | None = None
     decoder: SharedDecoder | None = None
+    shared: SharedReads | None = None
     republishing: asyncio.Task[None] | None = None
     try:
         bus = await _retrying(
@@ -85,12 +87,13 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         if settings.public_subjects and not rebuild:  # a rebuild would publish the whole log again
             retry = Backoff(settings.retry_first_s, settings.retry_max_s)
             decoder = SharedDecoder()  # the republisher reads the same events: each is decoded once
+            shared = SharedReads()  # and takes the batches read here while it is level with them
             republishing = asyncio.create_task(
-                republish.run(bus, stop, retry, settings.public_retention_s, decoder=decoder)
+                republish.run(bus, stop, retry, settings.public_retention_s, decoder=decoder, shared=shared)
             )
         while not stop.is_set():
             try:
-                await _follow(engine, bus, settings, stop, backoff, decoder)
+                await _follow(engine, bus, settings, stop, backoff, decoder, shared)
             except Exception as err:
                 if stop.is_set():
                     break
@@ -138,7 +141,10 @@ class _Read:
     pending: int  # what the log held past it when it was read
 
 
-async def _read(sub: LogReader, settings: ProjectorSettings, decoder: SharedDecoder | None) -> _Read:
+async def _read(
+    sub: LogReader, settings: ProjectorSettings, decoder: SharedDecoder | None, shared: SharedReads | None
+) -> _Read:
+    after = sub.next_seq - 1  # the reader has every stored event up to here, and what it reads follows
     msgs = await next_batch(sub, settings.batch_size, wait_s=1.0, linger_s=settings.linger_s)
     events: list[tuple[int, Item]] = []
     subjects: dict[int, str] = {}
@@ -146,6 +152,8 @@ async def _read(sub: LogReader, settings: ProjectorSettings, decoder: SharedDeco
         seq = stream_seq(m)
         events.append((seq, decode(m.subject, m.data) if decoder is None else decoder.decode(seq, m.subject, m.data)))
         subjects[seq] = m.subject
+    if shared is not None:
+        shared.offer(after, msgs, events)
     return _Read(events, subjects, msgs[-1].metadata.num_pending if msgs else 0)
 
 
@@ -156,6 +164,7 @@ async def _follow(
     stop: asyncio.Event,
     backoff: Backoff,
     decoder: SharedDecoder | None,
+    shared: SharedReads | None = None,
 ) -> None:
     """Follow the stream from the stored position until stopped; raises on any failure, after which
     the caller starts again from the position, which is where the last committed batch left it.
@@ -168,11 +177,11 @@ async def _follow(
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     kept = RowCache(settings.kept_rows)
     log.info("projecting", extra={"from_seq": position + 1})
-    ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings, decoder))
+    ahead: asyncio.Task[_Read] = asyncio.create_task(_read(sub, settings, decoder, shared))
     try:
         while not stop.is_set():
             read = await ahead
-            ahead = asyncio.create_task(_read(sub, settings, decoder))
+            ahead = asyncio.create_task(_read(sub, settings, decoder, shared))
             if not read.events:
                 continue
             try:
@@ -187,7 +196,7 @@ async def _follow(
                 await sub.unsubscribe()
                 position = await archived.apply_archived(engine, bus, settings, moved.position)
                 sub, fresh_read = await quick_read_from(bus, position + 1), position + 1
-                ahead = asyncio.create_task(_read(sub, settings, decoder))
+                ahead = asyncio.create_task(_read(sub, settings, decoder, shared))
                 continue
             EVENTS_APPLIED.inc(len(read.events))
             BATCH_SIZE.observe(len(read.events))

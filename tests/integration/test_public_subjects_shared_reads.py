@@ -1,0 +1,95 @@
+"""A live projector reads the log once for its read models and the public subjects; the public subjects
+go on by their own reads while the projector cannot read (PostgreSQL away), each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_contracts import public, subjects
+from conductor_platform.bus import Bus, connect
+from conductor_projector import republish
+from conductor_projector.settings import ProjectorSettings
+from tests.integration.helpers import eventually
+from tests.integration.projecting import projected_to, projector
+from tests.system import OwnServers
+from tests.unit.scheduling import node, submitted
+
+
+def _read_itself() -> float:
+    return REGISTRY.get_sample_value("conductor_public_events_read_total") or 0.0
+
+
+async def _published(bus: Bus, seq: int) -> bool:
+    """Whether the public stream holds every event of the log up to ``seq``, and each once."""
+    try:
+        info = await bus.js.stream_info(public.STREAM)
+    except NotFoundError:
+        return False
+    assert info.state.messages <= seq, "an event published twice"
+    return info.state.messages == seq and await republish.published_up_to(bus) == seq
+
+
+async def test_a_live_projector_reads_the_log_once_for_both(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url)
+    async with projector(settings):
+        first = await bus.publish(node("n1", 4))
+        await eventually(lambda: _published(bus, first), what="the first event on the public subjects")
+        await projected_to(engine, settings, first)
+
+        async def level() -> bool:  # the republisher's own reader, open until the projector has read, gone
+            return (await bus.js.stream_info(subjects.STREAM)).state.consumer_count == 1
+
+        await eventually(level, what="the republisher taking the projector's reads")
+        before = _read_itself()
+        last = first
+        for burst in range(5):
+            for i in range(40):
+                last = await bus.publish(submitted(name=f"b{burst}-{i}", account="alice"))
+            await eventually(functools.partial(_published, bus, last), what=f"burst {burst} on the public subjects")
+        await projected_to(engine, settings, last)
+        # Every one of them taken from the projector's reads: one reader of the log, the projector's.
+        assert _read_itself() == before
+        assert (await bus.js.stream_info(subjects.STREAM)).state.consumer_count == 1
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[OwnServers]:
+    servers = await asyncio.to_thread(OwnServers, tmp_path)
+    try:
+        yield servers
+    finally:
+        await asyncio.to_thread(servers.stop)
+
+
+async def test_the_public_subjects_go_on_while_postgresql_is_away(servers: OwnServers) -> None:
+    settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, retry_max_s=0.5)
+    bus = await connect(servers.nats.url, name="tests")
+    try:
+        async with projector(settings):
+            first = await bus.publish(node("n1", 4))
+            await eventually(lambda: _published(bus, first), what="the first event on the public subjects")
+            await asyncio.to_thread(servers.kill, servers.postgres)
+            before = _read_itself()
+            last = first
+            for i in range(30):
+                last = await bus.publish(submitted(name=f"away-{i}"))
+            await eventually(
+                lambda: _published(bus, last), timeout=30, what="the events on the public subjects, PostgreSQL away"
+            )
+            assert _read_itself() > before  # read by the republisher itself: the projector could not read them
+            await asyncio.to_thread(servers.restart_postgres)
+            for i in range(30):
+                last = await bus.publish(submitted(name=f"back-{i}"))
+            await eventually(lambda: _published(bus, last), timeout=60, what="every event once, PostgreSQL back")
+    finally:
+        await bus.close()
