@@ -104,3 +104,22 @@ async def test_filters_by_type_account_workflow_and_job_and_publishes_each_event
 
         await eventually(caught_up, what="the new event published, and only it")
     assert await republish.published_up_to(bus) == more
+
+
+async def test_a_public_stream_deleted_while_publishing_is_made_again_with_every_event(bus: Bus) -> None:
+    async with republishing(bus):
+        first = await bus.publish(submitted(account="alice"))
+
+        async def holds(seq: int) -> bool:
+            with contextlib.suppress(NotFoundError):  # not made (again) yet
+                return (await bus.js.stream_info(public.STREAM)).state.messages == seq
+            return False
+
+        await eventually(lambda: holds(first), what="the first event published")
+        await bus.js.delete_stream(public.STREAM)  # by hand, say: what was published after went nowhere
+        last = first
+        for _ in range(5):
+            last = await bus.publish(submitted(account="alice"))
+            await asyncio.sleep(0.1)
+        await eventually(lambda: holds(last), what="the stream made again, with every event of the log")
+    assert [s for _, s in await _matching(bus, "conductor-public.job.JobSubmitted.>")] == list(range(first, last + 1))

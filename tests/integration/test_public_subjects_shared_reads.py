@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_contracts import public, subjects
 from conductor_platform.bus import Bus, connect
+from conductor_platform.settings import async_database_url
 from conductor_projector import republish
 from conductor_projector.settings import ProjectorSettings
 from tests.integration.helpers import eventually
@@ -25,6 +27,10 @@ from tests.unit.scheduling import node, submitted
 
 def _read_itself() -> float:
     return REGISTRY.get_sample_value("conductor_public_events_read_total") or 0.0
+
+
+def _retries() -> float:
+    return REGISTRY.get_sample_value("conductor_projector_retries_total") or 0.0
 
 
 async def _published(bus: Bus, seq: int) -> bool:
@@ -79,8 +85,14 @@ async def test_the_public_subjects_go_on_while_postgresql_is_away(servers: OwnSe
             first = await bus.publish(node("n1", 4))
             await eventually(lambda: _published(bus, first), what="the first event on the public subjects")
             await asyncio.to_thread(servers.kill, servers.postgres)
+            retries = _retries()
+            last = await bus.publish(submitted(name="away"))
+
+            async def stuck() -> bool:  # failing on its position now: it reads nothing more
+                return _retries() >= retries + 2
+
+            await eventually(stuck, what="the projector failing on the missing PostgreSQL, twice")
             before = _read_itself()
-            last = first
             for i in range(30):
                 last = await bus.publish(submitted(name=f"away-{i}"))
             await eventually(
@@ -91,5 +103,42 @@ async def test_the_public_subjects_go_on_while_postgresql_is_away(servers: OwnSe
             for i in range(30):
                 last = await bus.publish(submitted(name=f"back-{i}"))
             await eventually(lambda: _published(bus, last), timeout=60, what="every event once, PostgreSQL back")
+    finally:
+        await bus.close()
+
+
+async def _read_only(database_url: str, on: bool) -> None:
+    """PostgreSQL up and answering reads, refusing every write (as a standby after a failover)."""
+    engine = create_async_engine(async_database_url(database_url), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f"ALTER SYSTEM SET default_transaction_read_only = {'on' if on else 'off'}"))
+            await conn.execute(text("SELECT pg_reload_conf()"))
+    finally:
+        await engine.dispose()
+
+
+async def test_the_public_subjects_go_on_while_postgresql_refuses_writes(servers: OwnServers) -> None:
+    # The projector fails each batch at once and reads it again from its position, over and over: its
+    # reads keep coming but never reach what follows them (review of 2026-12-02: the public subjects
+    # stopped for good once the log was two batches past the projector's position).
+    settings = ProjectorSettings(
+        nats_url=servers.nats.url, database_url=servers.postgres.url, batch_size=5, retry_first_s=0.1, retry_max_s=0.2
+    )
+    bus = await connect(servers.nats.url, name="tests")
+    try:
+        async with projector(settings):
+            first = await bus.publish(node("n1", 4))
+            await eventually(lambda: _published(bus, first), what="the first event on the public subjects")
+            await _read_only(servers.postgres.url, True)
+            try:
+                last = first
+                for i in range(60):
+                    last = await bus.publish(submitted(name=f"ro-{i}"))
+                await eventually(
+                    lambda: _published(bus, last), timeout=30, what="the events on the public subjects, writes refused"
+                )
+            finally:
+                await _read_only(servers.postgres.url, False)
     finally:
         await bus.close()

@@ -79,15 +79,38 @@ def test_only_a_few_reads_are_kept_and_the_newest_always() -> None:
     assert taken_seqs(shared.take(4)) == [5]
 
 
-def test_freshness_follows_the_offers_and_a_wait_ends_at_an_offer() -> None:
+def test_the_projector_progresses_while_its_reads_go_further_or_find_nothing_further() -> None:
     now = [100.0]
     shared = SharedReads(clock=lambda: now[0])
-    assert not shared.fresh(3.0)
-    offer(shared, 0, [])
+    assert not shared.progressing(3.0)
+    offer(shared, 0, [])  # idle at the log's end
     now[0] += 3.0
-    assert shared.fresh(3.0)
+    assert shared.progressing(3.0)
     now[0] += 0.1
-    assert not shared.fresh(3.0)
+    assert not shared.progressing(3.0)
+    offer(shared, 0, [1, 2])
+    assert shared.progressing(3.0)
+
+
+def test_reads_offered_again_from_behind_are_no_progress() -> None:
+    # A batch that fails to apply (PostgreSQL refusing writes) is read again and again from the
+    # projector's position: offered every second, those reads never reach what follows them, and
+    # the republisher must not wait for them (review of 2026-12-02: the public subjects stopped).
+    now = [100.0]
+    shared = SharedReads(clock=lambda: now[0])
+    offer(shared, 10, [11, 12])
+    offer(shared, 12, [13, 14])
+    for _ in range(10):
+        now[0] += 1.0
+        offer(shared, 10, [11, 12])
+        offer(shared, 12, [13, 14])
+    assert not shared.progressing(3.0)
+    offer(shared, 14, [15])
+    assert shared.progressing(3.0)
+
+
+def test_a_wait_ends_at_an_offer() -> None:
+    shared = SharedReads()
 
     async def scenario() -> None:
         waiting = asyncio.create_task(shared.wait(30))

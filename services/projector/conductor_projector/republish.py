@@ -52,8 +52,9 @@ READ_ITSELF = Counter(
     "conductor_public_events_read",
     "Events the republisher read from the log itself rather than taking them from the projector's reads",
 )
-# An idle projector still reads once a second (and says so with an empty read): silent this long, it is
-# taken to have stopped reading (PostgreSQL away, a long transaction) and the republisher reads itself.
+# An idle projector still reads once a second (and says so with an empty read): its reads not going
+# further for this long, it is taken to have stopped (PostgreSQL away or refusing writes, a long
+# transaction) and the republisher reads itself.
 STALE_S = 3.0
 # Ahead of the projector's reads by at most this many sequences (about half a second of its catch-up),
 # the republisher waits for them rather than reading the same events a second time.
@@ -123,6 +124,17 @@ def too_large(subject: str, headers: dict[str, str], data: bytes, max_payload: i
     return None
 
 
+async def _send(bus: Bus, outgoing: list[tuple[str, bytes, dict[str, str]]]) -> None:
+    """All but the last sent without waiting; the last one acknowledged by the public stream, which
+    so exists and took the batch (messages on one connection arrive in order). A stream deleted
+    meanwhile answers nothing: the loop starts again, makes it anew and fills it from the log (a
+    flush said only that the server had the messages, and they went nowhere, review of 2026-12-02)."""
+    for subject, data, headers in outgoing[:-1]:
+        await bus.nc.publish(subject, data, headers=headers)
+    subject, data, headers = outgoing[-1]
+    await bus.js.publish(subject, data, headers=headers, stream=public.STREAM, timeout=10)
+
+
 class _Source:
     """Where the republisher's next events come from: the projector's reads when they hold them, else
     a reader of its own, opened from the position and closed as soon as the projector's reads will do."""
@@ -155,9 +167,9 @@ class _Source:
     def _worth_waiting(self, shared: SharedReads, where: Where) -> bool:
         """Whether the projector is reading and about to read what follows the position."""
         if where is Where.LEVEL:
-            return shared.fresh(STALE_S)
+            return shared.progressing(STALE_S)
         if where is Where.AHEAD:
-            return shared.fresh(STALE_S) and self.position - (shared.newest or 0) <= SLACK
+            return shared.progressing(STALE_S) and self.position - (shared.newest or 0) <= SLACK
         return False
 
     async def close(self) -> None:
@@ -181,6 +193,7 @@ async def _follow(
     try:
         while not stop.is_set():
             batch = await source.next()
+            outgoing: list[tuple[str, bytes, dict[str, str]]] = []
             for seq, msg, event in batch:
                 if isinstance(event, Undecodable):  # what no consumer can read is not published either
                     continue
@@ -192,9 +205,10 @@ async def _follow(
                     NOT_PUBLISHED.inc()
                     log.error("event left off the public subjects: %s", problem, extra={"seq": seq})
                     continue
-                await bus.nc.publish(subject, msg.data, headers=headers)
+                outgoing.append((subject, msg.data, headers))
+            if outgoing:
+                await _send(bus, outgoing)
             if batch:
-                await bus.nc.flush(timeout=10)
                 REPUBLISHED.inc(len(batch))
                 source.position = batch[-1][0]
                 # Only read once the public stream is empty: its newest message says it otherwise.

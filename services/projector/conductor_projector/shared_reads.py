@@ -73,14 +73,21 @@ class SharedReads:
         self._reads: deque[Read] = deque()
         self._bytes = 0
         self._max_reads, self._max_bytes, self._clock = max_reads, max_bytes, clock
-        self._offered_at: float | None = None
+        # The furthest the projector's reads ever got, and when they last went past it (or, idle, found
+        # nothing past it): reads offered again from behind (a batch that keeps failing to apply,
+        # PostgreSQL read-only) are no sign that the projector will read what follows.
+        self._frontier = -1
+        self._progressed_at: float | None = None
         self._changed = asyncio.Event()
 
     def offer(self, after: int, msgs: Sequence[Msg], events: Sequence[tuple[int, Item]]) -> None:
         """A read of the projector: ``events`` decoded from ``msgs`` (same order), every stored event
         past ``after`` up to the last of them. An empty read says the projector is reading and found
         nothing past ``after``."""
-        self._offered_at = self._clock()
+        last = events[-1][0] if events else after
+        if last > self._frontier or (not events and after == self._frontier):
+            self._frontier = last
+            self._progressed_at = self._clock()
         self._changed.set()
         if not self._reads or after != self._reads[-1].last:  # the projector started reading again
             self._reads.clear()
@@ -114,9 +121,10 @@ class SharedReads:
     def newest(self) -> int | None:
         return self._reads[-1].last if self._reads else None
 
-    def fresh(self, within_s: float) -> bool:
-        """Whether the projector offered a read (an empty one included) within the last ``within_s``."""
-        return self._offered_at is not None and self._clock() - self._offered_at <= within_s
+    def progressing(self, within_s: float) -> bool:
+        """Whether the projector's reads went further than ever before within the last ``within_s``
+        (or found nothing further: idle at the log's end)."""
+        return self._progressed_at is not None and self._clock() - self._progressed_at <= within_s
 
     async def wait(self, timeout_s: float) -> None:
         """Until the next offer, or ``timeout_s``; an offer made since the last wait ends it at once."""
