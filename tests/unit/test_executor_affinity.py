@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor_executor import compiled
 from conductor_executor import supervision as sv
 from conductor_executor.affinity import move_thread
 from conductor_executor.process import start_supervisor
@@ -66,3 +67,37 @@ def test_a_job_starts_on_its_cpus_and_its_starter_goes_back(tmp_path: Path) -> N
     recorded = sv.read_exit(tmp_path)
     assert recorded is not None and recorded.code == 0
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_compiled_supervisor_that_pins_itself_starts_the_job_on_its_cpus_and_no_thread_moves(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu = max(os.sched_getaffinity(0))
+    script = tmp_path / "script.sh"
+    script.write_text(f'cat /proc/self/status\necho "told: ${{{sv.CPUS}-none}}"\n')
+    out = tmp_path / "out"
+    moves: list[set[int]] = []
+    monkeypatch.setattr("conductor_executor.process.move_thread", moves.append)
+    with out.open("wb") as stdout:
+        fd = stdout.fileno()
+        child, _ = start_supervisor(
+            script, str(tmp_path), {"PATH": os.defpath}, fd, fd, {cpu}, built_supervisor, pins=True
+        )
+    assert child.wait(10) == 0
+    assert _allowed(out.read_text()) == {cpu}
+    assert "told: none" in out.read_text()  # the supervisor's variable, not the job's
+    assert moves == []
+
+
+def test_whether_a_compiled_supervisor_pins_itself_is_checked(built_supervisor: Path, tmp_path: Path) -> None:
+    assert compiled.pins(built_supervisor)
+    # One built before it did (an image's, named by path): its source without the move.
+    source = compiled.SOURCE.read_text()
+    start, end = source.index("    const char *cpus = getenv("), source.index("    /* Inherited as ignored")
+    older = tmp_path / "older.c"
+    older.write_text(source[:start] + source[end:])
+    cc = compiled.compiler()
+    assert cc is not None
+    subprocess.run([cc, "-O2", "-o", str(tmp_path / "older"), str(older)], check=True)
+    assert not compiled.pins(tmp_path / "older")
+    assert not compiled.pins(tmp_path / "missing")

@@ -57,7 +57,13 @@ class Cancelled(Exception):
     """The executor stops: building or checking is given up."""
 
 
-def _run(argv: list[str], executable: str | None, timeout_s: float, cancel: threading.Event | None) -> int:
+def _run(
+    argv: list[str],
+    executable: str | None,
+    timeout_s: float,
+    cancel: threading.Event | None,
+    env: dict[str, str] | None = None,
+) -> int:
     """Run a program in a session of its own and return its exit code; its whole group is killed when
     it ends, times out or ``cancel`` is set, so nothing it started outlives the look (a compiler's
     children, a broken supervisor's). OSError: it cannot start; TimeoutError; Cancelled."""
@@ -68,6 +74,7 @@ def _run(argv: list[str], executable: str | None, timeout_s: float, cancel: thre
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
     deadline = time.monotonic() + timeout_s
     try:
@@ -100,6 +107,23 @@ def check(binary: Path, cancel: threading.Event | None = None) -> str | None:
             recorded = "no exit" if ended is None else f"exit {ended.code}"
             return f"it exited {code}, recorded group {pgid} and {recorded} (wanted a group and exit 3)"
     return None
+
+
+def pins(binary: Path, cancel: threading.Event | None = None) -> bool:
+    """Whether ``binary`` moves itself and its job to the CPUs ``supervision.CPUS`` lists, and keeps the
+    variable from the job. One built before it did (an image's, named by path) does not: the executor
+    then moves the thread that starts it, as for the shell form."""
+    cpu = max(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="conductor-supervisor-check.") as folder:
+        script, seen = Path(folder) / "script.sh", Path(folder) / "seen"
+        script.write_text(f'grep Cpus_allowed_list /proc/self/status > {seen}\necho "${{{sv.CPUS}-}}" >> {seen}\n')
+        env = {"PATH": os.defpath, sv.CPUS: str(cpu)}
+        try:
+            _run([sv.ARGV0, str(script)], str(binary), _CHECK_TIMEOUT_S, cancel, env)
+            lines = seen.read_text().splitlines()
+        except (OSError, TimeoutError):
+            return False
+    return len(lines) == 2 and lines[0].split() == ["Cpus_allowed_list:", str(cpu)] and lines[1] == ""
 
 
 def cache_folder() -> Path | None:

@@ -240,20 +240,26 @@ def start_supervisor(
     stderr_fd: int,
     cpus: set[int],
     compiled: Path | None = None,
+    pins: bool = False,
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Start a job's supervisor with the output descriptors the executor opened and checked for it
     (``output.open_outputs``); the caller keeps and closes them. The supervisor has a session of its
     own, stdin from /dev/null and only files for output: nothing ties it to the executor. Blocking
     and thread-safe: the executor calls it from a worker thread. Returns the child and when it started
-    (wall clock)."""
+    (wall clock). ``pins``: the compiled supervisor moves itself to ``cpus`` (``compiled.pins``)."""
     argv, program = supervisor_argv(script, compiled)
     # The child inherits the CPU mask of the thread that starts it. Setting it here, around the start,
     # pins the job from its first instruction; a preexec function would do the same but forces a full
     # fork() of this process, where without one CPython starts the job with the cheaper vfork(). In a
     # worker thread, the thread that moves to the job's CPUs is not the event loop's, and the move
-    # does not hold the GIL (``affinity``).
-    previous = os.sched_getaffinity(0)
-    if cpus:
+    # does not hold the GIL (``affinity``). A compiled supervisor that can moves itself instead, told
+    # by its environment: two moves of this thread fewer per job (0.15-0.2 ms of this process's CPU
+    # here).
+    moving = bool(cpus) and not (compiled is not None and pins)
+    if cpus and not moving:
+        env = env | {sv.CPUS: ",".join(str(cpu) for cpu in sorted(cpus))}
+    previous = os.sched_getaffinity(0) if moving else set()
+    if moving:
         with contextlib.suppress(OSError):
             move_thread(cpus)
     try:
@@ -268,7 +274,7 @@ def start_supervisor(
             start_new_session=True,
         )
     finally:
-        if cpus:
+        if moving:
             move_thread(previous)
     return process, time.time()
 

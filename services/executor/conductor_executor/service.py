@@ -160,6 +160,7 @@ class Executor:
         self._environment = envs.inherited(os.environ)
         # The shell form until ``run`` has the compiled one built and checked (``compiled.py``).
         self.supervisor: Path | None = None
+        self.supervisor_pins = False  # whether it moves itself to the job's CPUs (``compiled.pins``)
         try:
             settings.jobs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # each job's marker says so in its turn; the executor must not crash-loop
@@ -745,6 +746,7 @@ class Executor:
         # Its supervisor kills a requeue job once this executor is gone; never another job.
         env.pop(fence_lease.LEASE_ENV, None)
         env.pop(fence_lease.AFTER_ENV, None)
+        env.pop(sv.CPUS, None)  # the executor's to set (start_supervisor): else a job chose its own CPUs
         if job.requeue:
             env[fence_lease.LEASE_ENV] = str(self.lease)
             env[fence_lease.AFTER_ENV] = str(self._fence_after_s)
@@ -788,7 +790,14 @@ class Executor:
             compiled_form = self.supervisor
             try:
                 return start_supervisor(
-                    script, job.working_directory, env, outputs.stdout_fd, outputs.stderr_fd, cpus, compiled_form
+                    script,
+                    job.working_directory,
+                    env,
+                    outputs.stdout_fd,
+                    outputs.stderr_fd,
+                    cpus,
+                    compiled_form,
+                    self.supervisor_pins,
                 )
             except OSError as err:
                 # Only what says the binary itself is gone or unusable (E2BIG, a job's environment too
@@ -1158,6 +1167,8 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
 async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance: str) -> None:
     executor = Executor(settings, stop, instance)
     executor.supervisor = await _job_supervisor(settings, stop)
+    if executor.supervisor is not None:
+        executor.supervisor_pins = await asyncio.to_thread(compiled.pins, executor.supervisor)
     if stop.is_set():
         return
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.

@@ -75,6 +75,8 @@ ARGV0 = "conductor-job"
 # record of its supervisor's says where they are (``leftovers.kill_marked``); a folder is one job's
 # run on one node of one executor, so no process of another executor's job, on this machine, has it.
 MARK = "CONDUCTOR_JOB_DIR"
+# The CPUs a compiled supervisor moves itself to before it starts the job (supervisor.c); not the job's.
+CPUS = "CONDUCTOR_SUPERVISOR_CPUS"
 
 # $1: the job's script, in the folder that holds its records; $2: the setsid program.
 # - stderr of the shell itself goes to /dev/null (its notices must not land in the job's file),

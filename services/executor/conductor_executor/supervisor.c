@@ -11,11 +11,15 @@
  * executor is gone, and the scheduler is about to declare the node lost and run the job elsewhere.
  * An executor that lives fences its own jobs (liveness.py); one that died cannot.
  *
+ * With CONDUCTOR_SUPERVISOR_CPUS (CPU numbers, comma-separated) it moves itself to those CPUs before
+ * it forks, so the job starts on them: the executor then need not move the thread that starts it.
+ *
  * Built by the executor itself (compiled.py) or into an image (Dockerfile); nothing but libc.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +60,38 @@ static char *beside(const char *script, size_t folder, const char *name) {
         strcpy(path + folder + 1, name);
     }
     return path;
+}
+
+/* Onto the CPUs listed ("3,5,7"); a list that does not parse, or a move the kernel refuses, leaves it
+ * where it is, as a failed move of the executor's thread did. */
+static void pin(const char *list) {
+    long highest = -1;
+    for (const char *p = list; *p != '\0';) {
+        char *end;
+        errno = 0;
+        long cpu = strtol(p, &end, 10);
+        if (end == p || errno != 0 || cpu < 0 || cpu > 1 << 20 || (*end != ',' && *end != '\0')) {
+            return;
+        }
+        highest = cpu > highest ? cpu : highest;
+        p = *end == ',' ? end + 1 : end;
+    }
+    if (highest < 0) {
+        return;
+    }
+    cpu_set_t *set = CPU_ALLOC((int)highest + 1);
+    if (set == NULL) {
+        return;
+    }
+    size_t size = CPU_ALLOC_SIZE((int)highest + 1);
+    CPU_ZERO_S(size, set);
+    for (const char *p = list; *p != '\0';) {
+        char *end;
+        CPU_SET_S((int)strtol(p, &end, 10), size, set);
+        p = *end == ',' ? end + 1 : end;
+    }
+    sched_setaffinity(0, size, set);
+    CPU_FREE(set);
 }
 
 static void tick(int sig) {
@@ -150,6 +186,12 @@ int main(int argc, char **argv) {
             fprintf(stderr, "conductor-job: no room to record the job's exit (%s): not started\n", strerror(why));
             return 2;
         }
+    }
+
+    const char *cpus = getenv("CONDUCTOR_SUPERVISOR_CPUS");
+    if (cpus != NULL) {
+        pin(cpus);
+        unsetenv("CONDUCTOR_SUPERVISOR_CPUS"); /* the executor's, not the job's */
     }
 
     /* Inherited as ignored, SIGCHLD would make the kernel reap the job itself: no status to wait for. */
