@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -101,3 +102,12 @@ def test_whether_a_compiled_supervisor_pins_itself_is_checked(built_supervisor: 
     subprocess.run([cc, "-O2", "-o", str(tmp_path / "older"), str(older)], check=True)
     assert not compiled.pins(tmp_path / "older")
     assert not compiled.pins(tmp_path / "missing")
+
+
+def test_the_check_holds_in_a_temporary_folder_named_with_spaces_and_quotes(
+    built_supervisor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    odd = tmp_path / "a b'$c"
+    odd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(odd))
+    assert compiled.pins(built_supervisor)

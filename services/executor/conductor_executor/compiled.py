@@ -29,6 +29,7 @@ import logging
 import os
 import platform
 import pwd
+import shlex
 import shutil
 import signal
 import stat
@@ -116,7 +117,8 @@ def pins(binary: Path, cancel: threading.Event | None = None) -> bool:
     cpu = max(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="conductor-supervisor-check.") as folder:
         script, seen = Path(folder) / "script.sh", Path(folder) / "seen"
-        script.write_text(f'grep Cpus_allowed_list /proc/self/status > {seen}\necho "${{{sv.CPUS}-}}" >> {seen}\n')
+        out = shlex.quote(str(seen))  # TMPDIR is the machine's: spaces, quotes
+        script.write_text(f'grep Cpus_allowed_list /proc/self/status > {out}\necho "${{{sv.CPUS}-}}" >> {out}\n')
         env = {"PATH": os.defpath, sv.CPUS: str(cpu)}
         try:
             _run([sv.ARGV0, str(script)], str(binary), _CHECK_TIMEOUT_S, cancel, env)
