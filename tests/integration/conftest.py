@@ -1,10 +1,12 @@
-"""Fresh state per test on the session's real servers: an empty stream, an empty schema."""
+"""Fresh state per test on the session's real servers: an empty stream, an empty schema; or servers
+of the test's own (``servers``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.js.errors import NotFoundError
@@ -16,6 +18,7 @@ from conductor_platform.bus import Bus, connect
 from conductor_platform.settings import async_database_url
 from conductor_projector import migrate
 from conductor_scheduler import snapshot
+from tests.system import OwnServers
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +75,13 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await asyncio.to_thread(migrate.upgrade, database_url)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[OwnServers]:
+    """A nats-server and a PostgreSQL of the test's own, which it may kill and start again."""
+    servers = await asyncio.to_thread(OwnServers, tmp_path)
+    try:
+        yield servers
+    finally:
+        await asyncio.to_thread(servers.stop)

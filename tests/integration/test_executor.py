@@ -122,6 +122,28 @@ async def test_runs_the_script_with_slurm_environment(bus: Bus, executor: Execut
     assert record is not None and record.announced and record.pid == started.pid
 
 
+@pytest.mark.parametrize("pins", [True, False], ids=["supervisor-moves-itself", "thread-moves"])
+async def test_a_job_cannot_choose_its_cpus_through_the_supervisors_variable(
+    bus: Bus, nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pins: bool
+) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU here: nothing to choose")
+    if not pins:  # a compiled supervisor that can move itself, started as one that cannot
+        monkeypatch.setattr("conductor_executor.compiled.pins", lambda *_: False)
+    others = ",".join(str(cpu) for cpu in sorted(os.sched_getaffinity(0)))
+    script = f'grep Cpus_allowed_list /proc/self/status\necho "told: ${{{sv.CPUS}-none}}"\n'
+    job = submitted().model_copy(
+        update={"working_directory": str(tmp_path), "script": script, "environment": {sv.CPUS: others}}
+    )
+    async with running(bus, executor_settings(nats_url, tmp_path)):
+        job_id = await bus.publish(job)
+        await bus.publish(ev.JobPlaced(job_id=job_id, node=NODE, cores=(1,), memory_mb=100), by_scheduler=True)
+        assert isinstance(await _outcome(bus, job_id), ev.JobCompleted)
+    text = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert text.splitlines()[0].split() == ["Cpus_allowed_list:", str(sorted(os.sched_getaffinity(0))[1])]
+    assert "told: none" in text
+
+
 async def test_nonzero_exit_is_failed_with_its_code(bus: Bus, executor: ExecutorSettings, tmp_path: Path) -> None:
     outcome = await _outcome(bus, await _submit_and_place(bus, tmp_path, "exit 3"))
     assert isinstance(outcome, ev.JobFailed) and outcome.exit_code == 3

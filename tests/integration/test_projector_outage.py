@@ -4,8 +4,6 @@ for the whole system under its supervisor, which would restart a projector that 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from nats.aio.msg import Msg
@@ -22,15 +20,6 @@ from conductor_projector.settings import ProjectorSettings
 from tests.integration.helpers import eventually
 from tests.system import OwnServers
 from tests.unit.scheduling import submitted
-
-
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[OwnServers]:
-    servers = await asyncio.to_thread(OwnServers, tmp_path)
-    try:
-        yield servers
-    finally:
-        await asyncio.to_thread(servers.stop)
 
 
 def _retries() -> float:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 from sqlalchemy import text
@@ -66,15 +63,6 @@ async def test_a_live_projector_reads_the_log_once_for_both(
         # Every one of them taken from the projector's reads: one reader of the log, the projector's.
         assert _read_itself() == before
         assert (await bus.js.stream_info(subjects.STREAM)).state.consumer_count == 1
-
-
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[OwnServers]:
-    servers = await asyncio.to_thread(OwnServers, tmp_path)
-    try:
-        yield servers
-    finally:
-        await asyncio.to_thread(servers.stop)
 
 
 async def test_the_public_subjects_go_on_while_postgresql_is_away(servers: OwnServers) -> None:

@@ -113,7 +113,10 @@ def check(binary: Path, cancel: threading.Event | None = None) -> str | None:
 def pins(binary: Path, cancel: threading.Event | None = None) -> bool:
     """Whether ``binary`` moves itself and its job to the CPUs ``supervision.CPUS`` lists, and keeps the
     variable from the job. One built before it did (an image's, named by path) does not: the executor
-    then moves the thread that starts it, as for the shell form."""
+    then moves the thread that starts it, as for the shell form. Checked once, at the executor's start:
+    a binary swapped for an older one while it runs starts its jobs unpinned (its owner's doing; a
+    job of the same user can leave its CPUs with ``taskset`` anyway, there being no cpuset). Cancelled
+    when ``cancel`` is set."""
     cpu = max(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="conductor-supervisor-check.") as folder:
         script, seen = Path(folder) / "script.sh", Path(folder) / "seen"
@@ -123,7 +126,7 @@ def pins(binary: Path, cancel: threading.Event | None = None) -> bool:
         try:
             _run([sv.ARGV0, str(script)], str(binary), _CHECK_TIMEOUT_S, cancel, env)
             lines = seen.read_text().splitlines()
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError):  # not Cancelled: the executor stops
             return False
     return len(lines) == 2 and lines[0].split() == ["Cpus_allowed_list:", str(cpu)] and lines[1] == ""
 

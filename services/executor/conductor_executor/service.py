@@ -1166,9 +1166,7 @@ async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> 
 
 async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance: str) -> None:
     executor = Executor(settings, stop, instance)
-    executor.supervisor = await _job_supervisor(settings, stop)
-    if executor.supervisor is not None:
-        executor.supervisor_pins = await asyncio.to_thread(compiled.pins, executor.supervisor)
+    executor.supervisor, executor.supervisor_pins = await _job_supervisor(settings, stop)
     if stop.is_set():
         return
     # Both only write the outbox: leftovers are killed and owed events kept even while NATS is away.
@@ -1227,18 +1225,24 @@ async def _checked(bus: Bus, key: str, instance: str, watch_s: float, first: byt
 _NOT_RUNNABLE = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ETXTBSY, errno.ENOTDIR, errno.ELOOP})
 
 
-async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> Path | None:
-    """The compiled supervisor, built (once per machine) and checked in a thread; a stop meanwhile
-    ends the build at once."""
+async def _job_supervisor(settings: ExecutorSettings, stop: asyncio.Event) -> tuple[Path | None, bool]:
+    """The compiled supervisor, built (once per machine) and checked in a thread, and whether it moves
+    itself to a job's CPUs (``compiled.pins``); a stop meanwhile ends the build or the check at once."""
     cancel = threading.Event()
     stopping = asyncio.ensure_future(stop.wait())
     stopping.add_done_callback(lambda _: cancel.set())
     try:
-        return await asyncio.to_thread(compiled.resolve, settings.job_supervisor, settings.state_dir, cancel)
+        path = await asyncio.to_thread(compiled.resolve, settings.job_supervisor, settings.state_dir, cancel)
+        if path is None:
+            return None, False
+        pins = await asyncio.to_thread(compiled.pins, path, cancel)
     except compiled.Cancelled:
-        return None
+        return None, False
     finally:
         stopping.cancel()
+    if not pins:  # one built before it could: jobs are pinned by moving the thread that starts them
+        log.info("the job supervisor does not move itself to a job's CPUs", extra={"path": str(path)})
+    return path, pins
 
 
 async def _run_connected(
