@@ -5,8 +5,9 @@ Its only cursor is the public stream itself: it starts after the log sequence of
 stored there (its ``Conductor-Seq``), so a crash, a NATS restart or a lost publish is followed by
 publishing again from what is really stored. Each message's ``Nats-Msg-Id`` is its log sequence, so
 two republishers (two projector replicas) or an overlap after a restart store each event once (within
-the duplicate window). Publishes are not awaited one by one: a batch is sent, then flushed; messages
-on one connection arrive in order, so nothing later can be stored past one that was lost.
+the duplicate window). Publishes are not awaited one by one: a batch is sent and only its last
+message is acknowledged; messages on one connection arrive in order, so nothing later can be stored
+past one that was lost.
 
 In the projector's process it takes the batches the projector reads (``shared_reads``) while it is level
 with them, and reads the log on its own only when it is not: behind them, well ahead of them (the
