@@ -13,9 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conductor_platform.archive import compacted_below, covers, read_archive
 from conductor_platform.bus import Bus
 from conductor_projector import sink
-from conductor_projector.operations import decode
+from conductor_projector.operations import Item, decode
 from conductor_projector.settings import ProjectorSettings
-from conductor_projector.sink import Item
 
 log = logging.getLogger("conductor.projector")
 

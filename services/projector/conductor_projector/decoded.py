@@ -12,10 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from conductor_contracts import events as ev
-from conductor_projector.operations import Undecodable, decode
-
-Item = ev.Event | Undecodable
+from conductor_projector.operations import Item, decode
 
 # In a catch-up of 200,000 events (bench/projector.py) one reader led the other by up to 10,000
 # events: 4096 kept only caught 2% of them, 16384 catch all (an event and its bytes take about 1.5 KB).

@@ -291,7 +291,11 @@ class Undecodable:
     error: str
 
 
-def decode(subject: str, data: bytes) -> ev.Event | Undecodable:
+# What a message of the log is to the projector: an event, or what it could not read.
+Item = ev.Event | Undecodable
+
+
+def decode(subject: str, data: bytes) -> Item:
     try:
         return ev.decode(data)
     except Exception as err:  # whatever the bytes are, it is their fault, not the projector's

@@ -34,8 +34,8 @@ from conductor_platform.jobs import JobDirectory
 from conductor_platform.quick_reader import QuickLogReader, quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
 from conductor_projector.decoded import SharedDecoder
-from conductor_projector.operations import Undecodable
-from conductor_projector.shared_reads import Item, SharedReads, Taken, Where
+from conductor_projector.operations import Item, Undecodable
+from conductor_projector.shared_reads import SharedReads, Taken, Where
 
 log = logging.getLogger("conductor.projector")
 

@@ -37,11 +37,10 @@ from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
 from conductor_projector.metrics import BATCH_SIZE, LAG, RETRIES
-from conductor_projector.operations import decode
+from conductor_projector.operations import Item, decode
 from conductor_projector.row_cache import RowCache
 from conductor_projector.settings import ProjectorSettings
 from conductor_projector.shared_reads import SharedReads
-from conductor_projector.sink import Item
 
 log = logging.getLogger("conductor.projector")
 

@@ -22,10 +22,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 
-from conductor_contracts import events as ev
-from conductor_projector.operations import Undecodable
-
-Item = ev.Event | Undecodable
+from conductor_projector.operations import Item
 
 # A few of the projector's batches: the republisher takes each as it is read, so one or two would do;
 # more than this behind, it reads on its own. The newest read is always kept, whatever its size.

@@ -42,6 +42,9 @@ from conductor_projector.operations import (
     to_operations,
     unstorable,
 )
+from conductor_projector.operations import (
+    Item as Item,  # apply_batch takes them: its callers name them sink.Item
+)
 from conductor_projector.row_cache import RowCache
 
 log = logging.getLogger("conductor.projector")
@@ -187,8 +190,6 @@ class PositionMovedBack(Exception):
         super().__init__(f"the stored position went back to {position}")
         self.position = position
 
-
-Item = ev.Event | Undecodable
 
 # Bounds of what a dead letter keeps: enough to see what went wrong, never a row too big to write.
 DATA_CHARS = 8192
