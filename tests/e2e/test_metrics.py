@@ -60,7 +60,13 @@ def test_each_service_counts_what_it_did_on_its_own_port(system: System, ports: 
         found = None if samples is None else value(samples, name, **labels)
         return samples if found is not None and found >= 1 else None
 
-    scheduler = wait_for(lambda: counted("scheduler", "conductor_scheduler_placements_total"), what="a placement")
+    def placed_and_seen() -> Samples | None:
+        # The cluster's gauges are a snapshot the scheduler's loop takes at most once a second
+        # (gauges.Cluster.refresh): they may show the node a second after the placement is counted.
+        samples = counted("scheduler", "conductor_scheduler_placements_total")
+        return samples if samples is not None and value(samples, "conductor_nodes", state="up") is not None else None
+
+    scheduler = wait_for(placed_and_seen, what="a placement, and the node in the cluster's gauges")
     executor = wait_for(
         lambda: counted("executor", "conductor_executor_jobs_finished_total", state="COMPLETED"), what="a job finished"
     )
