@@ -18,6 +18,7 @@ from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_executor import twins
 from conductor_executor.service import run
+from conductor_platform import folder_lock
 from conductor_platform.bus import Bus
 from tests.integration.helpers import eventually, read_log
 from tests.integration.test_executor import NODE, _outcome, _submit_and_place, executor_settings, running
@@ -179,20 +180,43 @@ async def _read(path: Path) -> str | None:
         return None
 
 
-def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:
-    held = twins.lock_node_folder(tmp_path)
+async def test_a_second_executor_on_the_same_state_folder_is_refused(tmp_path: Path) -> None:
+    held = await twins.lock_node_folder(tmp_path)
     try:
         with pytest.raises(twins.TwinExecutor, match="uses the state folder"):
-            twins.lock_node_folder(tmp_path)
+            await twins.lock_node_folder(tmp_path, wait_s=0.2)
     finally:
         os.close(held)
-    os.close(twins.lock_node_folder(tmp_path))  # released with its holder
+    os.close(await twins.lock_node_folder(tmp_path))  # released with its holder
+
+
+async def test_a_lock_let_go_within_the_wait_is_taken(tmp_path: Path) -> None:
+    # What a killed executor's last job start holds until it has executed: a process that keeps the
+    # lock a moment after the executor is gone (CI refused the next executor once).
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys, time; from pathlib import Path; from conductor_executor import twins;"
+        " from conductor_platform.folder_lock import lock_folder;"
+        " fd = lock_folder(Path(sys.argv[1]), twins.LOCK); print('held', flush=True); time.sleep(1.0)",
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and await holder.stdout.readline() == b"held\n"
+        fd = await twins.lock_node_folder(tmp_path, wait_s=30)  # refused at once before
+        os.close(fd)
+        assert folder_lock.holder(tmp_path, twins.LOCK) == str(os.getpid())
+    finally:
+        if holder.returncode is None:
+            holder.kill()
+            await holder.wait()
 
 
 def test_a_refused_executor_exits_for_a_retry_not_as_a_bad_setting(tmp_path: Path) -> None:
     # It exited 78, which stopped all of `conductor up`, though the other executor may be on its way out.
     state = tmp_path / "state"
-    held = twins.lock_node_folder(state / NODE)
+    held = asyncio.run(twins.lock_node_folder(state / NODE))
     try:
         env = os.environ | {"CONDUCTOR_STATE_DIR": str(state), "CONDUCTOR_NODE": NODE, "NATS_URL": "nats://127.0.0.1:1"}
         done = subprocess.run(

@@ -1157,7 +1157,7 @@ class StoppedWaiting(Exception):
 async def run(settings: ExecutorSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     node_folder = settings.state_dir / settings.node
-    lock = twins.lock_node_folder(node_folder)
+    lock = await twins.lock_node_folder(node_folder)
     try:
         await _run_locked(settings, stop, twins.instance_id(node_folder))
     finally:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -41,12 +42,21 @@ class TwinExecutor(Exception):
     """Another executor of this node runs: this one must not."""
 
 
-def lock_node_folder(folder: Path) -> int:
+# How long a start waits for the lock before it is refused. An executor killed while it started a
+# job leaves the lock to that job's supervisor for as long as the supervisor takes to execute (the
+# lock's descriptor closes on exec, not at the fork): milliseconds, seconds on a loaded machine,
+# and a next executor started at once was refused (seen in CI).
+LOCK_WAIT_S = 3.0
+
+
+async def lock_node_folder(folder: Path, wait_s: float = LOCK_WAIT_S) -> int:
     """The open, locked lock file of the node's state folder (kept for the process's life; not
-    inherited by jobs). Raises TwinExecutor when another process holds it."""
-    fd = lock_folder(folder, LOCK)
-    if fd is None:
-        raise TwinExecutor(f"another executor (pid {holder(folder, LOCK)}) uses the state folder {folder}")
+    inherited by jobs). Raises TwinExecutor when another process still holds it after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while (fd := lock_folder(folder, LOCK)) is None:
+        if time.monotonic() >= deadline:
+            raise TwinExecutor(f"another executor (pid {holder(folder, LOCK)}) uses the state folder {folder}")
+        await asyncio.sleep(0.02)
     return fd
 
 
