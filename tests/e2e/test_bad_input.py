@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from conductor_contracts import subjects
+from conductor_gateway.http_protocol import MAX_HEAD_BYTES
 from conductor_platform.bus import connect
 from tests.system import OwnServers, System, system_on_own_servers, wait_for
 from tests.unit.scheduling import submitted
@@ -119,6 +122,28 @@ def test_a_client_that_sends_an_oversized_body_whole_reads_its_413(running: tupl
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 413
     assert "over the limit" in json.loads(refused.value.read())["detail"]
+
+
+def test_a_request_head_over_the_limit_is_a_431_and_each_head_is_counted_on_its_own(
+    running: tuple[System, OwnServers],
+) -> None:
+    """A header that never ends was kept whole in the gateway's memory (300 MB sent: +460 MB)."""
+    system, _ = running
+    where = urllib.parse.urlsplit(system.url)
+    with socket.create_connection((where.hostname, where.port), timeout=10) as client:
+        # Just over the limit and then nothing more: all of it read, so the answer is not lost to a reset.
+        client.sendall(b"GET /jobs HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES)
+        answer = b""
+        while chunk := client.recv(65536):  # a timeout here: the gateway waited for the header's end
+            answer += chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert "over the limit" in json.loads(body)["detail"]
+    # Heads within the limit on one kept-alive connection, more than the limit together.
+    for _ in range(3):
+        listed = system.http.get("/jobs", headers={"X-Big": "a" * (MAX_HEAD_BYTES // 2)})
+        assert listed.status_code == 200, listed.text
+    _a_normal_job_still_completes(system)
 
 
 def test_a_job_cannot_name_the_systems_data_as_its_output(running: tuple[System, OwnServers]) -> None:
