@@ -17,7 +17,7 @@ import sys
 import uvicorn
 
 from conductor_gateway.app import create_app
-from conductor_gateway.http_protocol import BoundedHeadProtocol
+from conductor_gateway.http_protocol import bounded_head
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed, metrics, tracing
 from conductor_platform import logging as logs
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=BoundedHeadProtocol,
+        http=bounded_head(settings.body_timeout_s),
         log_config=None,
         access_log=False,
     )

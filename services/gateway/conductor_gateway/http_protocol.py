@@ -1,13 +1,18 @@
-"""uvicorn's httptools protocol with a bound on a request's head (its request line and headers).
+"""uvicorn's httptools protocol with bounds on a request's head (its request line and headers): its
+size, and how long it may take to arrive.
 
 httptools keeps a header line's pieces until the line ends and uvicorn keeps the URL's, with no limit
 of their own: one connection sending a 300 MB header grew the gateway by 460 MB (2026-12-02), so a
 few could end it. Servers bound the head (nginx ~32 KB, Node 16 KB, uvicorn's h11 protocol 16 KB);
-this one answers 431 and closes once a head is over ``MAX_HEAD_BYTES``.
+this one answers 431 and closes once a head is over ``MAX_HEAD_BYTES``. Nor does uvicorn time a head:
+a connection that sends nothing, or a byte of a header now and then, was held for ever (a slowloris;
+each held a descriptor of the gateway's). A head not complete within the body's time limit, from the
+connection's start or from its first byte, is a 408, as a body is (``limits.BodyLimit``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -16,32 +21,69 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """Counts the bytes received while a request's head is incomplete. Between requests the next
-    bytes are the next head's; a chunk that ends one request and starts another is counted whole
-    for the new one (a pipelining client's, over by at most that chunk)."""
+    """Counts the bytes received while a request's head is incomplete (a chunk that ends one request
+    and starts another is counted whole for the new one: a pipelining client's, over by at most that
+    chunk), and times the head from the connection's start or the next request's first byte."""
 
-    _heading = True
+    head_timeout_s = 30.0
+    _in_head = False
     _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._untime_head()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if not self._heading or self.transport.is_closing():
+        if not self._in_head or self.transport.is_closing():
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse_head()
+            self._refuse(431, "Request Header Fields Too Large", f"over the limit of {MAX_HEAD_BYTES} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+        if self._head_timer is None:  # not the connection's first request: timed from its first byte
+            self._time_head()
 
     def on_headers_complete(self) -> None:
-        self._heading = False
+        self._in_head = False
+        self._untime_head()
         super().on_headers_complete()
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._heading, self._head_bytes = True, 0
+    def _time_head(self) -> None:
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_too_slow)
 
-    def _refuse_head(self) -> None:
-        body = json.dumps({"detail": f"request line and headers over the limit of {MAX_HEAD_BYTES} bytes"}).encode()
-        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+    def _untime_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._responding():
+            self._time_head()  # the next request's head came during a response: it waits a while more
+            return
+        self._refuse(408, "Request Timeout", f"not received within {self.head_timeout_s:g} s")
+
+    def _responding(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _refuse(self, status: int, phrase: str, why: str) -> None:
+        self._untime_head()
+        if self._responding():  # an answer now would land inside the response being sent
+            self.transport.close()
+            return
+        body = json.dumps({"detail": f"request line and headers {why}"}).encode()
+        head = [f"HTTP/1.1 {status} {phrase}\r\n".encode()]
         head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
         head += [
             b"content-type: application/json\r\n",
@@ -50,3 +92,13 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         ]
         self.transport.write(b"".join(head) + body)
         self.transport.close()
+
+
+def bounded_head(head_timeout_s: float) -> type[BoundedHeadProtocol]:
+    """The protocol for uvicorn's ``http`` setting, its heads timed out after ``head_timeout_s``."""
+
+    class Timed(BoundedHeadProtocol):
+        pass
+
+    Timed.head_timeout_s = head_timeout_s
+    return Timed
