@@ -89,4 +89,7 @@ async def test_a_slow_response_is_not_cut_and_the_next_head_is_timed_anew() -> N
             writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             answer = await _answer(reader)
             assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok"), (path, answer)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and no more: the next head is timed too
+        answer = await _answer(reader)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
         writer.close()

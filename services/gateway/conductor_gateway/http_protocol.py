@@ -23,7 +23,7 @@ MAX_HEAD_BYTES = 64 * 1024
 class BoundedHeadProtocol(HttpToolsProtocol):
     """Counts the bytes received while a request's head is incomplete (a chunk that ends one request
     and starts another is counted whole for the new one: a pipelining client's, over by at most that
-    chunk), and times the head from the connection's start or the next request's first byte."""
+    chunk), and times the head from the connection's start or the next request's first bytes."""
 
     head_timeout_s = 30.0
     _in_head = False
@@ -45,12 +45,14 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, "Request Header Fields Too Large", f"over the limit of {MAX_HEAD_BYTES} bytes")
+        elif self._head_timer is None:
+            # Not the connection's first request: timed from the chunk it began in. Only a head that
+            # did not come whole: a timer per request would cost every request.
+            self._time_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
-        if self._head_timer is None:  # not the connection's first request: timed from its first byte
-            self._time_head()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
