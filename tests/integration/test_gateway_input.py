@@ -4,14 +4,17 @@ parameters, headers (issue 5, items 1 and 8)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import nats.errors
 import pytest
+from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import Bus
@@ -221,6 +224,41 @@ async def test_a_write_the_log_did_not_acknowledge_in_time_may_have_been_recorde
     for answer in (await client.post(f"/jobs/cancel/{job_id}"), await post(client, raw(JOB))):
         assert answer.status_code == 503, answer.text
         assert "may have been recorded" in answer.json()["detail"] and "Look before you retry" in answer.text
+
+
+@pytest.fixture
+def frozen_database() -> Iterator[str]:
+    """A PostgreSQL that takes connections and never answers, as one stopped (SIGSTOP) or hung does."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(64)  # connections wait in the kernel's backlog: nothing accepts them
+        yield f"postgresql+asyncpg://conductor@127.0.0.1:{listening.getsockname()[1]}/conductor"
+
+
+async def test_a_look_up_that_fails_before_a_write_says_nothing_was_recorded(
+    bus: Bus, nats_url: str, frozen_database: str
+) -> None:
+    """With PostgreSQL frozen, a cancel answered that the job log may have recorded it: nothing had
+    been asked of the log (review of 2026-12-02), and a client went looking for a cancel that was
+    never published."""
+    job_id = await bus.publish(submitted())
+    settings = GatewaySettings(nats_url=nats_url, database_url=frozen_database, database_timeout_s=0.5)
+    async with gateway(settings) as client:
+        for answer in (
+            await client.post(f"/jobs/cancel/{job_id}"),
+            await client.post("/nodes/n1/drain"),
+            await client.post("/nodes/n1/resume"),
+        ):
+            assert answer.status_code == 503, answer.text
+            assert "nothing was recorded" in answer.json()["detail"], answer.text
+    with pytest.raises(NotFoundError):
+        await bus.js.get_msg(subjects.STREAM, subject=subjects.cancel_of(job_id), next=True, seq=1)
+    for subject in (
+        subjects.subject_for(ev.NodeDrainRequested(node="n1")),
+        subjects.subject_for(ev.NodeResumeRequested(node="n1")),
+    ):
+        with pytest.raises(NotFoundError):
+            await bus.js.get_msg(subjects.STREAM, subject=subject, next=True, seq=1)
 
 
 async def test_prometheus_name_filter_may_be_repeated(client: httpx.AsyncClient) -> None:

@@ -18,18 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
-from asyncpg.exceptions import InterfaceError as PostgresInterfaceError
-from asyncpg.exceptions import PostgresError
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.exposition import choose_encoder
 from pydantic import BeforeValidator
-from sqlalchemy.exc import SQLAlchemyError
 
 from conductor_contracts import api, subjects
 from conductor_contracts import events as ev
@@ -134,27 +130,26 @@ def create_app(
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(REGISTRY), media_type=content_type)
 
-    @app.exception_handler(NatsError)
-    @app.exception_handler(SQLAlchemyError)  # DBAPIError, and a pool that timed out under load
-    @app.exception_handler(PostgresError)  # asyncpg's own, when a connection breaks outside a statement
-    @app.exception_handler(PostgresInterfaceError)
-    @app.exception_handler(TimeoutError)
-    @app.exception_handler(OSError)
     async def unavailable(request: Request, err: Exception) -> JSONResponse:
         # The log or the read models are away (restarting): say so, let the client retry.
         log.warning("backend unavailable", extra={"error": f"{type(err).__name__}: {err}"})
         if closed.closed_for_good(getattr(state, "bus", None)):
             detail = "this gateway lost its connection to the job log and is restarting; retry shortly"
-        elif request.method == "POST" and isinstance(err, TimeoutError):  # nats-py's timeouts are ones too
+        elif isinstance(err, errors.NothingRecorded):
+            detail = "the read models or the job log did not answer in time; nothing was recorded: retry shortly"
+        elif request.method == "POST" and isinstance(err, TimeoutError):
             # A write the server did not acknowledge in time may be stored all the same.
             detail = (
                 "the job log did not answer in time: what was asked may have been recorded. Look before you "
-                "retry (a second cancel or user of the same name is a 409); a submit retried with the same "
-                "Idempotency-Key is one job, without one it may be two"
+                "retry: a cancel asked again is harmless, a user of the same name is a 409 once the first is "
+                "stored, a submit retried with the same Idempotency-Key is one job, without one it may be two"
             )
         else:
             detail = "the job log or the read models are unavailable; retry shortly"
         return JSONResponse({"detail": detail}, status_code=503)
+
+    for backend_error in (*errors.BACKEND_DOWN, errors.NothingRecorded):
+        app.add_exception_handler(backend_error, unavailable)
 
     @app.exception_handler(Exception)
     async def failed(_: Request, err: Exception) -> JSONResponse:
@@ -271,7 +266,7 @@ def create_app(
 
     @app.post("/jobs/cancel/{job_id}", response_model=api.CancelResponse, responses=errors.documented(404, 409, 503))
     async def cancel(request: Request, job_id: JobId) -> api.CancelResponse:
-        job = await find_job(job_id)
+        job = await errors.before_recording(find_job(job_id))
         if JobState(job.state).is_terminal:
             raise HTTPException(409, f"job {job_id} already ended as {job.state}; nothing to cancel")
         attributes = {tracing.JOB_ID: job_id}
@@ -346,7 +341,7 @@ def create_app(
         return api.NodeList(nodes=[views.node_from_row(r) for r in await queries.nodes(state.engine)])
 
     async def node_event(name: str, event: ev.Event, done: str) -> api.NodeActionResponse:
-        if not any(n["name"] == name for n in await queries.nodes(state.engine)):
+        if not any(n["name"] == name for n in await errors.before_recording(queries.nodes(state.engine))):
             raise HTTPException(404, f"node {printable(name, 100)} not found")
         await state.bus.publish(event)
         return api.NodeActionResponse(name=name, detail=done)

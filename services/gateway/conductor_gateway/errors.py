@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
+from asyncpg.exceptions import InterfaceError as PostgresInterfaceError
+from asyncpg.exceptions import PostgresError
 from fastapi.exceptions import RequestValidationError
+from nats.errors import Error as NatsError
+from sqlalchemy.exc import SQLAlchemyError
 
 from conductor_contracts import api
 from conductor_contracts.text import printable
+
+T = TypeVar("T")
+
+# What NATS or PostgreSQL away, slow or restarting raise (nats-py's timeouts are TimeoutErrors too):
+# a 503 (app.unavailable), never a 500.
+BACKEND_DOWN: tuple[type[Exception], ...] = (
+    NatsError,
+    SQLAlchemyError,  # DBAPIError, and a pool that timed out under load
+    PostgresError,  # asyncpg's own, when a connection breaks outside a statement
+    PostgresInterfaceError,
+    TimeoutError,
+    OSError,
+)
+
+
+class NothingRecorded(Exception):
+    """A backend failed in a look-up that a write waits on: nothing was asked of the log yet."""
+
+
+async def before_recording(step: Awaitable[T]) -> T:
+    """``step``, a look-up a write is decided on (the job exists and has not ended...). Failing there
+    is said as such: a timeout on a POST otherwise answers that what was asked may have been
+    recorded, which sent a client looking for a cancel that was never published (review of
+    2026-12-02: PostgreSQL frozen)."""
+    try:
+        return await step
+    except BACKEND_DOWN as err:
+        raise NothingRecorded(f"{type(err).__name__}: {err}") from err
 
 
 def documented(*codes: int) -> dict[int | str, dict[str, object]]:

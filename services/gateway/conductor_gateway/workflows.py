@@ -91,7 +91,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         tags=["workflows"],
     )
     async def submit_workflow(request: Request, body: wf.WorkflowRequest) -> wf.WorkflowResponse:
-        user = await find_user(body.user_id)
+        user = await errors.before_recording(find_user(body.user_id))
         workflow_id = str(uuid.uuid4())
         events: list[ev.Event] = [
             ev.WorkflowSubmitted(
@@ -205,7 +205,7 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         tags=["workflows"],
     )
     async def cancel_workflow(workflow_id: uuid.UUID) -> wf.WorkflowCancelResponse:
-        workflow = await find_workflow(workflow_id)
+        workflow = await errors.before_recording(find_workflow(workflow_id))
         open_jobs = [int(j.job_id) for j in workflow.jobs if not JobState(j.state).is_terminal]
         if open_jobs:
             # One batch: every job is asked, or none. A job that ends meanwhile ignores its request.
