@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 
 from conductor_platform.closed import raise_if_closed
+from conductor_platform.tasks import cancel_until_done
 
 if TYPE_CHECKING:
     from conductor_platform.bus import Bus
@@ -86,15 +87,10 @@ async def or_stop(step: Awaitable[T], stop: asyncio.Event) -> T:
     finally:
         stopping.cancel()
         if not trying.done():
-            trying.cancel()
-            try:
-                await trying
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():  # our caller's cancel, not the step's
-                    raise
-            except Exception:  # what it failed with no longer matters: we stop
-                pass
+            # Again until it ends: nats-py's connect may drop one cancel and try for ever (tasks.py).
+            await cancel_until_done(trying)
+            if not trying.cancelled():
+                trying.exception()  # what it failed with no longer matters: we stop
     if trying.cancelled() and stop.is_set():
         raise Stopped
     return trying.result()  # a step cancelled by someone else raises CancelledError, as awaited directly

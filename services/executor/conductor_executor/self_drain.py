@@ -24,6 +24,7 @@ from pathlib import Path
 
 from conductor_contracts import events as ev
 from conductor_contracts.text import printable
+from conductor_platform.tasks import cancel_until_done
 
 log = logging.getLogger("conductor.executor")
 
@@ -98,6 +99,6 @@ class SelfDrain:
 
     async def close(self) -> None:
         if self._asking is not None:
-            self._asking.cancel()
+            await cancel_until_done(self._asking)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._asking

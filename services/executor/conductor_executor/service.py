@@ -77,6 +77,7 @@ from conductor_platform import tracing
 from conductor_platform.bus import Bus, connect
 from conductor_platform.closed import ConnectionClosedForGood, closed_for_good, raise_if_closed
 from conductor_platform.retry import Backoff, pause, retrying, transient
+from conductor_platform.tasks import cancel_until_done
 
 log = logging.getLogger("conductor.executor")
 
@@ -1205,7 +1206,7 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
                 await asyncio.wait_for(asyncio.to_thread(kill_left_by_ended, dict(executor.ended)), 10)
             except Exception:  # stopping all the same
                 log.exception("looking for what ended jobs left running failed")
-        beating.cancel()
+        await cancel_until_done(beating)
         with contextlib.suppress(asyncio.CancelledError):
             await beating
     if executor.taken_over_by is not None:

@@ -33,6 +33,7 @@ from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_platform.settings import EXIT_BAD_SETTING
+from conductor_platform.tasks import cancel_until_done
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
@@ -102,7 +103,7 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
     finally:
         # Each on its own: the server that is gone may be why we stop, and the other must still go.
         if republishing is not None:
-            republishing.cancel()
+            await cancel_until_done(republishing)  # stop may not be set: the loop ended by a failure
             with contextlib.suppress(asyncio.CancelledError):
                 await republishing
         if bus is not None:

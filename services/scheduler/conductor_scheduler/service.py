@@ -46,6 +46,7 @@ from conductor_platform.bus import (
 from conductor_platform.closed import raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
+from conductor_platform.tasks import cancel_until_done
 from conductor_scheduler import allocator, delivered, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
@@ -381,7 +382,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
                 await asyncio.sleep(1)
     finally:
         # Each step on its own: NATS may be the reason we stop, and the rest must still be let go.
-        heartbeats.cancel()
+        await cancel_until_done(heartbeats)  # stop may not be set: the loop ended by a failure
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeats
         if scheduler.uploading is not None:  # a snapshot half stored is never used: let it finish
