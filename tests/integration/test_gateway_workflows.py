@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -267,3 +268,38 @@ async def test_a_batch_cut_short_or_refused_stores_nothing_of_it(bus: Bus) -> No
     await bus.publish(submitted())  # the stream goes on: the uncommitted batch never lands in it
     await asyncio.sleep(0.5)
     assert [seq for seq, _, _ in await read_log(bus)] == [first, first + 1]
+
+
+async def test_a_workflow_retried_with_its_idempotency_key_is_one_workflow(client: httpx.AsyncClient, bus: Bus) -> None:
+    """A submit that timed out (a 503 "may have been recorded", NATS slow) and was retried made a second
+    workflow, every job of it run twice (chaos review of 2026-12-02: NATS frozen 40 s)."""
+    user = await _user(client)
+    request = {"user_id": user, "name": "retried", "jobs": SEED_WORKFLOW_JOBS}
+    key = {"Idempotency-Key": "wf-7f3a"}
+    # Eight at once, as impatient retries through several gateways: the stream keeps one.
+    answers = await asyncio.gather(*(client.post("/workflows/", json=request, headers=key) for _ in range(8)))
+    assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+    assert len({json.dumps(a.json(), sort_keys=True) for a in answers}) == 1
+    first = answers[0].json()
+    # The same request written otherwise (key order) is the same request.
+    reordered = {"jobs": SEED_WORKFLOW_JOBS, "name": "retried", "user_id": user}
+    again = await client.post("/workflows/", json=reordered, headers=key)
+    assert again.status_code == 200 and again.json() == first
+    stored = [e for _, _, e in await read_log(bus)]
+    assert sum(isinstance(e, ev.WorkflowSubmitted) for e in stored) == 1
+    assert sum(isinstance(e, ev.JobSubmitted) for e in stored) == len(SEED_WORKFLOW_JOBS)
+    assert [int(j) for j in first["job_ids"]] == [
+        seq
+        for seq, _, e in await read_log(bus)
+        if isinstance(e, ev.JobSubmitted) and e.workflow_id == first["workflow_id"]
+    ]
+
+    other = await client.post("/workflows/", json=request | {"name": "another"}, headers=key)
+    assert other.status_code == 422 and "already used for another workflow" in other.json()["detail"], other.text
+    # Keys are each user's own; without a key, each submit is a workflow.
+    elsewhere = await client.post("/workflows/", json=request | {"user_id": await _user(client, "bob")}, headers=key)
+    assert elsewhere.status_code == 200 and elsewhere.json()["workflow_id"] != first["workflow_id"]
+    plain = [await client.post("/workflows/", json=request) for _ in range(2)]
+    assert plain[0].json()["workflow_id"] != plain[1].json()["workflow_id"]
+    twice = await client.post("/workflows/", json=request, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")])
+    assert twice.status_code == 422 and "more than once" in twice.json()["detail"]

@@ -288,8 +288,13 @@ class SubmitRequest(Closed):
         data = self.model_dump(mode="json")
         for optional in ("standard_output", "standard_error", "dependency"):  # "" means the same as absent
             data["job"][optional] = data["job"][optional] or None
-        canonical = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return canonical_hash(data)
+
+
+def canonical_hash(data: object) -> str:
+    """A hash of JSON-able ``data`` that does not depend on how its JSON was written (key order)."""
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class ErrorBody(BaseModel):

@@ -34,6 +34,7 @@ from conductor_contracts.api import (
     Label,
     PathText,
     Text,
+    canonical_hash,
     printable_label,
 )
 
@@ -45,6 +46,8 @@ MAX_WORKFLOW_EDGES = 20_000
 DEFAULT_WORKFLOW_CWD = "/tmp"
 # Users are named by a UUID derived from their name, so any gateway finds a user by id in the log.
 USER_NAMESPACE = uuid.UUID("6f1c2d0e-8b7a-4c55-9f3e-2a1d5b7c9e10")
+# A workflow submitted with an Idempotency-Key is named by its user and key (``workflow_id_of``).
+WORKFLOW_NAMESPACE = uuid.UUID("0b9e6a52-3f1d-4c7e-a8d2-5e4f3c2b1a90")
 
 
 def _username(value: str) -> str:
@@ -65,6 +68,12 @@ Username = Annotated[
 
 def user_id_of(username: str) -> str:
     return str(uuid.uuid5(USER_NAMESPACE, username))
+
+
+def workflow_id_of(user_id: str, idempotency_key: str) -> str:
+    """The id of a workflow submitted with an Idempotency-Key: a retry names the same workflow, and its
+    subject in the log holds at most one (a second is refused by the stream, whichever gateway sent it)."""
+    return str(uuid.uuid5(WORKFLOW_NAMESPACE, f"{user_id}\n{idempotency_key}"))
 
 
 class UserCreate(Closed):
@@ -139,6 +148,11 @@ class WorkflowRequest(Closed):
     user_id: uuid.UUID
     name: ShortLabel = ""
     jobs: Annotated[list[WorkflowJobSpec], FailFast()] = Field(min_length=1, max_length=MAX_WORKFLOW_JOBS)
+
+    def fingerprint(self) -> str:
+        """A hash of what was asked, however its JSON was written: a key reused for another workflow
+        is told from a retry."""
+        return canonical_hash(self.model_dump(mode="json"))
 
     @model_validator(mode="after")
     def _edges(self) -> WorkflowRequest:

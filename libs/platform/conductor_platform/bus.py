@@ -51,7 +51,7 @@ PUBLISH_FAILURES = Counter(
 def _counting_failures() -> Iterator[None]:
     try:
         yield
-    except APIError as err:
+    except (APIError, BatchRefused) as err:
         if err.err_code != WRONG_LAST_SEQUENCE:  # an expectation that did not hold is an answer
             PUBLISH_FAILURES.inc()
         raise
@@ -130,20 +130,23 @@ class Bus:
             )
 
     async def publish_batch(
-        self, events: list[ev.Event], timeout_s: float = 10.0, headers: dict[str, str] | None = None
+        self,
+        events: list[ev.Event],
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
+        first_headers: dict[str, str] | None = None,
     ) -> int:
         """Publish ``events`` as one atomic batch (at most 1,000): the stream stores all of them, with
         consecutive sequences, or none (a batch never committed is dropped). Returns the last one's
-        sequence. ``headers`` (a ``traceparent``) go on every message. Raises ``BatchRefused`` when
-        the server refuses it, ``TimeoutError`` when it does not answer (then the batch may or may not
-        be stored: nothing of it, or all of it)."""
+        sequence. ``headers`` (a ``traceparent``) go on every message, ``first_headers`` on the first
+        (an expectation there holds or fails for the whole batch: ``publish_fenced_batch``). Raises
+        ``BatchRefused`` when the server refuses it, ``TimeoutError`` when it does not answer (then
+        the batch may or may not be stored: nothing of it, or all of it)."""
+        messages = [(subjects.subject_for(event), ev.encode(event), dict(headers or {})) for event in events]
+        if messages and first_headers:
+            messages[0][2].update(first_headers)
         with _counting_failures():
-            return await self._publish_batch(events, timeout_s, headers)
-
-    async def _publish_batch(self, events: list[ev.Event], timeout_s: float, headers: dict[str, str] | None) -> int:
-        return await self._publish_atomic(
-            [(subjects.subject_for(event), ev.encode(event), dict(headers or {})) for event in events], timeout_s
-        )
+            return await self._publish_atomic(messages, timeout_s)
 
     async def _publish_atomic(self, messages: list[tuple[str, bytes, dict[str, str]]], timeout_s: float) -> int:
         """Publish (subject, data, headers) as one atomic batch; the batch headers are added here."""

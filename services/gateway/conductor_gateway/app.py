@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from nats.js.errors import NotFoundError
@@ -38,7 +38,7 @@ from conductor_gateway.fast_submit import FastSubmit
 from conductor_gateway.http_metrics import HttpMetrics
 from conductor_gateway.limits import BodyLimit
 from conductor_gateway.live_output import read_live
-from conductor_gateway.params import Filter, once_each
+from conductor_gateway.params import REQUEST_HASH_HEADER, Filter, IdempotencyKey, once_each, one_idempotency_key
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import closed, database, tracing
 from conductor_platform.bus import Bus, connect
@@ -54,8 +54,6 @@ MAX_JOB_ID = 2**63 - 1  # ids are stream sequences, kept in BIGINT columns
 JobId = Annotated[int, BeforeValidator(digits), Path(ge=1, le=MAX_JOB_ID, description="the job id returned by submit")]
 NodeName = Annotated[str, Path(min_length=1, max_length=api.MAX_LABEL_CHARS, description="a node's name")]
 
-# The first submission's hash, kept on its message, so that a retry can be told from a reuse.
-REQUEST_HASH_HEADER = "Conductor-Request-Hash"
 SUBMIT_SPAN = "conductor.gateway.submit"
 CANCEL_SPAN = "conductor.gateway.cancel"
 
@@ -185,19 +183,9 @@ def create_app(
     async def submit(
         request: Request,
         body: api.SubmitRequest,
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                pattern=r"^[\x21-\x7e]{1,255}$",
-                description="Makes retries safe: the same key and the same request (within 2 hours) give the "
-                "same job; the same key with another request is a 422. Keys are per account. 1 to 255 "
-                "visible ASCII characters (a UUID, say).",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> api.SubmitResponse:
-        if len(request.headers.getlist("idempotency-key")) > 1:
-            # FastAPI would take the first: a retry with the second alone would make a second job.
-            raise HTTPException(422, "Idempotency-Key is given more than once: send one")
+        one_idempotency_key(request)
         return await accept(body, idempotency_key, request)
 
     async def accept(body: api.SubmitRequest, idempotency_key: str | None, request: Request) -> api.SubmitResponse:

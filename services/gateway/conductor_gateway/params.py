@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Query, Request
+from fastapi import Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 
@@ -45,3 +45,25 @@ def once_each(request: Request) -> None:
     if twice:
         message = "given more than once: give it once"
         raise RequestValidationError([{"type": "value_error", "loc": ("query", key), "msg": message} for key in twice])
+
+
+# The hash of the request that used an Idempotency-Key first, kept on the message it stored, so that a
+# retry can be told from a reuse of the key.
+REQUEST_HASH_HEADER = "Conductor-Request-Hash"
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=r"^[\x21-\x7e]{1,255}$",
+        description="Makes retries safe: the same key and the same request give the same answer (a job: "
+        "within 2 hours; a workflow: while it is in the log); the same key with another request is a 422. "
+        "Keys are per account (a job's) or per user (a workflow's). 1 to 255 visible ASCII characters "
+        "(a UUID, say).",
+    ),
+]
+
+
+def one_idempotency_key(request: Request) -> None:
+    """FastAPI would take the first of two: a retry with the second alone would make a second one."""
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        raise HTTPException(422, "Idempotency-Key is given more than once: send one")

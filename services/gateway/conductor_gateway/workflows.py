@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 from opentelemetry.trace import SpanKind
 from pydantic import BeforeValidator, ValidationError
 
@@ -20,6 +20,7 @@ from conductor_contracts.text import printable
 from conductor_gateway import errors, queries, views
 from conductor_gateway.backends import State, job_submitted, last_on, submission
 from conductor_gateway.errors import digits
+from conductor_gateway.params import REQUEST_HASH_HEADER, IdempotencyKey, one_idempotency_key
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform import tracing
 from conductor_platform.bus import WRONG_LAST_SEQUENCE, BatchRefused
@@ -29,6 +30,12 @@ MAX_WORKFLOW_BYTES = 16 * 1024 * 1024
 USER_RESPONSES = errors.documented(404, 503)
 WORKFLOW_SPAN = "conductor.gateway.workflow"
 WORKFLOW_ID = "conductor.workflow_id"
+
+
+def _response(workflow_id: str, stored_at: int, job_count: int) -> wf.WorkflowResponse:
+    """The answer to a workflow stored at ``stored_at``: its jobs' submissions follow it, in one batch."""
+    job_ids = [str(stored_at + 1 + i) for i in range(job_count)]
+    return wf.WorkflowResponse(workflow_id=workflow_id, job_count=job_count, job_ids=job_ids)
 
 
 def _job_error(index: int, err: ValidationError) -> str:
@@ -90,9 +97,12 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
         responses=errors.documented(404, 413, 503),
         tags=["workflows"],
     )
-    async def submit_workflow(request: Request, body: wf.WorkflowRequest) -> wf.WorkflowResponse:
+    async def submit_workflow(
+        request: Request, body: wf.WorkflowRequest, idempotency_key: IdempotencyKey = None
+    ) -> wf.WorkflowResponse:
+        one_idempotency_key(request)
         user = await errors.before_recording(find_user(body.user_id))
-        workflow_id = str(uuid.uuid4())
+        workflow_id = str(uuid.uuid4()) if idempotency_key is None else wf.workflow_id_of(user.id, idempotency_key)
         events: list[ev.Event] = [
             ev.WorkflowSubmitted(
                 workflow_id=workflow_id, user_id=user.id, owner=user.username, job_count=len(body.jobs), name=body.name
@@ -134,17 +144,44 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
             raise HTTPException(413, f"the workflow is over the size limit ({MAX_WORKFLOW_BYTES} bytes in all)")
         # One trace for the whole workflow: every job's JobSubmitted carries the submit's traceparent.
         attributes = {WORKFLOW_ID: workflow_id}
+        # With a key: stored only if the workflow's subject holds nothing yet, and with a hash of the
+        # request, so that a retry is answered with the first and a reuse of the key is told from it.
+        fingerprint = body.fingerprint()
+        keyed = (
+            None
+            if idempotency_key is None
+            else {"Nats-Expected-Last-Subject-Sequence": "0", REQUEST_HASH_HEADER: fingerprint}
+        )
         with tracing.span(WORKFLOW_SPAN, tracing.of_request(request.headers), attributes, kind=SpanKind.SERVER) as tp:
             try:
-                last = await state.bus.publish_batch(events, headers=tracing.headers(tp))
+                last = await state.bus.publish_batch(events, headers=tracing.headers(tp), first_headers=keyed)
             except BatchRefused as err:
-                raise HTTPException(
-                    503, f"the job log refused the workflow: {printable(str(err), 300)}; retry"
-                ) from None
-        first = last - len(body.jobs) + 1
-        return wf.WorkflowResponse(
-            workflow_id=workflow_id, job_count=len(body.jobs), job_ids=[str(first + i) for i in range(len(body.jobs))]
-        )
+                if keyed is None or err.err_code != WRONG_LAST_SEQUENCE:
+                    raise HTTPException(
+                        503, f"the job log refused the workflow: {printable(str(err), 300)}; retry"
+                    ) from None
+                return await _submitted_before(workflow_id, fingerprint)
+        return _response(workflow_id, last - len(body.jobs), len(body.jobs))
+
+    async def _submitted_before(workflow_id: str, fingerprint: str) -> wf.WorkflowResponse:
+        """The answer to the request that stored the workflow of this key, if it was this request."""
+        try:
+            stored = await state.bus.js.get_last_msg(state.bus.stream, subjects.workflow_subject(workflow_id))
+        except NotFoundError:  # stored a moment ago and removed since (``conductor compact``): a new key
+            raise HTTPException(
+                422, "Idempotency-Key was used for a workflow no longer in the log; use a new key"
+            ) from None
+        event = ev.decode(stored.data or b"")
+        if (
+            not isinstance(event, ev.WorkflowSubmitted)
+            or (stored.headers or {}).get(REQUEST_HASH_HEADER) != fingerprint
+        ):
+            raise HTTPException(
+                422,
+                f"Idempotency-Key was already used for another workflow ({workflow_id}) by this user; "
+                "use a new key for a new workflow",
+            )
+        return _response(workflow_id, int(stored.seq or 0), event.job_count)
 
     async def find_workflow(workflow_id: uuid.UUID) -> wf.WorkflowView:
         row = await queries.workflow(state.engine, str(workflow_id))
