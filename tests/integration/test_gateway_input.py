@@ -248,11 +248,14 @@ async def test_a_look_up_that_fails_before_a_write_says_nothing_was_recorded(
             await client.post(f"/jobs/cancel/{job_id}"),
             await client.post("/nodes/n1/drain"),
             await client.post("/nodes/n1/resume"),
+            await post(client, raw(JOB | {"dependency": f"afterok:{job_id}"})),  # its parent looked up first
         ):
             assert answer.status_code == 503, answer.text
             assert "nothing was recorded" in answer.json()["detail"], answer.text
     with pytest.raises(NotFoundError):
         await bus.js.get_msg(subjects.STREAM, subject=subjects.cancel_of(job_id), next=True, seq=1)
+    with pytest.raises(NotFoundError):  # the submit with a dependency published nothing either
+        await bus.js.get_msg(subjects.STREAM, subject=subjects.SUBMITTED, next=True, seq=job_id + 1)
     for subject in (
         subjects.subject_for(ev.NodeDrainRequested(node="n1")),
         subjects.subject_for(ev.NodeResumeRequested(node="n1")),

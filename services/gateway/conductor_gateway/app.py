@@ -194,7 +194,9 @@ def create_app(
             raise HTTPException(413, f"script over the limit of {settings.max_script_bytes} bytes")
         spec = body.job
         dependency = spec.parsed_dependency
-        if dependency is not None and (missing := await missing_jobs(state, dependency.job_ids)):
+        if dependency is not None and (
+            missing := await errors.before_recording(missing_jobs(state, dependency.job_ids))
+        ):
             shown = ", ".join(str(j) for j in missing[:10])
             raise HTTPException(422, f"dependency: no job {shown}{' ...' if len(missing) > 10 else ''}")
         event = job_submitted(spec, body.script)
