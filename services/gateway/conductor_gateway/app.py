@@ -140,7 +140,8 @@ def create_app(
             detail = (
                 "the job log did not answer in time: what was asked may have been recorded. Look before you "
                 "retry: a cancel asked again is harmless, a user of the same name is a 409 once the first is "
-                "stored, a submit retried with the same Idempotency-Key is one job, without one it may be two"
+                "stored, a job or a workflow submitted again with the same Idempotency-Key is one, without one "
+                "it may be two"
             )
         else:
             detail = "the job log or the read models are unavailable; retry shortly"
