@@ -21,12 +21,19 @@ MAX_HEAD_BYTES = 64 * 1024
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
-    """Counts the bytes received while a request's head is incomplete (a chunk that ends one request
-    and starts another is counted whole for the new one: a pipelining client's, over by at most that
-    chunk), and times the head from the connection's start or the next request's first bytes."""
+    """Counts the bytes of the reads that continue a head begun before them and do not complete it,
+    and times the head from the connection's start or the next request's first bytes.
+
+    The read a head begins in is not counted: where in it the head begins is not known (it may end
+    the body of the request before), and counting it whole refused a kept-alive client's next request
+    after a large body, and with it the answer to that body's submit, which was stored (review of
+    2026-12-02). So a head is refused past ``MAX_HEAD_BYTES`` beyond its first read, at most 256 KiB
+    (the transport's read size): bounded all the same, and a head that comes whole in one read is not
+    refused whatever its size."""
 
     head_timeout_s = 30.0
     _in_head = False
+    _heads = 0  # heads begun on this connection
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
 
@@ -39,10 +46,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        head = self._heads if self._in_head else None
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():
             return
-        self._head_bytes += len(data)
+        if head == self._heads:  # all of it is the head's: it began before this read and has not ended
+            self._head_bytes += len(data)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._refuse(431, "Request Header Fields Too Large", f"over the limit of {MAX_HEAD_BYTES} bytes")
         elif self._head_timer is None:
@@ -53,6 +62,7 @@ class BoundedHeadProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes = True, 0
+        self._heads += 1
 
     def on_headers_complete(self) -> None:
         self._in_head = False
