@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 import pytest
 from nats.errors import MaxPayloadError
+from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts import events as ev
+from conductor_contracts import subjects
 from conductor_gateway.settings import GatewaySettings
 from conductor_platform.bus import BatchRefused, Bus
 from tests.integration.helpers import eventually, read_log
@@ -303,3 +305,28 @@ async def test_a_workflow_retried_with_its_idempotency_key_is_one_workflow(clien
     assert plain[0].json()["workflow_id"] != plain[1].json()["workflow_id"]
     twice = await client.post("/workflows/", json=request, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")])
     assert twice.status_code == 422 and "more than once" in twice.json()["detail"]
+
+
+async def test_a_key_whose_workflow_left_the_log_is_a_422_not_a_second_workflow(
+    client: httpx.AsyncClient, bus: Bus, projector: None
+) -> None:
+    """After ``conductor compact`` removed an idempotent workflow, its subject was empty again: a retry
+    stored a second set of jobs under the same workflow id, and they ran (review of 2026-12-02)."""
+    user = await _user(client)
+    request = {"user_id": user, "jobs": SEED_WORKFLOW_JOBS}
+    key = {"Idempotency-Key": "compacted"}
+    first = (await client.post("/workflows/", json=request, headers=key)).json()
+
+    async def projected() -> bool:  # the list is the read models' alone (a view falls back on the log)
+        listed = (await client.get("/workflows", params={"user_id": user})).json()["workflows"]
+        return [w["workflow_id"] for w in listed] == [first["workflow_id"]]
+
+    await eventually(projected, what="the workflow in the read models")
+    # What compaction does to it: its messages leave the log, its rows stay.
+    await bus.js.purge_stream(bus.stream, subject=subjects.workflow_subject(first["workflow_id"]))
+    await bus.js.purge_stream(bus.stream, subject=subjects.SUBMITTED)
+    again = await client.post("/workflows/", json=request, headers=key)
+    assert again.status_code == 422 and "no longer in the log" in again.json()["detail"], again.text
+    for subject in (subjects.SUBMITTED, subjects.workflow_subject(first["workflow_id"])):  # nothing stored again
+        with pytest.raises(NotFoundError):
+            await bus.js.get_last_msg(bus.stream, subject)
