@@ -14,6 +14,7 @@ from nats.errors import MaxPayloadError
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conductor_contracts import api_workflows as wf
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_gateway.settings import GatewaySettings
@@ -330,3 +331,15 @@ async def test_a_key_whose_workflow_left_the_log_is_a_422_not_a_second_workflow(
     for subject in (subjects.SUBMITTED, subjects.workflow_subject(first["workflow_id"])):  # nothing stored again
         with pytest.raises(NotFoundError):
             await bus.js.get_last_msg(bus.stream, subject)
+
+
+async def test_a_keyed_workflows_subject_holding_another_writers_bytes_is_a_422(
+    client: httpx.AsyncClient, bus: Bus
+) -> None:
+    user = await _user(client)
+    workflow_id = wf.workflow_id_of(user, "taken")
+    await bus.js.publish(subjects.workflow_subject(workflow_id), b"\xff not an event", stream=bus.stream)
+    answer = await client.post(
+        "/workflows/", json={"user_id": user, "jobs": SEED_WORKFLOW_JOBS}, headers={"Idempotency-Key": "taken"}
+    )
+    assert answer.status_code == 422 and "already used for another workflow" in answer.json()["detail"], answer.text

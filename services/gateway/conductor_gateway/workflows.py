@@ -177,7 +177,10 @@ def router(state: State, settings: GatewaySettings) -> APIRouter:
                 422,
                 f"Idempotency-Key was used for workflow {workflow_id}, which is no longer in the log; use a new key",
             ) from None
-        event = ev.decode(stored.data or b"")
+        try:
+            event: ev.Event | None = ev.decode(stored.data or b"")
+        except ValueError:  # another writer's garbage on the subject: not a workflow of this request
+            event = None
         if (
             not isinstance(event, ev.WorkflowSubmitted)
             or (stored.headers or {}).get(REQUEST_HASH_HEADER) != fingerprint
