@@ -4,7 +4,8 @@ size, and how long it may take to arrive.
 httptools keeps a header line's pieces until the line ends and uvicorn keeps the URL's, with no limit
 of their own: one connection sending a 300 MB header grew the gateway by 460 MB (2026-12-02), so a
 few could end it. Servers bound the head (nginx ~32 KB, Node 16 KB, uvicorn's h11 protocol 16 KB);
-this one answers 431 and closes once a head is over ``MAX_HEAD_BYTES``. Nor does uvicorn time a head:
+this one answers 431 and closes once a head goes on ``MAX_HEAD_BYTES`` past the read it began in.
+Nor does uvicorn time a head:
 a connection that sends nothing, or a byte of a header now and then, was held for ever (a slowloris;
 each held a descriptor of the gateway's). A head not complete within the body's time limit, from the
 connection's start or from its first byte, is a 408, as a body is (``limits.BodyLimit``).
