@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from conductor_platform.tasks import cancel_until_done
 
 
@@ -29,11 +31,16 @@ async def test_a_loop_whose_wait_for_dropped_the_cancel_is_ended_all_the_same() 
     assert task.cancelled()
 
 
-async def test_a_task_done_already_is_left_as_it_is() -> None:
+async def test_a_task_that_failed_raises_its_failure_and_one_cancelled_or_done_nothing() -> None:
     async def fails() -> None:
         raise ValueError("its own failure")
 
-    task = asyncio.create_task(fails())
+    async def returns() -> int:
+        return 1
+
+    failed, returned = asyncio.create_task(fails()), asyncio.create_task(returns())
     await asyncio.sleep(0)
-    await cancel_until_done(task)
-    assert isinstance(task.exception(), ValueError)
+    with pytest.raises(ValueError, match="its own failure"):  # as an ``await`` of it would
+        await cancel_until_done(failed)
+    await cancel_until_done(returned)
+    assert returned.result() == 1

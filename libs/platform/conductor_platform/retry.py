@@ -88,9 +88,8 @@ async def or_stop(step: Awaitable[T], stop: asyncio.Event) -> T:
         stopping.cancel()
         if not trying.done():
             # Again until it ends: nats-py's connect may drop one cancel and try for ever (tasks.py).
-            await cancel_until_done(trying)
-            if not trying.cancelled():
-                trying.exception()  # what it failed with no longer matters: we stop
+            with contextlib.suppress(Exception):  # what it failed with no longer matters: we stop
+                await cancel_until_done(trying)
     if trying.cancelled() and stop.is_set():
         raise Stopped
     return trying.result()  # a step cancelled by someone else raises CancelledError, as awaited directly

@@ -15,7 +15,9 @@ from typing import Any
 
 async def cancel_until_done(task: asyncio.Future[Any], every_s: float = 0.5) -> None:
     """Cancel ``task`` and wait until it is done, cancelling it again every ``every_s`` while it runs
-    on. Its result or failure is left in it (``await`` it after, to see a failure)."""
+    on. Raises what it failed with, if it failed rather than ended cancelled or with a result."""
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=every_s)
+    if not task.cancelled() and (failure := task.exception()) is not None:
+        raise failure

@@ -100,5 +100,3 @@ class SelfDrain:
     async def close(self) -> None:
         if self._asking is not None:
             await cancel_until_done(self._asking)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._asking

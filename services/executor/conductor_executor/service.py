@@ -1207,8 +1207,6 @@ async def _run_locked(settings: ExecutorSettings, stop: asyncio.Event, instance:
             except Exception:  # stopping all the same
                 log.exception("looking for what ended jobs left running failed")
         await cancel_until_done(beating)
-        with contextlib.suppress(asyncio.CancelledError):
-            await beating
     if executor.taken_over_by is not None:
         raise twins.TwinExecutor(f"another executor of this node took it over ({executor.taken_over_by})")
 

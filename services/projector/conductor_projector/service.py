@@ -104,8 +104,6 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
         # Each on its own: the server that is gone may be why we stop, and the other must still go.
         if republishing is not None:
             await cancel_until_done(republishing)  # stop may not be set: the loop ended by a failure
-            with contextlib.suppress(asyncio.CancelledError):
-                await republishing
         if bus is not None:
             try:
                 await bus.close()

@@ -383,8 +383,6 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     finally:
         # Each step on its own: NATS may be the reason we stop, and the rest must still be let go.
         await cancel_until_done(heartbeats)  # stop may not be set: the loop ended by a failure
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeats
         if scheduler.uploading is not None:  # a snapshot half stored is never used: let it finish
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(scheduler.uploading, 10)
