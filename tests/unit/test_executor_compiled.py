@@ -356,6 +356,27 @@ def test_a_requeue_jobs_shell_dies_with_its_supervisor(tmp_path: Path, built_sup
                 os.killpg(shell, signal.SIGKILL)
 
 
+def test_the_job_gets_none_of_its_supervisors_own_variables(tmp_path: Path, built_supervisor: Path) -> None:
+    """The lease, its silence and the CPUs to move to are the supervisor's: taken out of its
+    environment before the job's process is made (it borrows the supervisor's memory until exec)."""
+    script = tmp_path / "script.sh"
+    script.write_text('env > seen\necho "pwd $PWD" >> seen\nexit 7\n')
+    lease = tmp_path / "lease"
+    lease.touch()
+    ours = {fence_lease.LEASE_ENV: str(lease), fence_lease.AFTER_ENV: "600", sv.CPUS: "0", "KEPT": "x\ty"}
+    argv, program = supervisor_argv(script, built_supervisor)
+    supervisor = subprocess.run(
+        argv, executable=program, env=os.environ | ours, cwd=tmp_path, stdin=subprocess.DEVNULL, timeout=30
+    )
+    assert supervisor.returncode == 0
+    seen = (tmp_path / "seen").read_text().splitlines()
+    names = {line.partition("=")[0] for line in seen}
+    assert not names & {fence_lease.LEASE_ENV, fence_lease.AFTER_ENV, sv.CPUS}
+    assert "KEPT=x\ty" in seen and f"pwd {tmp_path}" in seen
+    ended = sv.read_exit(tmp_path)
+    assert ended is not None and ended.code == 7
+
+
 def _running(pid: int) -> bool:
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
