@@ -4,7 +4,10 @@ for the whole system under its supervisor, which would restart a projector that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
+import psutil
 import pytest
 from nats.aio.msg import Msg
 from nats.errors import ConnectionClosedError
@@ -13,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
+from conductor_platform.localservers import LocalServer
 from conductor_platform.settings import async_database_url
 from conductor_projector import service
 from conductor_projector import tables as t
@@ -91,3 +95,50 @@ async def test_a_failure_to_read_the_stream_is_retried_from_the_position(
     finally:
         stop.set()
         await task
+
+
+@contextlib.contextmanager
+def _frozen(server: LocalServer) -> Iterator[None]:
+    """The server and its processes stopped (SIGSTOP), as a hung PostgreSQL: connections open,
+    nothing answered; woken again on the way out."""
+    processes = [psutil.Process(server.process.pid)]
+    processes += processes[0].children(recursive=True)
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+async def test_a_stop_is_not_held_by_a_postgresql_that_hangs(
+    servers: OwnServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping the projector while PostgreSQL hung waited for its statement timeout (60 s) and then
+    logged a traceback (review of 2026-12-02): the batch it was writing is given up at the stop, and
+    written again from the position by the next start."""
+    settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, database_timeout_s=60)
+    bus: Bus = await connect(servers.nats.url, name="tests")
+    engine = create_async_engine(async_database_url(servers.postgres.url))
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(settings, stop=stop))
+    try:
+        first = await bus.publish(submitted())
+        await eventually(lambda: _projected(engine, first), what="first job projected")
+        with _frozen(servers.postgres):
+            await bus.publish(submitted())
+            applied = REGISTRY.get_sample_value("conductor_projector_events_applied_total") or 0.0
+            await asyncio.sleep(2)  # the projector is writing the second job's batch, and waits
+            assert (REGISTRY.get_sample_value("conductor_projector_events_applied_total") or 0.0) == applied
+            stop.set()
+            await asyncio.wait_for(asyncio.shield(task), 20)  # its statement timeout is 60 s
+    finally:
+        stop.set()
+        try:
+            await task
+        finally:
+            await bus.close()
+            await engine.dispose()
+    assert not [r for r in caplog.records if r.exc_info is not None], "a stop is not a failure"

@@ -93,7 +93,11 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
             )
         while not stop.is_set():
             try:
-                await _follow(engine, bus, settings, stop, backoff, decoder, shared)
+                # Given up at a stop, wherever it waits: a PostgreSQL that hangs would hold the stop
+                # for its statement timeout. A batch not committed is read again at the next start.
+                await or_stop(_follow(engine, bus, settings, stop, backoff, decoder, shared), stop)
+            except Stopped:
+                break
             except Exception as err:
                 if stop.is_set():
                     break
