@@ -70,6 +70,26 @@ def test_an_unwritable_cache_builds_in_the_state_folder(
     assert built is not None and built.parent == tmp_path / "state" / "bin"
 
 
+def test_without_a_static_libc_it_is_linked_dynamically_with_every_symbol_bound_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, built_supervisor: Path
+) -> None:
+    """Its job's process is vforked and borrows its memory until exec: a symbol bound lazily would be
+    bound by that child. A compiler that cannot link statically (a libc without a static form)."""
+    real = compiled.compiler()
+    readelf = shutil.which("readelf")
+    if real is None or readelf is None:
+        pytest.skip("no compiler or no readelf here")
+    wrapper = tmp_path / "cc-without-static"
+    wrapper.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -static ] && exit 1; done\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    (folder := tmp_path / "bin").mkdir(mode=0o700)
+    built = compiled.build(folder)
+    assert built is not None and compiled.check(built) is None
+    dynamic = subprocess.run([readelf, "-d", str(built)], capture_output=True, text=True, check=True).stdout
+    assert "NEEDED" in dynamic and "BIND_NOW" in dynamic
+
+
 def test_the_setting_takes_auto_shell_or_a_supervisor_that_passes_its_check(built_supervisor: Path) -> None:
     assert ExecutorSettings(job_supervisor=str(built_supervisor)).job_supervisor == str(built_supervisor)
     assert ExecutorSettings(job_supervisor="shell").job_supervisor == "shell"

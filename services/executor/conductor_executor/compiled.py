@@ -254,8 +254,10 @@ def build(folder: Path, cancel: threading.Event | None = None) -> Path | None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".conductor-job.")
     os.close(fd)
     try:
-        # Static first: no dynamic loader at each start. Not every libc has a static form.
-        for flags in (["-O2", "-static"], ["-O2"]):
+        # Static first: no dynamic loader at each start. Not every libc has a static form; linked
+        # dynamically, every symbol is bound at the start (-z now), not by the vfork child that
+        # borrows the supervisor's memory until its exec (supervisor.c).
+        for flags in (["-O2", "-static"], ["-O2", "-Wl,-z,now"]):
             try:
                 built = _run([cc, *flags, "-o", tmp, str(SOURCE)], None, _BUILD_TIMEOUT_S, cancel)
             except (OSError, TimeoutError) as err:
