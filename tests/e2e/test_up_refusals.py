@@ -107,6 +107,17 @@ def test_an_external_postgresql_that_refuses_is_one_line(tmp_path: Path) -> None
     assert "Traceback" not in stderr
 
 
+def test_a_postgresql_data_folder_initdb_cannot_make_says_why(tmp_path: Path) -> None:
+    """The embedded PostgreSQL's initdb failing said only that it returned 1; its own words say why."""
+    (tmp_path / "var" / "postgres").mkdir(parents=True)
+    (tmp_path / "var" / "postgres" / "data").write_text("not a folder\n")
+    up = _up(tmp_path, str(free_port()))
+    _, stderr = up.communicate(timeout=90)
+    assert up.returncode == 1, stderr
+    assert "initdb could not make PostgreSQL's data folder" in stderr and "Not a directory" in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 def test_ctrl_c_while_an_external_postgresql_never_answers_stops_at_once(tmp_path: Path) -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -214,12 +214,15 @@ def start_postgres(
     if user is not None:
         _hand_over(folder, user)
     if not (data / "PG_VERSION").exists():
-        subprocess.run(
+        made = subprocess.run(
             [str(bindir / "initdb"), "-D", str(data), "--auth=trust", "--encoding=UTF8", "-U", "postgres"],
-            check=True,
             capture_output=True,
             user=user,
         )
+        if made.returncode != 0:  # its own words say why (a full disk, a folder it may not write...)
+            said = (made.stderr or made.stdout).decode(errors="replace").strip()[-2000:]
+            code = made.returncode
+            raise RuntimeError(f"initdb could not make PostgreSQL's data folder {data} (exit {code}): {said}")
     _remove_stale_pid_file(data)
     port = port or free_port()
     log = folder / "postgres.log"
