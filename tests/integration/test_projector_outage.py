@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
 import psutil
 import pytest
@@ -38,29 +39,25 @@ async def _projected(engine: AsyncEngine, job_id: int) -> bool:
         return False
 
 
-async def test_the_projector_waits_for_postgres_to_come_back_without_exiting(servers: OwnServers) -> None:
-    settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, retry_max_s=0.5)
-    bus: Bus = await connect(servers.nats.url, name="tests")
-    engine = create_async_engine(async_database_url(servers.postgres.url))
+@dataclass
+class _Projecting:
+    bus: Bus
+    engine: AsyncEngine  # the test's own
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def _projecting(settings: ProjectorSettings) -> AsyncIterator[_Projecting]:
+    """The projector running in this process, a first job projected; stopped on the way out."""
+    bus: Bus = await connect(settings.nats_url, name="tests")
+    engine = create_async_engine(async_database_url(settings.database_url))
     stop = asyncio.Event()
     task = asyncio.create_task(service.run(settings, stop=stop))
     try:
         first = await bus.publish(submitted())
         await eventually(lambda: _projected(engine, first), what="first job projected")
-        retries = _retries()
-        await asyncio.to_thread(servers.kill, servers.postgres)
-        second = await bus.publish(submitted())
-
-        async def tried_twice() -> bool:
-            return _retries() >= retries + 2
-
-        await eventually(tried_twice, what="the projector failing on the missing PostgreSQL, twice")
-        assert not task.done(), "the projector exited while PostgreSQL was away"
-        await asyncio.to_thread(servers.restart_postgres)
-        await eventually(lambda: _projected(engine, second), timeout=60, what="second job projected")
-        assert not task.done()
-        async with engine.connect() as conn:  # an outage is no event's fault
-            assert await conn.scalar(select(func.count()).select_from(t.dead_letters)) == 0
+        yield _Projecting(bus, engine, stop, task)
     finally:
         stop.set()
         try:
@@ -68,6 +65,25 @@ async def test_the_projector_waits_for_postgres_to_come_back_without_exiting(ser
         finally:
             await bus.close()
             await engine.dispose()
+
+
+async def test_the_projector_waits_for_postgres_to_come_back_without_exiting(servers: OwnServers) -> None:
+    settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, retry_max_s=0.5)
+    async with _projecting(settings) as running:
+        retries = _retries()
+        await asyncio.to_thread(servers.kill, servers.postgres)
+        second = await running.bus.publish(submitted())
+
+        async def tried_twice() -> bool:
+            return _retries() >= retries + 2
+
+        await eventually(tried_twice, what="the projector failing on the missing PostgreSQL, twice")
+        assert not running.task.done(), "the projector exited while PostgreSQL was away"
+        await asyncio.to_thread(servers.restart_postgres)
+        await eventually(lambda: _projected(running.engine, second), timeout=60, what="second job projected")
+        assert not running.task.done()
+        async with running.engine.connect() as conn:  # an outage is no event's fault
+            assert await conn.scalar(select(func.count()).select_from(t.dead_letters)) == 0
 
 
 async def test_a_failure_to_read_the_stream_is_retried_from_the_position(
@@ -120,25 +136,12 @@ async def test_a_stop_is_not_held_by_a_postgresql_that_hangs(
     logged a traceback (review of 2026-12-02): the batch it was writing is given up at the stop, and
     written again from the position by the next start."""
     settings = ProjectorSettings(nats_url=servers.nats.url, database_url=servers.postgres.url, database_timeout_s=60)
-    bus: Bus = await connect(servers.nats.url, name="tests")
-    engine = create_async_engine(async_database_url(servers.postgres.url))
-    stop = asyncio.Event()
-    task = asyncio.create_task(service.run(settings, stop=stop))
-    try:
-        first = await bus.publish(submitted())
-        await eventually(lambda: _projected(engine, first), what="first job projected")
+    async with _projecting(settings) as running:
         with _frozen(servers.postgres):
-            await bus.publish(submitted())
+            await running.bus.publish(submitted())
             applied = REGISTRY.get_sample_value("conductor_projector_events_applied_total") or 0.0
             await asyncio.sleep(2)  # the projector is writing the second job's batch, and waits
             assert (REGISTRY.get_sample_value("conductor_projector_events_applied_total") or 0.0) == applied
-            stop.set()
-            await asyncio.wait_for(asyncio.shield(task), 20)  # its statement timeout is 60 s
-    finally:
-        stop.set()
-        try:
-            await task
-        finally:
-            await bus.close()
-            await engine.dispose()
+            running.stop.set()
+            await asyncio.wait_for(asyncio.shield(running.task), 20)  # its statement timeout is 60 s
     assert not [r for r in caplog.records if r.exc_info is not None], "a stop is not a failure"
