@@ -8,18 +8,50 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import KeyValueConfig, StorageType, StreamInfo
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus
 
+log = logging.getLogger("conductor.archive")
+
 COMPACTION_KEY = "log"
 Record = tuple[int, str, bytes, dict[str, str] | None]
+
+
+def identity_of(info: StreamInfo) -> str:
+    """Which log the stream holds: its creation time. A stream of the same name deleted and made again
+    holds another log, whose sequences start over; what was made of the old one (a snapshot, the
+    compaction record) must not be taken for this one's."""
+    return str(info.created or "")
+
+
+async def log_identity(bus: Bus) -> str:
+    return identity_of(await bus.js.stream_info(bus.stream))
+
+
+@dataclass(frozen=True)
+class CompactionRecord:
+    below: int  # the stream no longer holds the log below this sequence (1: never compacted)
+    revision: int  # the record's KV revision (0: there is none), for a compare-and-set
+    log: str | None  # the identity of the log it was made of; None: a record of an earlier version
+
+
+async def compaction_record(bus: Bus) -> CompactionRecord:
+    try:
+        entry = await (await bus.js.key_value(subjects.COMPACTION_BUCKET)).get(COMPACTION_KEY)
+    except NotFoundError:
+        return CompactionRecord(1, 0, None)
+    data = json.loads(entry.value or b"{}")
+    identity = data.get("log")
+    return CompactionRecord(int(data.get("below", 1)), int(entry.revision or 0), str(identity) if identity else None)
 
 
 async def compaction_bucket(bus: Bus) -> KeyValue:
@@ -31,12 +63,17 @@ async def compaction_bucket(bus: Bus) -> KeyValue:
 
 
 async def compacted_below(bus: Bus) -> int:
-    """The sequence below which the log was compacted into the archive (1: never compacted)."""
-    try:
-        entry = await (await bus.js.key_value(subjects.COMPACTION_BUCKET)).get(COMPACTION_KEY)
-    except NotFoundError:
+    """The sequence below which the log was compacted into the archive (1: never compacted). A record
+    of another log (the stream was deleted and made again) says nothing of this one: its reader would
+    skip this log's first events for the old log's archive (review of 2026-12-02)."""
+    record = await compaction_record(bus)
+    if record.log is not None and record.log != await log_identity(bus):
+        log.warning(
+            "the compaction record is of another log (the stream was made again): this log is read from its start",
+            extra={"recorded_below": record.below},
+        )
         return 1
-    return int(json.loads(entry.value or b"{}").get("below", 1))
+    return record.below
 
 
 def segment_name(first: int, below: int) -> str:

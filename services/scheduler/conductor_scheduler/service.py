@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform import tracing
+from conductor_platform.archive import log_identity
 from conductor_platform.bus import (
     DUPLICATE_IN_BATCH,
     MAX_BATCH,
@@ -334,7 +335,7 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
     sub: LogReader | None = None  # subscribed in the loop, so also retried there
     give_back = allocator.GiveBack()
     with contextlib.suppress(Exception):  # without it, snapshots are refused: a full replay, as before
-        scheduler.log_identity = await snapshot.log_identity(bus)
+        scheduler.log_identity = await log_identity(bus)
     await scheduler.restore()
     backoff = Backoff(settings.retry_first_s, settings.retry_max_s)
     if not await scheduler.fold_archived(stop, backoff):

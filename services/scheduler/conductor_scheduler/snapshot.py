@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from conductor_contracts.dependencies import Dependency, Verdict
+from conductor_platform.archive import identity_of
 from conductor_platform.bus import Bus
 from conductor_scheduler.holds import Holds, JobStates, Waiter
 from conductor_scheduler.state import Allocation, ClusterState, Node, PendingJob
@@ -189,24 +190,27 @@ async def _store(bus: Bus) -> ObjectStore:
         return await bus.js.create_object_store(BUCKET, config=config)
 
 
-async def log_identity(bus: Bus) -> str:
-    info = await bus.js.stream_info(bus.stream)
-    return str(info.created or "")
-
-
 async def restore(bus: Bus) -> ClusterState | None:
     """The newest snapshot, if it is whole, of this log, and the log still holds what follows it."""
     try:
         stored = await (await _store(bus)).get(NAME)
     except NotFoundError:
         return None
-    state = load(stored.data or b"", await log_identity(bus))
+    info = await bus.js.stream_info(bus.stream)
+    state = load(stored.data or b"", identity_of(info))
     if state is None:
         log.warning("the scheduler's snapshot is damaged, of another format or of another log: replaying it all")
         return None
-    first = int((await bus.js.stream_info(bus.stream)).state.first_seq or 1)
-    if state.last_seq + 1 < first:
+    if state.last_seq + 1 < int(info.state.first_seq or 1):
         log.warning("the log no longer holds what follows the snapshot: replaying it all")
+        return None
+    if state.last_seq > int(info.state.last_seq or 0):
+        # Folded from events the log no longer holds (NATS lost its last writes unsynced, or was restored
+        # from a backup): the next events take their sequences, and a state from there would skip them.
+        log.error(
+            "the scheduler's snapshot is ahead of the log (it lost its last writes?): replaying it all",
+            extra={"snapshot_seq": state.last_seq, "last_seq": int(info.state.last_seq or 0)},
+        )
         return None
     return state
 

@@ -85,7 +85,7 @@ def _duration(text: str) -> float:
 
 
 def _compact(argv: list[str]) -> None:
-    from conductor.compact import Unreachable, run
+    from conductor.compact import CompactionError, run
     from conductor_platform.settings import load_settings
     from conductor_projector.settings import ProjectorSettings
 
@@ -107,7 +107,7 @@ def _compact(argv: list[str]) -> None:
     logging.getLogger("conductor_platform.bus").setLevel(logging.ERROR)
     try:
         done = run(settings.nats_url, settings.database_url, Path(args.archive), args.keep, settings.public_subjects)
-    except Unreachable as err:
+    except CompactionError as err:
         print(f"conductor compact: {err}", file=sys.stderr)
         sys.exit(1)
     mark = done.watermark

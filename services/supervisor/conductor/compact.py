@@ -24,16 +24,20 @@ archive of a range is rewritten whole, and a purge only removes what an archive 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import gzip
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -41,9 +45,11 @@ from conductor_contracts import subjects
 from conductor_contracts.text import printable
 from conductor_platform.archive import (
     COMPACTION_KEY,
-    compacted_below,
+    CompactionRecord,
     compaction_bucket,
+    compaction_record,
     encode_record,
+    log_identity,
     segment_name,
     segments,
 )
@@ -106,8 +112,16 @@ async def _first_younger_than(bus: Bus, keep_s: float, after: int) -> int:
 CONNECT_S = 15.0
 
 
-class Unreachable(Exception):
-    """A server compaction must read is away or refuses: said in one line, not a traceback."""
+class CompactionError(Exception):
+    """Said in one line, not a traceback; nothing was purged that the archive does not hold."""
+
+
+class Unreachable(CompactionError):
+    """A server compaction must read is away or refuses."""
+
+
+class Refused(CompactionError):
+    """Compaction cannot go on safely: another run, a log it cannot read whole, another log's record."""
 
 
 async def _read_models_position(database_url: str) -> int:
@@ -117,9 +131,10 @@ async def _read_models_position(database_url: str) -> int:
         async with engine.connect() as conn:
             return int(await conn.scalar(select(func.min(tables.positions.c.position))) or 0)
     except Exception as err:
+        why = printable(err, 300) or type(err).__name__  # a timeout says nothing of its own
         raise Unreachable(
-            f"cannot read the read models' position at DATABASE_URL ({printable(err, 300)}): what a projector "
-            "has not read yet must not be compacted, so set DATABASE_URL to the read models' PostgreSQL"
+            f"cannot read the read models' position at DATABASE_URL ({why}): what a projector has not read "
+            "yet must not be compacted, so PostgreSQL must answer at DATABASE_URL, the read models' database"
         ) from err
     finally:
         await engine.dispose()
@@ -154,40 +169,83 @@ async def watermark(bus: Bus, database_url: str, keep_s: float, public_subjects:
     )
 
 
+# A fetch that brings nothing is not the end of the range: a server paused for two seconds answers the
+# same (review of 2026-12-02: a segment named for 486 events held 60, and the rest was purged). The
+# range ends where the stream holds nothing more below it, asked by sequence; this many empty
+# fetches in a row while it does hold more, and the run gives up.
+_STALLS = 15
+_FETCH_S = 2.0
+
+
+async def _stored_from(bus: Bus, seq: int) -> int | None:
+    """The sequence of the first message the stream holds at or after ``seq``, None when none."""
+    try:
+        msg = await bus.js.get_msg(bus.stream, seq=seq, subject=subjects.ALL, next=True)
+    except NotFoundError:
+        return None
+    return None if msg.seq is None else int(msg.seq)
+
+
 async def write_archive(bus: Bus, archive: Path, first: int, below: int) -> tuple[Path, int]:
-    """Copy the log's messages in [first, below) into one segment; returns it and how many it holds."""
+    """Copy the log's messages in [first, below) into one segment; returns it and how many it holds.
+    Refused when the stream does not deliver every message it holds in the range."""
     archive.mkdir(parents=True, exist_ok=True)
     path = archive / segment_name(first, below)
-    partial = path.with_suffix(".partial")
-    count = 0
-    reader = await read_from(bus, first)
+    # A name of this run's own: a run killed midway leaves one behind, which the next sweeps.
+    fd, name = tempfile.mkstemp(dir=archive, prefix=f"{path.name}.", suffix=".partial")
+    os.close(fd)
+    partial = Path(name)
     try:
-        with gzip.open(partial, "wt", encoding="utf-8") as out:
-            done = False
-            while not done:
-                msgs = await next_batch(reader, 1000, wait_s=2.0)
-                if not msgs:
-                    break
-                for msg in msgs:
-                    seq = msg.metadata.sequence.stream
-                    if seq >= below:
-                        done = True
-                        break
-                    headers = dict(msg.headers) if msg.headers else None
-                    out.write(encode_record(seq, msg.subject, msg.data, headers))
-                    count += 1
-                done = done or msgs[-1].metadata.sequence.stream >= below - 1
+        count = await _copy_range(bus, partial, first, below)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, path)
     finally:
-        await reader.unsubscribe()
-    with open(partial, "rb") as written:
-        os.fsync(written.fileno())
-    os.replace(partial, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
     directory = os.open(archive, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
     return path, count
+
+
+async def _copy_range(bus: Bus, partial: Path, first: int, below: int) -> int:
+    count, expected, stalls = 0, first, 0
+    reader = await read_from(bus, first)
+    try:
+        with gzip.open(partial, "wt", encoding="utf-8") as out:
+            while expected < below:
+                msgs = await next_batch(reader, 1000, wait_s=_FETCH_S)
+                if not msgs:
+                    held = await _stored_from(bus, expected)
+                    if held is None or held >= below:
+                        break  # the range is whole
+                    stalls += 1
+                    if stalls >= _STALLS:
+                        raise Refused(
+                            f"the log did not deliver sequence {held} (of {first}-{below - 1} to archive) within "
+                            f"{_STALLS * _FETCH_S:g} s: nothing was archived or purged; run it again"
+                        )
+                    continue
+                stalls = 0
+                for msg in msgs:
+                    seq = int(msg.metadata.sequence.stream)
+                    if seq >= below:
+                        expected = below
+                        break
+                    headers = dict(msg.headers) if msg.headers else None
+                    out.write(encode_record(seq, msg.subject, msg.data, headers))
+                    count += 1
+                    expected = seq + 1
+    finally:
+        await reader.unsubscribe()
+    # Whatever ended the read, nothing the stream holds in the range may be missing from the segment.
+    held = await _stored_from(bus, expected) if expected < below else None
+    if held is not None and held < below:
+        raise Refused(f"the log holds sequence {held}, which the archive of {first}-{below - 1} missed: nothing purged")
+    return count
 
 
 async def purge(bus: Bus, below: int, last_scheduler_decision: int) -> None:
@@ -210,11 +268,41 @@ class Compaction:
     purged: bool = True
 
 
+@contextlib.contextmanager
+def _only_run(archive: Path) -> Iterator[None]:
+    """One run at a time on an archive: two at once each wrote the segment of one range, and the one
+    that read the stream after the other had purged it put an empty segment in its place (review of
+    2026-12-02: 76 events in neither). Held until the process ends, whatever ends it."""
+    archive.mkdir(parents=True, exist_ok=True)
+    fd = os.open(archive / ".compact.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Refused(f"another `conductor compact` runs on the archive {archive}: nothing done") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 async def compact(
     bus: Bus, database_url: str, archive: Path, keep_s: float, public_subjects: bool = True
 ) -> Compaction:
+    with _only_run(archive):
+        return await _compact(bus, database_url, archive, keep_s, public_subjects)
+
+
+async def _compact(bus: Bus, database_url: str, archive: Path, keep_s: float, public_subjects: bool) -> Compaction:
+    record = await compaction_record(bus)
+    identity = await log_identity(bus)
+    if record.log is not None and record.log != identity:
+        raise Refused(
+            "the compaction record is of another log (the stream was deleted and made again): move the "
+            f"archive's segments of the old log out of {archive} and delete the key "
+            f"{COMPACTION_KEY!r} of the KV bucket {subjects.COMPACTION_BUCKET!r}; nothing done"
+        )
     mark = await watermark(bus, database_url, keep_s, public_subjects)
-    first = await compacted_below(bus)
+    first = record.below
     below = mark.seq
     if below <= first:
         # What a run recorded but did not purge (it crashed, or a rebuild held it back) goes now.
@@ -223,16 +311,34 @@ async def compact(
     # A segment from ``first`` on is a run's that ended before its record (killed, NATS away): nothing
     # was purged after it, and this run's segment holds it all again, so it goes (else readers would
     # read those events twice, out of order).
-    for start, _, stale in segments(archive) if archive.is_dir() else []:
+    for start, _, stale in segments(archive):
         if start >= first:
             stale.unlink()
+    for left in archive.glob("*.partial"):  # of runs killed while they wrote
+        left.unlink(missing_ok=True)
     segment, count = await write_archive(bus, archive, first, below)
     # Recorded before the purge: a crash between the two leaves a log that still holds what the
     # record says was archived, which readers handle (they read the archive and skip what follows).
-    kv = await compaction_bucket(bus)
-    await kv.put(COMPACTION_KEY, json.dumps({"below": below, "archive": str(archive)}).encode())
+    await _record(bus, record, below, archive, identity)
     purged = await _purge_if_no_rebuild_behind(bus, database_url, below, mark)
     return Compaction(mark, first, below, count, segment, purged)
+
+
+async def _record(bus: Bus, was: CompactionRecord, below: int, archive: Path, identity: str) -> None:
+    """The new watermark, only over the record this run started from: a run on another archive (another
+    machine) that recorded meanwhile wins, and this one purges nothing."""
+    kv = await compaction_bucket(bus)
+    value = json.dumps({"below": below, "archive": str(archive), "log": identity}).encode()
+    try:
+        if was.revision:
+            await kv.update(COMPACTION_KEY, value, last=was.revision)
+        else:
+            await kv.create(COMPACTION_KEY, value)
+    except KeyWrongLastSequenceError:
+        raise Refused(
+            "another `conductor compact` recorded a compaction while this one ran (on another archive?): "
+            "this run purged nothing"
+        ) from None
 
 
 async def _purge_if_no_rebuild_behind(bus: Bus, database_url: str, below: int, mark: Watermark) -> bool:
