@@ -174,7 +174,20 @@ async def _follow(
     The next batch is read and decoded while the current one is written: PostgreSQL works on its
     transaction while this process decodes, instead of each waiting for the other. At most one batch
     is read ahead, and it is only ever applied after the one before it committed."""
-    position = await archived.apply_archived(engine, bus, settings, await _position(engine, settings.consumer))
+    position = await _position(engine, settings.consumer)
+    last = int((await bus.js.stream_info(bus.stream)).state.last_seq or 0)
+    if position > last:
+        # Made of events the log does not hold (it was deleted and made again, or lost its unsynced
+        # tail): following on from there skipped the events that took those sequences, and applied
+        # later ones to other jobs' rows of the same ids. The log is the record: made again from it.
+        log.error(
+            "the read models are ahead of the log (the stream was made again, or lost its last writes): "
+            "rebuilding them from the log",
+            extra={"position": position, "last_seq": last},
+        )
+        await _reset(engine, settings.database_url)
+        position = 0
+    position = await archived.apply_archived(engine, bus, settings, position)
     sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
     kept = RowCache(settings.kept_rows)

@@ -1,0 +1,52 @@
+"""Read models made of a log the stream no longer holds (deleted and made again, or a nats-server that
+lost its unsynced tail) are made again from the log, not followed on from their old position."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conductor_contracts import subjects
+from conductor_platform.bus import Bus, ensure_stream
+from conductor_projector import tables as t
+from conductor_projector.service import run as project
+from conductor_projector.settings import ProjectorSettings
+from tests.integration.helpers import eventually
+from tests.unit.scheduling import submitted
+
+
+async def _names(engine: AsyncEngine) -> dict[int, str]:
+    async with engine.connect() as conn:
+        return {row.job_id: row.name for row in await conn.execute(select(t.jobs.c.job_id, t.jobs.c.name))}
+
+
+async def _projecting_until(settings: ProjectorSettings, engine: AsyncEngine, expected: dict[int, str]) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(project(settings, stop=stop))
+    try:
+
+        async def projected() -> bool:
+            return await _names(engine) == expected
+
+        await eventually(projected, what=f"the read models holding {expected}")
+    finally:
+        stop.set()
+        await task
+
+
+async def test_read_models_ahead_of_the_log_are_made_again_from_it(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, public_subjects=False, linger_s=0)
+    old = {await bus.publish(submitted(name=f"old-{n}")): f"old-{n}" for n in range(5)}
+    await _projecting_until(settings, engine, old)
+
+    await bus.js.delete_stream(subjects.STREAM)
+    await ensure_stream(bus.js)
+    new = {await bus.publish(submitted(name=f"new-{n}")): f"new-{n}" for n in range(2)}
+    assert set(new) == {1, 2}
+    # Before, it went on from position 5: jobs 1 and 2 kept the old log's rows, and the new log's
+    # events from 6 on would have been applied to them.
+    await _projecting_until(settings, engine, new)
