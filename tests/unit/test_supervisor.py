@@ -3,6 +3,7 @@ not start (real short-lived processes stand in for the servers)."""
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conductor import cli
 from conductor.cli import main
 from conductor.supervisor import (
     Backoff,
@@ -220,3 +222,11 @@ def test_an_executor_is_started_again_before_its_node_can_be_declared_lost() -> 
         assert max(backoff.delay_after(0.0) for _ in range(20)) == most
     other = _backoff("scheduler", {})
     assert max(other.delay_after(0.0) for _ in range(20)) == 30.0
+
+
+@pytest.mark.parametrize("value", ["9" * 500, "x" * 100 + "d"])
+def test_a_long_duration_is_refused_without_being_echoed_whole(value: str) -> None:
+    """`conductor compact --keep` with 500 digits printed all 500 back (review of 2026-12-02)."""
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        cli._duration(value)
+    assert len(str(refused.value)) < 120 and f"({len(value)} characters)" in str(refused.value)

@@ -75,12 +75,13 @@ def _duration(text: str) -> float:
     """Seconds from '90s', '15m', '12h', '7d' or a plain number of seconds."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1)
+    shown = repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
     try:
         seconds = float(number) * unit
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (like 90s, 15m, 12h, 7d)") from None
+        raise argparse.ArgumentTypeError(f"not a duration: {shown} (like 90s, 15m, 12h, 7d)") from None
     if not 0 <= seconds < 100 * 365 * 86400:
-        raise argparse.ArgumentTypeError(f"out of range: {text!r}")
+        raise argparse.ArgumentTypeError(f"out of range: {shown}")
     return seconds
 
 
