@@ -56,3 +56,25 @@ async def test_a_restarted_scheduler_starts_from_its_snapshot(bus: Bus, nats_url
     third = await _run_until(bus, settings, again)
     assert third.folded >= last
     assert max((await _placed(bus)).values()) == 1, "a job placed twice"
+
+
+async def test_a_quiet_log_is_snapshotted_by_its_maximum_age(bus: Bus, nats_url: str) -> None:
+    """Far fewer events than snapshot_every_events: a snapshot all the same once the last is as old
+    as snapshot_max_age_s. What `conductor compact` may archive is bounded by the newest snapshot, and
+    a quiet system held its log back for good (review of 2026-12-02)."""
+    settings = SchedulerSettings(nats_url=nats_url, snapshot_min_interval_s=0, snapshot_max_age_s=0.5)
+    assert settings.snapshot_every_events > 100
+    await bus.publish(node("n1", 64, 64_000))
+    jobs = [await bus.publish(submitted()) for _ in range(3)]
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    try:
+
+        async def stored_up_to_the_placements() -> bool:
+            state = await snapshot.restore(bus)
+            return state is not None and set(jobs) <= set(state.running)
+
+        await eventually(stored_up_to_the_placements, what="a snapshot of the placed jobs")
+    finally:
+        stop.set()
+        await task

@@ -91,6 +91,8 @@ class Scheduler:
         self.liveness = Liveness(settings.node_lost_after_s, time.monotonic)
         self.awaiting_seq = 0  # our newest published decision, not yet folded back
         self.snapshot_seq, self.snapshot_at = 0, 0.0
+        # A log that moves more slowly than snapshot_every_events still gets one by then.
+        self.snapshot_due = time.monotonic() + settings.snapshot_max_age_s
         self.log_identity = ""  # the stream's creation time: a snapshot says which log it folded
         self.uploading: asyncio.Task[None] | None = None
         self.placed = 0
@@ -248,11 +250,12 @@ class Scheduler:
     def maybe_snapshot(self) -> None:
         """Encode a snapshot now (the state does not change while we do) and upload it meanwhile."""
         settings, now = self.settings, time.monotonic()
-        if self.state.last_seq - self.snapshot_seq < settings.snapshot_every_events:
+        behind = self.state.last_seq - self.snapshot_seq
+        if behind < settings.snapshot_every_events and not (behind and now >= self.snapshot_due):
             return
         if now - self.snapshot_at < settings.snapshot_min_interval_s or self.uploading is not None:
             return
-        self.snapshot_at = now
+        self.snapshot_at, self.snapshot_due = now, now + settings.snapshot_max_age_s
         seq = self.state.last_seq
         data = snapshot.dump(self.state, self.log_identity)
 

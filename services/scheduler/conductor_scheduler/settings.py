@@ -21,3 +21,6 @@ class SchedulerSettings(CommonSettings):
     # last one, at most every snapshot_min_interval_s: a starting scheduler replays only what follows.
     snapshot_every_events: int = Field(default=10_000, ge=1)
     snapshot_min_interval_s: float = Field(default=30.0, ge=0)
+    # And at least this often while the log moves more slowly: what `conductor compact` may archive is
+    # bounded by the newest snapshot (its oldest job not ended), which a quiet system did not move.
+    snapshot_max_age_s: float = Field(default=600.0, gt=0)
