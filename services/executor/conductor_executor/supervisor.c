@@ -205,7 +205,9 @@ int main(int argc, char **argv) {
     pid_t supervisor = getpid();
     /* vfork: the job's process borrows this one's memory until it becomes bash, so nothing of it is
      * copied (~0.1 ms of CPU per job here, bench/supervisor_cost.py). Until the exec the child only
-     * makes system calls, writes nothing of this process's memory but errno and leaves by _exit. */
+     * makes system calls, writes nothing of this process's memory but errno and leaves by _exit. This
+     * process waits for that exec; a SIGSTOP in between would hold it too, but nothing knows the
+     * child's pid before the pgid record, which is written after. */
     pid_t job = vfork();
     if (job < 0) {
         perror("conductor-job: fork");

@@ -113,7 +113,32 @@ async def run(settings: ProjectorSettings, *, rebuild: bool = False, stop: async
                 await bus.close()
             except Exception as err:
                 log.warning("closing the NATS connection failed", extra={"error": f"{type(err).__name__}: {err}"})
-        await engine.dispose()
+        await _dispose(engine, bounded=stop.is_set())
+
+
+# How long a stop waits for PostgreSQL to answer the close of its connections.
+_CLOSE_S = 2.0
+
+
+async def _dispose(engine: AsyncEngine, *, bounded: bool) -> None:
+    """The engine's connections closed; at a stop, without waiting on a PostgreSQL that hangs: a
+    caught-up projector's idle connection waited the whole statement timeout (60 s) to be closed
+    politely, then logged the timeout's traceback (review of 2026-12-02)."""
+    closing = asyncio.ensure_future(engine.dispose())
+    if not bounded:
+        await closing
+        return
+    done, _ = await asyncio.wait({closing}, timeout=_CLOSE_S)
+    if done:
+        closing.result()
+        return
+    log.warning("PostgreSQL did not answer the close of the connections: they end with the process")
+    # Cancelled, asyncpg drops the connection at once; SQLAlchemy logs that as a failed close.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
+    closing.cancel()
+    await asyncio.wait({closing})
+    if not closing.cancelled():
+        closing.exception()  # retrieved: a failed close of a server that hangs says nothing more
 
 
 async def _migrate(database_url: str) -> None:
