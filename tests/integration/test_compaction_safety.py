@@ -168,3 +168,11 @@ async def test_a_snapshot_ahead_of_the_log_is_not_loaded(
     state.last_seq = last  # the same snapshot at the log's end is loaded
     await snapshot.upload(bus, snapshot.dump(state, await archive_module.log_identity(bus)))
     assert await snapshot.restore(bus) is not None
+
+
+async def test_an_archive_folder_it_cannot_use_is_said_in_one_line(
+    bus: Bus, engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "file").write_text("not a folder\n")
+    with pytest.raises(compact.Refused, match="cannot use the archive folder"):
+        await compact.compact(bus, database_url, tmp_path / "file" / "archive", keep_s=0, public_subjects=False)

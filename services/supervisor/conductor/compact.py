@@ -273,8 +273,11 @@ def _only_run(archive: Path) -> Iterator[None]:
     """One run at a time on an archive: two at once each wrote the segment of one range, and the one
     that read the stream after the other had purged it put an empty segment in its place (review of
     2026-12-02: 76 events in neither). Held until the process ends, whatever ends it."""
-    archive.mkdir(parents=True, exist_ok=True)
-    fd = os.open(archive / ".compact.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        archive.mkdir(parents=True, exist_ok=True)
+        fd = os.open(archive / ".compact.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise Refused(f"cannot use the archive folder {archive}: {printable(err, 300)}; nothing done") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
