@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 UPGRADE = "import sys; from conductor_projector import migrate; migrate.upgrade(sys.argv[1])"
-HEAD = "0008"
+HEAD = "0009"
 
 
 async def test_concurrent_upgrades_from_an_empty_database(engine: AsyncEngine, database_url: str) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+from nats.js.errors import NotFoundError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conductor_contracts import subjects
+from conductor_contracts import events as ev
+from conductor_contracts import public, subjects
 from conductor_platform.bus import Bus, ensure_stream
 from conductor_projector import tables as t
 from conductor_projector.service import run as project
@@ -50,3 +52,39 @@ async def test_read_models_ahead_of_the_log_are_made_again_from_it(
     # Before, it went on from position 5: jobs 1 and 2 kept the old log's rows, and the new log's
     # events from 6 on would have been applied to them.
     await _projecting_until(settings, engine, new)
+
+
+async def _public_copies(bus: Bus) -> list[tuple[int, str]]:
+    """(log sequence, job name) of every submission on the public subjects."""
+    info = await bus.js.stream_info(public.STREAM)
+    copies = []
+    for seq in range(int(info.state.first_seq or 1), int(info.state.last_seq or 0) + 1):
+        try:
+            msg = await bus.js.get_msg(public.STREAM, seq=seq)
+        except NotFoundError:
+            continue
+        event = ev.decode(msg.data or b"")
+        if isinstance(event, ev.JobSubmitted):
+            copies.append((int((msg.headers or {})[public.SEQ_HEADER]), event.name))
+    return copies
+
+
+async def test_public_subjects_of_a_log_made_again_are_published_again_from_it(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str
+) -> None:
+    """The republisher went on after the newest copy's sequence, so the new log's events up to there
+    were never published (and, its copies keyed by sequence, would have been dropped as duplicates)."""
+    settings = ProjectorSettings(nats_url=nats_url, database_url=database_url, linger_s=0)
+    old = {await bus.publish(submitted(name=f"old-{n}")): f"old-{n}" for n in range(5)}
+    await _projecting_until(settings, engine, old)
+
+    await bus.js.delete_stream(subjects.STREAM)
+    await asyncio.sleep(1.1)  # the log's identity is its stream's creation time
+    await ensure_stream(bus.js)
+    new = {await bus.publish(submitted(name=f"new-{n}")): f"new-{n}" for n in range(7)}
+    await _projecting_until(settings, engine, new)
+
+    async def published() -> bool:
+        return sorted(await _public_copies(bus)) == sorted(new.items())
+
+    await eventually(published, what="the new log's submissions, and only them, on the public subjects")

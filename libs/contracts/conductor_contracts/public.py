@@ -31,6 +31,9 @@ ROOT = "conductor-public"
 STREAM = "CONDUCTOR_PUBLIC"
 ALL = f"{ROOT}.>"
 SEQ_HEADER = "Conductor-Seq"
+# The log the event was published from (its stream's creation time): a log stream deleted and made
+# again starts its sequences over, and the public copies of the old one must not pass for its events.
+LOG_HEADER = "Conductor-Log"
 NO_WORKFLOW = "-"
 _PLAIN = re.compile(r"^[-_A-Za-z0-9]{1,200}$")
 

@@ -3,9 +3,11 @@ the ``CONDUCTOR_PUBLIC`` stream, on a subject that names its type, account, work
 
 Its only cursor is the public stream itself: it starts after the log sequence of the newest message
 stored there (its ``Conductor-Seq``), so a crash, a NATS restart or a lost publish is followed by
-publishing again from what is really stored. Each message's ``Nats-Msg-Id`` is its log sequence, so
-two republishers (two projector replicas) or an overlap after a restart store each event once (within
-the duplicate window). Publishes are not awaited one by one: a batch is sent and only its last
+publishing again from what is really stored. Each message's ``Nats-Msg-Id`` is its log sequence (with
+the log's identity), so two republishers (two projector replicas) or an overlap after a restart store
+each event once (within the duplicate window). Copies of another log (its stream deleted and made
+again, or a nats-server that lost the log's unsynced tail and kept these) are purged and the log is
+published again from its start. Publishes are not awaited one by one: a batch is sent and only its last
 message is acknowledged; messages on one connection arrive in order, so nothing later can be stored
 past one that was lost.
 
@@ -29,6 +31,7 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import public, subjects
 from conductor_platform import tracing
+from conductor_platform.archive import log_identity
 from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
 from conductor_platform.quick_reader import QuickLogReader, quick_read_from, stream_seq
@@ -96,14 +99,38 @@ async def _noted_position(bus: Bus) -> int:
 async def published_up_to(bus: Bus) -> int:
     """The log sequence of the newest event in the public stream; when every event there has aged out
     (a quiet week), the position noted after the last batch (0: nothing ever published)."""
+    return (await _newest(bus))[0]
+
+
+async def _newest(bus: Bus) -> tuple[int, str | None]:
+    """``published_up_to`` and the log identity its newest message names (None: none, or a copy
+    published before copies named their log)."""
     info = await bus.js.stream_info(public.STREAM)
     if not info.state.messages:
-        return await _noted_position(bus) if info.state.last_seq else 0
+        return (await _noted_position(bus) if info.state.last_seq else 0), None
     try:
         last = await bus.js.get_msg(public.STREAM, seq=info.state.last_seq)
     except NotFoundError:
-        return 0
-    return int((last.headers or {}).get(public.SEQ_HEADER, 0))
+        return 0, None
+    headers = last.headers or {}
+    return int(headers.get(public.SEQ_HEADER, 0)), headers.get(public.LOG_HEADER)
+
+
+async def _start(bus: Bus, positions: KeyValue, identity: str) -> int:
+    """Where publishing goes on from: after the newest copy, unless the copies are of another log or
+    ahead of this one, which are purged, and the log is published again from its start."""
+    position, of = await _newest(bus)
+    last = int((await bus.js.stream_info(bus.stream)).state.last_seq or 0)
+    if (of is None or of == identity) and position <= last:
+        return position
+    log.error(
+        "the public subjects hold another log's events (the stream was made again, or lost its last "
+        "writes): publishing this log again from its start",
+        extra={"published_up_to": position, "last_seq": last},
+    )
+    await bus.js.purge_stream(public.STREAM)
+    await positions.put(POSITION_KEY, b"0")
+    return 0
 
 
 async def _subject(bus: Bus, jobs: JobDirectory, seq: int, event: ev.Event) -> str:
@@ -189,7 +216,8 @@ async def _follow(
     shared: SharedReads | None,
 ) -> None:
     positions = await _positions(bus)
-    source = _Source(bus, decoder, shared, await published_up_to(bus))
+    identity = await log_identity(bus)
+    source = _Source(bus, decoder, shared, await _start(bus, positions, identity))
     log.info("publishing on the public subjects", extra={"from_seq": source.position + 1})
     try:
         while not stop.is_set():
@@ -200,7 +228,8 @@ async def _follow(
                     continue
                 # The event's trace goes along: a subscriber can continue the job's trace.
                 headers = tracing.headers(tracing.of_headers(msg.headers))
-                headers |= {"Nats-Msg-Id": str(seq), public.SEQ_HEADER: str(seq)}
+                headers |= {"Nats-Msg-Id": f"{seq}@{identity}", public.SEQ_HEADER: str(seq)}
+                headers[public.LOG_HEADER] = identity
                 subject = await _subject(bus, jobs, seq, event)
                 if problem := too_large(subject, headers, msg.data, bus.nc.max_payload):
                     NOT_PUBLISHED.inc()

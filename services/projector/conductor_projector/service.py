@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts.text import printable
 from conductor_platform import database
+from conductor_platform.archive import identity_of
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
@@ -199,19 +200,23 @@ async def _follow(
     The next batch is read and decoded while the current one is written: PostgreSQL works on its
     transaction while this process decodes, instead of each waiting for the other. At most one batch
     is read ahead, and it is only ever applied after the one before it committed."""
-    position = await _position(engine, settings.consumer)
-    last = int((await bus.js.stream_info(bus.stream)).state.last_seq or 0)
-    if position > last:
+    async with engine.connect() as conn:
+        position, of = await sink.position_and_log(conn, settings.consumer)
+    info = await bus.js.stream_info(bus.stream)
+    identity, last = identity_of(info), int(info.state.last_seq or 0)
+    if position > last or (of is not None and of != identity):
         # Made of events the log does not hold (it was deleted and made again, or lost its unsynced
         # tail): following on from there skipped the events that took those sequences, and applied
         # later ones to other jobs' rows of the same ids. The log is the record: made again from it.
         log.error(
-            "the read models are ahead of the log (the stream was made again, or lost its last writes): "
-            "rebuilding them from the log",
+            "the read models are of another log, or ahead of it (the stream was made again, or lost its "
+            "last writes): rebuilding them from the log",
             extra={"position": position, "last_seq": last},
         )
         await _reset(engine, settings.database_url)
         position = 0
+    if of != identity:
+        await sink.record_log(engine, settings.consumer, identity)
     position = await archived.apply_archived(engine, bus, settings, position)
     sub = await quick_read_from(bus, position + 1)
     fresh_read: int | None = position + 1  # where the current read began, until its first batch
@@ -285,8 +290,3 @@ def _failed(what: str, err: Exception, backoff: Backoff) -> None:
         log.warning("%s failed: PostgreSQL or NATS unavailable; retrying", what, extra=extra)
     else:  # not the servers: a bug or a schema out of step, worth its traceback
         log.exception("%s failed; retrying", what, extra=extra)
-
-
-async def _position(engine: AsyncEngine, name: str) -> int:
-    async with engine.connect() as conn:
-        return await sink.position(conn, name)

@@ -55,6 +55,21 @@ async def position(conn: AsyncConnection, name: str) -> int:
     return int(value or 0)
 
 
+async def position_and_log(conn: AsyncConnection, name: str) -> tuple[int, str | None]:
+    """The position and the log it counts in (None: not known)."""
+    row = (
+        await conn.execute(select(t.positions.c.position, t.positions.c.log).where(t.positions.c.name == name))
+    ).first()
+    return (0, None) if row is None else (int(row.position), row.log)
+
+
+async def record_log(engine: AsyncEngine, name: str, log_identity: str) -> None:
+    """Which log the position ``name`` counts in, from now on (the row made at 0 if there is none)."""
+    async with engine.begin() as conn:
+        made = insert(t.positions).values(name=name, position=0, log=log_identity)
+        await conn.execute(made.on_conflict_do_update(index_elements=[t.positions.c.name], set_={"log": log_identity}))
+
+
 async def _execute(
     conn: AsyncConnection, ops: Sequence[Operation], absent_above: int | None, kept: RowCache | None = None
 ) -> tuple[list[tuple[str, float]], dict[int, Row]]:

@@ -113,6 +113,7 @@ positions = Table(
     metadata,
     Column("name", Text, primary_key=True),
     Column("position", BigInteger, nullable=False),
+    Column("log", Text),  # the log it counts in (its stream's creation time); NULL: not known yet
 )
 
 # Events a consumer could not apply (content PostgreSQL rejects, or bytes that are no event): recorded
