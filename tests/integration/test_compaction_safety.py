@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -131,6 +132,33 @@ async def test_a_record_another_run_made_meanwhile_wins_and_this_run_purges_noth
     with pytest.raises(compact.Refused, match="recorded a compaction while this one ran"):
         await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)
     assert (await bus.js.stream_info(bus.stream)).state.messages == held
+    # Its segment was never recorded: left, it would split the log's archive across two folders, and
+    # hold nothing if the other run had purged the range first (review of 2026-12-02).
+    assert segments(tmp_path / "archive") == [] and len(segments(tmp_path / "elsewhere")) == 1
+
+
+async def test_a_folder_without_the_last_recorded_segment_is_not_the_logs_archive(
+    bus: Bus, engine: AsyncEngine, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    tail = await _compactable(bus, nats_url, database_url)
+    await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)
+    await bus.publish(ev.JobCompleted(job_id=tail, node="n1"))  # what holds the log back ends
+    later = await bus.publish(submitted())
+    await _until(bus, nats_url, database_url, [later])
+    with pytest.raises(compact.Refused, match="does not hold the segment ending at"):
+        await compact.compact(bus, database_url, tmp_path / "another", keep_s=0, public_subjects=False)
+    assert segments(tmp_path / "another") == []
+
+
+async def test_a_nats_that_stops_answering_mid_run_is_one_line(
+    bus: Bus, engine: AsyncEngine, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def stalls(*_: Any, **__: Any) -> None:
+        raise nats.errors.TimeoutError
+
+    monkeypatch.setattr(compact, "watermark", stalls)
+    with pytest.raises(compact.Unreachable, match="NATS did not answer"):
+        await compact.compact(bus, database_url, tmp_path / "archive", keep_s=0, public_subjects=False)
 
 
 async def test_the_record_of_a_stream_deleted_and_made_again_is_not_this_logs(

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from sqlalchemy import func, select
@@ -292,7 +293,11 @@ async def compact(
     bus: Bus, database_url: str, archive: Path, keep_s: float, public_subjects: bool = True
 ) -> Compaction:
     with _only_run(archive):
-        return await _compact(bus, database_url, archive, keep_s, public_subjects)
+        try:
+            return await _compact(bus, database_url, archive, keep_s, public_subjects)
+        except NatsError as err:  # a server that stalls past a request's timeout, mid-run
+            why = printable(err, 300) or type(err).__name__
+            raise Unreachable(f"NATS did not answer ({why}): nothing purged the archive lacks; run it again") from err
 
 
 async def _compact(bus: Bus, database_url: str, archive: Path, keep_s: float, public_subjects: bool) -> Compaction:
@@ -319,10 +324,21 @@ async def _compact(bus: Bus, database_url: str, archive: Path, keep_s: float, pu
             stale.unlink()
     for left in archive.glob("*.partial"):  # of runs killed while they wrote
         left.unlink(missing_ok=True)
+    if first > 1 and not any(last == first - 1 for _, last, _ in segments(archive)):
+        # Another folder holds the log's archive: a segment here would split it, and readers of either
+        # folder would miss what the other holds (review of 2026-12-02).
+        raise Refused(
+            f"the archive at {archive} does not hold the segment ending at {first - 1}, which the last "
+            "compaction recorded: give the log's archive with --archive (CONDUCTOR_ARCHIVE_DIR); nothing done"
+        )
     segment, count = await write_archive(bus, archive, first, below)
     # Recorded before the purge: a crash between the two leaves a log that still holds what the
     # record says was archived, which readers handle (they read the archive and skip what follows).
-    await _record(bus, record, below, archive, identity)
+    try:
+        await _record(bus, record, below, archive, identity)
+    except Refused:
+        segment.unlink(missing_ok=True)  # never recorded, and it may hold less than its name says
+        raise
     purged = await _purge_if_no_rebuild_behind(bus, database_url, below, mark)
     return Compaction(mark, first, below, count, segment, purged)
 
