@@ -31,6 +31,12 @@ class ConnectionClosedForGood(Exception):
     and its supervisor starts it again."""
 
 
+class LogReplaced(ConnectionClosedForGood):
+    """The log is not the one this process folded: its stream was deleted and made again, or its
+    server lost its last writes (restored from an older copy). What the process holds is of events the
+    log does not hold: it ends, and its next start reads the log afresh."""
+
+
 def closed_for_good(bus: Bus | None) -> bool:
     """Is ``bus``'s connection closed, and not by the service itself (``Bus.close``)?"""
     return bus is not None and bus.nc.is_closed and not bus.closing
@@ -59,6 +65,9 @@ async def watch(bus_of: Callable[[], Bus | None], every_s: float = 0.5) -> NoRet
 
 def report(err: ConnectionClosedForGood) -> None:
     """The one line that says why the process ends."""
+    if isinstance(err, LogReplaced):
+        log.critical("%s; exiting for the supervisor to start this service again", err, extra={"exit_code": EXIT_CODE})
+        return
     log.error(
         "the NATS connection was closed for good (%s); exiting for the supervisor to start this service again",
         err,

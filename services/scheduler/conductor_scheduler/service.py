@@ -33,7 +33,7 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform import tracing
-from conductor_platform.archive import log_identity
+from conductor_platform.archive import identity_of, log_identity
 from conductor_platform.bus import (
     DUPLICATE_IN_BATCH,
     MAX_BATCH,
@@ -44,7 +44,7 @@ from conductor_platform.bus import (
     connect,
     next_batch,
 )
-from conductor_platform.closed import raise_if_closed
+from conductor_platform.closed import LogReplaced, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_platform.tasks import cancel_until_done
@@ -247,6 +247,21 @@ class Scheduler:
             self.snapshot_seq = restored.last_seq
             log.info("started from a snapshot", extra={"seq": restored.last_seq})
 
+    async def same_log(self) -> None:
+        """``LogReplaced`` unless the log is still the one folded: read again after a failure (NATS
+        restarted, the stream deleted), it may be another one, and following it from the folded
+        position skipped its events and mixed the two into the next snapshot (review of 2026-12-02:
+        126 jobs pending for good, a fencing token never matched)."""
+        info = await self.bus.js.stream_info(self.bus.stream)
+        last = int(info.state.last_seq or 0)
+        if self.log_identity and identity_of(info) != self.log_identity:
+            raise LogReplaced("the log's stream was deleted and made again since this scheduler folded it")
+        if last < self.state.last_seq:
+            raise LogReplaced(
+                f"the log ends at {last}, before {self.state.last_seq}, which this scheduler folded: "
+                "its server lost its last writes"
+            )
+
     def maybe_snapshot(self) -> None:
         """Encode a snapshot now (the state does not change while we do) and upload it meanwhile."""
         settings, now = self.settings, time.monotonic()
@@ -348,9 +363,12 @@ async def run(settings: SchedulerSettings, stop: asyncio.Event | None = None) ->
         while not stop.is_set():
             try:
                 if sub is None:
+                    await scheduler.same_log()
                     sub = await scheduler.follow()
                     log.info("following the log", extra={"from_seq": scheduler.state.last_seq + 1})
                 msgs = await next_batch(sub, 1000, wait_s=0.5)
+            except LogReplaced:
+                raise
             except Exception as err:  # NATS away or the consumer gone: read again from what we folded
                 if stop.is_set():
                     break
