@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from conductor import compact
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
-from conductor_platform import archive as archive_module
+from conductor_platform import which_log
 from conductor_platform.archive import COMPACTION_KEY, compacted_below, compaction_bucket, read_archive, segments
 from conductor_platform.bus import Bus, ensure_stream, next_batch
 from conductor_scheduler import snapshot
@@ -122,7 +122,7 @@ async def test_a_record_another_run_made_meanwhile_wins_and_this_run_purges_noth
         written = await write(on, target, first, below)
         elsewhere = tmp_path / "elsewhere"
         await write(on, elsewhere, first, below)
-        identity = await archive_module.log_identity(bus)
+        identity = await which_log.log_identity(bus)
         value = f'{{"below": {below}, "archive": "{elsewhere}", "log": "{identity}"}}'.encode()
         await (await compaction_bucket(bus)).put(COMPACTION_KEY, value)
         return written
@@ -191,10 +191,10 @@ async def test_a_snapshot_ahead_of_the_log_is_not_loaded(
     assert state is not None
     last = (await bus.js.stream_info(bus.stream)).state.last_seq
     state.last_seq = last + 40
-    await snapshot.upload(bus, snapshot.dump(state, await archive_module.log_identity(bus)))
+    await snapshot.upload(bus, snapshot.dump(state, await which_log.log_identity(bus)))
     assert await snapshot.restore(bus) is None
     state.last_seq = last  # the same snapshot at the log's end is loaded
-    await snapshot.upload(bus, snapshot.dump(state, await archive_module.log_identity(bus)))
+    await snapshot.upload(bus, snapshot.dump(state, await which_log.log_identity(bus)))
     assert await snapshot.restore(bus) is not None
 
 

@@ -13,28 +13,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nats.js.api import KeyValueConfig, StorageType, StreamInfo
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from conductor_contracts import subjects
 from conductor_platform.bus import Bus
+from conductor_platform.which_log import other_log
 
 log = logging.getLogger("conductor.archive")
 
 COMPACTION_KEY = "log"
 Record = tuple[int, str, bytes, dict[str, str] | None]
-
-
-def identity_of(info: StreamInfo) -> str:
-    """Which log the stream holds: its creation time. A stream of the same name deleted and made again
-    holds another log, whose sequences start over; what was made of the old one (a snapshot, the
-    compaction record) must not be taken for this one's."""
-    return str(info.created or "")
-
-
-async def log_identity(bus: Bus) -> str:
-    return identity_of(await bus.js.stream_info(bus.stream))
 
 
 @dataclass(frozen=True)
@@ -67,7 +57,7 @@ async def compacted_below(bus: Bus) -> int:
     of another log (the stream was deleted and made again) says nothing of this one: its reader would
     skip this log's first events for the old log's archive (review of 2026-12-02)."""
     record = await compaction_record(bus)
-    if record.log is not None and record.log != await log_identity(bus):
+    if record.log is not None and other_log(await bus.js.stream_info(bus.stream), record.log, 0):
         log.warning(
             "the compaction record is of another log (the stream was made again): this log is read from its start",
             extra={"recorded_below": record.below},

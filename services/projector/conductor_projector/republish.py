@@ -31,11 +31,11 @@ from prometheus_client import Counter
 from conductor_contracts import events as ev
 from conductor_contracts import public, subjects
 from conductor_platform import tracing
-from conductor_platform.archive import log_identity
 from conductor_platform.bus import Bus, next_batch
 from conductor_platform.jobs import JobDirectory
 from conductor_platform.quick_reader import QuickLogReader, quick_read_from, stream_seq
 from conductor_platform.retry import Backoff
+from conductor_platform.which_log import log_identity, other_log
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.operations import Item, Undecodable
 from conductor_projector.shared_reads import SharedReads, Taken, Where
@@ -120,14 +120,10 @@ async def _start(bus: Bus, positions: KeyValue, identity: str) -> int:
     """Where publishing goes on from: after the newest copy, unless the copies are of another log or
     ahead of this one, which are purged, and the log is published again from its start."""
     position, of = await _newest(bus)
-    last = int((await bus.js.stream_info(bus.stream)).state.last_seq or 0)
-    if (of is None or of == identity) and position <= last:
+    why = other_log(await bus.js.stream_info(bus.stream), of, position)
+    if why is None:
         return position
-    log.error(
-        "the public subjects hold another log's events (the stream was made again, or lost its last "
-        "writes): publishing this log again from its start",
-        extra={"published_up_to": position, "last_seq": last},
-    )
+    log.error("the public subjects are not of this log (%s): publishing it again from its start", why)
     await bus.js.purge_stream(public.STREAM)
     await positions.put(POSITION_KEY, b"0")
     return 0

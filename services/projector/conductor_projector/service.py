@@ -28,13 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from conductor_contracts.text import printable
 from conductor_platform import database
-from conductor_platform.archive import identity_of
 from conductor_platform.bus import Bus, LogReader, connect, next_batch
 from conductor_platform.closed import ConnectionClosedForGood, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_platform.settings import EXIT_BAD_SETTING
 from conductor_platform.tasks import cancel_until_done
+from conductor_platform.which_log import identity_of, other_log
 from conductor_projector import archived, migrate, republish, sink
 from conductor_projector.decoded import SharedDecoder
 from conductor_projector.faults import Fault, classify
@@ -203,16 +203,12 @@ async def _follow(
     async with engine.connect() as conn:
         position, of = await sink.position_and_log(conn, settings.consumer)
     info = await bus.js.stream_info(bus.stream)
-    identity, last = identity_of(info), int(info.state.last_seq or 0)
-    if position > last or (of is not None and of != identity):
-        # Made of events the log does not hold (it was deleted and made again, or lost its unsynced
-        # tail): following on from there skipped the events that took those sequences, and applied
-        # later ones to other jobs' rows of the same ids. The log is the record: made again from it.
-        log.error(
-            "the read models are of another log, or ahead of it (the stream was made again, or lost its "
-            "last writes): rebuilding them from the log",
-            extra={"position": position, "last_seq": last},
-        )
+    identity = identity_of(info)
+    if why := other_log(info, of, position):
+        # Made of events the log does not hold: following on from there skipped the events that took
+        # those sequences, and applied later ones to other jobs' rows of the same ids. The log is the
+        # record: made again from it.
+        log.error("the read models are not of this log (%s): rebuilding them from the log", why)
         await _reset(engine, settings.database_url)
         position = 0
     if of != identity:

@@ -51,8 +51,7 @@ log = logging.getLogger("conductor.projector")
 
 
 async def position(conn: AsyncConnection, name: str) -> int:
-    value = await conn.scalar(select(t.positions.c.position).where(t.positions.c.name == name))
-    return int(value or 0)
+    return (await position_and_log(conn, name))[0]
 
 
 async def position_and_log(conn: AsyncConnection, name: str) -> tuple[int, str | None]:

@@ -33,7 +33,6 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from conductor_contracts import events as ev
 from conductor_contracts import subjects
 from conductor_platform import tracing
-from conductor_platform.archive import identity_of, log_identity
 from conductor_platform.bus import (
     DUPLICATE_IN_BATCH,
     MAX_BATCH,
@@ -48,6 +47,7 @@ from conductor_platform.closed import LogReplaced, raise_if_closed
 from conductor_platform.quick_reader import quick_read_from, stream_seq
 from conductor_platform.retry import Backoff, Stopped, or_stop
 from conductor_platform.tasks import cancel_until_done
+from conductor_platform.which_log import log_identity, other_log
 from conductor_scheduler import allocator, delivered, history, shrink, snapshot, traces
 from conductor_scheduler.gauges import Cluster
 from conductor_scheduler.lease import Lease
@@ -253,14 +253,8 @@ class Scheduler:
         position skipped its events and mixed the two into the next snapshot (review of 2026-12-02:
         126 jobs pending for good, a fencing token never matched)."""
         info = await self.bus.js.stream_info(self.bus.stream)
-        last = int(info.state.last_seq or 0)
-        if self.log_identity and identity_of(info) != self.log_identity:
-            raise LogReplaced("the log's stream was deleted and made again since this scheduler folded it")
-        if last < self.state.last_seq:
-            raise LogReplaced(
-                f"the log ends at {last}, before {self.state.last_seq}, which this scheduler folded: "
-                "its server lost its last writes"
-            )
+        if why := other_log(info, self.log_identity or None, self.state.last_seq):
+            raise LogReplaced(f"not the log this scheduler folded: {why}")
 
     def maybe_snapshot(self) -> None:
         """Encode a snapshot now (the state does not change while we do) and upload it meanwhile."""

@@ -21,8 +21,8 @@ from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
 
 from conductor_contracts.dependencies import Dependency, Verdict
-from conductor_platform.archive import identity_of
 from conductor_platform.bus import Bus
+from conductor_platform.which_log import identity_of, other_log
 from conductor_scheduler.holds import Holds, JobStates, Waiter
 from conductor_scheduler.state import Allocation, ClusterState, Node, PendingJob
 
@@ -204,13 +204,10 @@ async def restore(bus: Bus) -> ClusterState | None:
     if state.last_seq + 1 < int(info.state.first_seq or 1):
         log.warning("the log no longer holds what follows the snapshot: replaying it all")
         return None
-    if state.last_seq > int(info.state.last_seq or 0):
+    if why := other_log(info, None, state.last_seq):
         # Folded from events the log no longer holds (NATS lost its last writes unsynced, or was restored
         # from a backup): the next events take their sequences, and a state from there would skip them.
-        log.error(
-            "the scheduler's snapshot is ahead of the log (it lost its last writes?): replaying it all",
-            extra={"snapshot_seq": state.last_seq, "last_seq": int(info.state.last_seq or 0)},
-        )
+        log.error("the scheduler's snapshot is ahead of the log (%s): replaying it all", why)
         return None
     return state
 

@@ -50,12 +50,12 @@ from conductor_platform.archive import (
     compaction_bucket,
     compaction_record,
     encode_record,
-    log_identity,
     segment_name,
     segments,
 )
 from conductor_platform.bus import Bus, next_batch, read_from
 from conductor_platform.settings import async_database_url
+from conductor_platform.which_log import log_identity
 from conductor_projector import tables
 from conductor_scheduler import snapshot
 
